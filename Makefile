@@ -1,0 +1,68 @@
+# qvlmoefs - see README.md. `make`, `make check`, `make demo`, `make install`, `make clean`.
+PREFIX ?= /usr/local
+SBINDIR ?= /sbin
+BUILD ?= build
+CC ?= cc
+PKGS := fuse3 liburing libcjson
+DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+ifdef WERROR
+WARN += -Werror
+endif
+ifdef SAN
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+endif
+CFLAGS ?= -O2 -g
+ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
+	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+
+CORE := util st plan scan hdr vfile view io
+CORE_OBJ := $(CORE:%=$(BUILD)/%.o)
+BIN := $(BUILD)/qvlmoefs
+TOOLS := $(BUILD)/qvlmoefs-mkckpt $(BUILD)/unit
+
+all: $(BIN) $(BUILD)/qvlmoefs-mkckpt
+
+$(BUILD):
+	mkdir -p $@
+
+$(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BIN): $(CORE_OBJ) $(BUILD)/fs.o $(BUILD)/main.o
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/qvlmoefs-mkckpt: tests/mkckpt.c | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lm
+
+$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(wildcard tests/unit/*.h)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(LIBS)
+
+# Install missing Debian packages when root; otherwise say what to install.
+deps:
+	@tests/deps.sh $(DEBS)
+
+check: deps
+	$(MAKE) all $(BUILD)/unit
+	tests/run.sh
+
+demo: deps
+	$(MAKE) all
+	tests/demo.sh
+
+install: $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/qvlmoefs
+	sed 's|@BIN@|$(PREFIX)/bin/qvlmoefs|' mount-scripts/mount.fuse.qvlmoefs \
+		>$(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
+	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/qvlmoefs $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
+
+clean:
+	rm -rf $(BUILD)
+
+.PHONY: all deps check demo install uninstall clean

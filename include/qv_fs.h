@@ -1,0 +1,27 @@
+/* qv_fs.h - FUSE low-level glue: thin handlers over the mount context, one reply each. */
+#ifndef QV_FS_H
+#define QV_FS_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+
+#include "qv_view.h"
+
+struct qv_fs {
+	struct qv_mount *m;
+	pthread_key_t tkey; /* per worker thread: its io_uring, scratch and read buffer */
+	uid_t uid;
+	gid_t gid;
+};
+
+/* Prepare the glue for mount m; 0 or -errno. */
+int qv_fs_init(struct qv_fs *fs, struct qv_mount *m);
+
+/* Undo qv_fs_init (after the session loop has ended). */
+void qv_fs_fini(struct qv_fs *fs);
+
+/* The operations table; userdata must be a struct qv_fs. */
+const struct fuse_lowlevel_ops *qv_fs_ops(void);
+
+#endif

@@ -1,0 +1,57 @@
+/* qv_plan.h - the conversion contract (DESIGN §1): key renaming both ways, exclusion, EP slicing. */
+#ifndef QV_PLAN_H
+#define QV_PLAN_H
+
+#include <regex.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qv_st.h"
+
+enum qv_naming { QV_NAMING_HF = 0, QV_NAMING_NATIVE = 1 };
+
+#define QV_DEFAULT_EXCLUDE ".*_extra_state.*"
+
+/* What the user asked for; ep_size 0 means no slicing. */
+struct qv_plan_opts {
+	enum qv_naming src, view;
+	bool model_prefix;   /* some source key starts with "model." ({P} of §1) */
+	const char *exclude; /* Python-style regex, re.match semantics; NULL = default */
+	uint32_t ep_size, ep_rank;
+	uint32_t shard_size, shard_rank; /* shard_size 0 or 1: no dim-1 cut */
+};
+
+struct qv_plan {
+	struct qv_plan_opts o;
+	regex_t exclude;
+	bool has_exclude;
+};
+
+/* A source tensor's cut in the view: dim 0 [start, start+count), dim 1 [d1_start, d1_start+d1_count). */
+struct qv_cut {
+	uint64_t start, count;
+	uint64_t d1_start, d1_count;
+	bool sliced;
+};
+
+/* True when key names an expert tensor in native naming (drives naming detection). */
+bool qv_plan_key_is_native(const char *key);
+
+/* Compile the exclude pattern and check the options; 0 or -EINVAL with a reason in err. */
+int qv_plan_init(struct qv_plan *p, const struct qv_plan_opts *o, char *err, size_t errlen);
+
+/* Release what qv_plan_init allocated. */
+void qv_plan_free(struct qv_plan *p);
+
+/* Map one source key: 1 = kept (*out is a malloc'd view key), 0 = dropped, -ENOMEM.
+ * *expert tells whether the tensor is one of a layer's two expert tensors. */
+int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *expert);
+
+/* NeMo Automodel's expert range of rank r out of w for n experts. */
+void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count);
+
+/* The cut of an expert tensor t under the plan; 0 or -EINVAL with a reason naming t in err. */
+int qv_plan_cut(const struct qv_plan *p, const struct qv_tensor *t, struct qv_cut *c, char *err,
+		size_t errlen);
+
+#endif

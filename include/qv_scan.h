@@ -1,0 +1,35 @@
+/* qv_scan.h - the source tree as the view will show it, after the symlink policy. FUSE-free. */
+#ifndef QV_SCAN_H
+#define QV_SCAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+/* One directory or regular file; kids are indexes into qv_scan.n, sorted by name. */
+struct qv_snode {
+	char *name;
+	char *path; /* absolute, links resolved */
+	char *rel;  /* relative to the source root ("" for the root) */
+	struct stat st;
+	uint32_t parent; /* the root is its own parent */
+	uint32_t *kids;
+	size_t nkids;
+};
+
+struct qv_scan {
+	char *root;	  /* realpath of the source */
+	char *allow_root; /* links may resolve under this: root, or the HF cache repository */
+	struct qv_snode *n;
+	size_t nn;
+};
+
+/* Walk src; links are followed when they resolve inside the source (or its Hugging Face cache
+ * repository), anything else is left out and logged once. 0 or -errno with a reason in err. */
+int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen);
+
+/* Free a scan. */
+void qv_scan_free(struct qv_scan *s);
+
+#endif

@@ -1,0 +1,72 @@
+/* qv_vfile.h - a virtual file is a list of segments: bytes in memory, or (strided) runs of a
+ * source file. Serving a read = copy the memory parts, issue the runs as one batch. FUSE-free. */
+#ifndef QV_VFILE_H
+#define QV_VFILE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "qv_io.h"
+
+/* A source file as scanned; fd is opened lazily and kept for the mount's life. */
+struct qv_source {
+	char *path; /* absolute */
+	char *rel;  /* relative to the source root, for messages */
+	atomic_int fd;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	atomic_int stale_logged;
+};
+
+#define QV_SEG_MEM UINT32_MAX
+
+/* count = len / run runs of run bytes, the k-th at source offset soff + k * stride. */
+struct qv_seg {
+	uint64_t voff, len;
+	uint32_t src; /* QV_SEG_MEM: bytes at mem */
+	const char *mem;
+	uint64_t soff, run, stride;
+};
+
+struct qv_vfile {
+	uint64_t size;
+	struct qv_seg *seg;
+	size_t nseg;
+	char *mem;	/* owned memory the segments point into */
+	uint32_t *srcs; /* distinct sources read, for staleness checks */
+	size_t nsrcs;
+};
+
+/* Per-thread scratch for reads, grown rarely, never freed per request. */
+struct qv_rdscratch {
+	struct qv_iop *ops;
+	size_t cap;
+};
+
+/* Append a segment; contiguous plain runs of one source merge into the previous one. */
+int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s);
+
+/* Record that vf reads source i (kept unique). */
+int qv_vfile_use_src(struct qv_vfile *vf, uint32_t i);
+
+/* Free a virtual file's segments and memory (not the struct). */
+void qv_vfile_fini(struct qv_vfile *vf);
+
+/* Open source s if not yet open; 0 or -errno. */
+int qv_source_open(struct qv_source *s);
+
+/* 0 when source s still is the file scanned (inode, size, mtime), else -EIO (logged once). */
+int qv_source_check(struct qv_source *s);
+
+/* Read [off, off+len) of vf into buf: *got bytes (short only at EOF), *src_bytes read from
+ * sources; 0 or -errno. */
+int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		  char *buf, struct qv_io *io, struct qv_rdscratch *sc, size_t *got,
+		  uint64_t *src_bytes);
+
+#endif

@@ -1,0 +1,433 @@
+/* fs.c - the FUSE low-level handlers. Each one asks the FUSE-free core and replies exactly once;
+ * mutations get EROFS. Sources are immutable while mounted, so the kernel may cache for long. */
+#include "qv_fs.h"
+#include "qv_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#define CACHE_TIMEOUT 86400.0
+#define READ_BUF_MIN (1u << 20)
+
+/* What a worker thread keeps between requests: nothing is allocated per read. */
+struct qv_thread {
+	struct qv_io *io;
+	struct qv_rdscratch sc;
+	char *buf;
+	size_t cap;
+};
+
+static void thread_free(void *p)
+{
+	struct qv_thread *t = p;
+
+	qv_io_free(t->io);
+	free(t->sc.ops);
+	free(t->buf);
+	free(t);
+}
+
+static struct qv_fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static int thread_get(struct qv_fs *fs, size_t need, struct qv_thread **out)
+{
+	struct qv_thread *t = pthread_getspecific(fs->tkey);
+	int rc;
+
+	if (!t) {
+		t = calloc(1, sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		rc = qv_io_new(&fs->m->o.io, &t->io);
+		if (rc || pthread_setspecific(fs->tkey, t)) {
+			free(t);
+			return rc ? rc : -ENOMEM;
+		}
+	}
+	if (t->cap < need) {
+		size_t cap = need < READ_BUF_MIN ? READ_BUF_MIN : need;
+		char *b = realloc(t->buf, cap);
+
+		if (!b)
+			return -ENOMEM;
+		t->buf = b;
+		t->cap = cap;
+	}
+	*out = t;
+	return 0;
+}
+
+static void fill_attr(const struct qv_fs *fs, const struct qv_node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_mode = n->dir ? S_IFDIR | 0555 : S_IFREG | 0444;
+	st->st_nlink = n->dir ? 2 : 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_size = (off_t)n->vf.size;
+	st->st_blksize = 1 << 20; /* hint: read in large requests */
+	st->st_blocks = (blkcnt_t)((n->vf.size + 511) / 512);
+	st->st_atim = st->st_mtim = st->st_ctim = n->mtime;
+}
+
+static void fill_entry(const struct qv_fs *fs, const struct qv_node *n, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = n->ino;
+	e->generation = 1;
+	e->attr_timeout = e->entry_timeout = CACHE_TIMEOUT;
+	fill_attr(fs, n, &e->attr);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* long sequential reads of big immutable files: ask for the largest requests */
+	conn->max_readahead = 1u << 20;
+	if (conn->max_background < 64)
+		conn->max_background = 64;
+	if (conn->congestion_threshold < 48)
+		conn->congestion_threshold = 48;
+	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA; /* immutable: keep the page cache */
+	if (conn->capable & FUSE_CAP_READDIRPLUS)
+		conn->want |= FUSE_CAP_READDIRPLUS;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *d = qv_mount_node(fs->m, parent), *n;
+	struct fuse_entry_param e;
+
+	if (!d || !d->dir) {
+		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
+		return;
+	}
+	n = qv_mount_lookup(fs->m, d, name);
+	if (!n) {
+		/* a negative entry may be cached too: the tree never changes while mounted */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = CACHE_TIMEOUT;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	fill_entry(fs, n, &e);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	(void)ino, (void)nlookup; /* nodes live as long as the mount */
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	(void)count, (void)forgets;
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct stat st;
+
+	(void)fi;
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fill_attr(fs, n, &st);
+	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct qv_node *n = qv_mount_node(fs_of(req)->m, ino);
+
+	if (!n || !n->dir) {
+		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+		return;
+	}
+	fi->cache_readdir = 1;
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+/* Entries at offsets 0 ".", 1 "..", then kids; an entry's offset is the next one's index. */
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *d = qv_mount_node(fs->m, ino);
+	char *buf;
+	size_t used = 0;
+
+	if (!d || !d->dir) {
+		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
+		return;
+	}
+	buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
+		struct qv_node *n = i == 0 ? d : qv_mount_node(fs->m, i == 1 ? d->parent : d->kids[i - 2]);
+		const char *name = i == 0 ? "." : i == 1 ? ".." : n->name;
+		struct fuse_entry_param e;
+		size_t len;
+
+		fill_entry(fs, n, &e);
+		if (plus && i >= 2)
+			len = fuse_add_direntry_plus(req, buf + used, size - used, name, &e,
+						     (off_t)i + 1);
+		else if (plus) /* no lookup count for "." and "..": the kernel skips them */
+			len = fuse_add_direntry_plus(req, buf + used, size - used, name,
+						     &(struct fuse_entry_param){ .attr = e.attr },
+						     (off_t)i + 1);
+		else
+			len = fuse_add_direntry(req, buf + used, size - used, name, &e.attr,
+						(off_t)i + 1);
+		if (len > size - used)
+			break;
+		used += len;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, false);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
+{
+	(void)fi;
+	do_readdir(req, ino, size, off, true);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_node(fs->m, ino);
+	int rc;
+
+	if (!n || n->dir) {
+		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	rc = qv_mount_open_file(fs->m, n);
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct qv_thread *t;
+	size_t got;
+	int rc;
+
+	(void)fi;
+	if (!n || n->dir) {
+		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	rc = thread_get(fs, size, &t);
+	if (!rc)
+		rc = qv_mount_read(fs->m, n, (uint64_t)off, size, t->buf, t->io, &t->sc, &got);
+	if (rc)
+		fuse_reply_err(req, -rc); /* EIO, never a short reply before EOF */
+	else
+		fuse_reply_buf(req, t->buf, got);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino, (void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct qv_fs *fs = fs_of(req);
+	struct statvfs sv = { 0 };
+
+	(void)ino;
+	sv.f_bsize = sv.f_frsize = 4096;
+	sv.f_blocks = (qv_mount_bytes(fs->m) + 4095) / 4096;
+	sv.f_files = atomic_load(&fs->m->nnodes);
+	sv.f_namemax = 255;
+	sv.f_flag = ST_RDONLY;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	(void)ino, (void)name, (void)size;
+	fuse_reply_err(req, ENODATA);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	(void)ino;
+	if (size == 0)
+		fuse_reply_xattr(req, 0);
+	else
+		fuse_reply_buf(req, NULL, 0);
+}
+
+static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
+{
+	(void)ino;
+	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+}
+
+/* Every mutating call: the view is read-only by contract. */
+static void erofs(fuse_req_t req)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_setattr(fuse_req_t r, fuse_ino_t i, struct stat *a, int s, struct fuse_file_info *f)
+{
+	(void)i, (void)a, (void)s, (void)f;
+	erofs(r);
+}
+static void op_mknod(fuse_req_t r, fuse_ino_t p, const char *n, mode_t m, dev_t d)
+{
+	(void)p, (void)n, (void)m, (void)d;
+	erofs(r);
+}
+static void op_mkdir(fuse_req_t r, fuse_ino_t p, const char *n, mode_t m)
+{
+	(void)p, (void)n, (void)m;
+	erofs(r);
+}
+static void op_unlink(fuse_req_t r, fuse_ino_t p, const char *n)
+{
+	(void)p, (void)n;
+	erofs(r);
+}
+static void op_symlink(fuse_req_t r, const char *l, fuse_ino_t p, const char *n)
+{
+	(void)l, (void)p, (void)n;
+	erofs(r);
+}
+static void op_rename(fuse_req_t r, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
+		      unsigned int f)
+{
+	(void)p, (void)n, (void)np, (void)nn, (void)f;
+	erofs(r);
+}
+static void op_link(fuse_req_t r, fuse_ino_t i, fuse_ino_t np, const char *nn)
+{
+	(void)i, (void)np, (void)nn;
+	erofs(r);
+}
+static void op_write(fuse_req_t r, fuse_ino_t i, const char *b, size_t s, off_t o,
+		     struct fuse_file_info *f)
+{
+	(void)i, (void)b, (void)s, (void)o, (void)f;
+	erofs(r);
+}
+static void op_create(fuse_req_t r, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *f)
+{
+	(void)p, (void)n, (void)m, (void)f;
+	erofs(r);
+}
+static void op_setxattr(fuse_req_t r, fuse_ino_t i, const char *n, const char *v, size_t s, int f)
+{
+	(void)i, (void)n, (void)v, (void)s, (void)f;
+	erofs(r);
+}
+static void op_removexattr(fuse_req_t r, fuse_ino_t i, const char *n)
+{
+	(void)i, (void)n;
+	erofs(r);
+}
+static void op_fallocate(fuse_req_t r, fuse_ino_t i, int m, off_t o, off_t l,
+			 struct fuse_file_info *f)
+{
+	(void)i, (void)m, (void)o, (void)l, (void)f;
+	erofs(r);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_unlink,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.release = op_release,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.readdirplus = op_readdirplus,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.access = op_access,
+	.create = op_create,
+	.fallocate = op_fallocate,
+};
+
+const struct fuse_lowlevel_ops *qv_fs_ops(void)
+{
+	return &ops;
+}
+
+int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
+{
+	memset(fs, 0, sizeof(*fs));
+	fs->m = m;
+	fs->uid = getuid();
+	fs->gid = getgid();
+	return -pthread_key_create(&fs->tkey, thread_free);
+}
+
+void qv_fs_fini(struct qv_fs *fs)
+{
+	struct qv_thread *t = pthread_getspecific(fs->tkey);
+
+	if (t) /* the main thread served requests itself in single-threaded mode */
+		thread_free(t);
+	pthread_key_delete(fs->tkey);
+}

@@ -1,0 +1,231 @@
+/* plan.c - NeMo Automodel's Qwen3VLMoeStateDictAdapter rules (from_hf / to_hf), in C. */
+#include "qv_plan.h"
+#include "qv_util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NATIVE_GATE_UP ".mlp.experts.gate_and_up_projs"
+#define NATIVE_DOWN ".mlp.experts.down_projs"
+#define HF_GATE_UP ".mlp.experts.gate_up_proj"
+#define HF_DOWN ".mlp.experts.down_proj"
+
+bool qv_plan_key_is_native(const char *key)
+{
+	return qv_ends_with(key, NATIVE_GATE_UP) || qv_ends_with(key, NATIVE_DOWN);
+}
+
+/* The anchored HF expert pattern (model\.)?language_model\.layers\.(\d+)\.mlp\.experts\.
+ * (gate_up_proj|down_proj); on a match, layer and layer_len give the digits, gate_up the kind. */
+static bool match_hf_expert(const char *k, const char **layer, size_t *layer_len, bool *gate_up)
+{
+	static const char lead[] = "language_model.layers.";
+	static const char mid[] = ".mlp.experts.";
+	const char *d;
+
+	if (qv_starts_with(k, "model."))
+		k += 6;
+	if (!qv_starts_with(k, lead))
+		return false;
+	k += sizeof(lead) - 1;
+	for (d = k; isdigit((unsigned char)*d); d++)
+		;
+	if (d == k || !qv_starts_with(d, mid))
+		return false;
+	*layer = k;
+	*layer_len = (size_t)(d - k);
+	d += sizeof(mid) - 1;
+	if (strcmp(d, "gate_up_proj") == 0)
+		*gate_up = true;
+	else if (strcmp(d, "down_proj") == 0)
+		*gate_up = false;
+	else
+		return false;
+	return true;
+}
+
+/* Python's str.replace(from, to): every occurrence, left to right. */
+static char *replace_all(const char *s, const char *from, const char *to)
+{
+	size_t fl = strlen(from);
+	struct qv_buf b = { 0 };
+	const char *hit;
+
+	while ((hit = strstr(s, from))) {
+		if (qv_buf_add(&b, s, (size_t)(hit - s)) || qv_buf_adds(&b, to))
+			goto oom;
+		s = hit + fl;
+	}
+	if (qv_buf_adds(&b, s))
+		goto oom;
+	return b.p;
+oom:
+	qv_buf_free(&b);
+	return NULL;
+}
+
+/* Python regex → POSIX ERE for the common subset; re.match = anchored at the start only. */
+static int compile_exclude(struct qv_plan *p, const char *pat, char *err, size_t errlen)
+{
+	struct qv_buf b = { 0 };
+	int rc = 0;
+
+	if (qv_buf_adds(&b, "^("))
+		return -ENOMEM;
+	for (const char *s = pat; *s && !rc; s++) {
+		if (s[0] == '(' && s[1] == '?') {
+			qv_buf_free(&b);
+			return qv_err(err, errlen, -EINVAL,
+				      "exclude=%s: (?...) groups are not supported", pat);
+		}
+		if (s[0] == '\\' && (s[1] == 'd' || s[1] == 'D')) {
+			rc = qv_buf_adds(&b, s[1] == 'd' ? "[0-9]" : "[^0-9]");
+			s++;
+		} else if (s[0] == '\\' && s[1]) {
+			rc = qv_buf_add(&b, s, 2);
+			s++;
+		} else {
+			rc = qv_buf_add(&b, s, 1);
+		}
+		if (rc) {
+			qv_buf_free(&b);
+			return -ENOMEM;
+		}
+	}
+	if (qv_buf_adds(&b, ")")) {
+		qv_buf_free(&b);
+		return -ENOMEM;
+	}
+	rc = regcomp(&p->exclude, b.p, REG_EXTENDED | REG_NOSUB);
+	qv_buf_free(&b);
+	if (rc) {
+		char why[128];
+
+		regerror(rc, &p->exclude, why, sizeof(why));
+		return qv_err(err, errlen, -EINVAL, "exclude=%s: %s", pat, why);
+	}
+	p->has_exclude = true;
+	return 0;
+}
+
+int qv_plan_init(struct qv_plan *p, const struct qv_plan_opts *o, char *err, size_t errlen)
+{
+	memset(p, 0, sizeof(*p));
+	p->o = *o;
+	if (o->ep_size && o->ep_rank >= o->ep_size)
+		return qv_err(err, errlen, -EINVAL, "ep_rank=%u must be below ep_size=%u", o->ep_rank,
+			      o->ep_size);
+	if (o->shard_size > 1 && o->shard_rank >= o->shard_size)
+		return qv_err(err, errlen, -EINVAL, "ep_shard_rank=%u must be below ep_shard_size=%u",
+			      o->shard_rank, o->shard_size);
+	if (o->src == QV_NAMING_NATIVE && o->view == QV_NAMING_HF)
+		return compile_exclude(p, o->exclude ? o->exclude : QV_DEFAULT_EXCLUDE, err, errlen);
+	return 0;
+}
+
+void qv_plan_free(struct qv_plan *p)
+{
+	if (p->has_exclude)
+		regfree(&p->exclude);
+	p->has_exclude = false;
+}
+
+static int from_hf(const struct qv_plan *p, const char *key, char **out, bool *expert)
+{
+	const char *prefix = p->o.model_prefix ? "model." : "";
+	const char *layer;
+	size_t llen;
+	bool gate_up;
+	int n;
+
+	if (match_hf_expert(key, &layer, &llen, &gate_up)) {
+		*expert = true;
+		n = asprintf(out, "%slanguage_model.layers.%.*s%s", prefix, (int)llen, layer,
+			     gate_up ? NATIVE_GATE_UP : NATIVE_DOWN);
+		return n < 0 ? -ENOMEM : 1;
+	}
+	if (qv_ends_with(key, "_scale_inv"))
+		return 0;
+	if (qv_starts_with(key, "model.") || qv_starts_with(key, "lm_head."))
+		prefix = "";
+	n = asprintf(out, "%s%s", prefix, key);
+	return n < 0 ? -ENOMEM : 1;
+}
+
+static int to_hf(const struct qv_plan *p, const char *key, char **out, bool *expert)
+{
+	if (strstr(key, NATIVE_GATE_UP))
+		*out = replace_all(key, NATIVE_GATE_UP, HF_GATE_UP);
+	else if (strstr(key, NATIVE_DOWN))
+		*out = replace_all(key, NATIVE_DOWN, HF_DOWN);
+	else
+		*out = strdup(key);
+	if (!*out)
+		return -ENOMEM;
+	*expert = qv_plan_key_is_native(key);
+	if (p->has_exclude && regexec(&p->exclude, key, 0, NULL, 0) == 0) {
+		free(*out);
+		*out = NULL;
+		return 0;
+	}
+	return 1;
+}
+
+int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *expert)
+{
+	const char *layer;
+	size_t llen;
+	bool gate_up;
+
+	*out = NULL;
+	*expert = false;
+	if (p->o.src == QV_NAMING_HF && p->o.view == QV_NAMING_NATIVE)
+		return from_hf(p, key, out, expert);
+	if (p->o.src == QV_NAMING_NATIVE && p->o.view == QV_NAMING_HF)
+		return to_hf(p, key, out, expert);
+	/* identity view: names stay, only slicing applies */
+	*expert = p->o.src == QV_NAMING_NATIVE ? qv_plan_key_is_native(key) :
+						 match_hf_expert(key, &layer, &llen, &gate_up);
+	*out = strdup(key);
+	return *out ? 1 : -ENOMEM;
+}
+
+void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count)
+{
+	uint64_t q = n / w, m = n % w;
+
+	*count = q + (r < m ? 1 : 0);
+	*start = (uint64_t)r * q + (r < m ? r : m);
+}
+
+int qv_plan_cut(const struct qv_plan *p, const struct qv_tensor *t, struct qv_cut *c, char *err,
+		size_t errlen)
+{
+	uint32_t k = p->o.shard_size;
+
+	memset(c, 0, sizeof(*c));
+	c->count = t->ndim ? t->shape[0] : 0;
+	c->d1_count = t->ndim > 1 ? t->shape[1] : 0;
+	if (p->o.ep_size == 0)
+		return 0;
+	if (t->ndim < 2)
+		return qv_err(err, errlen, -EINVAL, "tensor \"%s\": expert tensor has %u dimensions",
+			      t->name, t->ndim);
+	if (p->o.ep_size > t->shape[0])
+		return qv_err(err, errlen, -EINVAL, "tensor \"%s\": ep_size=%u exceeds its %llu experts",
+			      t->name, p->o.ep_size, (unsigned long long)t->shape[0]);
+	qv_plan_ep_range(t->shape[0], p->o.ep_size, p->o.ep_rank, &c->start, &c->count);
+	if (k > 1) {
+		if (t->shape[1] % k)
+			return qv_err(err, errlen, -EINVAL,
+				      "tensor \"%s\": dim 1 (%llu) is not divisible by ep_shard_size=%u",
+				      t->name, (unsigned long long)t->shape[1], k);
+		c->d1_count = t->shape[1] / k;
+		c->d1_start = c->d1_count * p->o.shard_rank;
+	}
+	c->sliced = true;
+	return 0;
+}

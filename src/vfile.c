@@ -1,0 +1,184 @@
+/* vfile.c - segment lists and the read path: find the overlapping segments, copy memory ones,
+ * turn extents into one batch of reads. */
+#include "qv_vfile.h"
+#include "qv_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s)
+{
+	struct qv_seg *last = vf->nseg ? &vf->seg[vf->nseg - 1] : NULL;
+	struct qv_seg *p;
+
+	if (s->len == 0)
+		return 0;
+	/* whole tensors packed back to back read as one extent: fewer, larger reads */
+	if (last && s->src != QV_SEG_MEM && last->src == s->src && last->run == last->len &&
+	    s->run == s->len && last->soff + last->len == s->soff &&
+	    last->voff + last->len == s->voff) {
+		last->len += s->len;
+		last->run = last->stride = last->len;
+		vf->size = s->voff + s->len;
+		return 0;
+	}
+	if ((vf->nseg & (vf->nseg - 1)) == 0) { /* grow at powers of two */
+		p = realloc(vf->seg, (vf->nseg ? vf->nseg * 2 : 4) * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		vf->seg = p;
+	}
+	vf->seg[vf->nseg++] = *s;
+	vf->size = s->voff + s->len;
+	return 0;
+}
+
+int qv_vfile_use_src(struct qv_vfile *vf, uint32_t i)
+{
+	uint32_t *p;
+
+	for (size_t k = 0; k < vf->nsrcs; k++)
+		if (vf->srcs[k] == i)
+			return 0;
+	p = realloc(vf->srcs, (vf->nsrcs + 1) * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	vf->srcs = p;
+	vf->srcs[vf->nsrcs++] = i;
+	return 0;
+}
+
+void qv_vfile_fini(struct qv_vfile *vf)
+{
+	free(vf->seg);
+	free(vf->mem);
+	free(vf->srcs);
+	memset(vf, 0, sizeof(*vf));
+}
+
+int qv_source_open(struct qv_source *s)
+{
+	int fd, expected = -1;
+
+	if (atomic_load(&s->fd) >= 0)
+		return 0;
+	fd = open(s->path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (!atomic_compare_exchange_strong(&s->fd, &expected, fd))
+		close(fd); /* another thread won the race; use its descriptor */
+	return 0;
+}
+
+static bool same_file(const struct qv_source *s, const struct stat *st)
+{
+	return st->st_dev == s->dev && st->st_ino == s->ino && st->st_size == s->size &&
+	       st->st_mtim.tv_sec == s->mtime.tv_sec && st->st_mtim.tv_nsec == s->mtime.tv_nsec;
+}
+
+int qv_source_check(struct qv_source *s)
+{
+	struct stat a, b;
+	int fd = atomic_load(&s->fd);
+
+	/* the path must still name the scanned file, and that file must be unchanged */
+	if (stat(s->path, &a) == 0 && same_file(s, &a) &&
+	    (fd < 0 || (fstat(fd, &b) == 0 && same_file(s, &b))))
+		return 0;
+	if (!atomic_exchange(&s->stale_logged, 1))
+		qv_log("%s: source changed since mount (size, mtime or inode): reads fail with EIO",
+		       s->rel);
+	return -EIO;
+}
+
+/* First segment whose end lies past off (segments are sorted and contiguous). */
+static size_t seg_find(const struct qv_vfile *vf, uint64_t off)
+{
+	size_t lo = 0, hi = vf->nseg;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (vf->seg[mid].voff + vf->seg[mid].len <= off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static int push_op(struct qv_rdscratch *sc, size_t *n, int fd, uint64_t off, uint64_t len,
+		   char *dst)
+{
+	if (*n == sc->cap) {
+		size_t cap = sc->cap ? sc->cap * 2 : 64;
+		struct qv_iop *p = realloc(sc->ops, cap * sizeof(*p));
+
+		if (!p)
+			return -ENOMEM;
+		sc->ops = p;
+		sc->cap = cap;
+	}
+	sc->ops[(*n)++] = (struct qv_iop){ .fd = fd, .off = off, .len = len, .dst = dst };
+	return 0;
+}
+
+/* Bytes [a, b) of extent segment s, as runs, into dst. */
+static int plan_extent(const struct qv_seg *s, int fd, uint64_t a, uint64_t b, char *dst,
+		       struct qv_rdscratch *sc, size_t *n)
+{
+	while (a < b) {
+		uint64_t k = a / s->run, in = a % s->run;
+		uint64_t take = s->run - in < b - a ? s->run - in : b - a;
+		int rc = push_op(sc, n, fd, s->soff + k * s->stride + in, take, dst);
+
+		if (rc)
+			return rc;
+		dst += take;
+		a += take;
+	}
+	return 0;
+}
+
+int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		  char *buf, struct qv_io *io, struct qv_rdscratch *sc, size_t *got,
+		  uint64_t *src_bytes)
+{
+	uint64_t end, pos = off;
+	size_t n = 0;
+	int rc;
+
+	*got = 0;
+	*src_bytes = 0;
+	if (off >= vf->size)
+		return 0;
+	end = len < vf->size - off ? off + len : vf->size;
+	for (size_t i = seg_find(vf, off); i < vf->nseg && pos < end; i++) {
+		const struct qv_seg *s = &vf->seg[i];
+		uint64_t a = pos - s->voff;
+		uint64_t b = (end < s->voff + s->len ? end : s->voff + s->len) - s->voff;
+		char *dst = buf + (pos - off);
+
+		if (s->src == QV_SEG_MEM) {
+			memcpy(dst, s->mem + a, b - a);
+		} else {
+			rc = qv_source_open(&srcs[s->src]);
+			if (!rc)
+				rc = plan_extent(s, atomic_load(&srcs[s->src].fd), a, b, dst, sc, &n);
+			if (rc)
+				return rc;
+			*src_bytes += b - a;
+		}
+		pos = s->voff + b;
+	}
+	if (pos != end)
+		return -EIO; /* segments must tile the file; anything else is a bug, not data */
+	rc = qv_io_run(io, sc->ops, n);
+	if (rc)
+		return rc;
+	*got = (size_t)(end - off);
+	return 0;
+}
