@@ -121,7 +121,8 @@ int qv_plan_init(struct qv_plan *p, const struct qv_plan_opts *o, char *err, siz
 	if (o->shard_size > 1 && o->shard_rank >= o->shard_size)
 		return qv_err(err, errlen, -EINVAL, "ep_shard_rank=%u must be below ep_shard_size=%u",
 			      o->shard_rank, o->shard_size);
-	if (o->src == QV_NAMING_NATIVE && o->view == QV_NAMING_HF)
+	/* a bad pattern is an error even where it would not apply: the user meant something */
+	if (o->exclude || (o->src == QV_NAMING_NATIVE && o->view == QV_NAMING_HF))
 		return compile_exclude(p, o->exclude ? o->exclude : QV_DEFAULT_EXCLUDE, err, errlen);
 	return 0;
 }
@@ -166,7 +167,7 @@ static int to_hf(const struct qv_plan *p, const char *key, char **out, bool *exp
 	if (!*out)
 		return -ENOMEM;
 	*expert = qv_plan_key_is_native(key);
-	if (p->has_exclude && regexec(&p->exclude, key, 0, NULL, 0) == 0) {
+	if (p->has_exclude && regexec(&p->exclude, *out, 0, NULL, 0) == 0) {
 		free(*out);
 		*out = NULL;
 		return 0;

@@ -29,6 +29,7 @@ class Report:
     """Collects mismatches and counters; prints each mismatch at once unless quiet."""
 
     def __init__(self, quiet=False):
+        """Start with no mismatches and zero counters."""
         self.quiet, self.errors = quiet, []
         self.files = self.tensors = self.bytes = 0
 
@@ -43,6 +44,7 @@ class Stream:
     """Sequential read() calls of CHUNK bytes over a whole file, hashing and counting them."""
 
     def __init__(self, fd):
+        """Wrap an open descriptor positioned at offset 0."""
         self.fd, self.buf, self.off, self.total, self.eof = fd, bytearray(), 0, 0, False
         self.hash = hashlib.sha256()
 
@@ -70,6 +72,7 @@ def load_json(text):
     dups = []
 
     def hook(pairs):
+        """Build an ordered dict, noting repeated keys."""
         obj = {}
         for k, v in pairs:
             if k in obj:
@@ -78,6 +81,7 @@ def load_json(text):
         return obj
 
     def no_constant(name):
+        """Reject NaN and Infinity."""
         raise ValueError(f"non-JSON constant {name}")
     return json.loads(text, object_pairs_hook=hook, parse_constant=no_constant), dups
 
@@ -251,6 +255,7 @@ def scan_source(src):
     out = []
 
     def visit(path, rel, ancestors):
+        """Classify the entries of one folder, recursing into folders not yet on the path."""
         for name in sorted(os.listdir(path)):
             if not rel and name == HIDDEN:
                 continue
@@ -696,6 +701,7 @@ def selftest():
         good = native_view()
 
         def bad_index(fn):
+            """The good native view with its index edited by fn."""
             return native_view(index_edit=fn)
         hf_back = [(SHARD1, ["emb", "gu0", "dn0", "gate"], {"format": "pt"}, {}),
                    (SHARD2, ["lm", "gu1", "dn1", "vb"], {"format": "pt"}, {})]
@@ -806,7 +812,7 @@ def main(argv=None):
     rep = Report()
     try:
         check(args.src, args.view, args, rep)
-    except Fatal as e:
+    except (Fatal, OSError) as e:  # view I/O errors are caught per file; these concern the source
         print(f"check_view: error: {e}", file=sys.stderr)
         return 2
     counts = f"{rep.files} files, {rep.tensors} tensors, {rep.bytes} bytes compared"

@@ -731,16 +731,19 @@ static void usage(void)
 	       "    -h, --help                        this text\n");
 }
 
-/* Decimal u64 with nothing around it; anything else is a usage error. */
+/* Decimal u64 >= min for option --opt, nothing around it; anything else is a usage error. */
 static uint64_t parse_u64(const char *opt, const char *s, uint64_t min)
 {
+	char what[32];
 	char *end;
 	unsigned long long v;
 
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (!*s || *s == '-' || *end || errno || v < min)
-		usage_error(opt, "invalid number");
+	if (!*s || *s == '-' || *s == ' ' || *end || errno || v < min) {
+		snprintf(what, sizeof(what), "--%s", opt);
+		usage_error(what, min ? "expected a positive integer" : "expected an integer");
+	}
 	return v;
 }
 
@@ -800,14 +803,14 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	opterr = 0;	/* one error line, ours */
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		if (c >= OPT_DIM) {
-			dims[c - OPT_DIM] = parse_u64(argv[optind - 1], optarg, 1);
+			dims[c - OPT_DIM] = parse_u64(dim_opts[c - OPT_DIM].opt, optarg, 1);
 			have[c - OPT_DIM] = 1;
 		} else if (c >= OPT_FLAG) {
 			*(int *)((char *)o + flag_opts[c - OPT_FLAG].off) = 1;
 		} else if (c == OPT_PRESET) {
 			preset = parse_choice("--preset", optarg, preset_names);
 		} else if (c == OPT_SEED) {
-			o->seed = parse_u64("--seed", optarg, 0);
+			o->seed = parse_u64("seed", optarg, 0);
 		} else if (c == OPT_NAMING) {
 			o->native = parse_choice("--naming", optarg, namings);
 		} else if (c == OPT_ORDER) {

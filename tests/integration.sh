@@ -1,0 +1,317 @@
+#!/bin/bash
+# Integration tests: really mount views of generated checkpoints and check every byte with an
+# independent checker (tests/check_view.py). Needs /dev/fuse and fusermount3; prints one
+# closing line "N passed, N failed[, N skipped]".
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD=${BUILD:-build}
+QV=$ROOT/$BUILD/qvlmoefs
+MK=$ROOT/$BUILD/qvlmoefs-mkckpt
+CHECK="python3 $ROOT/tests/check_view.py"
+T=$(mktemp -d /tmp/qvlmoefs-it.XXXXXX)
+pass=0 fail=0 skip=0
+
+unmount_all() { # every mount below $T, deepest first; tests run in subshells, so look it up
+	awk -v t="$T/" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+		fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
+	done
+}
+
+cleanup() {
+	unmount_all
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+# mnt SRC MNT [options...]: mount a view (daemonized), remembered for cleanup
+mnt() {
+	local src=$1 m=$2
+	shift 2
+	mkdir -p "$m"
+	timeout 60 "$QV" "$src" "$m" "$@" || return 1
+	mountpoint -q "$m"
+}
+
+umnt() {
+	timeout 30 fusermount3 -u "$1"
+}
+
+run_test() { # run_test NAME: runs function t_NAME, output to a log shown on failure
+	local name=$1 log=$T/$1.log rc
+	(set -e; "t_$name") >"$log" 2>&1
+	rc=$?
+	if [ $rc -eq 0 ]; then
+		echo "ok - $name"
+		pass=$((pass + 1))
+	elif [ $rc -eq 77 ]; then
+		echo "skip - $name: $(tail -n 1 "$log")"
+		skip=$((skip + 1))
+	else
+		echo "FAIL - $name"
+		sed 's/^/    /' "$log" | tail -n 30
+		fail=$((fail + 1))
+	fi
+	unmount_all
+}
+
+expect_fail() { # expect_fail CMD...: the command must fail
+	if "$@"; then
+		echo "expected failure: $*"
+		return 1
+	fi
+	return 0
+}
+
+# ---- fixtures ------------------------------------------------------------------------
+"$MK" "$T/hf" >/dev/null
+"$MK" --naming native --extra-state "$T/native" >/dev/null
+"$MK" --unpadded --shuffle-keys --no-metadata --data-order reverse --scale-inv --shards 3 \
+	"$T/odd" >/dev/null
+"$MK" --no-prefix --data-order name --shards 1 "$T/noprefix" >/dev/null
+
+# ---- tests ---------------------------------------------------------------------------
+t_forward_native_view() {
+	mnt "$T/hf" "$T/m"
+	$CHECK "$T/hf" "$T/m" --view native
+	grep -q gate_and_up_projs "$T/m/model.safetensors.index.json"
+	! grep -q '"[^"]*experts.gate_up_proj"' "$T/m/model.safetensors.index.json"
+}
+
+t_reverse_hf_view() {
+	mnt "$T/native" "$T/m"
+	$CHECK "$T/native" "$T/m" --view hf
+	! grep -q _extra_state "$T/m/model.safetensors.index.json"
+}
+
+t_reverse_custom_exclude() {
+	mnt "$T/native" "$T/m" -o 'exclude=model\.visual\..*'
+	$CHECK "$T/native" "$T/m" --view hf --exclude 'model\.visual\..*'
+	grep -q _extra_state "$T/m/model.safetensors.index.json"
+	# the pattern sees the converted (HF) name, as in Automodel's to_hf
+	mnt "$T/native" "$T/m2" -o 'exclude=.*\.gate_up_proj$'
+	$CHECK "$T/native" "$T/m2" --view hf --exclude '.*\.gate_up_proj$'
+	! grep -q 'experts.gate_up_proj"' "$T/m2/model.safetensors.index.json"
+	grep -q 'experts.down_proj"' "$T/m2/model.safetensors.index.json"
+}
+
+t_identity_views() {
+	mnt "$T/hf" "$T/m1" -o view=hf
+	$CHECK "$T/hf" "$T/m1" --view hf
+	mnt "$T/native" "$T/m2" -o view=native
+	$CHECK "$T/native" "$T/m2" --view native
+}
+
+t_unusual_sources() {
+	mnt "$T/odd" "$T/m1"
+	$CHECK "$T/odd" "$T/m1"
+	! grep -q _scale_inv "$T/m1/model.safetensors.index.json"
+	mnt "$T/noprefix" "$T/m2"
+	$CHECK "$T/noprefix" "$T/m2"
+}
+
+t_hf_cache_snapshot() {
+	local repo=$T/cache/models--Qwen--tiny rev=0123abcd
+	mkdir -p "$repo/blobs" "$repo/snapshots/$rev"
+	for f in "$T/hf"/*; do
+		local h
+		h=$(sha256sum "$f" | cut -c1-40)
+		cp "$f" "$repo/blobs/$h"
+		ln -s "../../blobs/$h" "$repo/snapshots/$rev/$(basename "$f")"
+	done
+	mnt "$repo/snapshots/$rev" "$T/m"
+	$CHECK "$repo/snapshots/$rev" "$T/m"
+	[ ! -L "$T/m/config.json" ] && [ -f "$T/m/config.json" ]
+}
+
+t_nested_and_links() {
+	local s=$T/nested
+	cp -r "$T/hf" "$s"
+	mkdir -p "$s/sub/deeper" "$s/more"
+	echo "hello" >"$s/sub/deeper/notes.txt"
+	cp "$T/hf/model-00001-of-00002.safetensors" "$s/more/extra.safetensors"
+	ln -s ../config.json "$s/sub/config-link.json"
+	ln -s /etc/passwd "$s/escape"
+	ln -s ../../../../../../etc "$s/sub/escape-dir"
+	ln -s nowhere "$s/dangling"
+	mkfifo "$s/fifo"
+	mnt "$s" "$T/m"
+	$CHECK "$s" "$T/m"
+	[ ! -e "$T/m/escape" ] && [ ! -e "$T/m/fifo" ] && [ ! -e "$T/m/dangling" ]
+	[ ! -e "$T/m/sub/escape-dir" ]
+	cmp "$s/sub/deeper/notes.txt" "$T/m/sub/deeper/notes.txt"
+	cmp "$s/config.json" "$T/m/sub/config-link.json"
+}
+
+t_erofs() {
+	mnt "$T/hf" "$T/m"
+	local f=$T/m/config.json out
+	for cmd in "touch $T/m/new" "sh -c 'echo x >> $f'" "mkdir $T/m/d" "rm -f $f" \
+		"mv $f $T/m/x" "chmod 777 $f" "truncate -s 0 $f" "ln -s x $T/m/l" \
+		"setfattr -n user.x -v 1 $f"; do
+		if out=$(eval "$cmd" 2>&1); then
+			echo "mutation succeeded: $cmd"
+			return 1
+		fi
+		case $out in *"Read-only file system"*|*"setfattr"*) ;; *)
+			echo "unexpected error for $cmd: $out"; return 1 ;;
+		esac
+	done
+	[ "$(stat -c %a "$f")" = 444 ] && [ "$(stat -c %a "$T/m")" = 555 ]
+	cmp "$T/hf/config.json" "$f"
+}
+
+t_mmap_equals_read() {
+	mnt "$T/hf" "$T/m"
+	python3 - "$T/m" <<'PY'
+import mmap, os, sys
+d = sys.argv[1]
+for name in sorted(os.listdir(d)):
+    p = os.path.join(d, name)
+    data = open(p, 'rb').read()
+    assert len(data) == os.path.getsize(p), name
+    for flags in (mmap.MAP_PRIVATE, mmap.MAP_SHARED):
+        with open(p, 'rb') as f:
+            mm = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            assert mm[:] == data, (name, flags)
+            mm.close()
+print("mmap ok")
+PY
+}
+
+t_concurrent_readers() {
+	mnt "$T/hf" "$T/m"
+	local ref=$T/ref
+	mkdir -p "$ref"
+	cp "$T/m"/* "$ref/"
+	for i in $(seq 1 8); do
+		(for f in "$T/m"/*; do cat "$f"; done | md5sum >"$T/sum.$i") &
+	done
+	wait
+	local want
+	want=$(for f in "$ref"/*; do cat "$f"; done | md5sum)
+	for i in $(seq 1 8); do [ "$(cat "$T/sum.$i")" = "$want" ]; done
+}
+
+t_uring_and_pread_identical() {
+	mnt "$T/odd" "$T/m1" -o io=uring
+	mnt "$T/odd" "$T/m2" -o io=pread
+	diff -r "$T/m1" "$T/m2"
+	$CHECK "$T/odd" "$T/m2"
+}
+
+t_clean_unmount_exit_code() {
+	mkdir -p "$T/m"
+	"$QV" -f "$T/hf" "$T/m" &
+	local pid=$!
+	for _ in $(seq 1 100); do mountpoint -q "$T/m" && break; sleep 0.05; done
+	mountpoint -q "$T/m"
+	cat "$T/m/config.json" >/dev/null
+	umnt "$T/m"
+	wait $pid
+	"$QV" -f "$T/hf" "$T/m" &
+	pid=$!
+	for _ in $(seq 1 100); do mountpoint -q "$T/m" && break; sleep 0.05; done
+	umount "$T/m"
+	wait $pid
+}
+
+t_mount_t_fuse() {
+	[ "$(id -u)" -eq 0 ] || { echo "mount -t needs root"; return 77; }
+	local had=0
+	[ -e /sbin/mount.fuse.qvlmoefs ] && had=1
+	make -s -C "$ROOT" install BUILD="$BUILD" PREFIX=/usr/local >/dev/null
+	mkdir -p "$T/m"
+	local rc=0
+	mount -t fuse.qvlmoefs "$T/hf" "$T/m" -o ro,view=native,nofail || rc=1
+	[ $rc -eq 0 ] && $CHECK "$T/hf" "$T/m" --view native || rc=1
+	grep -q "fuse.qvlmoefs" /proc/mounts || rc=1
+	umount "$T/m" || rc=1
+	[ $had -eq 1 ] || make -s -C "$ROOT" uninstall PREFIX=/usr/local >/dev/null
+	return $rc
+}
+
+# bad SRC: mounting must fail before mounting, with one line that names the file
+bad_source() {
+	local name=$1 want=$2 out
+	mkdir -p "$T/m"
+	if out=$("$QV" "$T/bad/$name" "$T/m" 2>&1); then
+		echo "mount of $name succeeded"
+		return 1
+	fi
+	mountpoint -q "$T/m" && { echo "mounted anyway"; return 1; }
+	[ "$(echo "$out" | wc -l)" -eq 1 ] || { echo "not one line: $out"; return 1; }
+	case $out in *model-00001-of-00001.safetensors*"$want"*) echo "ok: $out" ;; *)
+		echo "message for $name lacks file or '$want': $out"; return 1 ;;
+	esac
+}
+
+t_malformed_sources_rejected() {
+	python3 - "$T/bad" <<'PY'
+import json, os, struct, sys
+root = sys.argv[1]
+def write(name, header, data=b"", raw=None, hlen=None):
+    d = os.path.join(root, name); os.makedirs(d, exist_ok=True)
+    h = raw if raw is not None else json.dumps(header).encode()
+    with open(os.path.join(d, "model-00001-of-00001.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", hlen if hlen is not None else len(h)) + h + data)
+t = lambda b, e, s=None: {"dtype": "BF16", "shape": s or [(e - b) // 2], "data_offsets": [b, e]}
+write("badjson", None, raw=b'{"a": {"dtype": "BF16", ')
+write("dupkey", None, raw=b'{"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]},"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}', data=b"xx")
+write("dtype", {"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 2]}}, b"xx")
+write("overlap", {"a": t(0, 4), "b": t(2, 6)}, b"x" * 6)
+write("pastend", {"a": t(0, 8)}, b"x" * 4)
+write("hdrlen", None, raw=b'{}', hlen=1000)
+write("hole", {"a": t(0, 2), "b": t(4, 6)}, b"x" * 6)
+write("shape", {"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 2]}}, b"xx")
+PY
+	bad_source badjson "not valid JSON"
+	bad_source dupkey "duplicate key"
+	bad_source dtype "unknown dtype"
+	bad_source overlap "overlaps"
+	bad_source pastend "past end"
+	bad_source hdrlen "past end of file"
+	bad_source hole "hole"
+	bad_source shape "shape x dtype"
+}
+
+t_bad_options_rejected() {
+	mkdir -p "$T/m"
+	expect_fail "$QV" "$T/hf" "$T/m" -o view=bogus
+	expect_fail "$QV" "$T/hf" "$T/m" -o io=aio
+	expect_fail "$QV" "$T/hf" "$T/m" -o gpu=0
+	expect_fail "$QV" "$T/hf" "$T/m" -o ep_rank=1
+	expect_fail "$QV" "$T/nonexistent" "$T/m"
+	expect_fail "$QV" "$T/hf" "$T/m" -o exclude='(?=x)'
+	! mountpoint -q "$T/m"
+}
+
+t_help_and_version() {
+	"$QV" --help | grep -q "view=native|hf"
+	"$QV" --help | grep -q "allow_other"
+	"$QV" -V | grep -q "qvlmoefs version"
+}
+
+t_statfs_and_listing() {
+	mnt "$T/hf" "$T/m"
+	df "$T/m" >/dev/null
+	[ "$(ls "$T/m" | wc -l)" -eq "$(ls "$T/hf" | wc -l)" ]
+	local i1 i2
+	i1=$(stat -c %i "$T/m/config.json")
+	umnt "$T/m"
+	mnt "$T/hf" "$T/m"
+	i2=$(stat -c %i "$T/m/config.json")
+	[ "$i1" = "$i2" ] # stable inode numbers across mounts
+}
+
+tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')
+if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
+	for t in $tests; do echo "skip - $t: no /dev/fuse or fusermount3 on this machine"; done
+	echo "0 passed, 0 failed, $(echo "$tests" | wc -w) skipped"
+	exit 0
+fi
+for t in ${ONLY:-$tests}; do
+	run_test "$t"
+done
+echo "$pass passed, $fail failed$([ $skip -gt 0 ] && echo ", $skip skipped")"
+[ $fail -eq 0 ]
