@@ -18,7 +18,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util st plan scan hdr vfile view io
+CORE := util st plan scan hdr vfile view mount io
 CORE_OBJ := $(CORE:%=$(BUILD)/%.o)
 BIN := $(BUILD)/qvlmoefs
 TOOLS := $(BUILD)/qvlmoefs-mkckpt $(BUILD)/unit

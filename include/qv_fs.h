@@ -6,7 +6,7 @@
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 
-#include "qv_view.h"
+#include "qv_mount.h"
 
 struct qv_fs {
 	struct qv_mount *m;

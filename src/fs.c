@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #define CACHE_TIMEOUT 86400.0
+#define QV_XATTR_STATS "user.qvlmoefs.stats"
 #define READ_BUF_MIN (1u << 20)
 
 /* What a worker thread keeps between requests: nothing is allocated per read. */
@@ -108,9 +109,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d = qv_mount_node(fs->m, parent), *n;
 	struct fuse_entry_param e;
+	int rc;
 
 	if (!d || !d->dir) {
 		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
+		return;
+	}
+	rc = qv_mount_ready(fs->m, d);
+	if (rc) {
+		fuse_reply_err(req, -rc);
 		return;
 	}
 	n = qv_mount_lookup(fs->m, d, name);
@@ -172,9 +179,15 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	struct qv_node *d = qv_mount_node(fs->m, ino);
 	char *buf;
 	size_t used = 0;
+	int rc;
 
 	if (!d || !d->dir) {
 		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
+		return;
+	}
+	rc = qv_mount_ready(fs->m, d);
+	if (rc) {
+		fuse_reply_err(req, -rc);
 		return;
 	}
 	buf = malloc(size);
@@ -287,19 +300,42 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
+/* Reply with value (len bytes) to a get/listxattr call: its size when asked, else the bytes. */
+static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t size)
+{
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-	(void)ino, (void)name, (void)size;
-	fuse_reply_err(req, ENODATA);
+	struct qv_fs *fs = fs_of(req);
+	struct qv_buf b = { 0 };
+
+	if (ino != FUSE_ROOT_ID || strcmp(name, QV_XATTR_STATS)) {
+		fuse_reply_err(req, ENODATA);
+		return;
+	}
+	if (qv_mount_stats_json(fs->m, &b)) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	reply_xattr(req, b.p, b.len, size);
+	qv_buf_free(&b);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	(void)ino;
-	if (size == 0)
-		fuse_reply_xattr(req, 0);
+	static const char names[] = QV_XATTR_STATS; /* with its NUL: the list format */
+
+	if (ino == FUSE_ROOT_ID)
+		reply_xattr(req, names, sizeof(names), size);
 	else
-		fuse_reply_buf(req, NULL, 0);
+		reply_xattr(req, "", 0, size);
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)

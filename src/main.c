@@ -67,7 +67,7 @@ static void usage(const char *prog)
 	       "    -o view=native|hf      naming of the view (default: the other one than SOURCE's)\n"
 	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*)\n"
 	       "    -o io=uring|pread      how sources are read (default uring)\n"
-	       "    -o ep_size=W           expert-parallel size\n"
+	       "    -o ep_size=W           expert-parallel size; alone: one folder per rank\n"
 	       "    -o ep_rank=R           expert-parallel rank shown (0 <= R < W)\n"
 	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
@@ -105,11 +105,6 @@ static int check_options(const struct options *o, struct qv_mount_opts *mo)
 		return qv_log("ep_size must be at least 1"), -EINVAL;
 	if (o->shard_size_set && o->shard_size == 0)
 		return qv_log("ep_shard_size must be at least 1"), -EINVAL;
-	if (o->ep_size_set && !o->ep_rank_set)
-		return qv_log("ep_size without ep_rank (one folder per rank) is not implemented yet"),
-		       -EINVAL;
-	if (o->shard_size_set && o->shard_size > 1 && !o->shard_rank_set)
-		return qv_log("ep_shard_size without ep_shard_rank is not implemented yet"), -EINVAL;
 	mo->ep_size = o->ep_size_set ? o->ep_size : 0;
 	mo->ep_rank = o->ep_rank;
 	mo->ep_rank_set = o->ep_rank_set;

@@ -194,7 +194,7 @@ out:
 
 static int walk(struct qv_scan *s, uint32_t dir, int depth, char *err, size_t errlen)
 {
-	char **names;
+	char **names = NULL;
 	size_t n;
 	int rc;
 

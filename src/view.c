@@ -1,6 +1,7 @@
 /* view.c - build the virtual tree: one node per shown folder or file; safetensors files become
  * a synthesized header plus extents of their source, everything else passes through. */
 #include "qv_view.h"
+#include "qv_mount.h"
 #include "qv_hdr.h"
 #include "qv_util.h"
 
@@ -20,53 +21,6 @@ struct fkeys {
 	size_t n;
 	uint64_t total;
 };
-
-struct qv_node *qv_mount_node(struct qv_mount *m, uint64_t ino)
-{
-	size_t i = ino - 1;
-
-	if (ino == 0 || i >= atomic_load(&m->nnodes))
-		return NULL;
-	return &m->chunk[i >> QV_CHUNK_SHIFT][i & ((1u << QV_CHUNK_SHIFT) - 1)];
-}
-
-/* A new node; pointers stay valid because chunks never move. Caller holds m->lock or is the
- * only thread (mount time). */
-static struct qv_node *node_new(struct qv_mount *m, const char *name, uint64_t parent, bool dir,
-				const struct timespec *mtime)
-{
-	size_t i = atomic_load(&m->nnodes), c = i >> QV_CHUNK_SHIFT;
-	struct qv_node *n;
-
-	if (c >= QV_MAX_CHUNKS)
-		return NULL;
-	if (!m->chunk[c]) {
-		m->chunk[c] = calloc(1u << QV_CHUNK_SHIFT, sizeof(struct qv_node));
-		if (!m->chunk[c])
-			return NULL;
-	}
-	n = &m->chunk[c][i & ((1u << QV_CHUNK_SHIFT) - 1)];
-	n->name = strdup(name);
-	if (!n->name)
-		return NULL;
-	n->ino = i + 1;
-	n->parent = parent ? parent : n->ino;
-	n->dir = dir;
-	n->mtime = *mtime;
-	atomic_store(&m->nnodes, i + 1); /* publish only once filled in */
-	return n;
-}
-
-static int add_kid(struct qv_node *dir, uint64_t ino)
-{
-	uint64_t *k = realloc(dir->kids, (dir->nkids + 1) * sizeof(*k));
-
-	if (!k)
-		return -ENOMEM;
-	dir->kids = k;
-	k[dir->nkids++] = ino;
-	return 0;
-}
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -119,12 +73,13 @@ static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, con
 }
 
 /* The __metadata__ entries that say which slice a rank's shard holds. */
-static size_t ep_meta(const struct qv_mount *m, struct qv_meta *x, char buf[6][24])
+static size_t ep_meta(const struct qv_mount *m, const struct qv_plan *p, struct qv_meta *x,
+		      char buf[6][24])
 {
 	static const char *const names[6] = { "qvlmoefs.ep_size",	"qvlmoefs.ep_rank",
 					      "qvlmoefs.expert_start",	"qvlmoefs.expert_end",
 					      "qvlmoefs.ep_shard_size", "qvlmoefs.ep_shard_rank" };
-	const struct qv_plan_opts *o = &m->plan.o;
+	const struct qv_plan_opts *o = &p->o;
 	uint64_t start, count, v[6];
 	size_t n;
 
@@ -142,15 +97,15 @@ static size_t ep_meta(const struct qv_mount *m, struct qv_meta *x, char buf[6][2
 }
 
 /* Build the virtual safetensors file of scan node si into node n; its keys go to fk. */
-static int build_st(struct qv_mount *m, uint32_t si, struct qv_node *n, struct fkeys *fk, char *err,
-		    size_t errlen)
+static int build_st(struct qv_mount *m, const struct qv_plan *p, uint32_t si, struct qv_node *n,
+		    struct fkeys *fk, char *err, size_t errlen)
 {
 	const struct qv_st *st = m->st_of[si];
 	const char *rel = m->scan.n[si].rel;
 	struct qv_vtensor *vt = calloc(st->nt ? st->nt : 1, sizeof(*vt));
 	struct qv_seg *sg = calloc(st->nt ? st->nt : 1, sizeof(*sg));
 	struct qv_meta extra[6];
-	char ebuf[6][24];
+	char ebuf[6][24], why[QV_ERRLEN];
 	struct qv_buf hdr = { 0 };
 	uint64_t voff;
 	const char *dup;
@@ -168,11 +123,12 @@ static int build_st(struct qv_mount *m, uint32_t si, struct qv_node *n, struct f
 		char *key;
 		bool expert;
 
-		rc = qv_plan_map_key(&m->plan, t->name, &key, &expert);
+		rc = qv_plan_map_key(p, t->name, &key, &expert);
 		if (rc <= 0)
 			continue; /* dropped, or out of memory */
-		rc = expert ? qv_plan_cut(&m->plan, t, &cut, err, errlen) : 0;
+		rc = expert ? qv_plan_cut(p, t, &cut, why, sizeof(why)) : 0;
 		if (rc) {
+			qv_err(err, errlen, rc, "%s: %s", rel, why);
 			free(key);
 			break;
 		}
@@ -189,7 +145,7 @@ static int build_st(struct qv_mount *m, uint32_t si, struct qv_node *n, struct f
 			    dup);
 		goto out;
 	}
-	nextra = ep_meta(m, extra, ebuf);
+	nextra = ep_meta(m, p, extra, ebuf);
 	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr);
 	if (rc)
 		goto out;
@@ -315,7 +271,8 @@ static bool is_index_name(const char *name)
 }
 
 /* Build the view of scan folder sd under node dn: files first, then the folder's indexes. */
-static int build_dir(struct qv_mount *m, uint32_t sd, struct qv_node *dn, char *err, size_t errlen)
+int qv_view_build(struct qv_mount *m, const struct qv_plan *p, uint32_t sd, struct qv_node *dn,
+		  char *err, size_t errlen)
 {
 	const struct qv_snode *s = &m->scan.n[sd];
 	struct fkeys *fk = calloc(s->nkids ? s->nkids : 1, sizeof(*fk));
@@ -326,16 +283,16 @@ static int build_dir(struct qv_mount *m, uint32_t sd, struct qv_node *dn, char *
 		uint32_t si = s->kids[k];
 		const struct qv_snode *c = &m->scan.n[si];
 		bool dir = S_ISDIR(c->st.st_mode);
-		struct qv_node *n = node_new(m, c->name, dn->ino, dir, &c->st.st_mtim);
+		struct qv_node *n = qv_mount_node_new(m, c->name, dn->ino, dir, &c->st.st_mtim);
 
-		rc = n ? add_kid(dn, n->ino) : -ENOMEM;
+		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
 		if (rc)
 			break;
 		if (dir) {
-			rc = build_dir(m, si, n, err, errlen);
+			rc = qv_view_build(m, p, si, n, err, errlen);
 		} else if (m->st_of[si]) {
 			fk[nfk].file = c->name;
-			rc = build_st(m, si, n, &fk[nfk++], err, errlen);
+			rc = build_st(m, p, si, n, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
 			rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = (uint64_t)c->st.st_size,
 								   .src = m->src_of[si],
@@ -364,201 +321,23 @@ static int build_dir(struct qv_mount *m, uint32_t sd, struct qv_node *dn, char *
 	return rc;
 }
 
-/* Open and strictly parse every *.safetensors source; the fd stays open for reads. */
-static int parse_sources(struct qv_mount *m, char *err, size_t errlen)
+int qv_view_validate(struct qv_mount *m, const struct qv_plan *p, char *err, size_t errlen)
 {
-	char why[QV_ERRLEN];
-
-	for (size_t i = 0; i < m->scan.nn; i++) {
-		const struct qv_snode *c = &m->scan.n[i];
-		struct qv_source *s;
-		struct stat st;
-		int rc, fd;
-
-		if (S_ISDIR(c->st.st_mode))
-			continue;
-		s = &m->src[m->nsrc];
-		m->src_of[i] = (uint32_t)m->nsrc++;
-		*s = (struct qv_source){ .rel = c->rel, .path = c->path, .dev = c->st.st_dev,
-					 .ino = c->st.st_ino, .size = c->st.st_size,
-					 .mtime = c->st.st_mtim };
-		atomic_init(&s->fd, -1);
-		if (!qv_ends_with(c->name, ".safetensors"))
-			continue;
-		fd = open(c->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st))
-			return qv_err(err, errlen, -errno, "%s: %s", c->rel, strerror(errno));
-		atomic_store(&s->fd, fd);
-		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
-		m->st_of[i] = calloc(1, sizeof(struct qv_st));
-		if (!m->st_of[i])
-			return qv_err(err, errlen, -ENOMEM, "%s: out of memory", c->rel);
-		rc = qv_st_read_fd(fd, (uint64_t)st.st_size, m->st_of[i], why, sizeof(why));
-		if (rc)
-			return qv_err(err, errlen, rc, "%s: %s", c->rel, why);
-	}
-	return 0;
-}
-
-/* Naming, the {P} prefix and the expert count, from all keys of the checkpoint (DESIGN §1). */
-static void detect(struct qv_mount *m)
-{
-	struct qv_plan probe = { .o = { .src = QV_NAMING_HF, .view = QV_NAMING_HF } };
-
 	for (size_t i = 0; i < m->scan.nn; i++) {
 		const struct qv_st *st = m->st_of[i];
 
 		for (size_t k = 0; st && k < st->nt; k++) {
-			const char *key = st->t[k].name;
-
-			m->model_prefix |= qv_starts_with(key, "model.");
-			if (qv_plan_key_is_native(key))
-				m->src_naming = QV_NAMING_NATIVE;
-		}
-	}
-	probe.o.src = probe.o.view = m->src_naming;
-	for (size_t i = 0; i < m->scan.nn && !m->n_experts; i++) {
-		const struct qv_st *st = m->st_of[i];
-
-		for (size_t k = 0; st && k < st->nt && !m->n_experts; k++) {
-			char *key;
+			struct qv_cut cut;
+			char *key, why[QV_ERRLEN];
 			bool expert;
+			int rc = qv_plan_map_key(p, st->t[k].name, &key, &expert);
 
-			if (qv_plan_map_key(&probe, st->t[k].name, &key, &expert) == 1 && expert &&
-			    st->t[k].ndim)
-				m->n_experts = st->t[k].shape[0];
 			free(key);
-		}
-	}
-}
-
-int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
-		  size_t errlen)
-{
-	struct qv_plan_opts po;
-	struct qv_node *root;
-	int rc;
-
-	memset(m, 0, sizeof(*m));
-	m->o = *o;
-	err[0] = '\0';
-	pthread_mutex_init(&m->lock, NULL);
-	m->chunk = calloc(QV_MAX_CHUNKS, sizeof(*m->chunk));
-	if (!m->chunk)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	rc = qv_scan_tree(src, &m->scan, err, errlen);
-	if (rc)
-		return rc;
-	m->src = calloc(m->scan.nn, sizeof(*m->src));
-	m->src_of = malloc(m->scan.nn * sizeof(*m->src_of));
-	m->st_of = calloc(m->scan.nn, sizeof(*m->st_of));
-	if (!m->src || !m->src_of || !m->st_of)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	memset(m->src_of, 0xff, m->scan.nn * sizeof(*m->src_of));
-	rc = parse_sources(m, err, errlen);
-	if (rc)
-		return rc;
-	detect(m);
-	po = (struct qv_plan_opts){ .src = m->src_naming,
-				    .view = o->view_set ? o->view : !m->src_naming,
-				    .model_prefix = m->model_prefix, .exclude = o->exclude,
-				    .ep_size = o->ep_size, .ep_rank = o->ep_rank,
-				    .shard_size = o->shard_size, .shard_rank = o->shard_rank };
-	rc = qv_plan_init(&m->plan, &po, err, errlen);
-	if (rc)
-		return rc;
-	root = node_new(m, "", 0, true, &m->scan.n[0].st.st_mtim);
-	if (!root)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	return build_dir(m, 0, root, err, errlen);
-}
-
-void qv_mount_fini(struct qv_mount *m)
-{
-	size_t nn = atomic_load(&m->nnodes);
-
-	for (size_t i = 0; i < nn; i++) {
-		struct qv_node *n = qv_mount_node(m, i + 1);
-
-		free(n->name);
-		free(n->kids);
-		qv_vfile_fini(&n->vf);
-	}
-	for (size_t c = 0; m->chunk && c < QV_MAX_CHUNKS && m->chunk[c]; c++)
-		free(m->chunk[c]);
-	free(m->chunk);
-	for (size_t i = 0; i < m->nsrc; i++)
-		if (atomic_load(&m->src[i].fd) >= 0)
-			close(atomic_load(&m->src[i].fd));
-	for (size_t i = 0; m->st_of && i < m->scan.nn; i++) {
-		if (m->st_of[i])
-			qv_st_free(m->st_of[i]);
-		free(m->st_of[i]);
-	}
-	free(m->st_of);
-	free(m->src_of);
-	free(m->src);
-	qv_plan_free(&m->plan);
-	qv_scan_free(&m->scan);
-	pthread_mutex_destroy(&m->lock);
-	memset(m, 0, sizeof(*m));
-}
-
-struct qv_node *qv_mount_lookup(struct qv_mount *m, const struct qv_node *dir, const char *name)
-{
-	size_t lo = 0, hi = dir->nkids;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		struct qv_node *n = qv_mount_node(m, dir->kids[mid]);
-		int c = strcmp(name, n->name);
-
-		if (c == 0)
-			return n;
-		if (c < 0)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	return NULL;
-}
-
-int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
-{
-	atomic_fetch_add(&m->stats.opens, 1);
-	for (size_t i = 0; i < n->vf.nsrcs; i++) {
-		int rc = qv_source_check(&m->src[n->vf.srcs[i]]);
-
-		if (rc) {
-			atomic_fetch_add(&m->stats.errors, 1);
-			return rc;
+			if (rc < 0)
+				return qv_err(err, errlen, rc, "out of memory");
+			if (rc == 1 && expert && qv_plan_cut(p, &st->t[k], &cut, why, sizeof(why)))
+				return qv_err(err, errlen, -EINVAL, "%s: %s", m->scan.n[i].rel, why);
 		}
 	}
 	return 0;
-}
-
-int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
-		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got)
-{
-	uint64_t from_src = 0;
-	int rc = qv_vfile_read(&n->vf, m->src, off, len, buf, io, sc, got, &from_src);
-
-	atomic_fetch_add(&m->stats.reads, 1);
-	if (rc) {
-		atomic_fetch_add(&m->stats.errors, 1);
-		return rc;
-	}
-	atomic_fetch_add(&m->stats.bytes_served, *got);
-	atomic_fetch_add(&m->stats.bytes_src, from_src);
-	return 0;
-}
-
-uint64_t qv_mount_bytes(struct qv_mount *m)
-{
-	size_t nn = atomic_load(&m->nnodes);
-	uint64_t sum = 0;
-
-	for (size_t i = 0; i < nn; i++)
-		sum += qv_mount_node(m, i + 1)->vf.size;
-	return sum;
 }

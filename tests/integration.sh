@@ -41,6 +41,7 @@ run_test() { # run_test NAME: runs function t_NAME, output to a log shown on fai
 	local name=$1 log=$T/$1.log rc
 	(set -e; "t_$name") >"$log" 2>&1
 	rc=$?
+	[ -n "${VERBOSE:-}" ] && sed 's/^/    /' "$log"
 	if [ $rc -eq 0 ]; then
 		echo "ok - $name"
 		pass=$((pass + 1))
@@ -69,6 +70,9 @@ expect_fail() { # expect_fail CMD...: the command must fail
 "$MK" --unpadded --shuffle-keys --no-metadata --data-order reverse --scale-inv --shards 3 \
 	"$T/odd" >/dev/null
 "$MK" --no-prefix --data-order name --shards 1 "$T/noprefix" >/dev/null
+"$MK" --experts 10 "$T/e10" >/dev/null
+"$MK" --experts 10 --naming native --shards 3 "$T/e10n" >/dev/null
+EP=$ROOT/tests/ep_check.py
 
 # ---- tests ---------------------------------------------------------------------------
 t_forward_native_view() {
@@ -302,6 +306,148 @@ t_statfs_and_listing() {
 	mnt "$T/hf" "$T/m"
 	i2=$(stat -c %i "$T/m/config.json")
 	[ "$i1" = "$i2" ] # stable inode numbers across mounts
+}
+
+# stat_field MNT NAME: one counter of the daemon (user.qvlmoefs.stats on the root)
+stat_field() {
+	python3 -c 'import json,os,sys; print(json.loads(os.getxattr(sys.argv[1], "user.qvlmoefs.stats"))[sys.argv[2]])' "$1" "$2"
+}
+
+read_all() { # read every file below a folder with plain reads
+	find "$1" -type f -print0 | xargs -0 cat >/dev/null
+}
+
+t_ep_every_rank() {
+	local src w r
+	for src in hf native e10 e10n; do
+		for w in 1 2 4 8; do
+			mnt "$T/$src" "$T/m" -o ep_size=$w
+			for r in $(seq 0 $((w - 1))); do
+				$CHECK "$T/$src" "$T/m/ep-rank-$r" --ep-size $w --ep-rank $r >/dev/null ||
+					{ echo "src=$src W=$w R=$r"; return 1; }
+			done
+			umnt "$T/m"
+		done
+	done
+}
+
+t_ep_single_rank_and_shard_cut() {
+	local src
+	for src in e10 e10n; do
+		mnt "$T/$src" "$T/m" -o ep_size=4,ep_rank=3,ep_shard_size=2,ep_shard_rank=1
+		$CHECK "$T/$src" "$T/m" --ep-size 4 --ep-rank 3 --ep-shard-size 2 --ep-shard-rank 1
+		umnt "$T/m"
+		mnt "$T/$src" "$T/m" -o ep_size=4,ep_rank=2,view=hf
+		$CHECK "$T/$src" "$T/m" --view hf --ep-size 4 --ep-rank 2
+		umnt "$T/m"
+	done
+	# E = 10 over W = 4 gives 3, 3, 2, 2 experts
+	mnt "$T/e10" "$T/m" -o ep_size=4
+	local shapes=""
+	for r in 0 1 2 3; do
+		shapes+=$(python3 -c 'import json,struct,sys
+f=open(sys.argv[1],"rb"); n=struct.unpack("<Q",f.read(8))[0]; h=json.loads(f.read(n))
+print([v["shape"][0] for k,v in h.items() if k.endswith("gate_and_up_projs")][0], h["__metadata__"]["qvlmoefs.expert_start"], h["__metadata__"]["qvlmoefs.expert_end"], end=" ")' "$T/m/ep-rank-$r/model-00002-of-00002.safetensors")
+	done
+	[ "$shapes" = "3 0 3 3 3 6 2 6 8 2 8 10 " ] || { echo "got: $shapes"; return 1; }
+}
+
+t_ep_reassembly() {
+	mnt "$T/e10" "$T/m" -o ep_size=4,ep_shard_size=2
+	python3 "$EP" reassemble "$T/e10" "$T/m" 4 2
+	umnt "$T/m"
+	mnt "$T/e10n" "$T/m" -o ep_size=3
+	python3 "$EP" reassemble "$T/e10n" "$T/m" 3
+	umnt "$T/m"
+	mnt "$T/hf" "$T/m" -o ep_size=8
+	python3 "$EP" reassemble "$T/hf" "$T/m" 8
+}
+
+# within_1pct GOT WANT: GOT is at least WANT and at most 1% above it
+within_1pct() {
+	echo "source bytes read: $1, minimal: $2"
+	[ "$1" -ge "$2" ] && [ $(($1 * 100)) -le $(($2 * 101)) ]
+}
+
+t_ep_source_bytes_one_rank() {
+	local r got want
+	for r in 0 3; do
+		mnt "$T/e10" "$T/m" -o ep_size=4,ep_rank=$r
+		read_all "$T/m"
+		got=$(stat_field "$T/m" bytes_from_sources)
+		want=$(python3 "$EP" minbytes "$T/e10" 4 $r)
+		within_1pct "$got" "$want"
+		umnt "$T/m"
+	done
+	mnt "$T/e10" "$T/m" -o ep_size=4,ep_rank=1,ep_shard_size=2,ep_shard_rank=0
+	read_all "$T/m"
+	within_1pct "$(stat_field "$T/m" bytes_from_sources)" "$(python3 "$EP" minbytes "$T/e10" 4 1 2 0)"
+}
+
+t_ep_multirank_folders_lazy() {
+	mnt "$T/e10" "$T/m" -o ep_size=12 2>/dev/null && { echo "ep_size=12 > 10 experts mounted"; return 1; }
+	mnt "$T/e10" "$T/m" -o ep_size=10
+	[ "$(ls "$T/m" | tr '\n' ' ')" = "$(printf 'ep-rank-%s ' 0 1 2 3 4 5 6 7 8 9 | tr ' ' '\n' | sort | tr '\n' ' ')" ]
+	local n0 n1 n2
+	n0=$(stat_field "$T/m" nodes)
+	ls "$T/m/ep-rank-7" >/dev/null
+	n1=$(stat_field "$T/m" nodes)
+	ls "$T/m/ep-rank-7" >/dev/null
+	cat "$T/m/ep-rank-7/config.json" >/dev/null
+	n2=$(stat_field "$T/m" nodes)
+	echo "nodes: $n0 before, $n1 after one rank, $n2 again"
+	[ "$n0" -eq 11 ] && [ "$n1" -gt "$n0" ] && [ "$n2" -eq "$n1" ]
+	$CHECK "$T/e10" "$T/m/ep-rank-7" --ep-size 10 --ep-rank 7
+	umnt "$T/m"
+	mnt "$T/e10" "$T/m" -o ep_size=2,ep_shard_size=2
+	[ "$(ls "$T/m" | tr '\n' ' ')" = "ep-rank-0-shard-0 ep-rank-0-shard-1 ep-rank-1-shard-0 ep-rank-1-shard-1 " ]
+	$CHECK "$T/e10" "$T/m/ep-rank-1-shard-1" --ep-size 2 --ep-rank 1 --ep-shard-size 2 --ep-shard-rank 1
+}
+
+t_ep_validation_errors() {
+	local out
+	mkdir -p "$T/m"
+	for o in ep_size=2,ep_rank=2 ep_size=11 ep_size=2,ep_shard_size=3,ep_shard_rank=3 \
+		ep_size=2,ep_shard_size=3 ep_rank=1 ep_size=2,ep_shard_rank=1 ep_size=0; do
+		if out=$("$QV" "$T/e10" "$T/m" -o $o 2>&1); then
+			echo "-o $o mounted"
+			return 1
+		fi
+		echo "-o $o: $out"
+		[ "$(echo "$out" | grep -vc 'do not divide')" -eq 1 ]
+	done
+	out=$("$QV" "$T/e10" "$T/m" -o ep_size=2,ep_shard_size=3 2>&1) || true
+	case $out in *"down_proj"*"dim 1 (40) is not divisible by ep_shard_size=3"*) ;; *) return 1 ;; esac
+	out=$("$QV" "$T/e10" "$T/m" -o ep_size=4,ep_rank=0 2>&1)
+	umnt "$T/m"
+	case $out in *"10 experts do not divide by ep_size=4"*) ;; *) echo "no warning: $out"; return 1 ;; esac
+}
+
+t_ep_e128_w8_reads_only_its_slices() {
+	"$MK" --experts 128 --layers 2 "$T/e128" >/dev/null
+	mnt "$T/e128" "$T/m" -o ep_size=8
+	local r
+	for r in $(seq 0 7); do
+		read_all "$T/m/ep-rank-$r"
+	done
+	local got
+	got=$(stat_field "$T/m" bytes_from_sources)
+	python3 - "$got" "$T/e128" "$EP" <<'PY'
+import sys, subprocess
+got, src, ep = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+# expert bytes of the whole checkpoint and dense bytes (tensors + pass-through files) of one view
+allr = int(subprocess.check_output(["python3", ep, "minbytes", src, "8", "0,1,2,3,4,5,6,7"]))
+one = int(subprocess.check_output(["python3", ep, "minbytes", src, "1", "0"]))
+# allr = E + 8D and one = E + D, so E and D follow
+dense = (allr - one) // 7
+experts = one - dense
+limit = 1.01 * experts + 8 * dense
+print(f"8 ranks read {got} source bytes; experts {experts}, dense {dense}, limit {limit:.0f}")
+sys.exit(0 if got <= limit else 1)
+PY
+	for r in 0 5; do
+		$CHECK "$T/e128" "$T/m/ep-rank-$r" --ep-size 8 --ep-rank $r >/dev/null
+	done
 }
 
 tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')

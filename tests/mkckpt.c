@@ -27,6 +27,7 @@
 #define WBUF_SIZE (4u << 20)
 #define POS_EMBED_ROWS 2304	/* 48 x 48 learned grid, as in the real vision tower */
 #define MERGE 4			/* spatial_merge_size 2, squared */
+#define DIM_MAX UINT32_MAX	/* products of two dimensions (q_proj rows) then fit in 64 bits */
 
 /* safetensors dtype enum, in its declaration order: the writer sorts by it, descending. */
 enum dtype { DT_BOOL, DT_U8, DT_I8, DT_F8_E5M2, DT_F8_E4M3, DT_I16, DT_U16, DT_F16,
@@ -731,8 +732,8 @@ static void usage(void)
 	       "    -h, --help                        this text\n");
 }
 
-/* Decimal u64 >= min for option --opt, nothing around it; anything else is a usage error. */
-static uint64_t parse_u64(const char *opt, const char *s, uint64_t min)
+/* Decimal in [min, max] for option --opt, nothing around it; anything else is a usage error. */
+static uint64_t parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max)
 {
 	char what[32];
 	char *end;
@@ -740,9 +741,9 @@ static uint64_t parse_u64(const char *opt, const char *s, uint64_t min)
 
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (!*s || *s == '-' || *s == ' ' || *end || errno || v < min) {
+	if (!*s || *s == '-' || *s == ' ' || *end || errno || v < min || v > max) {
 		snprintf(what, sizeof(what), "--%s", opt);
-		usage_error(what, min ? "expected a positive integer" : "expected an integer");
+		usage_error(what, "number out of range or malformed");
 	}
 	return v;
 }
@@ -766,7 +767,7 @@ static const struct option fixed_opts[] = {
 	{ "help", no_argument, NULL, 'h' },
 };
 
-/* Reject dimensions that no loader could make sense of, before writing anything. */
+/* Reject or fix up dimensions no loader could make sense of, before writing anything. */
 static void check_model(struct model *m)
 {
 	unsigned n = 0;
@@ -803,14 +804,14 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	opterr = 0;	/* one error line, ours */
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		if (c >= OPT_DIM) {
-			dims[c - OPT_DIM] = parse_u64(dim_opts[c - OPT_DIM].opt, optarg, 1);
+			dims[c - OPT_DIM] = parse_u64(dim_opts[c - OPT_DIM].opt, optarg, 1, DIM_MAX);
 			have[c - OPT_DIM] = 1;
 		} else if (c >= OPT_FLAG) {
 			*(int *)((char *)o + flag_opts[c - OPT_FLAG].off) = 1;
 		} else if (c == OPT_PRESET) {
 			preset = parse_choice("--preset", optarg, preset_names);
 		} else if (c == OPT_SEED) {
-			o->seed = parse_u64("seed", optarg, 0);
+			o->seed = parse_u64("seed", optarg, 0, UINT64_MAX);
 		} else if (c == OPT_NAMING) {
 			o->native = parse_choice("--naming", optarg, namings);
 		} else if (c == OPT_ORDER) {

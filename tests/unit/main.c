@@ -1,6 +1,5 @@
 /* main.c - runs every registered unit test (or those whose name contains argv[1]), prints one
  * line per test and one closing summary line; exit status 1 when any test failed. */
-#define _GNU_SOURCE
 #include "unit.h"
 
 #include <inttypes.h>

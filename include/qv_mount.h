@@ -1,0 +1,105 @@
+/* qv_mount.h - the mount context: scanned source, parsed headers and the virtual tree built
+ * from them (inodes, virtual files). FUSE-free: src/fs.c is its only FUSE-facing user. */
+#ifndef QV_MOUNT_H
+#define QV_MOUNT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "qv_io.h"
+#include "qv_plan.h"
+#include "qv_scan.h"
+#include "qv_st.h"
+#include "qv_util.h"
+#include "qv_vfile.h"
+
+#define QV_CHUNK_SHIFT 10
+#define QV_MAX_CHUNKS (1u << 16) /* 64M inodes */
+
+struct qv_node {
+	char *name;
+	uint64_t ino, parent;
+	bool dir;
+	struct timespec mtime;
+	uint64_t *kids; /* directory entries, sorted by name */
+	size_t nkids;
+	struct qv_vfile vf; /* regular files: vf.size is the file size */
+	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
+	atomic_bool ready;  /* a lazy folder's entries exist */
+};
+
+struct qv_stats {
+	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens;
+};
+
+struct qv_mount_opts {
+	bool view_set; /* else the other naming than the source's */
+	enum qv_naming view;
+	const char *exclude;
+	struct qv_io_cfg io;
+	uint32_t ep_size, ep_rank;
+	bool ep_rank_set;
+	uint32_t shard_size, shard_rank;
+	bool shard_rank_set;
+};
+
+struct qv_mount {
+	struct qv_mount_opts o;
+	struct qv_scan scan;
+	struct qv_source *src; /* one per scanned regular file: src[i] for scan node src_of[i] */
+	size_t nsrc;
+	uint32_t *src_of; /* scan node -> source index (UINT32_MAX for folders) */
+	struct qv_st **st_of; /* scan node -> parsed header for *.safetensors, else NULL */
+	enum qv_naming src_naming;
+	bool model_prefix;
+	uint64_t n_experts; /* dim 0 of the first expert tensor: the checkpoint's expert count */
+	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */
+	size_t nplans;
+	pthread_mutex_t lock; /* serializes growth of the node table */
+	struct qv_node **chunk;
+	atomic_size_t nnodes;
+	struct qv_stats stats;
+	atomic_int fallback_logged;
+};
+
+/* Scan src, parse and check every safetensors header, build the view; 0 or -errno with one
+ * line in err naming the file or tensor and the reason. */
+int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
+		  size_t errlen);
+
+/* Free everything qv_mount_init built (closes source files). */
+void qv_mount_fini(struct qv_mount *m);
+
+/* A new node (mount time, or under m->lock); NULL when out of memory or inodes. */
+struct qv_node *qv_mount_node_new(struct qv_mount *m, const char *name, uint64_t parent, bool dir,
+				  const struct timespec *mtime);
+
+/* Append entry ino to folder dir; 0 or -ENOMEM. */
+int qv_node_add_kid(struct qv_node *dir, uint64_t ino);
+
+/* Make sure folder dir's entries exist (rank folders are built on first use); 0 or -errno. */
+int qv_mount_ready(struct qv_mount *m, struct qv_node *dir);
+
+/* The node with inode number ino, or NULL. */
+struct qv_node *qv_mount_node(struct qv_mount *m, uint64_t ino);
+
+/* The entry name of folder dir (which must be ready), or NULL. */
+struct qv_node *qv_mount_lookup(struct qv_mount *m, const struct qv_node *dir, const char *name);
+
+/* Called on open: 0, or -EIO when a source of the file changed since the mount. */
+int qv_mount_open_file(struct qv_mount *m, struct qv_node *n);
+
+/* Read from a file node into buf; *got short only at EOF; 0 or -errno; counts in stats. */
+int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
+		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got);
+
+/* The daemon's counters as one line of JSON; 0 or -ENOMEM. */
+int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
+
+/* Sum of the sizes of all virtual files, for statfs. */
+uint64_t qv_mount_bytes(struct qv_mount *m);
+
+#endif
