@@ -450,6 +450,12 @@ PY
 	done
 }
 
+t_node_mount_script() {
+	QVLMOEFS=$QV "$ROOT/mount-scripts/qvlmoefs-node-mount" "$T/e10" "$T/m" 4 view=native
+	QVLMOEFS=$QV "$ROOT/mount-scripts/qvlmoefs-node-mount" "$T/e10" "$T/m" 4 | grep -q "already mounted"
+	$CHECK "$T/e10" "$T/m/ep-rank-2" --ep-size 4 --ep-rank 2
+}
+
 tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')
 if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
 	for t in $tests; do echo "skip - $t: no /dev/fuse or fusermount3 on this machine"; done

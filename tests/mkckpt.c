@@ -5,7 +5,9 @@
  * Byte i of tensor KEY is byte i % 8 (little-endian) of splitmix64(seed ^ fnv1a64(KEY) ^ i / 8),
  * so a test can recompute any byte without reading the generator's output.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
