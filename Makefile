@@ -11,7 +11,7 @@ ifdef WERROR
 WARN += -Werror
 endif
 ifdef SAN
-SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 endif
 CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
@@ -48,6 +48,10 @@ check: deps
 	$(MAKE) all $(BUILD)/unit
 	tests/run.sh
 
+check-valgrind: deps
+	$(MAKE) all $(BUILD)/unit
+	tests/valgrind.sh
+
 demo: deps
 	$(MAKE) all
 	tests/demo.sh
@@ -65,4 +69,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps check demo install uninstall clean
+.PHONY: all deps check check-valgrind demo install uninstall clean

@@ -4,6 +4,7 @@
 #include "qv_util.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,9 +195,11 @@ int main(int argc, char *argv[])
 		if (!lcfg)
 			goto out_unmount;
 		fuse_loop_cfg_set_clone_fd(lcfg, copts.clone_fd);
-		/* keep idle workers (and their rings) alive instead of recreating them */
-		fuse_loop_cfg_set_idle_threads(lcfg, copts.max_idle_threads > 16 ?
-							     copts.max_idle_threads : 16);
+		/* keep idle workers (and their rings) alive instead of recreating them;
+		 * UINT_MAX means the user gave no max_idle_threads */
+		fuse_loop_cfg_set_idle_threads(lcfg, copts.max_idle_threads == UINT_MAX ?
+							     16 : copts.max_idle_threads);
+		fuse_loop_cfg_set_max_threads(lcfg, copts.max_threads);
 		ret = fuse_session_loop_mt(se, lcfg);
 		fuse_loop_cfg_destroy(lcfg);
 	}

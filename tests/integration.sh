@@ -11,6 +11,9 @@ MK=$ROOT/$BUILD/qvlmoefs-mkckpt
 CHECK="python3 $ROOT/tests/check_view.py"
 T=$(mktemp -d /tmp/qvlmoefs-it.XXXXXX)
 pass=0 fail=0 skip=0
+# a daemonized process has no stderr: sanitizer reports go to files that the suite checks
+export ASAN_OPTIONS="log_path=$T/san:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="log_path=$T/san:print_stacktrace=1:${UBSAN_OPTIONS:-}"
 
 unmount_all() { # every mount below $T, deepest first; tests run in subshells, so look it up
 	awk -v t="$T/" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
@@ -465,5 +468,10 @@ fi
 for t in ${ONLY:-$tests}; do
 	run_test "$t"
 done
+if ls "$T"/san.* >/dev/null 2>&1; then
+	echo "FAIL - sanitizer reports"
+	cat "$T"/san.* | head -n 60 | sed 's/^/    /'
+	fail=$((fail + 1))
+fi
 echo "$pass passed, $fail failed$([ $skip -gt 0 ] && echo ", $skip skipped")"
 [ $fail -eq 0 ]
