@@ -84,10 +84,13 @@ static int cmp_wentry(const void *a, const void *b)
 
 static cJSON *parse_index(const char *src_json, size_t len, char *err, size_t errlen)
 {
-	cJSON *root = cJSON_ParseWithLengthOpts(src_json, len, NULL, 0);
+	const char *end = NULL;
+	cJSON *root = cJSON_ParseWithLengthOpts(src_json, len, &end, 0);
 	cJSON *wm;
 
-	if (!root || !cJSON_IsObject(root)) {
+	while (root && end < src_json + len && strchr(" \t\r\n", *end) && *end)
+		end++;
+	if (!root || !cJSON_IsObject(root) || end != src_json + len) {
 		cJSON_Delete(root);
 		qv_err(err, errlen, -EINVAL, "index is not a JSON object");
 		return NULL;
@@ -193,7 +196,8 @@ int qv_hdr_index(const char *src_json, size_t len, struct qv_wentry *w, size_t n
 	out->len = 0;
 	rc = add_index_metadata(out, cJSON_GetObjectItemCaseSensitive(root, "metadata"), total_size);
 	cJSON_Delete(root);
-	qsort(w, nw, sizeof(*w), cmp_wentry);
+	if (nw)
+		qsort(w, nw, sizeof(*w), cmp_wentry);
 	if (!rc)
 		rc = qv_buf_adds(out, ",\"weight_map\":{");
 	for (size_t i = 0; i < nw && !rc; i++) {

@@ -139,6 +139,11 @@ static int run_uring(struct qv_io *io, struct qv_iop *ops, size_t n)
 
 		/* keep the ring full but never past its size: a request may hold many extents */
 		while (!err && next < n && inflight < io->cfg.entries) {
+			if (ops[next].len == 0) { /* nothing to read; a 0 result would mean EOF */
+				next++;
+				left--;
+				continue;
+			}
 			queue_op(io, &ops[next], next);
 			next++;
 			inflight++;

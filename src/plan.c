@@ -146,13 +146,16 @@ static int from_hf(const struct qv_plan *p, const char *key, char **out, bool *e
 		*expert = true;
 		n = asprintf(out, "%slanguage_model.layers.%.*s%s", prefix, (int)llen, layer,
 			     gate_up ? NATIVE_GATE_UP : NATIVE_DOWN);
-		return n < 0 ? -ENOMEM : 1;
+		goto done;
 	}
 	if (qv_ends_with(key, "_scale_inv"))
 		return 0;
 	if (qv_starts_with(key, "model.") || qv_starts_with(key, "lm_head."))
 		prefix = "";
 	n = asprintf(out, "%s%s", prefix, key);
+done:
+	if (n < 0)
+		*out = NULL; /* asprintf leaves it undefined on failure */
 	return n < 0 ? -ENOMEM : 1;
 }
 

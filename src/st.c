@@ -87,17 +87,56 @@ static const char *find_duplicate(const cJSON *obj)
 	return dup;
 }
 
-/* cJSON turns \u0000 into a terminator and silently truncates the name: refuse it up front. */
-static bool has_escaped_nul(const char *s, size_t n)
+/* What cJSON lets through but a strict reader must not: raw control characters, \u0000
+ * (which cJSON turns into a terminator, silently truncating a name), and numbers that are not
+ * plain integers up to 2^53 (cJSON keeps only a double, which can neither tell 24.0 from 24 nor
+ * hold 2^53 + 1). Numbers only occur in shapes and offsets, so all of them must be integers. */
+static int lex_check(const char *s, size_t n, char *err, size_t errlen)
 {
-	for (size_t i = 0; i + 1 < n; i++) {
-		if (s[i] != '\\')
-			continue;
-		if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
-			return true;
-		i++; /* skip the escaped character so "\\u0000" stays legal text */
+	const char *key = "", *str = NULL;
+	int keylen = 0;
+	bool in_str = false;
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (in_str) {
+			if (c < 0x20)
+				return qv_err(err, errlen, -EINVAL,
+					      "raw control character in a string at byte %zu", i);
+			if (c == '\\') {
+				if (i + 5 < n && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
+					return qv_err(err, errlen, -EINVAL,
+						      "\\u0000 escape in a string at byte %zu", i);
+				i++; /* the escaped character cannot end the string */
+			} else if (c == '"') {
+				in_str = false;
+			}
+		} else if (c == '"') {
+			in_str = true;
+			str = s + i + 1;
+		} else if (c == ':' && str) {
+			key = str; /* remember the field a number belongs to, for the message */
+			keylen = (int)(s + i - str - 1);
+			while (keylen > 0 && key[keylen] != '"')
+				keylen--;
+		} else if (c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9')) {
+			size_t j = i, digits = 0;
+			uint64_t v = 0;
+
+			for (; j < n && s[j] >= '0' && s[j] <= '9'; j++, digits++)
+				v = digits < 17 ? v * 10 + (uint64_t)(s[j] - '0') : v;
+			if (digits == 0 || digits > 16 || v > (1ULL << 53) ||
+			    (j < n && s[j] && strchr(".eE+-", s[j])))
+				return qv_err(err, errlen, -EINVAL,
+					      "%.*s: value at byte %zu is not an integer from 0 to 2^53",
+					      keylen, key, i);
+			i = j - 1;
+		} else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+			return qv_err(err, errlen, -EINVAL, "garbage (control byte) at byte %zu", i);
+		}
 	}
-	return false;
+	return 0;
 }
 
 static int parse_metadata(const cJSON *m, struct qv_st *st, char *err, size_t errlen)
@@ -303,8 +342,8 @@ int qv_st_parse(const char *hdr, size_t len, uint64_t file_size, struct qv_st *o
 		return qv_err(err, errlen, -EINVAL, "header does not start with '{'");
 	if (!qv_utf8_valid(hdr, len))
 		return qv_err(err, errlen, -EINVAL, "header is not valid UTF-8");
-	if (has_escaped_nul(hdr, len))
-		return qv_err(err, errlen, -EINVAL, "header holds a \\u0000 escape");
+	if (lex_check(hdr, len, err, errlen))
+		return -EINVAL;
 	root = cJSON_ParseWithLengthOpts(hdr, len, &end, 0);
 	if (!root) {
 		size_t at = end && end >= hdr && end <= hdr + len ? (size_t)(end - hdr) : 0;

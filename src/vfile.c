@@ -162,6 +162,8 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 		uint64_t b = (end < s->voff + s->len ? end : s->voff + s->len) - s->voff;
 		char *dst = buf + (pos - off);
 
+		if (s->voff > pos)
+			break; /* a hole: reported below, never filled with stray bytes */
 		if (s->src == QV_SEG_MEM) {
 			memcpy(dst, s->mem + a, b - a);
 		} else {

@@ -322,6 +322,18 @@ TEST(st_offset_not_integer)
 		   "data_offsets");
 }
 
+/* "integer offsets" (DESIGN §6): the official reader deserializes offsets and shapes as u64 and
+ * refuses float literals such as 24.0 or 2.4e1, even when their value is whole. */
+TEST(st_float_literal_rejected)
+{
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[24],\"data_offsets\":[0,24.0]}}", 24,
+		   "data_offsets");
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[24],\"data_offsets\":[0,2.4e1]}}", 24,
+		   "data_offsets");
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[2.4e1],\"data_offsets\":[0,24]}}", 24,
+		   "shape");
+}
+
 TEST(st_offset_negative)
 {
 	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[-1,1]}}", 2,
