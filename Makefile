@@ -31,7 +31,7 @@ $(BUILD):
 $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/fs.o $(BUILD)/main.o
+$(BIN): $(CORE_OBJ) $(BUILD)/bdi.o $(BUILD)/fs.o $(BUILD)/main.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/qvlmoefs-mkckpt: tests/mkckpt.c | $(BUILD)
@@ -52,6 +52,19 @@ check-valgrind: deps
 	$(MAKE) all $(BUILD)/unit
 	tests/valgrind.sh
 
+$(BUILD)/qvbench: tests/bench/qvbench.c | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
+
+# libfuse's own passthrough_ll example, the baseline of `make bench`
+$(BUILD)/passthrough_ll: | $(BUILD)
+	$(CC) -O2 -w -o $@ /usr/share/doc/libfuse3-dev/examples/passthrough_ll.c \
+		$(shell pkg-config --cflags --libs fuse3)
+
+bench: deps
+	@tests/deps.sh bc
+	$(MAKE) all $(BUILD)/qvbench $(BUILD)/passthrough_ll
+	tests/bench/bench.sh
+
 demo: deps
 	$(MAKE) all
 	tests/demo.sh
@@ -69,4 +82,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps check check-valgrind demo install uninstall clean
+.PHONY: all deps bench check check-valgrind demo install uninstall clean

@@ -13,6 +13,7 @@ struct qv_fs {
 	pthread_key_t tkey; /* per worker thread: its io_uring, scratch and read buffer */
 	uid_t uid;
 	gid_t gid;
+	int direct_io; /* -o direct_io: read() bypasses the page cache */
 };
 
 /* Prepare the glue for mount m; 0 or -errno. */

@@ -8,6 +8,26 @@
 
 #include "qv_mount.h"
 #include "qv_plan.h"
+#include "qv_st.h"
+#include "qv_vfile.h"
+
+/* The view keys of one virtual safetensors file, kept until its folder's index is made. */
+struct qv_fkeys {
+	const char *file;
+	char **keys;
+	size_t n;
+	uint64_t total; /* bytes of its tensors */
+};
+
+/* Build the virtual file of parsed source st (source index src, named rel in messages) under
+ * plan p into vf (zeroed), its keys into fk (file left to the caller); 0 or -errno with one
+ * line in err. Every extent lies inside st's data section. */
+int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, uint64_t n_experts,
+		 const char *rel, struct qv_vfile *vf, struct qv_fkeys *fk, char *err,
+		 size_t errlen);
+
+/* Free the keys of fk. */
+void qv_fkeys_fini(struct qv_fkeys *fk);
 
 /* Build the view of scan folder sdir under folder node dn with plan p (recursively); 0 or
  * -errno with one line in err naming the file or tensor and the reason. */

@@ -254,6 +254,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->keep_cache = 1;
+	fi->direct_io = fs->direct_io;
 	fuse_reply_open(req, fi);
 }
 

@@ -1,5 +1,6 @@
 /* main.c - command line, mount-time checks, and the FUSE session, as a fixed sequence whose
  * cleanup labels name what they undo. */
+#include "qv_bdi.h"
 #include "qv_fs.h"
 #include "qv_util.h"
 
@@ -18,6 +19,8 @@ struct options {
 	char *source;
 	char *view, *exclude, *io, *gpu;
 	unsigned ep_size, ep_rank, shard_size, shard_rank;
+	unsigned readahead_kb;
+	int direct_io;
 	int ep_size_set, ep_rank_set, shard_size_set, shard_rank_set;
 	int allow_other;
 };
@@ -38,6 +41,8 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("ep_shard_size=", shard_size_set),
 	OPT("ep_shard_rank=%u", shard_rank),
 	OPT("ep_shard_rank=", shard_rank_set),
+	OPT("readahead_kb=%u", readahead_kb),
+	OPT("direct_io", direct_io),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
 	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
@@ -72,6 +77,8 @@ static void usage(const char *prog)
 	       "    -o ep_rank=R           expert-parallel rank shown (0 <= R < W)\n"
 	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
+	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
+	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
 	       "    -o gpu=N               stage expert tensors on CUDA device N (not built yet)\n\n");
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
@@ -177,6 +184,7 @@ int main(int argc, char *argv[])
 		goto out_mount_ctx;
 	if (qv_fs_init(&fs, &m))
 		goto out_mount_ctx;
+	fs.direct_io = o.direct_io;
 	se = fuse_session_new(&args, qv_fs_ops(), sizeof(*qv_fs_ops()), &fs);
 	if (!se)
 		goto out_fs;
@@ -184,6 +192,8 @@ int main(int argc, char *argv[])
 		goto out_session;
 	if (fuse_session_mount(se, copts.mountpoint))
 		goto out_signals;
+	/* best effort: without root the kernel's 128 KiB window stays, and reads are smaller */
+	qv_bdi_set_readahead(copts.mountpoint, o.readahead_kb ? o.readahead_kb : 4096);
 	if (fuse_daemonize(copts.foreground))
 		goto out_unmount;
 	if (!copts.foreground)

@@ -14,13 +14,6 @@
 
 #define MAX_INDEX_BYTES (64u << 20)
 
-/* Keys of one built safetensors file, kept until its folder's index is made. */
-struct fkeys {
-	const char *file;
-	char **keys;
-	size_t n;
-	uint64_t total;
-};
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -73,7 +66,7 @@ static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, con
 }
 
 /* The __metadata__ entries that say which slice a rank's shard holds. */
-static size_t ep_meta(const struct qv_mount *m, const struct qv_plan *p, struct qv_meta *x,
+static size_t ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_meta *x,
 		      char buf[6][24])
 {
 	static const char *const names[6] = { "qvlmoefs.ep_size",	"qvlmoefs.ep_rank",
@@ -85,7 +78,7 @@ static size_t ep_meta(const struct qv_mount *m, const struct qv_plan *p, struct 
 
 	if (!o->ep_size)
 		return 0;
-	qv_plan_ep_range(m->n_experts, o->ep_size, o->ep_rank, &start, &count);
+	qv_plan_ep_range(n_experts, o->ep_size, o->ep_rank, &start, &count);
 	v[0] = o->ep_size, v[1] = o->ep_rank, v[2] = start, v[3] = start + count;
 	v[4] = o->shard_size, v[5] = o->shard_rank;
 	n = o->shard_size > 1 ? 6 : 4;
@@ -96,12 +89,9 @@ static size_t ep_meta(const struct qv_mount *m, const struct qv_plan *p, struct 
 	return n;
 }
 
-/* Build the virtual safetensors file of scan node si into node n; its keys go to fk. */
-static int build_st(struct qv_mount *m, const struct qv_plan *p, uint32_t si, struct qv_node *n,
-		    struct fkeys *fk, char *err, size_t errlen)
+int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, uint64_t n_experts,
+		 const char *rel, struct qv_vfile *vf, struct qv_fkeys *fk, char *err, size_t errlen)
 {
-	const struct qv_st *st = m->st_of[si];
-	const char *rel = m->scan.n[si].rel;
 	struct qv_vtensor *vt = calloc(st->nt ? st->nt : 1, sizeof(*vt));
 	struct qv_seg *sg = calloc(st->nt ? st->nt : 1, sizeof(*sg));
 	struct qv_meta extra[6];
@@ -145,23 +135,23 @@ static int build_st(struct qv_mount *m, const struct qv_plan *p, uint32_t si, st
 			    dup);
 		goto out;
 	}
-	nextra = ep_meta(m, p, extra, ebuf);
+	nextra = ep_meta(n_experts, p, extra, ebuf);
 	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr);
 	if (rc)
 		goto out;
-	n->vf.mem = hdr.p;
+	vf->mem = hdr.p;
 	hdr.p = NULL;
-	rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .voff = 0, .len = hdr.len, .src = QV_SEG_MEM,
-						   .mem = n->vf.mem });
+	rc = qv_vfile_add(vf, &(struct qv_seg){ .voff = 0, .len = hdr.len, .src = QV_SEG_MEM,
+					       .mem = vf->mem });
 	voff = hdr.len;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
 		sg[i].voff = voff;
-		sg[i].src = m->src_of[si];
+		sg[i].src = src;
 		voff += sg[i].len;
-		rc = qv_vfile_add(&n->vf, &sg[i]);
+		rc = qv_vfile_add(vf, &sg[i]);
 	}
 	if (!rc)
-		rc = qv_vfile_use_src(&n->vf, m->src_of[si]);
+		rc = qv_vfile_use_src(vf, src);
 out:
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "%s: out of memory", rel);
@@ -193,7 +183,7 @@ static int read_small_file(const char *path, struct qv_buf *b)
 }
 
 /* Weight-map entries of the files an index names; -EINVAL when one is not in the folder. */
-static int index_entries(char **files, size_t nfiles, struct fkeys *fk, size_t nfk,
+static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_t nfk,
 			 struct qv_wentry **w, size_t *nw, uint64_t *total, char *why, size_t wl)
 {
 	size_t cap = 0;
@@ -220,7 +210,7 @@ static int index_entries(char **files, size_t nfiles, struct fkeys *fk, size_t n
 }
 
 /* The index file si, regenerated from the virtual files of its folder (fk, nfk). */
-static int build_index(struct qv_mount *m, uint32_t si, struct qv_node *n, struct fkeys *fk,
+static int build_index(struct qv_mount *m, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
 		       size_t nfk, char *err, size_t errlen)
 {
 	struct qv_buf src = { 0 }, out = { 0 };
@@ -275,7 +265,7 @@ int qv_view_build(struct qv_mount *m, const struct qv_plan *p, uint32_t sd, stru
 		  char *err, size_t errlen)
 {
 	const struct qv_snode *s = &m->scan.n[sd];
-	struct fkeys *fk = calloc(s->nkids ? s->nkids : 1, sizeof(*fk));
+	struct qv_fkeys *fk = calloc(s->nkids ? s->nkids : 1, sizeof(*fk));
 	size_t nfk = 0;
 	int rc = fk ? 0 : -ENOMEM;
 
@@ -292,7 +282,8 @@ int qv_view_build(struct qv_mount *m, const struct qv_plan *p, uint32_t sd, stru
 			rc = qv_view_build(m, p, si, n, err, errlen);
 		} else if (m->st_of[si]) {
 			fk[nfk].file = c->name;
-			rc = build_st(m, p, si, n, &fk[nfk++], err, errlen);
+			rc = qv_view_file(p, m->st_of[si], m->src_of[si], m->n_experts, c->rel,
+					  &n->vf, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
 			rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = (uint64_t)c->st.st_size,
 								   .src = m->src_of[si],
@@ -312,11 +303,8 @@ int qv_view_build(struct qv_mount *m, const struct qv_plan *p, uint32_t sd, stru
 	}
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "%s: out of memory", s->rel[0] ? s->rel : m->scan.root);
-	for (size_t i = 0; fk && i < nfk; i++) {
-		for (size_t j = 0; j < fk[i].n; j++)
-			free(fk[i].keys[j]);
-		free(fk[i].keys);
-	}
+	for (size_t i = 0; fk && i < nfk; i++)
+		qv_fkeys_fini(&fk[i]);
 	free(fk);
 	return rc;
 }
@@ -340,4 +328,12 @@ int qv_view_validate(struct qv_mount *m, const struct qv_plan *p, char *err, siz
 		}
 	}
 	return 0;
+}
+
+void qv_fkeys_fini(struct qv_fkeys *fk)
+{
+	for (size_t j = 0; j < fk->n; j++)
+		free(fk->keys[j]);
+	free(fk->keys);
+	memset(fk, 0, sizeof(*fk));
 }

@@ -1,0 +1,205 @@
+#!/bin/bash
+# make bench: read-path benchmarks of qvlmoefs, each row against a baseline measured in the same
+# run; medians of BENCH_REPS (default 5) repetitions. Prints a table and writes
+# $BENCH_OUT/results.tsv. Needs root only for nothing; uses /dev/fuse.
+set -eu
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+BUILD=${BUILD:-build}
+REPS=${BENCH_REPS:-5}
+ROWS=${BENCH_ROWS:-1 2 3 4 5 6} # a subset, e.g. BENCH_ROWS="1 6"
+OUT=${BENCH_OUT:-$ROOT/$BUILD/bench}
+W=${BENCH_DIR:-/tmp/qvlmoefs-bench}
+QV=$ROOT/$BUILD/qvlmoefs
+MK=$ROOT/$BUILD/qvlmoefs-mkckpt
+QB=$ROOT/$BUILD/qvbench
+PT=$ROOT/$BUILD/passthrough_ll
+EP=$ROOT/tests/ep_check.py
+mkdir -p "$OUT" "$W"
+TSV=$OUT/results.tsv
+
+unmount_all() {
+	awk -v t="$W/" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+		fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
+	done
+}
+trap unmount_all EXIT
+unmount_all
+
+# ---- fixtures: ~2.4 GB checkpoint with 64 experts, sparse full-size layouts, 100k tensors
+SRC=$W/ckpt
+if [ ! -f "$SRC/.complete" ]; then
+	rm -rf "$SRC"
+	"$MK" --hidden 1024 --moe-inter 768 --experts 64 --layers 8 --shards 4 "$SRC" >/dev/null
+	touch "$SRC/.complete"
+fi
+for p in 30b-a3b 235b-a22b; do
+	[ -f "$W/$p/.complete" ] || { rm -rf "$W/$p"; "$MK" --preset $p --sparse "$W/$p" >/dev/null && touch "$W/$p/.complete"; }
+done
+[ -f "$W/100k/.complete" ] || { rm -rf "$W/100k"; "$MK" --layers 9080 --hidden 16 --moe-inter 8 \
+	--experts 4 --vocab 64 --heads 2 --kv-heads 1 --head-dim 8 --vision-depth 1 \
+	--vision-hidden 8 --vision-inter 8 --shards 64 --sparse "$W/100k" >/dev/null && touch "$W/100k/.complete"; }
+SHARDS=$(ls "$SRC"/*.safetensors)
+BYTES=$(cat $SHARDS | wc -c)
+
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+secs() { awk '{print $2}'; }
+
+M=$W/mnt
+mkdir -p "$M"
+mount_qv() { "$QV" "$SRC" "$M" -o "$1"; }
+stat_field() {
+	python3 -c 'import json,os,sys; print(json.loads(os.getxattr(sys.argv[1], "user.qvlmoefs.stats"))[sys.argv[2]])' "$1" "$2"
+}
+warm_sources() { $QB read 1048576 $SHARDS >/dev/null; }
+evict_sources() { $QB evict $SHARDS; }
+vshards() { ls "$M"/*.safetensors; }
+
+# time_direct KIND: median seconds reading the sources (KIND warm|cold)
+time_direct() {
+	for _ in $(seq $REPS); do
+		if [ "$1" = cold ]; then evict_sources; else warm_sources; fi
+		$QB read 1048576 $SHARDS | secs
+	done | median
+}
+
+# time_qv OPTS KIND: fresh mount each repetition; KIND cold|warm|mmap|coldsrc
+time_qv() {
+	for _ in $(seq $REPS); do
+		if [ "$2" = coldsrc ]; then evict_sources; else warm_sources; fi
+		mount_qv "$1"
+		case $2 in
+		warm) $QB read 1048576 $(vshards) >/dev/null; $QB read 1048576 $(vshards) | secs ;;
+		mmap) $QB mmap 4 $(vshards) | secs ;;
+		*) $QB read 1048576 $(vshards) | secs ;;
+		esac
+		fusermount3 -u "$M"
+	done | median
+}
+
+time_ptll() {
+	for _ in $(seq $REPS); do
+		warm_sources
+		"$PT" -o source="$SRC" "$M"
+		$QB read 1048576 "$M"/*.safetensors | secs
+		fusermount3 -u "$M"
+	done | median
+}
+
+time_mmap_direct() {
+	for _ in $(seq $REPS); do
+		warm_sources
+		$QB mmap 4 $SHARDS | secs
+	done | median
+}
+
+# EP load: 8 ranks of ep_size=32 read concurrently from evicted sources; prints the median
+# repetition's "seconds source-bytes served-bytes"
+ep_load() {
+	local s=() t0 t1
+	for _ in $(seq $REPS); do
+		evict_sources
+		mount_qv "ep_size=32,$1"
+		t0=$(date +%s.%N)
+		for r in 0 1 2 3 4 5 6 7; do
+			$QB read 1048576 $(ls "$M/ep-rank-$r"/*) >/dev/null &
+		done
+		wait
+		t1=$(date +%s.%N)
+		echo "$(echo "$t1 - $t0" | bc) $(stat_field "$M" bytes_from_sources) $(stat_field "$M" bytes_served)"
+		fusermount3 -u "$M"
+	done | sort -g | awk '{v[NR]=$0} END {print v[int((NR+1)/2)]}'
+}
+
+ep_full_readers() {
+	local t0 t1
+	for _ in $(seq $REPS); do
+		evict_sources
+		t0=$(date +%s.%N)
+		for r in 0 1 2 3 4 5 6 7; do $QB read 1048576 $SHARDS >/dev/null & done
+		wait
+		t1=$(date +%s.%N)
+		echo "$t1 - $t0" | bc
+	done | median
+}
+
+# mount to ready: median ms and peak RSS (KiB) of the daemon for one layout
+mount_ready() {
+	local src=$1 out ms pid rss
+	for _ in $(seq $REPS); do
+		out=$($QB ready "$M" model.safetensors.index.json "$QV" -f "$src" "$M")
+		ms=${out% *} pid=${out#* }
+		rss=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
+		fusermount3 -u "$M"
+		wait $pid 2>/dev/null || true
+		echo "$ms $rss"
+	done | sort -g | awk '{v[NR]=$0} END {print v[int((NR+1)/2)]}'
+}
+
+gbps() { echo "scale=3; $BYTES / $1 / 1000000000" | bc; }
+ratio() { echo "scale=3; $2 / $1" | bc; } # ratio A B = speed of A relative to B = tB / tA
+
+printf 'row\tcase\tseconds\tGB/s\tbaseline\tbaseline_seconds\tratio\n' >"$TSV"
+want() { case " $ROWS " in *" $1 "*) return 0 ;; esac; return 1; }
+row() { # row ID CASE SECONDS BASELINE_NAME BASELINE_SECONDS [BYTES]
+	local r g
+	r=$(ratio "$3" "$5")
+	g=$(echo "scale=3; ${6:-$BYTES} / $3 / 1000000000" | bc)
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$g" "$4" "$5" "$r" >>"$TSV"
+	printf '%-4s %-44s %8.3f s %7.2f GB/s   vs %-22s %8.3f s  ratio %6.3f\n' \
+		"$1" "$2" "$3" "$g" "$4" "$5" "$r"
+}
+
+echo "qvlmoefs bench: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $REPS reps (medians), checkpoint $(echo "scale=2; $BYTES/1000000000" | bc) GB"
+if want 1 || want 2; then
+	direct_warm=$(time_direct warm)
+fi
+want 4 && direct_cold=$(time_direct cold)
+want 1 && ptll=$(time_ptll)
+for io in uring pread; do
+	if want 1; then
+		cold=$(time_qv "io=$io" cold)
+		row 1 "cold read, io=$io" "$cold" "direct source read" "$direct_warm"
+		row 1 "cold read, io=$io" "$cold" "passthrough_ll" "$ptll"
+		if [ $io = uring ]; then
+			dio=$(time_qv "io=$io,direct_io" cold)
+			row 1 "cold read, io=$io, -o direct_io" "$dio" "direct source read" "$direct_warm"
+		fi
+	fi
+	[ $io = uring ] && want 2 && row 2 "warm re-read, io=$io" "$(time_qv "io=$io" warm)" "direct source read" "$direct_warm"
+	[ $io = uring ] && want 3 && row 3 "mmap MAP_PRIVATE 4 threads" "$(time_qv "io=$io" mmap)" "mmap of sources" "$(time_mmap_direct)"
+	want 4 && row 4 "cold source read, io=$io" "$(time_qv "io=$io" coldsrc)" "cold direct read" "$direct_cold"
+done
+want 5 && full=$(ep_full_readers)
+want 5 && minimal=$(python3 "$EP" minbytes "$SRC" 32 0,1,2,3,4,5,6,7)
+for io in uring pread; do
+	want 5 || break
+	set -- $(ep_load "io=$io")
+	# GB/s here: the bytes the 8 ranks' views hold
+	row 5 "EP load ranks 0-7 of 32, io=$io" "$1" "8 full-file readers" "$full" "$3"
+	printf '5    source bytes read %s, minimal %s: %s x\n' "$2" "$minimal" "$(echo "scale=4; $2 / $minimal" | bc)"
+	printf '5\tsource bytes io=%s\t%s\t\tminimal bytes\t%s\t%s\n' "$io" "$2" "$minimal" "$(echo "scale=4; $2 / $minimal" | bc)" >>"$TSV"
+done
+for l in 30b-a3b 235b-a22b 100k; do
+	want 6 || break
+	n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["weight_map"]))' "$W/$l/model.safetensors.index.json")
+	set -- $(mount_ready "$W/$l")
+	printf '6    mount to ready %-10s %7d tensors %9.1f ms %6.2f ms/1k tensors  peak RSS %6.1f MiB\n' \
+		"$l" "$n" "$1" "$(echo "scale=3; $1 * 1000 / $n" | bc)" "$(echo "scale=1; $2 / 1024" | bc)"
+	printf '6\tmount to ready %s\t%s\t\ttensors\t%s\tRSS_KiB=%s\n' "$l" "$1" "$n" "$2" >>"$TSV"
+done
+if want 6; then
+	# RSS must not grow with bytes read: the daemon's RSS after the listing, and after reading
+	# the whole 2.4 GB checkpoint three times
+	set -- $($QB ready "$M" model.safetensors.index.json "$QV" -f "$SRC" "$M")
+	pid=$2
+	rss0=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+	for _ in 1 2 3; do $QB read 1048576 "$M"/*.safetensors >/dev/null; $QB evict "$M"/*.safetensors; done
+	rss1=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
+	fusermount3 -u "$M"
+	printf '6    daemon RSS %.1f MiB after mount, %.1f MiB after reading %s GB three times\n' \
+		"$(echo "scale=1; $rss0 / 1024" | bc)" "$(echo "scale=1; $rss1 / 1024" | bc)" \
+		"$(echo "scale=2; $BYTES / 1000000000" | bc)"
+	printf '6\tdaemon RSS KiB after mount / after reads\t%s\t\t\t%s\t\n' "$rss0" "$rss1" >>"$TSV"
+fi
+echo "results: $TSV"

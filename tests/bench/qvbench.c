@@ -1,0 +1,200 @@
+/* qvbench.c - the measuring half of `make bench`: timed reads of files the way loaders read
+ * them. Each subcommand prints "BYTES SECONDS" (or a figure named below) on one line.
+ *
+ *   qvbench read BS FILE...        sequential read() of each file in BS-byte requests
+ *   qvbench mmap THREADS FILE...   map each file MAP_PRIVATE, touch every page from THREADS
+ *   qvbench evict FILE...          drop the files' pages from the page cache (no root needed)
+ *   qvbench ready MNT NAME CMD...  run CMD (a daemon in the foreground), print the ms until
+ *                                  MNT lists NAME and NAME reads through, then the CMD's pid
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int die(const char *what, const char *file)
+{
+	fprintf(stderr, "qvbench: %s: %s: %s\n", what, file, strerror(errno));
+	return 1;
+}
+
+static int cmd_read(size_t bs, char **files, int n)
+{
+	char *buf = aligned_alloc(4096, bs);
+	uint64_t total = 0;
+	double t0 = now();
+
+	for (int i = 0; i < n; i++) {
+		int fd = open(files[i], O_RDONLY);
+		ssize_t r;
+
+		if (fd < 0)
+			return die("open", files[i]);
+		while ((r = read(fd, buf, bs)) > 0)
+			total += (uint64_t)r;
+		if (r < 0)
+			return die("read", files[i]);
+		close(fd);
+	}
+	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
+	free(buf);
+	return 0;
+}
+
+struct toucher {
+	const volatile char *p;
+	size_t from, to;
+	unsigned long sum;
+};
+
+static void *touch(void *arg)
+{
+	struct toucher *t = arg;
+
+	for (size_t off = t->from; off < t->to; off += 4096)
+		t->sum += (unsigned char)t->p[off];
+	return NULL;
+}
+
+static int cmd_mmap(int threads, char **files, int n)
+{
+	uint64_t total = 0;
+	double t0 = now();
+
+	for (int i = 0; i < n; i++) {
+		int fd = open(files[i], O_RDONLY);
+		struct stat st;
+		pthread_t th[64];
+		struct toucher tc[64];
+		char *p;
+
+		if (fd < 0 || fstat(fd, &st))
+			return die("open", files[i]);
+		if (st.st_size == 0) {
+			close(fd);
+			continue;
+		}
+		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (p == MAP_FAILED)
+			return die("mmap", files[i]);
+		/* contiguous quarters, as threads materializing different tensors would */
+		for (int k = 0; k < threads; k++) {
+			size_t pages = ((size_t)st.st_size + 4095) / 4096;
+			tc[k] = (struct toucher){ p, pages * (size_t)k / (size_t)threads * 4096,
+						  pages * (size_t)(k + 1) / (size_t)threads * 4096, 0 };
+			if (tc[k].to > (size_t)st.st_size)
+				tc[k].to = (size_t)st.st_size;
+			pthread_create(&th[k], NULL, touch, &tc[k]);
+		}
+		for (int k = 0; k < threads; k++)
+			pthread_join(th[k], NULL);
+		munmap(p, (size_t)st.st_size);
+		close(fd);
+		total += (uint64_t)st.st_size;
+	}
+	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
+	return 0;
+}
+
+static int cmd_evict(char **files, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int fd = open(files[i], O_RDONLY);
+
+		if (fd < 0)
+			return die("open", files[i]);
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+		close(fd);
+	}
+	return 0;
+}
+
+/* Ready = the root lists name and name reads to its end. */
+static int ready(const char *mnt, const char *name)
+{
+	char path[4096], buf[65536];
+	DIR *d = opendir(mnt);
+	struct dirent *e;
+	int found = 0, fd;
+
+	if (!d)
+		return 0;
+	while ((e = readdir(d)))
+		found |= strcmp(e->d_name, name) == 0;
+	closedir(d);
+	if (!found)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s", mnt, name);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	close(fd);
+	return 1;
+}
+
+static int cmd_ready(const char *mnt, const char *name, char **cmd)
+{
+	struct stat before, st;
+	double t0 = now();
+	pid_t pid;
+
+	if (stat(mnt, &before))
+		return die("stat", mnt);
+	pid = fork();
+	if (pid == 0) {
+		/* not our stdout: whoever reads our figures would wait for the daemon to exit */
+		int null = open("/dev/null", O_WRONLY);
+
+		dup2(null, STDOUT_FILENO);
+		execvp(cmd[0], cmd);
+		_exit(127);
+	}
+	for (;;) {
+		/* the mount point changes device once the daemon has mounted */
+		if (stat(mnt, &st) == 0 && st.st_dev != before.st_dev && ready(mnt, name))
+			break;
+		if (now() - t0 > 120) {
+			fprintf(stderr, "qvbench: %s not ready after 120 s\n", mnt);
+			return 1;
+		}
+		usleep(200);
+	}
+	printf("%.3f %d\n", (now() - t0) * 1e3, (int)pid);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc >= 4 && !strcmp(argv[1], "read"))
+		return cmd_read(strtoull(argv[2], NULL, 0), argv + 3, argc - 3);
+	if (argc >= 4 && !strcmp(argv[1], "mmap"))
+		return cmd_mmap(atoi(argv[2]) < 1 || atoi(argv[2]) > 64 ? 4 : atoi(argv[2]),
+				argv + 3, argc - 3);
+	if (argc >= 3 && !strcmp(argv[1], "evict"))
+		return cmd_evict(argv + 2, argc - 2);
+	if (argc >= 5 && !strcmp(argv[1], "ready"))
+		return cmd_ready(argv[2], argv[3], argv + 4);
+	fprintf(stderr, "usage: see the comment at the top of tests/bench/qvbench.c\n");
+	return 2;
+}
