@@ -91,8 +91,9 @@ static void fill_entry(const struct qv_fs *fs, const struct qv_node *n, struct f
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
-	/* long sequential reads of big immutable files: ask for the largest requests */
-	conn->max_readahead = 1u << 20;
+	/* INIT may only lower the mount's readahead, which main() has already set (as root):
+	 * do not cap it here */
+	conn->max_readahead = 1u << 30;
 	if (conn->max_background < 64)
 		conn->max_background = 64;
 	if (conn->congestion_threshold < 48)
