@@ -18,7 +18,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util st plan scan hdr vfile view mount io
+CORE := util st plan scan hdr vfile gen view mount io
 CORE_OBJ := $(CORE:%=$(BUILD)/%.o)
 BIN := $(BUILD)/qvlmoefs
 TOOLS := $(BUILD)/qvlmoefs-mkckpt $(BUILD)/unit
@@ -65,6 +65,26 @@ bench: deps
 	$(MAKE) all $(BUILD)/qvbench $(BUILD)/passthrough_ll
 	tests/bench/bench.sh
 
+# libFuzzer targets (clang, address + undefined sanitizers); FUZZ_SECONDS per target
+FUZZ_SECONDS ?= 30
+FUZZ_DIR := $(BUILD)/fuzz
+FUZZ_TARGETS := st index plan
+FUZZ_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude -g -O1 -fno-omit-frame-pointer \
+	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+
+$(FUZZ_DIR)/%.o: src/%.c $(wildcard include/*.h)
+	@mkdir -p $(FUZZ_DIR)
+	clang $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(CORE:%=$(FUZZ_DIR)/%.o)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
+
+fuzz: deps
+	@tests/deps.sh clang libclang-rt-14-dev
+	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
+	tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 demo: deps
 	$(MAKE) all
 	tests/demo.sh
@@ -82,4 +102,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps bench check check-valgrind demo install uninstall clean
+.PHONY: all deps bench fuzz check check-valgrind demo install uninstall clean

@@ -22,6 +22,10 @@ int qv_fs_init(struct qv_fs *fs, struct qv_mount *m);
 /* Undo qv_fs_init (after the session loop has ended). */
 void qv_fs_fini(struct qv_fs *fs);
 
+/* Rescan the source (SIGHUP) and make the kernel forget the old tree's names; 0 or -errno
+ * (logged; the old view then stays). Not from inside a request handler. */
+int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se);
+
 /* The operations table; userdata must be a struct qv_fs. */
 const struct fuse_lowlevel_ops *qv_fs_ops(void);
 

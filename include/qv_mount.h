@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "qv_gen.h"
 #include "qv_io.h"
 #include "qv_plan.h"
 #include "qv_scan.h"
@@ -27,6 +28,7 @@ struct qv_node {
 	uint64_t *kids; /* directory entries, sorted by name */
 	size_t nkids;
 	struct qv_vfile vf; /* regular files: vf.size is the file size */
+	struct qv_gen *gen; /* lazy folders: the generation whose plan builds them */
 	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
 	atomic_bool ready;  /* a lazy folder's entries exist */
 };
@@ -35,29 +37,11 @@ struct qv_stats {
 	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens;
 };
 
-struct qv_mount_opts {
-	bool view_set; /* else the other naming than the source's */
-	enum qv_naming view;
-	const char *exclude;
-	struct qv_io_cfg io;
-	uint32_t ep_size, ep_rank;
-	bool ep_rank_set;
-	uint32_t shard_size, shard_rank;
-	bool shard_rank_set;
-};
-
 struct qv_mount {
 	struct qv_mount_opts o;
-	struct qv_scan scan;
-	struct qv_source *src; /* one per scanned regular file: src[i] for scan node src_of[i] */
-	size_t nsrc;
-	uint32_t *src_of; /* scan node -> source index (UINT32_MAX for folders) */
-	struct qv_st **st_of; /* scan node -> parsed header for *.safetensors, else NULL */
-	enum qv_naming src_naming;
-	bool model_prefix;
-	uint64_t n_experts; /* dim 0 of the first expert tensor: the checkpoint's expert count */
-	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */
-	size_t nplans;
+	char *source;	     /* realpath of the source, for rescans */
+	struct qv_gen *gen;  /* the newest generation; ->prev the older ones */
+	_Atomic(struct qv_node *) top; /* the root folder (inode 1) of the newest generation */
 	pthread_mutex_t lock; /* serializes growth of the node table */
 	struct qv_node **chunk;
 	atomic_size_t nnodes;
@@ -69,6 +53,11 @@ struct qv_mount {
  * line in err naming the file or tensor and the reason. */
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
 		  size_t errlen);
+
+/* Scan the source again and switch the root to a view of what is there now; files already
+ * open keep reading the generation they came from. 0 or -errno with a reason in err (the old
+ * view then stays). */
+int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen);
 
 /* Free everything qv_mount_init built (closes source files). */
 void qv_mount_fini(struct qv_mount *m);

@@ -38,7 +38,8 @@ struct qv_vfile {
 	struct qv_seg *seg;
 	size_t nseg;
 	char *mem;	/* owned memory the segments point into */
-	uint32_t *srcs; /* distinct sources read, for staleness checks */
+	struct qv_source *base; /* the source table segments' src index into */
+	uint32_t *srcs;		/* distinct sources read, for staleness checks */
 	size_t nsrcs;
 };
 
@@ -62,6 +63,9 @@ int qv_source_open(struct qv_source *s);
 
 /* 0 when source s still is the file scanned (inode, size, mtime), else -EIO (logged once). */
 int qv_source_check(struct qv_source *s);
+
+/* After a read: 0 when the open source's size and mtime are still the scanned ones, else -EIO. */
+int qv_source_unchanged(struct qv_source *s);
 
 /* Read [off, off+len) of vf into buf: *got bytes (short only at EOF), *src_bytes read from
  * sources; 0 or -errno. */

@@ -29,12 +29,12 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 /* Free the keys of fk. */
 void qv_fkeys_fini(struct qv_fkeys *fk);
 
-/* Build the view of scan folder sdir under folder node dn with plan p (recursively); 0 or
+/* Build the view of scan folder sdir of generation g under folder node dn with plan p (recursively); 0 or
  * -errno with one line in err naming the file or tensor and the reason. */
-int qv_view_build(struct qv_mount *m, const struct qv_plan *p, uint32_t sdir, struct qv_node *dn,
-		  char *err, size_t errlen);
+int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, uint32_t sdir,
+		  struct qv_node *dn, char *err, size_t errlen);
 
 /* Check that plan p can cut every expert tensor of the source, without building anything. */
-int qv_view_validate(struct qv_mount *m, const struct qv_plan *p, char *err, size_t errlen);
+int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen);
 
 #endif

@@ -447,6 +447,33 @@ static const struct fuse_lowlevel_ops ops = {
 	.fallocate = op_fallocate,
 };
 
+/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree. */
+static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
+{
+	for (size_t i = 0; i < top->nkids; i++) {
+		const char *name = qv_mount_node(fs->m, top->kids[i])->name;
+
+		fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, name, strlen(name));
+	}
+}
+
+int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
+{
+	struct qv_node *old = qv_mount_node(fs->m, FUSE_ROOT_ID);
+	char err[QV_ERRLEN];
+	int rc = qv_mount_rescan(fs->m, err, sizeof(err));
+
+	if (rc) {
+		qv_log("rescan failed, the view stays as it was: %s", err);
+		return rc;
+	}
+	inval_names(fs, se, old);
+	inval_names(fs, se, qv_mount_node(fs->m, FUSE_ROOT_ID)); /* cached negative entries */
+	fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
+	qv_log("rescanned the source: the view shows it as it is now");
+	return 0;
+}
+
 const struct fuse_lowlevel_ops *qv_fs_ops(void)
 {
 	return &ops;

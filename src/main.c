@@ -6,6 +6,9 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,6 +125,28 @@ static int check_options(const struct options *o, struct qv_mount_opts *mo)
 	return 0;
 }
 
+/* SIGHUP rescans the source. The signal is blocked in every thread and taken here with
+ * sigwait, so the rescan runs outside signal context and outside request handlers. */
+struct rescanner {
+	pthread_t thread;
+	struct qv_fs *fs;
+	struct fuse_session *se;
+	atomic_bool stop;
+};
+
+static void *rescan_thread(void *arg)
+{
+	struct rescanner *r = arg;
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	while (sigwait(&set, &sig) == 0 && !atomic_load(&r->stop))
+		qv_fs_rescan(r->fs, r->se);
+	return NULL;
+}
+
 /* fsname=SOURCE for mount(8) and /proc/mounts; commas and backslashes must be escaped. */
 static int add_fsname(struct fuse_args *args, const char *source)
 {
@@ -150,6 +175,8 @@ int main(int argc, char *argv[])
 	struct fuse_session *se;
 	static struct qv_mount m;
 	struct qv_fs fs;
+	struct rescanner rs = { 0 };
+	sigset_t hup;
 	char err[QV_ERRLEN];
 	int ret = 1;
 
@@ -198,6 +225,14 @@ int main(int argc, char *argv[])
 		goto out_unmount;
 	if (!copts.foreground)
 		qv_log_use_syslog();
+	/* after daemonizing: threads do not survive the fork */
+	sigemptyset(&hup);
+	sigaddset(&hup, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &hup, NULL);
+	rs.fs = &fs;
+	rs.se = se;
+	if (pthread_create(&rs.thread, NULL, rescan_thread, &rs))
+		goto out_unmount;
 	if (copts.singlethread) {
 		ret = fuse_session_loop(se);
 	} else {
@@ -214,6 +249,9 @@ int main(int argc, char *argv[])
 		fuse_loop_cfg_destroy(lcfg);
 	}
 	ret = ret ? 1 : 0;
+	atomic_store(&rs.stop, true);
+	pthread_kill(rs.thread, SIGHUP);
+	pthread_join(rs.thread, NULL);
 out_unmount:
 	fuse_session_unmount(se);
 out_signals:

@@ -15,6 +15,8 @@ struct qv_node *qv_mount_node(struct qv_mount *m, uint64_t ino)
 {
 	size_t i = ino - 1;
 
+	if (ino == 1)
+		return atomic_load(&m->top);
 	if (ino == 0 || i >= atomic_load(&m->nnodes))
 		return NULL;
 	return &m->chunk[i >> QV_CHUNK_SHIFT][i & ((1u << QV_CHUNK_SHIFT) - 1)];
@@ -58,88 +60,6 @@ int qv_node_add_kid(struct qv_node *dir, uint64_t ino)
 	return 0;
 }
 
-static int parse_sources(struct qv_mount *m, char *err, size_t errlen)
-{
-	char why[QV_ERRLEN];
-
-	for (size_t i = 0; i < m->scan.nn; i++) {
-		const struct qv_snode *c = &m->scan.n[i];
-		struct qv_source *s;
-		struct stat st;
-		int rc, fd;
-
-		if (S_ISDIR(c->st.st_mode))
-			continue;
-		s = &m->src[m->nsrc];
-		m->src_of[i] = (uint32_t)m->nsrc++;
-		*s = (struct qv_source){ .rel = c->rel, .path = c->path, .dev = c->st.st_dev,
-					 .ino = c->st.st_ino, .size = c->st.st_size,
-					 .mtime = c->st.st_mtim };
-		atomic_init(&s->fd, -1);
-		if (!qv_ends_with(c->name, ".safetensors"))
-			continue;
-		fd = open(c->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st))
-			return qv_err(err, errlen, -errno, "%s: %s", c->rel, strerror(errno));
-		atomic_store(&s->fd, fd);
-		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
-		m->st_of[i] = calloc(1, sizeof(struct qv_st));
-		if (!m->st_of[i])
-			return qv_err(err, errlen, -ENOMEM, "%s: out of memory", c->rel);
-		rc = qv_st_read_fd(fd, (uint64_t)st.st_size, m->st_of[i], why, sizeof(why));
-		if (rc)
-			return qv_err(err, errlen, rc, "%s: %s", c->rel, why);
-	}
-	return 0;
-}
-
-/* Naming, the {P} prefix and the expert count, from all keys of the checkpoint (DESIGN §1). */
-static void detect(struct qv_mount *m)
-{
-	struct qv_plan probe = { .o = { .src = QV_NAMING_HF, .view = QV_NAMING_HF } };
-
-	for (size_t i = 0; i < m->scan.nn; i++) {
-		const struct qv_st *st = m->st_of[i];
-
-		for (size_t k = 0; st && k < st->nt; k++) {
-			const char *key = st->t[k].name;
-
-			m->model_prefix |= qv_starts_with(key, "model.");
-			if (qv_plan_key_is_native(key))
-				m->src_naming = QV_NAMING_NATIVE;
-		}
-	}
-	probe.o.src = probe.o.view = m->src_naming;
-	for (size_t i = 0; i < m->scan.nn && !m->n_experts; i++) {
-		const struct qv_st *st = m->st_of[i];
-
-		for (size_t k = 0; st && k < st->nt && !m->n_experts; k++) {
-			char *key;
-			bool expert;
-
-			if (qv_plan_map_key(&probe, st->t[k].name, &key, &expert) == 1 && expert &&
-			    st->t[k].ndim)
-				m->n_experts = st->t[k].shape[0];
-			free(key);
-		}
-	}
-}
-
-/* Plan options for folder or view number i: ranks (and shards) not fixed by the user are
- * enumerated, one folder each. */
-static void plan_opts(const struct qv_mount *m, size_t i, struct qv_plan_opts *po)
-{
-	const struct qv_mount_opts *o = &m->o;
-	uint32_t nshards = o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1;
-
-	*po = (struct qv_plan_opts){ .src = m->src_naming,
-				     .view = o->view_set ? o->view : !m->src_naming,
-				     .model_prefix = m->model_prefix, .exclude = o->exclude,
-				     .ep_size = o->ep_size, .shard_size = o->shard_size };
-	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
-	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
-}
-
 static int folder_name(const struct qv_mount *m, const struct qv_plan_opts *po, char *buf,
 		       size_t len)
 {
@@ -157,19 +77,22 @@ static int cmp_node_name(const void *a, const void *b, void *mp)
 }
 
 /* One folder per rank (and shard) at the root, each built on first use. */
-static int make_rank_folders(struct qv_mount *m, struct qv_node *root, char *err, size_t errlen)
+static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_node *root,
+			     char *err, size_t errlen)
 {
-	int rc = qv_view_validate(m, &m->plans[0], err, errlen);
+	int rc = qv_view_validate(g, &g->plans[0], err, errlen);
 
-	for (size_t i = 0; !rc && i < m->nplans; i++) {
+	for (size_t i = 0; !rc && i < g->nplans; i++) {
 		char name[64];
 		struct qv_node *n;
 
-		folder_name(m, &m->plans[i].o, name, sizeof(name));
+		folder_name(m, &g->plans[i].o, name, sizeof(name));
 		n = qv_mount_node_new(m, name, root->ino, true, &root->mtime);
 		rc = n ? qv_node_add_kid(root, n->ino) : -ENOMEM;
-		if (!rc)
+		if (!rc) {
 			n->lazy = (int32_t)i;
+			n->gen = g;
+		}
 	}
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "out of memory");
@@ -178,60 +101,61 @@ static int make_rank_folders(struct qv_mount *m, struct qv_node *root, char *err
 	return rc;
 }
 
+/* Load a generation and build its root folder; the root gets inode 1 whatever its slot. */
+static int load_view(struct qv_mount *m, char *err, size_t errlen)
+{
+	struct qv_gen *g = calloc(1, sizeof(*g));
+	struct qv_node *top;
+	int rc;
+
+	if (!g)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	rc = qv_gen_load(g, m->source, &m->o, err, errlen);
+	if (rc) {
+		qv_gen_free(g);
+		free(g);
+		return rc;
+	}
+	/* from here on nodes may point into g: keep it even if the build fails */
+	g->prev = m->gen;
+	m->gen = g;
+	top = qv_mount_node_new(m, "", 0, true, &g->scan.n[0].st.st_mtim);
+	if (!top)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	top->ino = top->parent = 1;
+	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
+				   qv_view_build(m, g, &g->plans[0], 0, top, err, errlen);
+	if (!rc)
+		atomic_store(&m->top, top);
+	return rc;
+}
+
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
 		  size_t errlen)
 {
-	struct qv_plan_opts po;
-	struct qv_node *root;
-	bool multi = o->ep_size && (!o->ep_rank_set || (o->shard_size > 1 && !o->shard_rank_set));
-	int rc;
-
 	memset(m, 0, sizeof(*m));
 	m->o = *o;
 	err[0] = '\0';
 	pthread_mutex_init(&m->lock, NULL);
 	m->chunk = calloc(QV_MAX_CHUNKS, sizeof(*m->chunk));
+	/* absolute, since the daemon's working folder changes when it detaches */
+	m->source = realpath(src, NULL);
+	if (!m->source)
+		return qv_err(err, errlen, -errno, "%s: %s", src, strerror(errno));
 	if (!m->chunk)
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	rc = qv_scan_tree(src, &m->scan, err, errlen);
-	if (rc)
-		return rc;
-	m->src = calloc(m->scan.nn, sizeof(*m->src));
-	m->src_of = malloc(m->scan.nn * sizeof(*m->src_of));
-	m->st_of = calloc(m->scan.nn, sizeof(*m->st_of));
-	if (!m->src || !m->src_of || !m->st_of)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	memset(m->src_of, 0xff, m->scan.nn * sizeof(*m->src_of));
-	rc = parse_sources(m, err, errlen);
-	if (rc)
-		return rc;
-	detect(m);
-	if (o->ep_size && !m->n_experts)
-		return qv_err(err, errlen, -EINVAL, "%s: ep_size given but no expert tensors found",
-			      src);
-	if (o->ep_size && m->n_experts % o->ep_size)
-		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
-		       (unsigned long long)m->n_experts, o->ep_size,
-		       (unsigned long long)(m->n_experts % o->ep_size));
-	m->nplans = 1;
-	if (multi)
-		m->nplans = (o->ep_rank_set ? 1 : o->ep_size) *
-			    (o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1);
-	m->plans = calloc(m->nplans, sizeof(*m->plans));
-	if (!m->plans)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	for (size_t i = 0; i < m->nplans; i++) {
-		plan_opts(m, i, &po);
-		rc = qv_plan_init(&m->plans[i], &po, err, errlen);
-		if (rc)
-			return rc;
-	}
-	root = qv_mount_node_new(m, "", 0, true, &m->scan.n[0].st.st_mtim);
-	if (!root)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	if (multi)
-		return make_rank_folders(m, root, err, errlen);
-	return qv_view_build(m, &m->plans[0], 0, root, err, errlen);
+	return load_view(m, err, errlen);
+}
+
+int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen)
+{
+	int rc;
+
+	err[0] = '\0';
+	pthread_mutex_lock(&m->lock);
+	rc = load_view(m, err, errlen);
+	pthread_mutex_unlock(&m->lock);
+	return rc;
 }
 
 int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
@@ -243,7 +167,8 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 		return 0;
 	pthread_mutex_lock(&m->lock);
 	if (!atomic_load(&dir->ready)) {
-		rc = qv_view_build(m, &m->plans[dir->lazy], 0, dir, err, sizeof(err));
+		rc = qv_view_build(m, dir->gen, &dir->gen->plans[dir->lazy], 0, dir, err,
+				   sizeof(err));
 		if (rc) {
 			qv_log("%s: %s", dir->name, err);
 			dir->nkids = 0; /* a later call tries again from scratch */
@@ -260,7 +185,7 @@ void qv_mount_fini(struct qv_mount *m)
 	size_t nn = atomic_load(&m->nnodes);
 
 	for (size_t i = 0; i < nn; i++) {
-		struct qv_node *n = qv_mount_node(m, i + 1);
+		struct qv_node *n = &m->chunk[i >> QV_CHUNK_SHIFT][i & ((1u << QV_CHUNK_SHIFT) - 1)];
 
 		free(n->name);
 		free(n->kids);
@@ -269,21 +194,14 @@ void qv_mount_fini(struct qv_mount *m)
 	for (size_t c = 0; m->chunk && c < QV_MAX_CHUNKS && m->chunk[c]; c++)
 		free(m->chunk[c]);
 	free(m->chunk);
-	for (size_t i = 0; i < m->nsrc; i++)
-		if (atomic_load(&m->src[i].fd) >= 0)
-			close(atomic_load(&m->src[i].fd));
-	for (size_t i = 0; m->st_of && i < m->scan.nn; i++) {
-		if (m->st_of[i])
-			qv_st_free(m->st_of[i]);
-		free(m->st_of[i]);
+	while (m->gen) {
+		struct qv_gen *g = m->gen;
+
+		m->gen = g->prev;
+		qv_gen_free(g);
+		free(g);
 	}
-	free(m->st_of);
-	free(m->src_of);
-	free(m->src);
-	for (size_t i = 0; i < m->nplans; i++)
-		qv_plan_free(&m->plans[i]);
-	free(m->plans);
-	qv_scan_free(&m->scan);
+	free(m->source);
 	pthread_mutex_destroy(&m->lock);
 	memset(m, 0, sizeof(*m));
 }
@@ -311,8 +229,10 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 {
 	atomic_fetch_add(&m->stats.opens, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++) {
-		int rc = qv_source_check(&m->src[n->vf.srcs[i]]);
+		int rc = qv_source_check(&n->vf.base[n->vf.srcs[i]]);
 
+		if (!rc) /* open now, so running out of descriptors fails open(), not a read */
+			rc = qv_source_open(&n->vf.base[n->vf.srcs[i]]);
 		if (rc) {
 			atomic_fetch_add(&m->stats.errors, 1);
 			return rc;
@@ -325,7 +245,7 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got)
 {
 	uint64_t from_src = 0;
-	int rc = qv_vfile_read(&n->vf, m->src, off, len, buf, io, sc, got, &from_src);
+	int rc = qv_vfile_read(&n->vf, n->vf.base, off, len, buf, io, sc, got, &from_src);
 
 	atomic_fetch_add(&m->stats.reads, 1);
 	if (rc) {

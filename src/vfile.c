@@ -59,24 +59,39 @@ void qv_vfile_fini(struct qv_vfile *vf)
 	memset(vf, 0, sizeof(*vf));
 }
 
-int qv_source_open(struct qv_source *s)
-{
-	int fd, expected = -1;
-
-	if (atomic_load(&s->fd) >= 0)
-		return 0;
-	fd = open(s->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (!atomic_compare_exchange_strong(&s->fd, &expected, fd))
-		close(fd); /* another thread won the race; use its descriptor */
-	return 0;
-}
-
 static bool same_file(const struct qv_source *s, const struct stat *st)
 {
 	return st->st_dev == s->dev && st->st_ino == s->ino && st->st_size == s->size &&
 	       st->st_mtim.tv_sec == s->mtime.tv_sec && st->st_mtim.tv_nsec == s->mtime.tv_nsec;
+}
+
+static int stale(struct qv_source *s)
+{
+	if (!atomic_exchange(&s->stale_logged, 1))
+		qv_log("%s: source changed since mount (size, mtime or inode): reads fail with EIO",
+		       s->rel);
+	return -EIO;
+}
+
+int qv_source_open(struct qv_source *s)
+{
+	int fd, expected = -1;
+	struct stat st;
+
+	if (atomic_load(&s->fd) >= 0)
+		return 0;
+	fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -errno;
+	/* what we opened must be what was scanned: a path swapped for a link since then (to a
+	 * file outside the source, say) is refused, not served */
+	if (fstat(fd, &st) || !same_file(s, &st)) {
+		close(fd);
+		return stale(s);
+	}
+	if (!atomic_compare_exchange_strong(&s->fd, &expected, fd))
+		close(fd); /* another thread won the race; use its descriptor */
+	return 0;
 }
 
 int qv_source_check(struct qv_source *s)
@@ -88,10 +103,18 @@ int qv_source_check(struct qv_source *s)
 	if (stat(s->path, &a) == 0 && same_file(s, &a) &&
 	    (fd < 0 || (fstat(fd, &b) == 0 && same_file(s, &b))))
 		return 0;
-	if (!atomic_exchange(&s->stale_logged, 1))
-		qv_log("%s: source changed since mount (size, mtime or inode): reads fail with EIO",
-		       s->rel);
-	return -EIO;
+	return stale(s);
+}
+
+int qv_source_unchanged(struct qv_source *s)
+{
+	struct stat st;
+	int fd = atomic_load(&s->fd);
+
+	/* a write in progress has already moved mtime, so a check after the read catches it */
+	if (fd >= 0 && (fstat(fd, &st) || !same_file(s, &st)))
+		return stale(s);
+	return 0;
 }
 
 /* First segment whose end lies past off (segments are sorted and contiguous). */
@@ -179,6 +202,8 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 	if (pos != end)
 		return -EIO; /* segments must tile the file; anything else is a bug, not data */
 	rc = qv_io_run(io, sc->ops, n);
+	for (size_t i = 0; !rc && n && i < vf->nsrcs; i++)
+		rc = qv_source_unchanged(&srcs[vf->srcs[i]]);
 	if (rc)
 		return rc;
 	*got = (size_t)(end - off);

@@ -210,7 +210,7 @@ static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_
 }
 
 /* The index file si, regenerated from the virtual files of its folder (fk, nfk). */
-static int build_index(struct qv_mount *m, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
+static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
 		       size_t nfk, char *err, size_t errlen)
 {
 	struct qv_buf src = { 0 }, out = { 0 };
@@ -261,55 +261,56 @@ static bool is_index_name(const char *name)
 }
 
 /* Build the view of scan folder sd under node dn: files first, then the folder's indexes. */
-int qv_view_build(struct qv_mount *m, const struct qv_plan *p, uint32_t sd, struct qv_node *dn,
-		  char *err, size_t errlen)
+int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, uint32_t sd,
+		  struct qv_node *dn, char *err, size_t errlen)
 {
-	const struct qv_snode *s = &m->scan.n[sd];
+	const struct qv_snode *s = &g->scan.n[sd];
 	struct qv_fkeys *fk = calloc(s->nkids ? s->nkids : 1, sizeof(*fk));
 	size_t nfk = 0;
 	int rc = fk ? 0 : -ENOMEM;
 
 	for (size_t k = 0; k < s->nkids && !rc; k++) {
 		uint32_t si = s->kids[k];
-		const struct qv_snode *c = &m->scan.n[si];
+		const struct qv_snode *c = &g->scan.n[si];
 		bool dir = S_ISDIR(c->st.st_mode);
 		struct qv_node *n = qv_mount_node_new(m, c->name, dn->ino, dir, &c->st.st_mtim);
 
 		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
 		if (rc)
 			break;
+		n->vf.base = g->src;
 		if (dir) {
-			rc = qv_view_build(m, p, si, n, err, errlen);
-		} else if (m->st_of[si]) {
+			rc = qv_view_build(m, g, p, si, n, err, errlen);
+		} else if (g->st_of[si]) {
 			fk[nfk].file = c->name;
-			rc = qv_view_file(p, m->st_of[si], m->src_of[si], m->n_experts, c->rel,
+			rc = qv_view_file(p, g->st_of[si], g->src_of[si], g->n_experts, c->rel,
 					  &n->vf, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
 			rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = (uint64_t)c->st.st_size,
-								   .src = m->src_of[si],
+								   .src = g->src_of[si],
 								   .run = (uint64_t)c->st.st_size,
 								   .stride = (uint64_t)c->st.st_size });
 			if (!rc)
-				rc = qv_vfile_use_src(&n->vf, m->src_of[si]);
+				rc = qv_vfile_use_src(&n->vf, g->src_of[si]);
 		}
 	}
 	for (size_t k = 0; k < s->nkids && !rc; k++) {
 		uint32_t si = s->kids[k];
 
-		if (!S_ISDIR(m->scan.n[si].st.st_mode) && !m->st_of[si] &&
-		    is_index_name(m->scan.n[si].name))
-			rc = build_index(m, si, qv_mount_node(m, dn->kids[k]), fk, nfk, err,
+		if (!S_ISDIR(g->scan.n[si].st.st_mode) && !g->st_of[si] &&
+		    is_index_name(g->scan.n[si].name))
+			rc = build_index(g, si, qv_mount_node(m, dn->kids[k]), fk, nfk, err,
 					 errlen);
 	}
 	if (rc == -ENOMEM)
-		qv_err(err, errlen, rc, "%s: out of memory", s->rel[0] ? s->rel : m->scan.root);
+		qv_err(err, errlen, rc, "%s: out of memory", s->rel[0] ? s->rel : g->scan.root);
 	for (size_t i = 0; fk && i < nfk; i++)
 		qv_fkeys_fini(&fk[i]);
 	free(fk);
 	return rc;
 }
 
-int qv_view_validate(struct qv_mount *m, const struct qv_plan *p, char *err, size_t errlen)
+int qv_view_validate(struct qv_gen *m, const struct qv_plan *p, char *err, size_t errlen)
 {
 	for (size_t i = 0; i < m->scan.nn; i++) {
 		const struct qv_st *st = m->st_of[i];

@@ -34,9 +34,9 @@ TEST(view_tree_and_sizes)
 
 	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
 		goto out;
-	CHECK_EQ_INT(v.m.src_naming, QV_NAMING_HF);
-	CHECK(v.m.model_prefix);
-	CHECK_EQ_U64(v.m.n_experts, E);
+	CHECK_EQ_INT(v.m.gen->src_naming, QV_NAMING_HF);
+	CHECK(v.m.gen->model_prefix);
+	CHECK_EQ_U64(v.m.gen->n_experts, E);
 	root = qv_mount_node(&v.m, 1);
 	if (!CHECK(root && root->dir))
 		goto out;
@@ -380,7 +380,7 @@ TEST(view_reverse_native_to_hf)
 	struct vt v;
 
 	if (CHECK_MSG(vt_mount(&v, make_native(), &o) == 0, "%s", v.err)) {
-		CHECK_EQ_INT(v.m.src_naming, QV_NAMING_NATIVE);
+		CHECK_EQ_INT(v.m.gen->src_naming, QV_NAMING_NATIVE);
 		CHECK(vt_get(&v, IDX) == NULL);
 		vt_check_vst(&v, "model.safetensors", w, 3, 2, 0, 0, 0, NULL);
 	}
@@ -426,14 +426,14 @@ TEST(view_model_prefix_from_any_file)
 	vt_put_st(dir, "b.safetensors",
 	       "{\"model.z\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, 7);
 	if (CHECK_MSG(vt_mount(&v, dir, &o) == 0, "%s", v.err)) {
-		CHECK(v.m.model_prefix);
+		CHECK(v.m.gen->model_prefix);
 		vt_check_vst(&v, "a.safetensors", wa, 2, 0, 0, 0, 0, NULL);
 	}
 	vt_fini(&v);
 	dir = ut_tmpdir();
 	vt_put_st(dir, "a.safetensors", a, 8, 6);
 	if (CHECK_MSG(vt_mount(&v, dir, &o) == 0, "%s", v.err)) {
-		CHECK(!v.m.model_prefix);
+		CHECK(!v.m.gen->model_prefix);
 		vt_check_vst(&v, "a.safetensors", wa_np, 2, 0, 0, 0, 0, NULL);
 	}
 	vt_fini(&v);

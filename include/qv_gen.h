@@ -1,0 +1,52 @@
+/* qv_gen.h - one generation of the source: what a scan and a strict parse of every header
+ * yield, and the plans (naming, slicing) of the view built from it. FUSE-free. */
+#ifndef QV_GEN_H
+#define QV_GEN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qv_io.h"
+#include "qv_plan.h"
+#include "qv_scan.h"
+#include "qv_st.h"
+#include "qv_vfile.h"
+
+struct qv_mount_opts {
+	bool view_set; /* else the other naming than the source's */
+	enum qv_naming view;
+	const char *exclude;
+	struct qv_io_cfg io;
+	uint32_t ep_size, ep_rank;
+	bool ep_rank_set;
+	uint32_t shard_size, shard_rank;
+	bool shard_rank_set;
+};
+
+struct qv_gen {
+	struct qv_scan scan;
+	struct qv_source *src; /* one per scanned regular file: src[i] for scan node src_of[i] */
+	size_t nsrc;
+	uint32_t *src_of;     /* scan node -> source index (UINT32_MAX for folders) */
+	struct qv_st **st_of; /* scan node -> parsed header for *.safetensors, else NULL */
+	enum qv_naming src_naming;
+	bool model_prefix;
+	uint64_t n_experts;    /* dim 0 of the first expert tensor: the checkpoint's expert count */
+	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */
+	size_t nplans;
+	struct qv_gen *prev; /* older generations stay until unmount: open files read them */
+};
+
+/* Scan src, open and strictly parse every safetensors header, detect the naming, make the
+ * plans for options o; 0 or -errno with one line in err naming the file and the reason. */
+int qv_gen_load(struct qv_gen *g, const char *src, const struct qv_mount_opts *o, char *err,
+		size_t errlen);
+
+/* Free a generation (closes its source files); safe on a zeroed or half-loaded one. */
+void qv_gen_free(struct qv_gen *g);
+
+/* True when the options make one folder per rank (and shard) instead of one view. */
+bool qv_gen_multi(const struct qv_mount_opts *o);
+
+#endif

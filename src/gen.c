@@ -1,0 +1,161 @@
+/* gen.c - one generation of the source: scan, strict parse of every header, naming detection
+ * and the plans of the view. A rescan (SIGHUP) loads a new one beside the old. */
+#include "qv_gen.h"
+#include "qv_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Open and strictly parse every *.safetensors source; the fd stays open for reads. */
+static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
+{
+	char why[QV_ERRLEN];
+
+	for (size_t i = 0; i < m->scan.nn; i++) {
+		const struct qv_snode *c = &m->scan.n[i];
+		struct qv_source *s;
+		struct stat st;
+		int rc, fd;
+
+		if (S_ISDIR(c->st.st_mode))
+			continue;
+		s = &m->src[m->nsrc];
+		m->src_of[i] = (uint32_t)m->nsrc++;
+		*s = (struct qv_source){ .rel = c->rel, .path = c->path, .dev = c->st.st_dev,
+					 .ino = c->st.st_ino, .size = c->st.st_size,
+					 .mtime = c->st.st_mtim };
+		atomic_init(&s->fd, -1);
+		if (!qv_ends_with(c->name, ".safetensors"))
+			continue;
+		fd = open(c->path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &st))
+			return qv_err(err, errlen, -errno, "%s: %s", c->rel, strerror(errno));
+		atomic_store(&s->fd, fd);
+		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
+		m->st_of[i] = calloc(1, sizeof(struct qv_st));
+		if (!m->st_of[i])
+			return qv_err(err, errlen, -ENOMEM, "%s: out of memory", c->rel);
+		rc = qv_st_read_fd(fd, (uint64_t)st.st_size, m->st_of[i], why, sizeof(why));
+		if (rc)
+			return qv_err(err, errlen, rc, "%s: %s", c->rel, why);
+	}
+	return 0;
+}
+
+/* Naming, the {P} prefix and the expert count, from all keys of the checkpoint (DESIGN §1). */
+static void detect(struct qv_gen *m)
+{
+	struct qv_plan probe = { .o = { .src = QV_NAMING_HF, .view = QV_NAMING_HF } };
+
+	for (size_t i = 0; i < m->scan.nn; i++) {
+		const struct qv_st *st = m->st_of[i];
+
+		for (size_t k = 0; st && k < st->nt; k++) {
+			const char *key = st->t[k].name;
+
+			m->model_prefix |= qv_starts_with(key, "model.");
+			if (qv_plan_key_is_native(key))
+				m->src_naming = QV_NAMING_NATIVE;
+		}
+	}
+	probe.o.src = probe.o.view = m->src_naming;
+	for (size_t i = 0; i < m->scan.nn && !m->n_experts; i++) {
+		const struct qv_st *st = m->st_of[i];
+
+		for (size_t k = 0; st && k < st->nt && !m->n_experts; k++) {
+			char *key;
+			bool expert;
+
+			if (qv_plan_map_key(&probe, st->t[k].name, &key, &expert) == 1 && expert &&
+			    st->t[k].ndim)
+				m->n_experts = st->t[k].shape[0];
+			free(key);
+		}
+	}
+}
+
+/* Plan options for folder or view number i: ranks (and shards) not fixed by the user are
+ * enumerated, one folder each. */
+static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, size_t i,
+		      struct qv_plan_opts *po)
+{
+	uint32_t nshards = o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1;
+
+	*po = (struct qv_plan_opts){ .src = m->src_naming,
+				     .view = o->view_set ? o->view : !m->src_naming,
+				     .model_prefix = m->model_prefix, .exclude = o->exclude,
+				     .ep_size = o->ep_size, .shard_size = o->shard_size };
+	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
+	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
+}
+
+bool qv_gen_multi(const struct qv_mount_opts *o)
+{
+	return o->ep_size && (!o->ep_rank_set || (o->shard_size > 1 && !o->shard_rank_set));
+}
+
+int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o, char *err,
+		size_t errlen)
+{
+	struct qv_plan_opts po;
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	rc = qv_scan_tree(src, &m->scan, err, errlen);
+	if (rc)
+		return rc;
+	m->src = calloc(m->scan.nn, sizeof(*m->src));
+	m->src_of = malloc(m->scan.nn * sizeof(*m->src_of));
+	m->st_of = calloc(m->scan.nn, sizeof(*m->st_of));
+	if (!m->src || !m->src_of || !m->st_of)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	memset(m->src_of, 0xff, m->scan.nn * sizeof(*m->src_of));
+	rc = parse_sources(m, err, errlen);
+	if (rc)
+		return rc;
+	detect(m);
+	if (o->ep_size && !m->n_experts)
+		return qv_err(err, errlen, -EINVAL, "%s: ep_size given but no expert tensors found",
+			      src);
+	if (o->ep_size && m->n_experts % o->ep_size)
+		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
+		       (unsigned long long)m->n_experts, o->ep_size,
+		       (unsigned long long)(m->n_experts % o->ep_size));
+	m->nplans = 1;
+	if (qv_gen_multi(o))
+		m->nplans = (o->ep_rank_set ? 1 : o->ep_size) *
+			    (o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1);
+	m->plans = calloc(m->nplans, sizeof(*m->plans));
+	if (!m->plans)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < m->nplans; i++) {
+		plan_opts(m, o, i, &po);
+		rc = qv_plan_init(&m->plans[i], &po, err, errlen);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+void qv_gen_free(struct qv_gen *m)
+{
+	for (size_t i = 0; i < m->nsrc; i++)
+		if (atomic_load(&m->src[i].fd) >= 0)
+			close(atomic_load(&m->src[i].fd));
+	for (size_t i = 0; m->st_of && i < m->scan.nn; i++) {
+		if (m->st_of[i])
+			qv_st_free(m->st_of[i]);
+		free(m->st_of[i]);
+	}
+	free(m->st_of);
+	free(m->src_of);
+	free(m->src);
+	for (size_t i = 0; m->plans && i < m->nplans; i++)
+		qv_plan_free(&m->plans[i]);
+	free(m->plans);
+	qv_scan_free(&m->scan);
+	memset(m, 0, sizeof(*m));
+}

@@ -1,0 +1,84 @@
+/* libFuzzer target: planning a view from a parsed header, slicing included. Input: 8 option
+ * bytes (view, ep_size, ep_rank, shard size, shard rank, 3 data-size bytes), then the header.
+ * Oracles: the synthesized header parses back and describes the file exactly, and every
+ * extent stays inside the source's data section. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qv_plan.h"
+#include "qv_st.h"
+#include "qv_util.h"
+#include "qv_view.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void check_view_file(const struct qv_st *src, const struct qv_vfile *vf)
+{
+	uint64_t n = 0, lo = 8 + src->hdr_len, hi = lo + src->data_size, pos = 0;
+	struct qv_st back;
+	char err[QV_ERRLEN];
+
+	for (int i = 7; i >= 0; i--)
+		n = n << 8 | (unsigned char)vf->mem[i];
+	if (vf->nseg == 0 || vf->seg[0].len != 8 + n || (8 + n) % 8)
+		abort();
+	if (qv_st_parse(vf->mem + 8, n, vf->size, &back, err, sizeof(err)))
+		abort();
+	qv_st_free(&back);
+	for (size_t i = 0; i < vf->nseg; i++) {
+		const struct qv_seg *s = &vf->seg[i];
+
+		if (s->voff != pos || s->len == 0)
+			abort();
+		pos += s->len;
+		if (s->src == QV_SEG_MEM)
+			continue;
+		/* the last run must end inside the source data section */
+		if (s->run == 0 || s->len % s->run || s->soff < lo ||
+		    s->soff + (s->len / s->run - 1) * s->stride + s->run > hi)
+			abort();
+	}
+	if (pos != vf->size)
+		abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct qv_plan_opts o = { 0 };
+	struct qv_plan p;
+	struct qv_st st;
+	struct qv_vfile vf = { 0 };
+	struct qv_fkeys fk = { 0 };
+	char err[QV_ERRLEN], *hdr;
+	uint32_t dsize;
+
+	if (size < 8)
+		return 0;
+	dsize = (uint32_t)data[5] | (uint32_t)data[6] << 8 | (uint32_t)data[7] << 16;
+	hdr = malloc(size - 8 ? size - 8 : 1);
+	memcpy(hdr, data + 8, size - 8);
+	if (qv_st_parse(hdr, size - 8, 8 + (uint64_t)(size - 8) + dsize, &st, err, sizeof(err))) {
+		free(hdr);
+		return 0;
+	}
+	for (size_t i = 0; i < st.nt; i++) {
+		o.src |= qv_plan_key_is_native(st.t[i].name);
+		o.model_prefix |= qv_starts_with(st.t[i].name, "model.");
+	}
+	o.view = data[0] & 1 ? !o.src : o.src;
+	o.ep_size = data[1] % 17;
+	o.ep_rank = data[2] % 17;
+	o.shard_size = data[3] % 5;
+	o.shard_rank = data[4] % 5;
+	if (qv_plan_init(&p, &o, err, sizeof(err)) == 0) {
+		if (qv_view_file(&p, &st, 0, data[2], "fuzz", &vf, &fk, err, sizeof(err)) == 0)
+			check_view_file(&st, &vf);
+		qv_vfile_fini(&vf);
+		qv_fkeys_fini(&fk);
+	}
+	qv_plan_free(&p);
+	qv_st_free(&st);
+	free(hdr);
+	return 0;
+}
