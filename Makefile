@@ -21,9 +21,8 @@ LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 CORE := util st plan scan hdr vfile gen view mount io
 CORE_OBJ := $(CORE:%=$(BUILD)/%.o)
 BIN := $(BUILD)/qvlmoefs
-TOOLS := $(BUILD)/qvlmoefs-mkckpt $(BUILD)/unit
 
-all: $(BIN) $(BUILD)/qvlmoefs-mkckpt
+all: $(BIN) $(BUILD)/qvlmoefs-mkckpt $(BUILD)/stress
 
 $(BUILD):
 	mkdir -p $@
@@ -37,6 +36,9 @@ $(BIN): $(CORE_OBJ) $(BUILD)/bdi.o $(BUILD)/fs.o $(BUILD)/main.o
 $(BUILD)/qvlmoefs-mkckpt: tests/mkckpt.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lm
 
+$(BUILD)/stress: tests/stress.c | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
+
 $(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(wildcard tests/unit/*.h)
 	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(LIBS)
 
@@ -47,6 +49,13 @@ deps:
 check: deps
 	$(MAKE) all $(BUILD)/unit
 	tests/run.sh
+
+# long stress run: STRESS_THREADS readers for STRESS_SECONDS
+STRESS_THREADS ?= 32
+STRESS_SECONDS ?= 300
+stress: deps
+	$(MAKE) all
+	ONLY=stress STRESS_THREADS=$(STRESS_THREADS) STRESS_SECONDS=$(STRESS_SECONDS) tests/integration.sh
 
 check-valgrind: deps
 	$(MAKE) all $(BUILD)/unit
@@ -102,4 +111,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps bench fuzz check check-valgrind demo install uninstall clean
+.PHONY: all deps bench fuzz stress check check-valgrind demo install uninstall clean

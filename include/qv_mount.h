@@ -81,6 +81,9 @@ struct qv_node *qv_mount_lookup(struct qv_mount *m, const struct qv_node *dir, c
 /* Called on open: 0, or -EIO when a source of the file changed since the mount. */
 int qv_mount_open_file(struct qv_mount *m, struct qv_node *n);
 
+/* Called on release: undo what a successful qv_mount_open_file took. */
+void qv_mount_release_file(struct qv_mount *m, struct qv_node *n);
+
 /* Read from a file node into buf; *got short only at EOF; 0 or -errno; counts in stats. */
 int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
 		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got);

@@ -3,6 +3,7 @@
 #ifndef QV_VFILE_H
 #define QV_VFILE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,6 +22,9 @@ struct qv_source {
 	off_t size;
 	struct timespec mtime;
 	atomic_int stale_logged;
+	pthread_mutex_t mu; /* serializes opening and closing fd (zeroed = initialized) */
+	int users;	    /* open virtual files reading it; the fd closes at the last release */
+	bool pinned;	    /* safetensors sources: opened at mount, kept until unmount */
 };
 
 #define QV_SEG_MEM UINT32_MAX
@@ -60,6 +64,14 @@ void qv_vfile_fini(struct qv_vfile *vf);
 
 /* Open source s if not yet open; 0 or -errno. */
 int qv_source_open(struct qv_source *s);
+
+/* Take a reference for an open file: check s is unchanged (else -EIO), open it if needed;
+ * 0 or -errno. */
+int qv_source_get(struct qv_source *s);
+
+/* Drop a reference; the last one closes an unpinned source's fd, so a tree of many small
+ * files does not hold a descriptor per file ever opened. */
+void qv_source_put(struct qv_source *s);
 
 /* 0 when source s still is the file scanned (inode, size, mtime), else -EIO (logged once). */
 int qv_source_check(struct qv_source *s);

@@ -284,7 +284,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino, (void)fi;
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_node(fs->m, ino);
+
+	(void)fi;
+	if (n && !n->dir)
+		qv_mount_release_file(fs->m, n);
 	fuse_reply_err(req, 0);
 }
 

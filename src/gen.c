@@ -34,6 +34,7 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		if (fd < 0 || fstat(fd, &st))
 			return qv_err(err, errlen, -errno, "%s: %s", c->rel, strerror(errno));
 		atomic_store(&s->fd, fd);
+		s->pinned = true;
 		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
 		m->st_of[i] = calloc(1, sizeof(struct qv_st));
 		if (!m->st_of[i])

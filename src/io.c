@@ -50,8 +50,9 @@ int qv_io_new(const struct qv_io_cfg *cfg, struct qv_io **out)
 		rc = cfg->fail_setup_errno ? -cfg->fail_setup_errno :
 					     io_uring_queue_init(io->cfg.entries, &io->ring, 0);
 		if (rc) {
+			/* a ring is an fd too: out of descriptors, this thread reads with pread */
 			if (rc != -EPERM && rc != -ENOSYS && rc != -ENOMEM && rc != -EACCES &&
-			    rc != -EINVAL) {
+			    rc != -EINVAL && rc != -EMFILE && rc != -ENFILE) {
 				free(io);
 				return rc;
 			}

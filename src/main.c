@@ -147,6 +147,28 @@ static void *rescan_thread(void *arg)
 	return NULL;
 }
 
+/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N": refuse the
+ * ring as a sandbox would, clamp every read to N bytes (short reads), turn every Nth
+ * completion into -EAGAIN. Tests use it to drive the recovery paths through a real mount. */
+static void test_faults(struct qv_io_cfg *io)
+{
+	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
+	char *copy, *tok, *save = NULL;
+
+	if (!f || !(copy = strdup(f)))
+		return;
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(tok, "setup=EPERM"))
+			io->fail_setup_errno = EPERM;
+		else if (!strncmp(tok, "chunk=", 6))
+			io->max_chunk = strtoull(tok + 6, NULL, 0);
+		else if (!strncmp(tok, "eagain=", 7))
+			io->eagain_every = (unsigned)strtoul(tok + 7, NULL, 0);
+	}
+	free(copy);
+	qv_log("test fault injection on: %s", f);
+}
+
 /* fsname=SOURCE for mount(8) and /proc/mounts; commas and backslashes must be escaped. */
 static int add_fsname(struct fuse_args *args, const char *source)
 {
@@ -201,6 +223,7 @@ int main(int argc, char *argv[])
 	}
 	if (check_options(&o, &mo))
 		goto out_opts;
+	test_faults(&mo.io);
 	if (qv_mount_init(&m, o.source, &mo, err, sizeof(err))) {
 		qv_log("%s", err);
 		goto out_mount_ctx;
@@ -248,7 +271,8 @@ int main(int argc, char *argv[])
 		ret = fuse_session_loop_mt(se, lcfg);
 		fuse_loop_cfg_destroy(lcfg);
 	}
-	ret = ret ? 1 : 0;
+	/* the loop returns the signal that ended it: SIGTERM/SIGINT are a clean shutdown */
+	ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? 0 : 1;
 	atomic_store(&rs.stop, true);
 	pthread_kill(rs.thread, SIGHUP);
 	pthread_join(rs.thread, NULL);

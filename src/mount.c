@@ -229,16 +229,25 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 {
 	atomic_fetch_add(&m->stats.opens, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++) {
-		int rc = qv_source_check(&n->vf.base[n->vf.srcs[i]]);
+		/* checks the source is unchanged, and opens it now, so running out of descriptors
+		 * fails open(), not a read */
+		int rc = qv_source_get(&n->vf.base[n->vf.srcs[i]]);
 
-		if (!rc) /* open now, so running out of descriptors fails open(), not a read */
-			rc = qv_source_open(&n->vf.base[n->vf.srcs[i]]);
 		if (rc) {
+			while (i--)
+				qv_source_put(&n->vf.base[n->vf.srcs[i]]);
 			atomic_fetch_add(&m->stats.errors, 1);
 			return rc;
 		}
 	}
 	return 0;
+}
+
+void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
+{
+	(void)m;
+	for (size_t i = 0; i < n->vf.nsrcs; i++)
+		qv_source_put(&n->vf.base[n->vf.srcs[i]]);
 }
 
 int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,

@@ -73,10 +73,24 @@ static int stale(struct qv_source *s)
 	return -EIO;
 }
 
-int qv_source_open(struct qv_source *s)
+/* Caller holds s->mu, so fd cannot be closed (and its number reused) under the fstat. */
+static int check_locked(struct qv_source *s)
 {
-	int fd, expected = -1;
+	struct stat a, b;
+	int fd = atomic_load(&s->fd);
+
+	/* the path must still name the scanned file, and that file must be unchanged */
+	if (stat(s->path, &a) == 0 && same_file(s, &a) &&
+	    (fd < 0 || (fstat(fd, &b) == 0 && same_file(s, &b))))
+		return 0;
+	return stale(s);
+}
+
+/* Open s's fd if it is not open; caller holds s->mu. */
+static int source_open_locked(struct qv_source *s)
+{
 	struct stat st;
+	int fd;
 
 	if (atomic_load(&s->fd) >= 0)
 		return 0;
@@ -89,21 +103,55 @@ int qv_source_open(struct qv_source *s)
 		close(fd);
 		return stale(s);
 	}
-	if (!atomic_compare_exchange_strong(&s->fd, &expected, fd))
-		close(fd); /* another thread won the race; use its descriptor */
+	atomic_store(&s->fd, fd);
 	return 0;
+}
+
+int qv_source_open(struct qv_source *s)
+{
+	int rc;
+
+	if (atomic_load(&s->fd) >= 0)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	rc = source_open_locked(s);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+int qv_source_get(struct qv_source *s)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	rc = check_locked(s);
+	if (!rc)
+		rc = source_open_locked(s);
+	if (!rc)
+		s->users++;
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+void qv_source_put(struct qv_source *s)
+{
+	pthread_mutex_lock(&s->mu);
+	/* no read is in flight here: the kernel releases a file only after its reads end */
+	if (--s->users == 0 && !s->pinned && atomic_load(&s->fd) >= 0) {
+		close(atomic_load(&s->fd));
+		atomic_store(&s->fd, -1);
+	}
+	pthread_mutex_unlock(&s->mu);
 }
 
 int qv_source_check(struct qv_source *s)
 {
-	struct stat a, b;
-	int fd = atomic_load(&s->fd);
+	int rc;
 
-	/* the path must still name the scanned file, and that file must be unchanged */
-	if (stat(s->path, &a) == 0 && same_file(s, &a) &&
-	    (fd < 0 || (fstat(fd, &b) == 0 && same_file(s, &b))))
-		return 0;
-	return stale(s);
+	pthread_mutex_lock(&s->mu);
+	rc = check_locked(s);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
 }
 
 int qv_source_unchanged(struct qv_source *s)

@@ -459,6 +459,258 @@ t_node_mount_script() {
 	$CHECK "$T/e10" "$T/m/ep-rank-2" --ep-size 4 --ep-rank 2
 }
 
+# daemon_fg SRC MNT [opts...]: mount in the foreground in the background; sets DPID
+daemon_fg() {
+	local src=$1 m=$2
+	shift 2
+	mkdir -p "$m"
+	"$QV" -f "$src" "$m" "$@" 2>>"$T/daemon.log" &
+	DPID=$!
+	for _ in $(seq 1 200); do mountpoint -q "$m" && return 0; sleep 0.05; done
+	echo "mount of $src did not appear"
+	return 1
+}
+
+t_stress() {
+	local secs=${STRESS_SECONDS:-10} threads=${STRESS_THREADS:-16}
+	daemon_fg "$T/e10" "$T/m1"
+	local p1=$DPID
+	daemon_fg "$T/e10n" "$T/m2" -o ep_size=4
+	local p2=$DPID
+	$CHECK "$T/e10" "$T/m1"
+	$CHECK "$T/e10n" "$T/m2/ep-rank-1" --ep-size 4 --ep-rank 1
+	mkdir -p "$T/ref1" "$T/ref2"
+	cp "$T/m1"/* "$T/ref1/"
+	cp "$T/m2/ep-rank-1"/* "$T/ref2/"
+	local fd1 fd2
+	fd1=$(ls /proc/$p1/fd | wc -l) fd2=$(ls /proc/$p2/fd | wc -l)
+	"$ROOT/$BUILD/stress" "$secs" "$threads" "$T/m1:$T/ref1" "$T/m2/ep-rank-1:$T/ref2"
+	echo "daemon fds: $fd1 -> $(ls /proc/$p1/fd | wc -l), $fd2 -> $(ls /proc/$p2/fd | wc -l)"
+	[ "$(ls /proc/$p1/fd | wc -l)" -eq "$fd1" ] && [ "$(ls /proc/$p2/fd | wc -l)" -eq "$fd2" ]
+	umnt "$T/m1" && umnt "$T/m2"
+	wait $p1 && wait $p2
+}
+
+# mutate the source under an open view file; every read must be right or EIO, never short
+t_sources_change_under_mount() {
+	local mode opts
+	for opts in "" "-o direct_io"; do
+		for mode in truncate overwrite delete rename_replace chmod; do
+			rm -rf "$T/chg" && cp -r "$T/e10" "$T/chg"
+			mnt "$T/chg" "$T/m" $opts
+			python3 - "$T/chg" "$T/m" "$mode" <<'PY'
+import errno, os, shutil, sys
+src, mnt, mode = sys.argv[1:]
+name = "model-00002-of-00002.safetensors"
+want = open(os.path.join(mnt, name), "rb").read()
+f = os.open(os.path.join(mnt, name), os.O_RDONLY)
+pos, step, eio = 0, 65536, 0
+first = os.read(f, step); assert first == want[:len(first)]; pos = len(first)
+s = os.path.join(src, name)
+if mode == "truncate": os.truncate(s, os.path.getsize(s) // 2)
+elif mode == "overwrite":
+    with open(s, "r+b") as g: g.seek(os.path.getsize(s) // 2); g.write(b"\xAA" * 4096)
+elif mode == "delete": os.unlink(s)
+elif mode == "rename_replace":
+    shutil.copy(s, s + ".new")
+    with open(s + ".new", "r+b") as g: g.seek(os.path.getsize(s) // 2); g.write(b"\x55" * 4096)
+    os.rename(s + ".new", s)
+elif mode == "chmod": os.chmod(s, 0)
+while pos < len(want):
+    try:
+        got = os.pread(f, step, pos)
+    except OSError as e:
+        assert e.errno == errno.EIO, e; eio += 1; pos += step; continue
+    assert len(got) == min(step, len(want) - pos), f"short read at {pos}: {len(got)}"
+    assert got == want[pos:pos + len(got)], f"WRONG BYTES at {pos}"
+    pos += len(got)
+os.close(f)
+try:
+    again = open(os.path.join(mnt, name), "rb").read()
+    assert again == want, "reopened file served different bytes"
+    reopen = "same bytes"
+except OSError as e:
+    assert e.errno == errno.EIO, e; reopen = "EIO"
+assert open(os.path.join(mnt, "config.json"), "rb").read()  # the daemon still serves
+print(f"{mode}: {eio} reads gave EIO, reopen: {reopen}")
+PY
+			umnt "$T/m"
+		done
+	done
+}
+
+t_sighup_rescan() {
+	rm -rf "$T/rs" && cp -r "$T/e10" "$T/rs"
+	daemon_fg "$T/rs" "$T/m"
+	$CHECK "$T/rs" "$T/m" >/dev/null
+	echo "new file" >"$T/rs/added.txt"
+	"$MK" --experts 10 --seed 9 "$T/rs-new" >/dev/null
+	cp "$T/rs-new/model-00002-of-00002.safetensors" "$T/rs/"
+	rm "$T/rs/tokenizer.json"
+	[ ! -e "$T/m/added.txt" ]
+	kill -HUP $DPID
+	sleep 0.5
+	$CHECK "$T/rs" "$T/m"
+	[ -e "$T/m/added.txt" ] && [ ! -e "$T/m/tokenizer.json" ]
+	grep -q "rescanned the source" "$T/daemon.log"
+	umnt "$T/m"
+	wait $DPID
+}
+
+t_kill9_gives_enotconn() {
+	daemon_fg "$T/e10" "$T/m"
+	exec 7<"$T/m/config.json"
+	kill -9 $DPID
+	wait $DPID 2>/dev/null || true
+	local out
+	out=$(cat "$T/m/config.json" 2>&1) && { echo "read after kill -9 succeeded"; return 1; }
+	exec 7<&-
+	echo "$out"
+	case $out in *"Transport endpoint is not connected"*) ;; *) return 1 ;; esac
+	fusermount3 -u "$T/m"
+	! mountpoint -q "$T/m"
+	mnt "$T/e10" "$T/m" # the mount point is usable again
+	$CHECK "$T/e10" "$T/m" >/dev/null
+}
+
+t_lazy_unmount_keeps_open_files() {
+	daemon_fg "$T/e10" "$T/m" -o direct_io
+	python3 - "$T/m" "$T/e10" "$DPID" <<'PY'
+import os, subprocess, sys, time
+mnt, src, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+name = "model-00002-of-00002.safetensors"
+f = os.open(os.path.join(mnt, name), os.O_RDONLY)
+head = os.read(f, 4096)
+subprocess.run(["fusermount3", "-uz", mnt], check=True)
+assert not os.path.ismount(mnt)
+data = head + b"".join(iter(lambda: os.read(f, 1 << 20), b""))
+ref = open(os.path.join(src, name), "rb").read()
+assert len(data) == os.fstat(f).st_size, "short"
+os.close(f)
+print(f"read {len(data)} bytes after the lazy unmount")
+PY
+	local rc=0
+	timeout 10 tail --pid=$DPID -f /dev/null || { echo "daemon still running"; return 1; }
+	wait $DPID || rc=$?
+	echo "daemon exit status $rc"
+	[ $rc -eq 0 ]
+}
+
+t_sigterm_during_reads() {
+	daemon_fg "$T/e10" "$T/m" -o direct_io
+	(for _ in $(seq 1 200); do cat "$T/m"/*.safetensors >/dev/null 2>&1 || break; done) &
+	local reader=$!
+	sleep 0.3
+	kill -TERM $DPID
+	local rc=0
+	wait $DPID || rc=$?
+	wait $reader || true
+	echo "daemon exit status $rc"
+	[ $rc -eq 0 ] && ! mountpoint -q "$T/m"
+}
+
+t_io_faults_through_mount() {
+	local f
+	for f in setup=EPERM chunk=4096,eagain=3 setup=EPERM,chunk=1000; do
+		: >"$T/daemon.log"
+		QVLMOEFS_TEST_FAULTS=$f daemon_fg "$T/e10" "$T/m"
+		$CHECK "$T/e10" "$T/m" >/dev/null
+		umnt "$T/m"
+		wait $DPID
+		cat "$T/daemon.log"
+		case $f in setup=*) [ "$(grep -c 'falling back to pread' "$T/daemon.log")" -eq 1 ] ;;
+		*) ! grep -q 'falling back' "$T/daemon.log" ;; esac
+	done
+}
+
+t_symlink_swap_never_escapes() {
+	rm -rf "$T/ln" && mkdir -p "$T/ln/real" && cp "$T/e10/config.json" "$T/e10/tokenizer.json" "$T/ln/real/"
+	ln -s real/config.json "$T/ln/config.json"
+	echo "SECRET-OUTSIDE" >"$T/outside.txt"
+	daemon_fg "$T/ln" "$T/m"
+	cmp "$T/ln/real/config.json" "$T/m/config.json"
+	# swap the link (and the file it named) while mounted
+	ln -sfn "$T/outside.txt" "$T/ln/config.json"
+	mv "$T/ln/real/config.json" "$T/ln/real/config.old" && ln -s "$T/outside.txt" "$T/ln/real/config.json"
+	local out
+	out=$(cat "$T/m/config.json" "$T/m/real/config.json" 2>&1 || true)
+	case $out in *SECRET-OUTSIDE*) echo "served a file outside the source"; return 1 ;; esac
+	kill -HUP $DPID
+	sleep 0.5
+	[ ! -e "$T/m/config.json" ] && [ ! -e "$T/m/real/config.json" ]
+	umnt "$T/m"
+}
+
+t_permissions_and_users() {
+	[ "$(id -u)" -eq 0 ] || { echo "needs root to create a user"; return 77; }
+	id qvlmoefs-test >/dev/null 2>&1 || useradd -M -s /bin/sh qvlmoefs-test
+	local d=/tmp/qvlmoefs-user.$$ mode rc=0
+	rm -rf "$d" && mkdir -p "$d/m" && cp -r "$T/e10" "$d/src"
+	chown -R qvlmoefs-test "$d"
+	# a stock machine lets users open /dev/fuse (0666); containers may not: as on a stock
+	# machine for the length of this test
+	mode=$(stat -c %a /dev/fuse)
+	chmod 0666 /dev/fuse
+	su qvlmoefs-test -s /bin/sh -c "$QV $d/src $d/m" || rc=1
+	su qvlmoefs-test -s /bin/sh -c "cat $d/m/config.json >/dev/null" || rc=1
+	# another user (root included) is refused without allow_other
+	if ls "$d/m" >/dev/null 2>&1; then echo "root could list another user's mount"; rc=1; fi
+	su qvlmoefs-test -s /bin/sh -c "fusermount3 -u $d/m" || rc=1
+	chmod "$mode" /dev/fuse
+	# allow_other always comes with default_permissions
+	mnt "$T/e10" "$T/m" -o allow_other
+	grep " $T/m " /proc/mounts | grep -q default_permissions || { echo "no default_permissions"; rc=1; }
+	rm -rf "$d"
+	return $rc
+}
+
+t_out_of_descriptors() {
+	rm -rf "$T/many" && cp -r "$T/e10" "$T/many"
+	for i in $(seq 1 100); do echo "file $i" >"$T/many/f$i.txt"; done
+	mkdir -p "$T/m"
+	(ulimit -n 48; exec "$QV" -f "$T/many" "$T/m" 2>>"$T/daemon.log") &
+	DPID=$!
+	for _ in $(seq 1 200); do mountpoint -q "$T/m" && break; sleep 0.05; done
+	# hold 100 files open at once: the daemon runs out, refuses opens cleanly, and recovers
+	python3 - "$T/m" <<'PY'
+import errno, os, sys, time
+m = sys.argv[1]
+held, refused = [], 0
+for i in range(1, 101):
+    try:
+        held.append((i, os.open(f"{m}/f{i}.txt", os.O_RDONLY)))
+    except OSError as e:
+        assert e.errno in (errno.EMFILE, errno.ENFILE), e
+        refused += 1
+for i, fd in held:
+    assert os.read(fd, 100) == f"file {i}\n".encode(), i
+    os.close(fd)
+print(f"{len(held)} opened, {refused} refused cleanly")
+assert refused > 0
+time.sleep(0.5)  # FUSE sends release asynchronously after close()
+for i in range(1, 101):  # all descriptors were given back: everything opens again
+    assert open(f"{m}/f{i}.txt").read() == f"file {i}\n"
+PY
+	cmp "$T/many/config.json" "$T/m/config.json"
+	umnt "$T/m"
+	wait $DPID
+}
+
+t_daemon_under_valgrind() {
+	command -v valgrind >/dev/null || { echo "valgrind not installed"; return 77; }
+	mkdir -p "$T/m"
+	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite \
+		"$QV" -f "$T/e10n" "$T/m" -o ep_size=4 2>"$T/vg.log" &
+	local pid=$!
+	for _ in $(seq 1 400); do mountpoint -q "$T/m" && break; sleep 0.05; done
+	$CHECK "$T/e10n" "$T/m/ep-rank-3" --ep-size 4 --ep-rank 3
+	umnt "$T/m"
+	local rc=0
+	wait $pid || rc=$?
+	cat "$T/vg.log"
+	[ $rc -eq 0 ]
+}
+
 tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')
 if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
 	for t in $tests; do echo "skip - $t: no /dev/fuse or fusermount3 on this machine"; done
