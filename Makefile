@@ -92,6 +92,8 @@ $(FUZZ_DIR)/%.o: src/%.c $(wildcard include/*.h)
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(CORE:%=$(FUZZ_DIR)/%.o)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
 
+.PRECIOUS: $(FUZZ_DIR)/%.o
+
 fuzz: deps
 	@tests/deps.sh clang libclang-rt-14-dev
 	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
