@@ -105,18 +105,26 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 }
 
+/* The folder ino, with its entries built (rank folders are built on first use); 0 or -errno. */
+static int dir_of(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
+{
+	struct qv_node *d = qv_mount_node(fs->m, ino);
+
+	if (!d)
+		return -ENOENT;
+	if (!d->dir)
+		return -ENOTDIR;
+	*out = d;
+	return qv_mount_ready(fs->m, d);
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *d = qv_mount_node(fs->m, parent), *n;
+	struct qv_node *d, *n;
 	struct fuse_entry_param e;
-	int rc;
+	int rc = dir_of(fs, parent, &d);
 
-	if (!d || !d->dir) {
-		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
-		return;
-	}
-	rc = qv_mount_ready(fs->m, d);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -162,10 +170,11 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct qv_node *n = qv_mount_node(fs_of(req)->m, ino);
+	struct qv_node *d;
+	int rc = dir_of(fs_of(req), ino, &d);
 
-	if (!n || !n->dir) {
-		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+	if (rc) {
+		fuse_reply_err(req, -rc);
 		return;
 	}
 	fi->cache_readdir = 1;
@@ -177,16 +186,11 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *d = qv_mount_node(fs->m, ino);
+	struct qv_node *d;
 	char *buf;
 	size_t used = 0;
-	int rc;
+	int rc = dir_of(fs, ino, &d);
 
-	if (!d || !d->dir) {
-		fuse_reply_err(req, d ? ENOTDIR : ENOENT);
-		return;
-	}
-	rc = qv_mount_ready(fs->m, d);
 	if (rc) {
 		fuse_reply_err(req, -rc);
 		return;

@@ -139,19 +139,29 @@ static int lex_check(const char *s, size_t n, char *err, size_t errlen)
 	return 0;
 }
 
+/* o must be an object without duplicate keys (what names it in messages); *n = its size. */
+static int object_members(const cJSON *o, const char *what, size_t *n, char *err, size_t errlen)
+{
+	const char *dup;
+
+	if (!cJSON_IsObject(o))
+		return qv_err(err, errlen, -EINVAL, "%s is not a JSON object", what);
+	dup = find_duplicate(o);
+	if (dup)
+		return qv_err(err, errlen, -EINVAL, "duplicate %s key \"%s\"", what, dup);
+	*n = 0;
+	for (const cJSON *c = o->child; c; c = c->next)
+		(*n)++;
+	return 0;
+}
+
 static int parse_metadata(const cJSON *m, struct qv_st *st, char *err, size_t errlen)
 {
 	const cJSON *c;
-	const char *dup;
-	size_t n = 0;
+	size_t n;
 
-	if (!cJSON_IsObject(m))
-		return qv_err(err, errlen, -EINVAL, "__metadata__ is not an object");
-	dup = find_duplicate(m);
-	if (dup)
-		return qv_err(err, errlen, -EINVAL, "duplicate __metadata__ key \"%s\"", dup);
-	for (c = m->child; c; c = c->next)
-		n++;
+	if (object_members(m, "__metadata__", &n, err, errlen))
+		return -EINVAL;
 	st->meta = calloc(n ? n : 1, sizeof(*st->meta));
 	if (!st->meta)
 		return -ENOMEM;
@@ -287,17 +297,11 @@ static int check_tiling(const struct qv_st *st, char *err, size_t errlen)
 static int parse_root(const cJSON *root, struct qv_st *st, char *err, size_t errlen)
 {
 	const cJSON *c;
-	const char *dup;
-	size_t n = 0;
+	size_t n;
 	int rc;
 
-	if (!cJSON_IsObject(root))
-		return qv_err(err, errlen, -EINVAL, "header is not a JSON object");
-	dup = find_duplicate(root);
-	if (dup)
-		return qv_err(err, errlen, -EINVAL, "duplicate key \"%s\"", dup);
-	for (c = root->child; c; c = c->next)
-		n++;
+	if (object_members(root, "header", &n, err, errlen))
+		return -EINVAL;
 	st->t = calloc(n ? n : 1, sizeof(*st->t));
 	if (!st->t)
 		return -ENOMEM;

@@ -278,7 +278,7 @@ write("hole", {"a": t(0, 2), "b": t(4, 6)}, b"x" * 6)
 write("shape", {"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 2]}}, b"xx")
 PY
 	bad_source badjson "not valid JSON"
-	bad_source dupkey "duplicate key"
+	bad_source dupkey "duplicate header key"
 	bad_source dtype "unknown dtype"
 	bad_source overlap "overlaps"
 	bad_source pastend "past end"
