@@ -21,7 +21,15 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util st plan scan hdr vfile gen view mount io
+CORE := util st plan scan hdr vfile gen view mount io stage
+# GPU staging: built against the CUDA runtime headers when present, loaded with dlopen
+CUDA_HOME ?= /usr/local/cuda
+ifneq ($(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h),)
+GPU := gpu_cuda
+GPU_CFLAGS := -I$(CUDA_HOME)/include
+else
+GPU := gpu_stub
+endif
 CORE_OBJ := $(CORE:%=$(BUILD)/%.o)
 BIN := $(BUILD)/qvlmoefs
 
@@ -33,17 +41,21 @@ $(BUILD):
 $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/bdi.o $(BUILD)/fs.o $(BUILD)/main.o
-	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+$(BUILD)/gpu_cuda.o: src/gpu_cuda.c $(wildcard include/*.h) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) $(GPU_CFLAGS) -c -o $@ $<
 
-$(BUILD)/qvlmoefs-mkckpt: tests/mkckpt.c | $(BUILD)
-	$(CC) $(ALL_CFLAGS) -o $@ $< -lm
+$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/stage_cli.o \
+		$(BUILD)/fs.o $(BUILD)/main.o
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS) -ldl
+
+$(BUILD)/qvlmoefs-mkckpt: $(wildcard tests/mkckpt*.c tests/mkckpt*.h) | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -Itests -o $@ $(wildcard tests/mkckpt*.c) -lm
 
 $(BUILD)/stress: tests/stress.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
-$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(wildcard tests/unit/*.h)
-	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(LIBS)
+$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(wildcard tests/unit/*.h)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(LIBS)
 
 # Install missing Debian packages when root; otherwise say what to install.
 deps:

@@ -11,6 +11,7 @@
 #include "qv_plan.h"
 #include "qv_scan.h"
 #include "qv_st.h"
+#include "qv_util.h"
 #include "qv_vfile.h"
 
 struct qv_mount_opts {
@@ -22,6 +23,9 @@ struct qv_mount_opts {
 	bool ep_rank_set;
 	uint32_t shard_size, shard_rank;
 	bool shard_rank_set;
+	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
+	int (*gpu_json)(void *arg, struct qv_buf *out);
+	void *gpu_arg;
 };
 
 struct qv_gen {

@@ -31,7 +31,12 @@ struct qv_node {
 	struct qv_gen *gen; /* lazy folders: the generation whose plan builds them */
 	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
 	atomic_bool ready;  /* a lazy folder's entries exist */
+	int dyn;	    /* a file of .qvlmoefs/ made when opened: QV_DYN_*, else 0 */
 };
+
+enum { QV_DYN_STATS = 1, QV_DYN_GPU = 2 };
+
+#define QV_HIDDEN ".qvlmoefs"
 
 struct qv_stats {
 	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens;
@@ -90,6 +95,9 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 
 /* The daemon's counters as one line of JSON; 0 or -ENOMEM. */
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
+
+/* The bytes of a .qvlmoefs/ file, made now (counters change); 0 or -errno. */
+int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out);
 
 /* Sum of the sizes of all virtual files, for statfs. */
 uint64_t qv_mount_bytes(struct qv_mount *m);

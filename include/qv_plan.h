@@ -37,6 +37,9 @@ struct qv_cut {
 /* True when key names an expert tensor in native naming (drives naming detection). */
 bool qv_plan_key_is_native(const char *key);
 
+/* True when key names one of a layer's two expert tensors, in either naming. */
+bool qv_plan_key_is_expert(const char *key);
+
 /* Compile the exclude pattern and check the options; 0 or -EINVAL with a reason in err. */
 int qv_plan_init(struct qv_plan *p, const struct qv_plan_opts *o, char *err, size_t errlen);
 

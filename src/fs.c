@@ -239,6 +239,26 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 	do_readdir(req, ino, size, off, true);
 }
 
+/* A .qvlmoefs/ file: its bytes are made now and kept with the open file; direct_io, since
+ * its size (0 in getattr, like /proc) says nothing. */
+static void open_dyn(fuse_req_t req, struct qv_fs *fs, struct qv_node *n,
+		     struct fuse_file_info *fi)
+{
+	struct qv_buf *b = calloc(1, sizeof(*b));
+	int rc = b ? qv_mount_dyn_content(fs->m, n, b) : -ENOMEM;
+
+	if (rc) {
+		if (b)
+			qv_buf_free(b);
+		free(b);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)b;
+	fi->direct_io = 1;
+	fuse_reply_open(req, fi);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
@@ -251,6 +271,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
 		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (n->dyn) {
+		open_dyn(req, fs, n, fi);
 		return;
 	}
 	rc = qv_mount_open_file(fs->m, n);
@@ -272,9 +296,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size_t got;
 	int rc;
 
-	(void)fi;
 	if (!n || n->dir) {
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	if (n->dyn) {
+		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
+		size_t o = (uint64_t)off < b->len ? (size_t)off : b->len;
+
+		fuse_reply_buf(req, b->p + o, size < b->len - o ? size : b->len - o);
 		return;
 	}
 	rc = thread_get(fs, size, &t);
@@ -291,9 +321,14 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *n = qv_mount_node(fs->m, ino);
 
-	(void)fi;
-	if (n && !n->dir)
+	if (n && n->dyn) {
+		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
+
+		qv_buf_free(b);
+		free(b);
+	} else if (n && !n->dir) {
 		qv_mount_release_file(fs->m, n);
+	}
 	fuse_reply_err(req, 0);
 }
 

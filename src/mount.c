@@ -101,6 +101,22 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	return rc;
 }
 
+/* The inspection folder at the root: loaders that glob *.safetensors never look inside, and
+ * no index names it. Its files are made when opened. */
+static int make_hidden(struct qv_mount *m, struct qv_node *top)
+{
+	struct qv_node *h = qv_mount_node_new(m, QV_HIDDEN, top->ino, true, &top->mtime), *f;
+	int rc = h ? qv_node_add_kid(top, h->ino) : -ENOMEM;
+
+	if (!rc && (f = qv_mount_node_new(m, "stats", h->ino, false, &top->mtime)))
+		f->dyn = QV_DYN_STATS, rc = qv_node_add_kid(h, f->ino);
+	if (!rc && m->o.gpu_json && (f = qv_mount_node_new(m, "gpu.json", h->ino, false, &top->mtime)))
+		f->dyn = QV_DYN_GPU, rc = qv_node_add_kid(h, f->ino);
+	if (!rc)
+		qsort_r(top->kids, top->nkids, sizeof(*top->kids), cmp_node_name, m);
+	return rc;
+}
+
 /* Load a generation and build its root folder; the root gets inode 1 whatever its slot. */
 static int load_view(struct qv_mount *m, char *err, size_t errlen)
 {
@@ -125,6 +141,8 @@ static int load_view(struct qv_mount *m, char *err, size_t errlen)
 	top->ino = top->parent = 1;
 	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
 				   qv_view_build(m, g, &g->plans[0], 0, top, err, errlen);
+	if (!rc && make_hidden(m, top))
+		rc = qv_err(err, errlen, -ENOMEM, "out of memory");
 	if (!rc)
 		atomic_store(&m->top, top);
 	return rc;
@@ -264,6 +282,15 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 	atomic_fetch_add(&m->stats.bytes_served, *got);
 	atomic_fetch_add(&m->stats.bytes_src, from_src);
 	return 0;
+}
+
+int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out)
+{
+	if (n->dyn == QV_DYN_STATS)
+		return qv_mount_stats_json(m, out);
+	if (n->dyn == QV_DYN_GPU && m->o.gpu_json)
+		return m->o.gpu_json(m->o.gpu_arg, out);
+	return -ENOENT;
 }
 
 uint64_t qv_mount_bytes(struct qv_mount *m)

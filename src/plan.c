@@ -197,6 +197,15 @@ int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *
 	return *out ? 1 : -ENOMEM;
 }
 
+bool qv_plan_key_is_expert(const char *key)
+{
+	const char *layer;
+	size_t llen;
+	bool gate_up;
+
+	return qv_plan_key_is_native(key) || match_hf_expert(key, &layer, &llen, &gate_up);
+}
+
 void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count)
 {
 	uint64_t q = n / w, m = n % w;

@@ -723,6 +723,52 @@ t_daemon_under_valgrind() {
 	[ $rc -eq 0 ]
 }
 
+t_gpu_requests_fail_fast_without_device() {
+	local out rc
+	mkdir -p "$T/m"
+	"$QV" -V | grep -E "^gpu: (cuda runtime \(dlopen\)|not built)$"
+	if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+		echo "this machine has a GPU: the failure path is not reachable here"
+		return 77
+	fi
+	out=$(timeout 20 "$QV" "$T/e10" "$T/m" -o gpu=0 2>&1) && { echo "mounted with gpu=0"; return 1; }
+	echo "$out"
+	[ "$(echo "$out" | wc -l)" -eq 1 ] && ! mountpoint -q "$T/m"
+	case $out in *"gpu=0"*) ;; *) return 1 ;; esac
+	out=$(timeout 20 "$QV" stage "$T/e10" -o ep_size=4,ep_rank=1 2>&1) && { echo "staged"; return 1; }
+	echo "$out"
+	[ "$(echo "$out" | wc -l)" -eq 1 ]
+	out=$(timeout 20 "$QV" stage "$T/e10" --device 7 2>&1) || true
+	echo "$out"
+	"$QV" stage --help | grep -q -- "--samples"
+	# the mount without gpu is unaffected
+	mnt "$T/e10" "$T/m"
+	$CHECK "$T/e10" "$T/m" >/dev/null
+}
+
+t_gpu_stage_on_device() {
+	command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 ||
+		{ echo "no NVIDIA GPU on this machine (tests/gpu/device-check.sh runs where one is)"; return 77; }
+	"$QV" stage "$T/e10" -o ep_size=4,ep_rank=1 --samples 0
+	"$QV" stage "$T/e10n" --all --samples 0 --slots 2 --slot-mib 1
+}
+
+t_hidden_folder() {
+	mnt "$T/e10" "$T/m"
+	[ -d "$T/m/.qvlmoefs" ] && [ ! -w "$T/m/.qvlmoefs" ]
+	python3 - "$T/m" <<'PY'
+import glob, json, os, sys
+m = sys.argv[1]
+assert not [p for p in glob.glob(f"{m}/**/*.safetensors", recursive=True) if ".qvlmoefs" in p]
+assert ".qvlmoefs" not in open(f"{m}/model.safetensors.index.json").read()
+s1 = json.load(open(f"{m}/.qvlmoefs/stats"))
+open(f"{m}/config.json", "rb").read()
+s2 = json.load(open(f"{m}/.qvlmoefs/stats"))
+assert s2["opens"] > s1["opens"] and s2["bytes_served"] > s1["bytes_served"], (s1, s2)
+print("stats:", s2)
+PY
+}
+
 tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')
 if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
 	for t in $tests; do echo "skip - $t: no /dev/fuse or fusermount3 on this machine"; done

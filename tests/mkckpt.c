@@ -4,6 +4,7 @@
  * headers, shuffled keys, no __metadata__, other data orders, sparse files).
  * Byte i of tensor KEY is byte i % 8 (little-endian) of splitmix64(seed ^ fnv1a64(KEY) ^ i / 8),
  * so a test can recompute any byte without reading the generator's output.
+ * --sharded-save writes the same tensors as a NeMo Automodel per-rank save (mkckpt_sharded.c).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -22,29 +23,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PROG "qvlmoefs-mkckpt"
-#define NAME_MAX_LEN 128
-#define MAX_DIMS 5
-#define MAX_DEEPSTACK 8
+#include "mkckpt.h"
+
 #define WBUF_SIZE (4u << 20)
 #define POS_EMBED_ROWS 2304	/* 48 x 48 learned grid, as in the real vision tower */
 #define MERGE 4			/* spatial_merge_size 2, squared */
 #define DIM_MAX UINT32_MAX	/* products of two dimensions (q_proj rows) then fit in 64 bits */
 
-/* safetensors dtype enum, in its declaration order: the writer sorts by it, descending. */
-enum dtype { DT_BOOL, DT_U8, DT_I8, DT_F8_E5M2, DT_F8_E4M3, DT_I16, DT_U16, DT_F16,
-	     DT_BF16, DT_I32, DT_U32, DT_F32, DT_F64, DT_I64, DT_U64 };
 static const char *const dt_name[] = { "BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16",
 				       "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64" };
 static const unsigned char dt_size[] = { 1, 1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 8, 8, 8 };
-
-/* Everything that decides a tensor shape, plus the shard count. */
-struct model {
-	uint64_t hidden, layers, heads, kv_heads, head_dim, experts, moe_inter, vocab;
-	uint64_t vdepth, vhidden, vinter, vheads, patch, shards;
-	uint64_t deepstack[MAX_DEEPSTACK];
-	unsigned n_deepstack;
-};
 
 /* --preset values, in the same order as presets[]. */
 static const char *const preset_names[] = { "tiny", "30b-a3b", "235b-a22b", NULL };
@@ -58,17 +46,6 @@ static const struct model presets[] = {
 	{ .hidden = 4096, .layers = 94, .heads = 64, .kv_heads = 4, .head_dim = 128, .experts = 128,
 	  .moe_inter = 1536, .vocab = 151936, .vdepth = 27, .vhidden = 1152, .vinter = 4304,
 	  .vheads = 16, .patch = 16, .shards = 96, .deepstack = { 8, 16, 24 }, .n_deepstack = 3 },
-};
-
-enum data_order { ORDER_WRITER, ORDER_NAME, ORDER_REVERSE };
-
-struct opts {
-	struct model m;
-	uint64_t seed;
-	const char *outdir;
-	enum data_order order;
-	int native, no_prefix, sparse, unpadded, shuffle, no_metadata;
-	int scale_inv, extra_state, no_index;
 };
 
 /* Command-line options that map straight onto a field: name -> offset. */
@@ -90,31 +67,7 @@ static const struct field_opt flag_opts[] = {
 	FLAG("no-prefix", no_prefix), FLAG("sparse", sparse), FLAG("unpadded", unpadded),
 	FLAG("shuffle-keys", shuffle), FLAG("no-metadata", no_metadata),
 	FLAG("scale-inv", scale_inv), FLAG("extra-state", extra_state), FLAG("no-index", no_index),
-};
-#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-
-struct tensor {
-	char name[NAME_MAX_LEN];
-	enum dtype dtype;
-	unsigned ndim;
-	uint64_t shape[MAX_DIMS];
-	uint64_t nbytes;
-	uint64_t shard;		/* 0-based */
-	uint64_t offset;	/* within its shard's data section */
-};
-
-/* Tensor list; the first failed append sticks in err, so builders need not check each one. */
-struct tlist {
-	struct tensor *v;
-	size_t n, cap;
-	int err;
-};
-
-/* Growable string; the first failed append sticks in err, checked once at the end. */
-struct sbuf {
-	char *p;
-	size_t len, cap;
-	int err;
+	FLAG("dense-split", dense_split),
 };
 
 /* Output buffer for one file: tensor bytes are generated into it and written in big runs. */
@@ -125,14 +78,14 @@ struct wbuf {
 };
 
 /* Print the one-line error and hand err back, so callers can "return fail(...)". */
-static int fail(const char *what, int err)
+int fail(const char *what, int err)
 {
 	fprintf(stderr, PROG ": %s: %s\n", what, strerror(-err));
 	return err;
 }
 
 /* Report a usage error and exit: bad options leave nothing to clean up. */
-static void __attribute__((noreturn)) usage_error(const char *what, const char *why)
+void __attribute__((noreturn)) usage_error(const char *what, const char *why)
 {
 	fprintf(stderr, PROG ": %s: %s (see --help)\n", what, why);
 	exit(1);
@@ -164,7 +117,7 @@ static void put_le64(unsigned char *p, uint64_t v)
 }
 
 /* Append formatted text (measure, grow, print); on failure only sb->err changes. */
-static void __attribute__((format(printf, 2, 3))) sb_printf(struct sbuf *sb, const char *fmt, ...)
+void __attribute__((format(printf, 2, 3))) sb_printf(struct sbuf *sb, const char *fmt, ...)
 {
 	size_t cap = sb->cap ? sb->cap : 4096;
 	va_list ap;
@@ -217,38 +170,68 @@ static int wb_flush(struct wbuf *wb)
 	return err;
 }
 
-/* Generate one tensor's bytes (see the top of the file) into the output buffer. */
-static int wb_tensor(struct wbuf *wb, const struct tensor *t, uint64_t seed)
+/* Generate bytes [from, from + len) of the stream whose words are splitmix64(base ^ j). */
+static int wb_bytes(struct wbuf *wb, uint64_t base, uint64_t from, uint64_t len)
 {
-	uint64_t base = seed ^ fnv1a64(t->name);
-	uint64_t done = 0;
-
-	while (done < t->nbytes) {
-		/* Whole words only, except the tensor's tail, so word j never straddles a flush. */
-		size_t room = (WBUF_SIZE - wb->len) & ~(size_t)7;
-		uint64_t left = t->nbytes - done;
-		size_t chunk = left < room ? (size_t)left : room;
+	while (len) {
+		size_t room = WBUF_SIZE - wb->len, head = (size_t)(from % 8), n;
 		unsigned char *dst = wb->p + wb->len;
-		uint64_t j = done / 8;
-		size_t k;
+		uint64_t j = from / 8;
 
-		if (!chunk) {
+		if (room < 8) {
 			int err = wb_flush(wb);
+
 			if (err)
 				return err;
 			continue;
 		}
-		for (k = 0; k + 8 <= chunk; k += 8)
-			put_le64(dst + k, splitmix64(base ^ j++));
-		if (k < chunk) {
+		if (head || len < 8) {
+			/* A partial word: only at the ends of a run. */
 			unsigned char w[8];
 
+			n = len < 8 - head ? (size_t)len : 8 - head;
 			put_le64(w, splitmix64(base ^ j));
-			memcpy(dst + k, w, chunk - k);
+			memcpy(dst, w + head, n);
+		} else {
+			n = (len < room ? (size_t)len : room) & ~(size_t)7;
+			for (size_t k = 0; k < n; k += 8)
+				put_le64(dst + k, splitmix64(base ^ j++));
 		}
-		wb->len += chunk;
-		done += chunk;
+		wb->len += n;
+		from += n;
+		len -= n;
 	}
+	return 0;
+}
+
+/*
+ * Generate a tensor's bytes (see the top of the file), or a chunk's: the chunk's rows are runs
+ * of the whole tensor's row-major bytes, one run per index of the dims before the last cut one.
+ */
+static int wb_tensor(struct wbuf *wb, const struct tensor *t, uint64_t seed)
+{
+	uint64_t base = seed ^ fnv1a64(t->name), stride[MAX_DIMS], idx[MAX_DIMS] = { 0 };
+	int cut = (int)t->ndim - 1, d;
+
+	while (cut >= 0 && t->shape[cut] == t->whole[cut])
+		cut--;
+	if (cut < 0 || !t->nbytes)
+		return wb_bytes(wb, base, 0, t->nbytes);
+	stride[t->ndim - 1] = dt_size[t->dtype];
+	for (d = (int)t->ndim - 1; d > 0; d--)
+		stride[d - 1] = stride[d] * t->whole[d];
+	do {
+		uint64_t at = 0;
+		int err;
+
+		for (d = 0; d <= cut; d++)
+			at += (t->start[d] + idx[d]) * stride[d];
+		err = wb_bytes(wb, base, at, t->shape[cut] * stride[cut]);
+		if (err)
+			return err;
+		for (d = cut - 1; d >= 0 && ++idx[d] == t->shape[d]; d--)
+			idx[d] = 0;
+	} while (d >= 0);
 	return 0;
 }
 
@@ -285,7 +268,7 @@ tl_add(struct tlist *tl, enum dtype dt, unsigned ndim, const uint64_t *shape, co
 	t->ndim = ndim;
 	t->nbytes = dt_size[dt];
 	for (unsigned i = 0; i < ndim; i++) {
-		t->shape[i] = shape[i];
+		t->shape[i] = t->whole[i] = shape[i];
 		if (__builtin_mul_overflow(t->nbytes, shape[i], &t->nbytes))
 			tl->err = -EOVERFLOW;
 	}
@@ -421,7 +404,7 @@ static void assign_shards(struct tlist *tl, uint64_t n, uint64_t total)
 	}
 }
 
-static int cmp_name(const void *a, const void *b)
+int cmp_name(const void *a, const void *b)
 {
 	const struct tensor *x = *(const struct tensor *const *)a;
 	const struct tensor *y = *(const struct tensor *const *)b;
@@ -445,8 +428,8 @@ static int cmp_reverse(const void *a, const void *b)
 	return cmp_writer(b, a);
 }
 
-/* Put one shard's tensors in data order and give them packed offsets from 0. */
-static uint64_t order_shard(struct tensor **ts, size_t n, enum data_order order)
+/* Put one file's tensors in data order and give them packed offsets from 0. */
+uint64_t order_shard(struct tensor **ts, size_t n, enum data_order order)
 {
 	static int (*const cmp[])(const void *, const void *) = {
 		[ORDER_WRITER] = cmp_writer, [ORDER_NAME] = cmp_name, [ORDER_REVERSE] = cmp_reverse,
@@ -485,9 +468,10 @@ static void header_tensor(struct sbuf *sb, const struct tensor *t)
 /*
  * Compact JSON header for tensors already in data order. keys[] is the key order, which is
  * the data order unless shuffled; __metadata__ goes first, or mid-object when shuffled so
- * readers that assume it leads get caught.
+ * readers that assume it leads get caught. meta is more __metadata__ members (",..." or "").
  */
-static void build_header(struct sbuf *sb, struct tensor **keys, size_t n, const struct opts *o)
+static void build_header(struct sbuf *sb, struct tensor **keys, size_t n, const char *meta,
+			 const struct opts *o)
 {
 	size_t meta_at = o->no_metadata ? (size_t)-1 : o->shuffle ? (n + 1) / 2 : 0;
 	const char *sep = "";
@@ -495,7 +479,7 @@ static void build_header(struct sbuf *sb, struct tensor **keys, size_t n, const 
 	sb_printf(sb, "{");
 	for (size_t i = 0; i <= n; i++) {
 		if (i == meta_at) {
-			sb_printf(sb, "%s\"__metadata__\":{\"format\":\"pt\"}", sep);
+			sb_printf(sb, "%s\"__metadata__\":{\"format\":\"pt\"%s}", sep, meta);
 			sep = ",";
 		}
 		if (i == n)
@@ -535,27 +519,23 @@ static int write_shard_file(int fd, const struct sbuf *hdr, struct tensor **ts, 
 	return err;
 }
 
-/* Write shard s (0-based) of the checkpoint as OUTDIR/fname. */
-static int write_shard(int dirfd, const char *fname, struct tlist *tl, uint64_t s,
-		       const struct opts *o)
+/*
+ * Write OUTDIR/fname holding ts[0..n), already in data order with packed offsets (see
+ * order_shard) summing to data_len; meta as for build_header.
+ */
+int write_tensor_file(int dirfd, const char *fname, struct tensor **ts, size_t n,
+		      uint64_t data_len, const char *meta, const struct opts *o)
 {
-	struct tensor **ts = calloc(2 * tl->n, sizeof(*ts)), **keys;
+	struct tensor **keys = calloc(n ? n : 1, sizeof(*keys));
 	struct sbuf hdr = { 0 };
-	size_t n = 0;
-	uint64_t data_len;
 	int fd, err = -ENOMEM;
 
-	if (!ts)
+	if (!keys)
 		goto out_free;
-	keys = ts + tl->n;	/* header key order, next to the data order */
-	for (size_t i = 0; i < tl->n; i++)
-		if (tl->v[i].shard == s)
-			ts[n++] = &tl->v[i];
-	data_len = order_shard(ts, n, o->order);
 	memcpy(keys, ts, n * sizeof(*keys));
 	if (o->shuffle)
 		shuffle(keys, n, o->seed ^ fnv1a64(fname));
-	build_header(&hdr, keys, n, o);
+	build_header(&hdr, keys, n, meta, o);
 	err = hdr.err;
 	if (err)
 		goto out_free;
@@ -569,6 +549,24 @@ static int write_shard(int dirfd, const char *fname, struct tlist *tl, uint64_t 
 		err = -errno;
 out_free:
 	free(hdr.p);
+	free(keys);
+	return err;
+}
+
+/* Write shard s (0-based) of the checkpoint as OUTDIR/fname. */
+static int write_shard(int dirfd, const char *fname, struct tlist *tl, uint64_t s,
+		       const struct opts *o)
+{
+	struct tensor **ts = calloc(tl->n, sizeof(*ts));
+	size_t n = 0;
+	int err;
+
+	if (!ts)
+		return -ENOMEM;
+	for (size_t i = 0; i < tl->n; i++)
+		if (tl->v[i].shard == s)
+			ts[n++] = &tl->v[i];
+	err = write_tensor_file(dirfd, fname, ts, n, order_shard(ts, n, o->order), "", o);
 	free(ts);
 	return err;
 }
@@ -579,7 +577,7 @@ static void shard_name(char *buf, size_t len, uint64_t s, uint64_t n)
 }
 
 /* Create-or-replace a small file holding sb's text. */
-static int write_text(int dirfd, const char *fname, const struct sbuf *sb)
+int write_text(int dirfd, const char *fname, const struct sbuf *sb)
 {
 	int fd, err;
 
@@ -622,7 +620,7 @@ static int write_index(int dirfd, struct tlist *tl, uint64_t total, const struct
 }
 
 /* config.json: the fields loaders read to rebuild shapes, mirroring the real checkpoints. */
-static int write_config(int dirfd, const struct model *m)
+int write_config(int dirfd, const struct model *m)
 {
 	uint64_t half = m->head_dim / 2, hw = half * 5 / 16;	/* mrope [24,20,20] at 128 */
 	struct sbuf sb = { 0 };
@@ -687,7 +685,8 @@ static const struct {
 	  "{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}\"\n}\n" },
 };
 
-static int write_static_files(int dirfd)
+/* The pass-through files, into the directory dirfd. */
+int write_static_files(int dirfd)
 {
 	for (size_t i = 0; i < ARRAY_SIZE(static_files); i++) {
 		struct sbuf sb = { .p = (char *)static_files[i].text,
@@ -731,6 +730,13 @@ static void usage(void)
 	       "    --scale-inv                       add per-layer F32 *_scale_inv tensors\n"
 	       "    --extra-state                     add per-layer U8 _extra_state tensors\n"
 	       "    --no-index                        no model.safetensors.index.json\n"
+	       "    --sharded-save W                  a NeMo Automodel save by W ranks instead:\n"
+	       "                                      shard-R-model-00001-of-00001.safetensors\n"
+	       "                                      chunks, config files in .hf_metadata/\n"
+	       "    --save-shard-size K               W/K expert-parallel groups x K: experts\n"
+	       "                                      also cut on dim 1 (default 1)\n"
+	       "    --dense-split                     cut dense tensors on dim 0 over all ranks\n"
+	       "    --sharded-drop-rank R             leave rank R's file out\n"
 	       "    -h, --help                        this text\n");
 }
 
@@ -759,13 +765,18 @@ static int parse_choice(const char *opt, const char *arg, const char *const *cho
 	usage_error(opt, "unknown value");
 }
 
-enum { OPT_PRESET = 0x100, OPT_SEED, OPT_NAMING, OPT_ORDER, OPT_FLAG = 0x200, OPT_DIM = 0x300 };
+enum { OPT_PRESET = 0x100, OPT_SEED, OPT_NAMING, OPT_ORDER, OPT_SAVE, OPT_SAVE_SHARD, OPT_DROP,
+       OPT_FLAG = 0x200, OPT_DIM = 0x300 };
+#define MAX_RANKS 99999		/* rank file names have five digits */
 
 static const struct option fixed_opts[] = {
 	{ "preset", required_argument, NULL, OPT_PRESET },
 	{ "seed", required_argument, NULL, OPT_SEED },
 	{ "naming", required_argument, NULL, OPT_NAMING },
 	{ "data-order", required_argument, NULL, OPT_ORDER },
+	{ "sharded-save", required_argument, NULL, OPT_SAVE },
+	{ "save-shard-size", required_argument, NULL, OPT_SAVE_SHARD },
+	{ "sharded-drop-rank", required_argument, NULL, OPT_DROP },
 	{ "help", no_argument, NULL, 'h' },
 };
 
@@ -803,6 +814,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		*l++ = (struct option){ dim_opts[i].opt, required_argument, NULL, OPT_DIM + (int)i };
 	*l = (struct option){ 0 };
 	o->seed = 1;
+	o->save_shard = 1;
+	o->drop_rank = NO_RANK;
 	opterr = 0;	/* one error line, ours */
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		if (c >= OPT_DIM) {
@@ -818,6 +831,12 @@ static void parse_args(int argc, char **argv, struct opts *o)
 			o->native = parse_choice("--naming", optarg, namings);
 		} else if (c == OPT_ORDER) {
 			o->order = (enum data_order)parse_choice("--data-order", optarg, orders);
+		} else if (c == OPT_SAVE) {
+			o->save_ranks = parse_u64("sharded-save", optarg, 1, MAX_RANKS);
+		} else if (c == OPT_SAVE_SHARD) {
+			o->save_shard = parse_u64("save-shard-size", optarg, 1, MAX_RANKS);
+		} else if (c == OPT_DROP) {
+			o->drop_rank = parse_u64("sharded-drop-rank", optarg, 0, MAX_RANKS - 1);
 		} else if (c == 'h') {
 			usage();
 			exit(0);
@@ -833,6 +852,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		if (have[i])
 			*(uint64_t *)((char *)&o->m + dim_opts[i].off) = dims[i];
 	check_model(&o->m);
+	check_sharded(o);
 }
 
 /* Shards, then the index, then the pass-through files; any failure has been reported. */
@@ -875,12 +895,16 @@ int main(int argc, char **argv)
 		err = dirfd;
 		goto out_fail;
 	}
-	err = write_checkpoint(dirfd, &tl, total, &o);
+	if (o.save_ranks)
+		err = write_sharded_save(dirfd, &tl, &o);
+	else
+		err = write_checkpoint(dirfd, &tl, total, &o);
 	close(dirfd);
 	if (err)
 		goto out_free;
-	printf("wrote %s: %zu tensors, %" PRIu64 " bytes in %" PRIu64 " shards\n", o.outdir,
-	       tl.n, total, o.m.shards);
+	printf("wrote %s: %zu tensors, %" PRIu64 " bytes in %" PRIu64 " %s\n", o.outdir, tl.n,
+	       total, o.save_ranks ? o.save_ranks : o.m.shards,
+	       o.save_ranks ? "rank files" : "shards");
 	free(tl.v);
 	return 0;
 

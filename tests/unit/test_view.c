@@ -449,7 +449,7 @@ TEST(view_rank_folders)
 	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
 		goto out;
 	vt_root_names(&v, names, sizeof(names));
-	CHECK_STR(names, "ep-rank-0,ep-rank-1");
+	CHECK_STR(names, ".qvlmoefs,ep-rank-0,ep-rank-1");
 	for (uint32_t r = 0; r < 2; r++) {
 		struct qv_st st = { 0 };
 		char want[4];
@@ -479,7 +479,7 @@ TEST(view_rank_shard_folders)
 	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
 		goto out;
 	vt_root_names(&v, names, sizeof(names));
-	CHECK_STR(names, "ep-rank-0-shard-0,ep-rank-0-shard-1,ep-rank-1-shard-0,ep-rank-1-shard-1");
+	CHECK_STR(names, ".qvlmoefs,ep-rank-0-shard-0,ep-rank-0-shard-1,ep-rank-1-shard-0,ep-rank-1-shard-1");
 	for (uint32_t r = 0; r < 2; r++)
 		for (uint32_t s = 0; s < 2; s++) {
 			snprintf(path, sizeof(path), "ep-rank-%u-shard-%u/" F1, r, s);

@@ -1,0 +1,149 @@
+/* opts.c - the -o options shared by the mount and `qvlmoefs stage`, parsed with libfuse's
+ * option parser and checked into the core's options with one-line messages. */
+#include "qv_opts.h"
+#include "qv_util.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { KEY_ALLOW_OTHER, KEY_DROP };
+
+#define OPT(t, p) { t, offsetof(struct qv_options, p), 1 }
+static const struct fuse_opt opt_spec[] = {
+	OPT("view=%s", view),
+	OPT("exclude=%s", exclude),
+	OPT("io=%s", io),
+	OPT("gpu=%s", gpu),
+	OPT("ep_size=%u", ep_size),
+	OPT("ep_size=", ep_size_set),
+	OPT("ep_rank=%u", ep_rank),
+	OPT("ep_rank=", ep_rank_set),
+	OPT("ep_shard_size=%u", shard_size),
+	OPT("ep_shard_size=", shard_size_set),
+	OPT("ep_shard_rank=%u", shard_rank),
+	OPT("ep_shard_rank=", shard_rank_set),
+	OPT("readahead_kb=%u", readahead_kb),
+	OPT("direct_io", direct_io),
+	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
+	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
+	FUSE_OPT_KEY("_netdev", KEY_DROP),   /* fstab-only */
+	FUSE_OPT_KEY("defaults", KEY_DROP),  /* fstab-only */
+	FUSE_OPT_END
+};
+
+static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
+{
+	struct qv_options *o = data;
+
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT && !o->source) {
+		o->source = strdup(arg);
+		return o->source ? 0 : -1;
+	}
+	if (key == KEY_ALLOW_OTHER)
+		o->allow_other = 1;
+	return key == KEY_DROP ? 0 : 1;
+}
+
+/* Turn option strings into the core's options; one-line message and -EINVAL when invalid. */
+int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu)
+{
+	memset(mo, 0, sizeof(*mo));
+	*gpu = -1;
+	mo->exclude = o->exclude;
+	if (o->view) {
+		mo->view_set = true;
+		if (!strcmp(o->view, "native"))
+			mo->view = QV_NAMING_NATIVE;
+		else if (!strcmp(o->view, "hf"))
+			mo->view = QV_NAMING_HF;
+		else
+			return qv_log("view=%s: expected native or hf", o->view), -EINVAL;
+	}
+	if (o->io && strcmp(o->io, "uring") && strcmp(o->io, "pread"))
+		return qv_log("io=%s: expected uring or pread", o->io), -EINVAL;
+	mo->io.backend = o->io && !strcmp(o->io, "pread") ? QV_IO_PREAD : QV_IO_URING;
+	if (o->gpu) {
+		char *end;
+		long dev = strtol(o->gpu, &end, 10);
+
+		if (end == o->gpu || *end || dev < 0 || dev > 1024)
+			return qv_log("gpu=%s: expected a CUDA device number", o->gpu), -EINVAL;
+		*gpu = (int)dev;
+	}
+	if (o->ep_rank_set && !o->ep_size_set)
+		return qv_log("ep_rank needs ep_size"), -EINVAL;
+	if (o->shard_rank_set && !o->shard_size_set)
+		return qv_log("ep_shard_rank needs ep_shard_size"), -EINVAL;
+	if (o->shard_size_set && !o->ep_size_set)
+		return qv_log("ep_shard_size needs ep_size"), -EINVAL;
+	if (o->ep_size_set && o->ep_size == 0)
+		return qv_log("ep_size must be at least 1"), -EINVAL;
+	if (o->shard_size_set && o->shard_size == 0)
+		return qv_log("ep_shard_size must be at least 1"), -EINVAL;
+	mo->ep_size = o->ep_size_set ? o->ep_size : 0;
+	mo->ep_rank = o->ep_rank;
+	mo->ep_rank_set = o->ep_rank_set;
+	mo->shard_size = o->shard_size_set ? o->shard_size : 0;
+	mo->shard_rank = o->shard_rank;
+	mo->shard_rank_set = o->shard_rank_set;
+	return 0;
+}
+
+int qv_opts_parse(struct fuse_args *args, struct qv_options *o)
+{
+	return fuse_opt_parse(args, o, opt_spec, opt_proc);
+}
+
+void qv_opts_free(struct qv_options *o)
+{
+	free(o->source);
+	free(o->view);
+	free(o->exclude);
+	free(o->io);
+	free(o->gpu);
+	memset(o, 0, sizeof(*o));
+}
+
+void qv_opts_help(void)
+{
+	printf("Shows a Qwen3-VL-MoE safetensors checkpoint folder with converted key names.\n\n"
+	       "qvlmoefs options:\n"
+	       "    -o view=native|hf      naming of the view (default: the other one than SOURCE's)\n"
+	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*)\n"
+	       "    -o io=uring|pread      how sources are read (default uring)\n"
+	       "    -o ep_size=W           expert-parallel size; alone: one folder per rank\n"
+	       "    -o ep_rank=R           expert-parallel rank shown (0 <= R < W)\n"
+	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
+	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
+	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
+	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
+	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
+}
+
+/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N": refuse the
+ * ring as a sandbox would, clamp every read to N bytes (short reads), turn every Nth
+ * completion into -EAGAIN. Tests use it to drive the recovery paths through a real mount. */
+void qv_opts_faults(struct qv_io_cfg *io)
+{
+	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
+	char *copy, *tok, *save = NULL;
+
+	if (!f || !(copy = strdup(f)))
+		return;
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(tok, "setup=EPERM"))
+			io->fail_setup_errno = EPERM;
+		else if (!strncmp(tok, "chunk=", 6))
+			io->max_chunk = strtoull(tok + 6, NULL, 0);
+		else if (!strncmp(tok, "eagain=", 7))
+			io->eagain_every = (unsigned)strtoul(tok + 7, NULL, 0);
+	}
+	free(copy);
+	qv_log("test fault injection on: %s", f);
+}
+

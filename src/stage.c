@@ -1,0 +1,336 @@
+/* stage.c - the staging engine: pieces of at most one pinned buffer are read through the
+ * view's own read path (io_uring) into a ring of pinned buffers and copied to the device with
+ * asynchronous copies on several streams; a buffer is reused only once its copy has finished,
+ * so host memory stays slots x slot_bytes whatever the checkpoint size. */
+#include "qv_stage.h"
+#include "qv_plan.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEV_ALIGN 256
+#define MAX_SLOTS 64
+
+static int add_tensor(struct qv_stage *st, const char *file, const struct qv_node *n,
+		      const struct qv_st *h, const struct qv_tensor *t)
+{
+	struct qv_stage_tensor *x;
+
+	if ((st->nt & (st->nt + 1)) == 0 || st->nt == 0) { /* grow at 2^k - 1 */
+		x = realloc(st->t, (st->nt * 2 + 2) * sizeof(*x));
+		if (!x)
+			return -ENOMEM;
+		st->t = x;
+	}
+	x = &st->t[st->nt];
+	memset(x, 0, sizeof(*x));
+	x->name = strdup(t->name);
+	x->file = strdup(file);
+	if (!x->name || !x->file) {
+		free(x->name), free(x->file);
+		return -ENOMEM;
+	}
+	x->dtype = t->dtype;
+	x->ndim = t->ndim;
+	memcpy(x->shape, t->shape, sizeof(x->shape));
+	x->size = t->end - t->begin;
+	x->vf = &n->vf;
+	x->voff = 8 + h->hdr_len + t->begin;
+	st->dev_bytes = (st->dev_bytes + DEV_ALIGN - 1) / DEV_ALIGN * DEV_ALIGN;
+	x->dev_off = st->dev_bytes;
+	st->dev_bytes += x->size;
+	st->bytes += x->size;
+	st->nt++;
+	return 0;
+}
+
+/* The tensors of one virtual safetensors file, from its own synthesized header. */
+static int select_file(struct qv_stage *st, const char *file, const struct qv_node *n, bool all,
+		       char *err, size_t errlen)
+{
+	const struct qv_vfile *vf = &n->vf;
+	struct qv_st h;
+	char why[QV_ERRLEN];
+	uint64_t len = 0;
+	int rc;
+
+	if (vf->nseg == 0 || vf->seg[0].src != QV_SEG_MEM || vf->seg[0].len < 8)
+		return qv_err(err, errlen, -EINVAL, "%s: no synthesized header", file);
+	for (int i = 7; i >= 0; i--)
+		len = len << 8 | (unsigned char)vf->seg[0].mem[i];
+	rc = qv_st_parse(vf->seg[0].mem + 8, len, vf->size, &h, why, sizeof(why));
+	if (rc)
+		return qv_err(err, errlen, rc, "%s: %s", file, why);
+	for (size_t i = 0; i < h.nt && !rc; i++)
+		if (all || qv_plan_key_is_expert(h.t[i].name))
+			rc = add_tensor(st, file, n, &h, &h.t[i]);
+	qv_st_free(&h);
+	return rc == -ENOMEM ? qv_err(err, errlen, rc, "out of memory") : rc;
+}
+
+static int select_dir(struct qv_mount *m, struct qv_node *dir, const char *prefix, bool all,
+		      struct qv_stage *st, char *err, size_t errlen)
+{
+	int rc = qv_mount_ready(m, dir);
+
+	for (size_t i = 0; !rc && i < dir->nkids; i++) {
+		struct qv_node *n = qv_mount_node(m, dir->kids[i]);
+		char *path = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
+
+		if (!path)
+			return qv_err(err, errlen, -ENOMEM, "out of memory");
+		if (n->dir)
+			rc = select_dir(m, n, path, all, st, err, errlen);
+		else if (qv_ends_with(n->name, ".safetensors"))
+			rc = select_file(st, path, n, all, err, errlen);
+		free(path);
+	}
+	return rc;
+}
+
+int qv_stage_select(struct qv_mount *m, struct qv_node *dir, bool all, struct qv_stage *st,
+		    char *err, size_t errlen)
+{
+	memset(st, 0, sizeof(*st));
+	st->device = -1;
+	return select_dir(m, dir, "", all, st, err, errlen);
+}
+
+int qv_stage_next(const struct qv_stage *st, size_t slot_bytes, struct qv_piece *p, bool first)
+{
+	if (first)
+		*p = (struct qv_piece){ 0 };
+	else
+		p->off += p->len;
+	while (p->tensor < st->nt && p->off >= st->t[p->tensor].size) { /* done, or empty */
+		p->tensor++;
+		p->off = 0;
+	}
+	if (p->tensor >= st->nt)
+		return 0;
+	p->len = st->t[p->tensor].size - p->off;
+	if (p->len > slot_bytes)
+		p->len = slot_bytes;
+	return 1;
+}
+
+struct ring {
+	void *buf[MAX_SLOTS], *ev[MAX_SLOTS], *stream[MAX_SLOTS];
+	long last_of[MAX_SLOTS]; /* tensor whose final piece a slot's copy carries, or -1 */
+	bool busy[MAX_SLOTS];
+};
+
+/* Wait for slot k's copy; the tensor whose last piece it carried is then on the device. */
+static int slot_wait(struct qv_stage *st, const struct qv_gpu_ops *ops, struct ring *r, unsigned k)
+{
+	int rc = 0;
+
+	if (r->busy[k])
+		rc = ops->event_wait(ops->ctx, r->ev[k]);
+	if (!rc && r->busy[k] && r->last_of[k] >= 0)
+		atomic_store(&st->t[r->last_of[k]].state, QV_STAGE_READY);
+	r->busy[k] = false;
+	return rc;
+}
+
+static void ring_free(const struct qv_gpu_ops *ops, struct ring *r, const struct qv_stage_cfg *c)
+{
+	for (unsigned k = 0; k < c->slots; k++) {
+		if (r->buf[k])
+			ops->host_free(ops->ctx, r->buf[k]);
+		if (r->ev[k])
+			ops->event_free(ops->ctx, r->ev[k]);
+	}
+	for (unsigned k = 0; k < c->streams; k++)
+		if (r->stream[k])
+			ops->stream_free(ops->ctx, r->stream[k]);
+}
+
+static int ring_new(const struct qv_gpu_ops *ops, struct ring *r, const struct qv_stage_cfg *c)
+{
+	int rc = 0;
+
+	memset(r, 0, sizeof(*r));
+	for (unsigned k = 0; k < c->slots && !rc; k++) {
+		rc = ops->host_alloc(ops->ctx, c->slot_bytes, &r->buf[k]);
+		if (!rc)
+			rc = ops->event_new(ops->ctx, &r->ev[k]);
+	}
+	for (unsigned k = 0; k < c->streams && !rc; k++)
+		rc = ops->stream_new(ops->ctx, &r->stream[k]);
+	return rc;
+}
+
+/* The pipeline: read piece i into slot i % slots while earlier slots are still copying. */
+static int pump(struct qv_stage *st, const struct qv_gpu_ops *ops, const struct qv_stage_cfg *c,
+		struct ring *r, struct qv_io *io, char *err, size_t errlen)
+{
+	struct qv_rdscratch sc = { 0 };
+	struct qv_piece p;
+	unsigned k = 0;
+	int rc = 0, more;
+
+	for (more = qv_stage_next(st, c->slot_bytes, &p, true); more && !rc;
+	     more = qv_stage_next(st, c->slot_bytes, &p, false), k = (k + 1) % c->slots) {
+		struct qv_stage_tensor *t = &st->t[p.tensor];
+		size_t got = 0;
+		uint64_t srcb;
+
+		rc = slot_wait(st, ops, r, k);
+		if (!rc)
+			rc = qv_vfile_read(t->vf, t->vf->base, t->voff + p.off, p.len, r->buf[k], io,
+					   &sc, &got, &srcb);
+		if (!rc && got != p.len)
+			rc = -EIO;
+		if (rc) {
+			qv_err(err, errlen, rc, "%s: %s: reading the view: %s", t->file, t->name,
+			       strerror(-rc));
+			break;
+		}
+		rc = ops->copy_async(ops->ctx, (char *)st->dev + t->dev_off + p.off, r->buf[k], p.len,
+				     r->stream[k % c->streams]);
+		if (!rc)
+			rc = ops->event_record(ops->ctx, r->ev[k], r->stream[k % c->streams]);
+		if (rc) {
+			qv_err(err, errlen, rc, "%s", ops->err(ops->ctx));
+			break;
+		}
+		r->busy[k] = true;
+		r->last_of[k] = p.off + p.len == t->size ? (long)p.tensor : -1;
+		atomic_fetch_add(&st->done, p.len);
+	}
+	for (unsigned j = 0; j < c->slots; j++) { /* drain, even after a failure */
+		int w = slot_wait(st, ops, r, j);
+
+		if (w && !rc)
+			rc = qv_err(err, errlen, w, "%s", ops->err(ops->ctx));
+	}
+	free(sc.ops);
+	return rc;
+}
+
+int qv_stage_run(struct qv_stage *st, const struct qv_gpu_ops *ops, const struct qv_stage_cfg *cfg,
+		 struct qv_io *io, char *err, size_t errlen)
+{
+	struct qv_stage_cfg c = *cfg;
+	struct ring r;
+	int rc;
+
+	c.slots = c.slots ? c.slots : 4;
+	c.slot_bytes = c.slot_bytes ? c.slot_bytes : 16u << 20;
+	c.streams = c.streams ? c.streams : 2;
+	if (c.slots > MAX_SLOTS || c.streams > c.slots)
+		return qv_err(err, errlen, -EINVAL, "at most %d buffers, and no more streams than buffers",
+			      MAX_SLOTS);
+	rc = ops->dev_alloc(ops->ctx, st->dev_bytes ? st->dev_bytes : 1, &st->dev);
+	if (rc) {
+		st->dev = NULL;
+		return qv_err(err, errlen, rc, "%llu bytes of device memory: %s",
+			      (unsigned long long)st->dev_bytes, ops->err(ops->ctx));
+	}
+	st->has_ipc = ops->ipc_handle(ops->ctx, st->dev, st->ipc) == 0;
+	rc = ring_new(ops, &r, &c);
+	if (rc)
+		qv_err(err, errlen, rc, "pinned buffers: %s", ops->err(ops->ctx));
+	else
+		rc = pump(st, ops, &c, &r, io, err, errlen);
+	ring_free(ops, &r, &c);
+	for (size_t i = 0; i < st->nt; i++)
+		if (atomic_load(&st->t[i].state) != QV_STAGE_READY)
+			atomic_store(&st->t[i].state, rc ? QV_STAGE_FAILED : QV_STAGE_READY);
+	return rc;
+}
+
+/* The k-th sample: a tensor and a range of at most 1 MiB, spread over the selection. */
+static void sample(const struct qv_stage *st, unsigned k, size_t *ti, uint64_t *off, uint64_t *len)
+{
+	uint64_t x = (uint64_t)k * 0x9e3779b97f4a7c15ULL + 1;
+
+	*ti = (size_t)(x % st->nt);
+	x ^= x >> 29;
+	*off = st->t[*ti].size ? x % st->t[*ti].size : 0;
+	*len = st->t[*ti].size - *off < (1u << 20) ? st->t[*ti].size - *off : 1u << 20;
+}
+
+int qv_stage_verify(const struct qv_stage *st, const struct qv_gpu_ops *ops, struct qv_io *io,
+		    unsigned samples, uint64_t *bytes, char *err, size_t errlen)
+{
+	char *dev = malloc(1u << 20), *view = malloc(1u << 20);
+	struct qv_rdscratch sc = { 0 };
+	struct qv_piece p;
+	int rc = dev && view ? 0 : -ENOMEM, more = samples ? 1 : qv_stage_next(st, 1u << 20, &p, true);
+
+	*bytes = 0;
+	for (unsigned k = 0; !rc && more && st->nt; k++) {
+		size_t ti, got;
+		uint64_t off, len, srcb;
+
+		if (samples)
+			sample(st, k, &ti, &off, &len);
+		else
+			ti = p.tensor, off = p.off, len = p.len;
+		rc = ops->copy_to_host(ops->ctx, dev, (char *)st->dev + st->t[ti].dev_off + off, len);
+		if (!rc)
+			rc = qv_vfile_read(st->t[ti].vf, st->t[ti].vf->base, st->t[ti].voff + off, len,
+					   view, io, &sc, &got, &srcb);
+		if (!rc && memcmp(dev, view, len))
+			rc = qv_err(err, errlen, -EIO, "%s: device bytes differ from the view at %llu",
+				    st->t[ti].name, (unsigned long long)off);
+		else if (rc)
+			qv_err(err, errlen, rc, "%s: %s", st->t[ti].name, strerror(-rc));
+		*bytes += rc ? 0 : len;
+		more = samples ? k + 1 < samples : qv_stage_next(st, 1u << 20, &p, false);
+	}
+	free(sc.ops);
+	free(dev);
+	free(view);
+	return rc;
+}
+
+int qv_stage_json(const struct qv_stage *st, struct qv_buf *out)
+{
+	static const char *const states[] = { "pending", "ready", "failed" };
+	int rc = qv_buf_printf(out, "{\"device\":%d,\"bytes\":%llu,\"done\":%llu,\"ipc_handle\":\"",
+			       st->device, (unsigned long long)st->bytes,
+			       (unsigned long long)atomic_load(&st->done));
+
+	for (int i = 0; i < QV_GPU_IPC_BYTES && st->has_ipc && !rc; i++)
+		rc = qv_buf_printf(out, "%02x", st->ipc[i]);
+	if (!rc)
+		rc = qv_buf_adds(out, "\",\"tensors\":[");
+	for (size_t i = 0; i < st->nt && !rc; i++) {
+		const struct qv_stage_tensor *t = &st->t[i];
+
+		rc = qv_buf_adds(out, i ? ",{\"name\":" : "{\"name\":");
+		if (!rc)
+			rc = qv_buf_json_str(out, t->name, strlen(t->name));
+		if (!rc)
+			rc = qv_buf_adds(out, ",\"file\":");
+		if (!rc)
+			rc = qv_buf_json_str(out, t->file, strlen(t->file));
+		if (!rc)
+			rc = qv_buf_printf(out, ",\"dtype\":\"%s\",\"shape\":[", qv_dtype_name(t->dtype));
+		for (uint32_t d = 0; d < t->ndim && !rc; d++)
+			rc = qv_buf_printf(out, d ? ",%llu" : "%llu", (unsigned long long)t->shape[d]);
+		if (!rc)
+			rc = qv_buf_printf(out, "],\"state\":\"%s\",\"device\":%d,\"offset\":%llu,"
+					   "\"size\":%llu}",
+					   states[atomic_load(&t->state)], st->device,
+					   (unsigned long long)t->dev_off, (unsigned long long)t->size);
+	}
+	return rc ? rc : qv_buf_adds(out, "]}\n");
+}
+
+void qv_stage_free(struct qv_stage *st, const struct qv_gpu_ops *ops)
+{
+	if (st->dev && ops)
+		ops->dev_free(ops->ctx, st->dev);
+	for (size_t i = 0; i < st->nt; i++) {
+		free(st->t[i].name);
+		free(st->t[i].file);
+	}
+	free(st->t);
+	memset(st, 0, sizeof(*st));
+}
