@@ -180,6 +180,8 @@ import mmap, os, sys
 d = sys.argv[1]
 for name in sorted(os.listdir(d)):
     p = os.path.join(d, name)
+    if os.path.isdir(p):
+        continue
     data = open(p, 'rb').read()
     assert len(data) == os.path.getsize(p), name
     for flags in (mmap.MAP_PRIVATE, mmap.MAP_SHARED):
