@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qv_dcp.h"
 #include "qv_io.h"
 #include "qv_plan.h"
 #include "qv_scan.h"
@@ -23,6 +24,7 @@ struct qv_mount_opts {
 	bool ep_rank_set;
 	uint32_t shard_size, shard_rank;
 	bool shard_rank_set;
+	uint64_t max_file; /* -o shard_size: consolidated files of a sharded save (0: 5 GB) */
 	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
 	int (*gpu_json)(void *arg, struct qv_buf *out);
 	void *gpu_arg;
@@ -37,6 +39,8 @@ struct qv_gen {
 	enum qv_naming src_naming;
 	bool model_prefix;
 	uint64_t n_experts;    /* dim 0 of the first expert tensor: the checkpoint's expert count */
+	bool sharded;	       /* the root is an Automodel per-rank sharded save ... */
+	struct qv_dcp dcp;     /* ... and these are its consolidated tensors */
 	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */
 	size_t nplans;
 	struct qv_gen *prev; /* older generations stay until unmount: open files read them */

@@ -74,6 +74,9 @@ struct qv_node *qv_mount_node_new(struct qv_mount *m, const char *name, uint64_t
 /* Append entry ino to folder dir; 0 or -ENOMEM. */
 int qv_node_add_kid(struct qv_node *dir, uint64_t ino);
 
+/* Sort folder dir's entries by name (lookups bisect them). */
+void qv_mount_sort_kids(struct qv_mount *m, struct qv_node *dir);
+
 /* Make sure folder dir's entries exist (rank folders are built on first use); 0 or -errno. */
 int qv_mount_ready(struct qv_mount *m, struct qv_node *dir);
 
@@ -82,6 +85,10 @@ struct qv_node *qv_mount_node(struct qv_mount *m, uint64_t ino);
 
 /* The entry name of folder dir (which must be ready), or NULL. */
 struct qv_node *qv_mount_lookup(struct qv_mount *m, const struct qv_node *dir, const char *name);
+
+/* The entry name of folder dir while it is being built (entries not yet sorted), or NULL. */
+struct qv_node *qv_mount_lookup_unsorted(struct qv_mount *m, const struct qv_node *dir,
+					 const char *name);
 
 /* Called on open: 0, or -EIO when a source of the file changed since the mount. */
 int qv_mount_open_file(struct qv_mount *m, struct qv_node *n);

@@ -13,6 +13,7 @@ struct qv_options {
 	char *view, *exclude, *io, *gpu;
 	unsigned ep_size, ep_rank, shard_size, shard_rank;
 	unsigned readahead_kb;
+	unsigned long long max_file;
 	int direct_io;
 	int ep_size_set, ep_rank_set, shard_size_set, shard_rank_set;
 	int allow_other;

@@ -12,6 +12,8 @@
 
 #include "qv_io.h"
 
+#define QV_TILE_DIMS 16 /* = QV_ST_MAX_DIMS */
+
 /* A source file as scanned; fd is opened lazily and kept for the mount's life. */
 struct qv_source {
 	char *path; /* absolute */
@@ -28,12 +30,27 @@ struct qv_source {
 };
 
 #define QV_SEG_MEM UINT32_MAX
+#define QV_SEG_TILED (UINT32_MAX - 1)
+
+struct qv_chunk;
+
+/* A tensor assembled from chunks (a sharded save), shown through a window (a rank's slice):
+ * reads map each virtual byte to the chunk that holds it. Shapes are in elements. */
+struct qv_tile {
+	uint32_t ndim;
+	unsigned es; /* bytes per element */
+	uint64_t gshape[QV_TILE_DIMS];
+	uint64_t woff[QV_TILE_DIMS], wshape[QV_TILE_DIMS];
+	const struct qv_chunk *c;
+	size_t nc;
+};
 
 /* count = len / run runs of run bytes, the k-th at source offset soff + k * stride. */
 struct qv_seg {
 	uint64_t voff, len;
-	uint32_t src; /* QV_SEG_MEM: bytes at mem */
+	uint32_t src; /* QV_SEG_MEM: bytes at mem; QV_SEG_TILED: see tile */
 	const char *mem;
+	const struct qv_tile *tile;
 	uint64_t soff, run, stride;
 };
 
@@ -42,6 +59,7 @@ struct qv_vfile {
 	struct qv_seg *seg;
 	size_t nseg;
 	char *mem;	/* owned memory the segments point into */
+	struct qv_tile *tiles; /* owned, for tiled segments */
 	struct qv_source *base; /* the source table segments' src index into */
 	uint32_t *srcs;		/* distinct sources read, for staleness checks */
 	size_t nsrcs;

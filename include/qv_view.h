@@ -34,6 +34,22 @@ void qv_fkeys_fini(struct qv_fkeys *fk);
 int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, uint32_t sdir,
 		  struct qv_node *dn, char *err, size_t errlen);
 
+/* The __metadata__ entries that say which slice a rank's shard holds (buf backs them);
+ * their count, 0 without slicing. */
+size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_meta *x,
+		       char buf[6][24]);
+
+/* A key that occurs twice among keys, or NULL: two tensors may not share a view key. */
+const char *qv_view_dup_key(char **keys, size_t n);
+
+/* Make node n pass scan node si's file through byte for byte; 0 or -ENOMEM. */
+int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n);
+
+/* The consolidated view of a sharded save at folder dn: model-0000k-of-0000N.safetensors
+ * assembled from the rank files' chunks, their index, and .hf_metadata's public files. */
+int qv_view_dcp(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
+		char *err, size_t errlen);
+
 /* Check that plan p can cut every expert tensor of the source, without building anything. */
 int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen);
 

@@ -1,8 +1,10 @@
 /* gen.c - one generation of the source: scan, strict parse of every header, naming detection
  * and the plans of the view. A rescan (SIGHUP) loads a new one beside the old. */
 #include "qv_gen.h"
+#include "qv_plan.h"
 #include "qv_util.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -86,11 +88,66 @@ static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, siz
 	uint32_t nshards = o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1;
 
 	*po = (struct qv_plan_opts){ .src = m->src_naming,
-				     .view = o->view_set ? o->view : !m->src_naming,
+				     /* a sharded save is shown consolidated, in its own naming */
+				     .view = o->view_set ? o->view :
+					     m->sharded ? m->src_naming : !m->src_naming,
 				     .model_prefix = m->model_prefix, .exclude = o->exclude,
 				     .ep_size = o->ep_size, .shard_size = o->shard_size };
 	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
 	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
+}
+
+/* num_experts of config.json (top level or text_config), or 0. */
+static uint64_t config_experts(const struct qv_gen *m)
+{
+	const struct qv_snode *root = &m->scan.n[0];
+	uint64_t n = 0;
+
+	for (size_t k = 0; k < root->nkids && !n; k++) {
+		const struct qv_snode *d = &m->scan.n[root->kids[k]];
+		char buf[1 << 16];
+		ssize_t len;
+		cJSON *j, *e;
+		int fd;
+
+		if (!S_ISDIR(d->st.st_mode) || strcmp(d->name, ".hf_metadata"))
+			continue;
+		for (size_t i = 0; i < d->nkids && !n; i++) {
+			if (strcmp(m->scan.n[d->kids[i]].name, "config.json"))
+				continue;
+			fd = open(m->scan.n[d->kids[i]].path, O_RDONLY | O_CLOEXEC);
+			len = fd < 0 ? -1 : read(fd, buf, sizeof(buf));
+			if (fd >= 0)
+				close(fd);
+			j = len > 0 ? cJSON_ParseWithLength(buf, (size_t)len) : NULL;
+			e = cJSON_GetObjectItemCaseSensitive(j, "num_experts");
+			if (!e)
+				e = cJSON_GetObjectItemCaseSensitive(
+					cJSON_GetObjectItemCaseSensitive(j, "text_config"), "num_experts");
+			n = cJSON_IsNumber(e) && e->valuedouble > 0 ? (uint64_t)e->valuedouble : 0;
+			cJSON_Delete(j);
+		}
+	}
+	return n;
+}
+
+/* Chunks alone cannot show that the last ranks' files are missing (the tensor just looks
+ * smaller): the expert count config.json states must match the assembled expert tensors. */
+static int check_experts(const struct qv_gen *m, char *err, size_t errlen)
+{
+	uint64_t want = config_experts(m);
+
+	for (size_t i = 0; want && i < m->dcp.nt; i++) {
+		const struct qv_dtensor *x = &m->dcp.t[i];
+
+		if (qv_plan_key_is_expert(x->name) && x->ndim && x->shape[0] != want)
+			return qv_err(err, errlen, -EINVAL,
+				      "tensor \"%s\": chunks cover experts [0, %llu) of the %llu that "
+				      ".hf_metadata/config.json names: a rank file may be missing",
+				      x->name, (unsigned long long)x->shape[0],
+				      (unsigned long long)want);
+	}
+	return 0;
 }
 
 bool qv_gen_multi(const struct qv_mount_opts *o)
@@ -118,6 +175,21 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 	if (rc)
 		return rc;
 	detect(m);
+	if (qv_dcp_detect(&m->scan, m->st_of)) {
+		rc = qv_dcp_build(&m->scan, m->st_of, m->src_of, o->max_file ? o->max_file : 5000000000ULL,
+				  &m->dcp, err, errlen);
+		if (rc)
+			return rc;
+		m->sharded = true;
+		rc = check_experts(m, err, errlen);
+		if (rc)
+			return rc;
+		/* chunks hold a rank's experts: the count comes from the consolidated shape */
+		m->n_experts = 0;
+		for (size_t i = 0; i < m->dcp.nt && !m->n_experts; i++)
+			if (qv_plan_key_is_expert(m->dcp.t[i].name) && m->dcp.t[i].ndim)
+				m->n_experts = m->dcp.t[i].shape[0];
+	}
 	if (o->ep_size && !m->n_experts)
 		return qv_err(err, errlen, -EINVAL, "%s: ep_size given but no expert tensors found",
 			      src);
@@ -158,5 +230,6 @@ void qv_gen_free(struct qv_gen *m)
 		qv_plan_free(&m->plans[i]);
 	free(m->plans);
 	qv_scan_free(&m->scan);
+	qv_dcp_free(&m->dcp);
 	memset(m, 0, sizeof(*m));
 }

@@ -76,6 +76,11 @@ static int cmp_node_name(const void *a, const void *b, void *mp)
 		      qv_mount_node(m, *(const uint64_t *)b)->name);
 }
 
+void qv_mount_sort_kids(struct qv_mount *m, struct qv_node *dir)
+{
+	qsort_r(dir->kids, dir->nkids, sizeof(*dir->kids), cmp_node_name, m);
+}
+
 /* One folder per rank (and shard) at the root, each built on first use. */
 static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_node *root,
 			     char *err, size_t errlen)
@@ -240,6 +245,15 @@ struct qv_node *qv_mount_lookup(struct qv_mount *m, const struct qv_node *dir, c
 		else
 			lo = mid + 1;
 	}
+	return NULL;
+}
+
+struct qv_node *qv_mount_lookup_unsorted(struct qv_mount *m, const struct qv_node *dir,
+					 const char *name)
+{
+	for (size_t i = 0; i < dir->nkids; i++)
+		if (strcmp(qv_mount_node(m, dir->kids[i])->name, name) == 0)
+			return qv_mount_node(m, dir->kids[i]);
 	return NULL;
 }
 

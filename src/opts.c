@@ -26,6 +26,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("ep_shard_rank=%u", shard_rank),
 	OPT("ep_shard_rank=", shard_rank_set),
 	OPT("readahead_kb=%u", readahead_kb),
+	OPT("shard_size=%llu", max_file),
 	OPT("direct_io", direct_io),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
@@ -85,6 +86,7 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 		return qv_log("ep_size must be at least 1"), -EINVAL;
 	if (o->shard_size_set && o->shard_size == 0)
 		return qv_log("ep_shard_size must be at least 1"), -EINVAL;
+	mo->max_file = o->max_file;
 	mo->ep_size = o->ep_size_set ? o->ep_size : 0;
 	mo->ep_rank = o->ep_rank;
 	mo->ep_rank_set = o->ep_rank_set;
@@ -120,6 +122,7 @@ void qv_opts_help(void)
 	       "    -o ep_rank=R           expert-parallel rank shown (0 <= R < W)\n"
 	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
+	       "    -o shard_size=BYTES    files of a consolidated sharded save (default 5 GB)\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
 	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");

@@ -1,6 +1,7 @@
 /* vfile.c - segment lists and the read path: find the overlapping segments, copy memory ones,
  * turn extents into one batch of reads. */
 #include "qv_vfile.h"
+#include "qv_dcp.h"
 #include "qv_util.h"
 
 #include <errno.h>
@@ -17,7 +18,8 @@ int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s)
 	if (s->len == 0)
 		return 0;
 	/* whole tensors packed back to back read as one extent: fewer, larger reads */
-	if (last && s->src != QV_SEG_MEM && last->src == s->src && last->run == last->len &&
+	if (last && s->src != QV_SEG_MEM && s->src != QV_SEG_TILED && last->src == s->src &&
+	    last->run == last->len &&
 	    s->run == s->len && last->soff + last->len == s->soff &&
 	    last->voff + last->len == s->voff) {
 		last->len += s->len;
@@ -55,6 +57,7 @@ void qv_vfile_fini(struct qv_vfile *vf)
 {
 	free(vf->seg);
 	free(vf->mem);
+	free(vf->tiles);
 	free(vf->srcs);
 	memset(vf, 0, sizeof(*vf));
 }
@@ -214,6 +217,89 @@ static int plan_extent(const struct qv_seg *s, int fd, uint64_t a, uint64_t b, c
 	return 0;
 }
 
+/* Units: elements in every dimension but the innermost, which counts bytes. */
+static uint64_t unit(const struct qv_tile *t, const uint64_t *v, uint32_t k)
+{
+	return k + 1 == t->ndim ? v[k] * t->es : v[k];
+}
+
+/* The chunk holding global position g (in units), or NULL. */
+static const struct qv_chunk *chunk_at(const struct qv_tile *t, const uint64_t *g)
+{
+	for (size_t i = 0; i < t->nc; i++) {
+		uint32_t k;
+
+		for (k = 0; k < t->ndim; k++)
+			if (g[k] < unit(t, t->c[i].off, k) ||
+			    g[k] >= unit(t, t->c[i].off, k) + unit(t, t->c[i].shape, k))
+				break;
+		if (k == t->ndim)
+			return &t->c[i];
+	}
+	return NULL;
+}
+
+/* From global position g, how many units stay contiguous in global order inside the box
+ * (off, shape): up to the end of the last dimension where the box is narrower than the
+ * tensor, the dimensions after it being whole. */
+static uint64_t box_run(const struct qv_tile *t, const uint64_t *off, const uint64_t *shape,
+			const uint64_t *g)
+{
+	uint64_t inner = 1, r = 0;
+	int k;
+
+	for (k = (int)t->ndim - 1; k >= 0; k--) {
+		if (unit(t, shape, (uint32_t)k) != unit(t, t->gshape, (uint32_t)k))
+			break;
+		r += g[k] * inner;
+		inner *= unit(t, t->gshape, (uint32_t)k);
+	}
+	if (k < 0) /* the box is the whole tensor */
+		return inner - r;
+	return (unit(t, off, (uint32_t)k) + unit(t, shape, (uint32_t)k) - g[k]) * inner - r;
+}
+
+/* Bytes [a, b) of a tiled segment: walk the window, one run per stretch that is contiguous
+ * both in the window and in one chunk. */
+static int plan_tiled(const struct qv_seg *s, struct qv_source *srcs, uint64_t a, uint64_t b,
+		      char *dst, struct qv_rdscratch *sc, size_t *n)
+{
+	const struct qv_tile *t = s->tile;
+
+	while (a < b) {
+		uint64_t g[QV_TILE_DIMS], rem = a, local = 0, stride = 1, take;
+		const struct qv_chunk *c;
+		int rc;
+
+		for (int k = (int)t->ndim - 1; k >= 0; k--) {
+			uint64_t w = unit(t, t->wshape, (uint32_t)k);
+
+			g[k] = rem % w + unit(t, t->woff, (uint32_t)k);
+			rem /= w;
+		}
+		c = chunk_at(t, g);
+		if (!c)
+			return -EIO; /* coverage was checked at mount: a bug, never stray bytes */
+		for (int k = (int)t->ndim - 1; k >= 0; k--) {
+			local += (g[k] - unit(t, c->off, (uint32_t)k)) * stride;
+			stride *= unit(t, c->shape, (uint32_t)k);
+		}
+		take = box_run(t, c->off, c->shape, g);
+		if (box_run(t, t->woff, t->wshape, g) < take)
+			take = box_run(t, t->woff, t->wshape, g);
+		if (take > b - a)
+			take = b - a;
+		rc = qv_source_open(&srcs[c->src]);
+		if (!rc)
+			rc = push_op(sc, n, atomic_load(&srcs[c->src].fd), c->soff + local, take, dst);
+		if (rc)
+			return rc;
+		dst += take;
+		a += take;
+	}
+	return 0;
+}
+
 int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
 		  char *buf, struct qv_io *io, struct qv_rdscratch *sc, size_t *got,
 		  uint64_t *src_bytes)
@@ -237,6 +323,11 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 			break; /* a hole: reported below, never filled with stray bytes */
 		if (s->src == QV_SEG_MEM) {
 			memcpy(dst, s->mem + a, b - a);
+		} else if (s->src == QV_SEG_TILED) {
+			rc = plan_tiled(s, srcs, a, b, dst, sc, &n);
+			if (rc)
+				return rc;
+			*src_bytes += b - a;
 		} else {
 			rc = qv_source_open(&srcs[s->src]);
 			if (!rc)

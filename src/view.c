@@ -20,8 +20,7 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Two tensors of one file (or of one index) may not end up with the same view key. */
-static const char *dup_key(char **keys, size_t n)
+const char *qv_view_dup_key(char **keys, size_t n)
 {
 	char **v = malloc((n ? n : 1) * sizeof(*v));
 	const char *dup = NULL;
@@ -65,9 +64,8 @@ static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, con
 	vt->size = s->len;
 }
 
-/* The __metadata__ entries that say which slice a rank's shard holds. */
-static size_t ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_meta *x,
-		      char buf[6][24])
+size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_meta *x,
+		       char buf[6][24])
 {
 	static const char *const names[6] = { "qvlmoefs.ep_size",	"qvlmoefs.ep_rank",
 					      "qvlmoefs.expert_start",	"qvlmoefs.expert_end",
@@ -129,13 +127,13 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 	}
 	if (rc)
 		goto out;
-	dup = dup_key(fk->keys, fk->n);
+	dup = qv_view_dup_key(fk->keys, fk->n);
 	if (dup) {
 		rc = qv_err(err, errlen, -EINVAL, "%s: two tensors map to the view key \"%s\"", rel,
 			    dup);
 		goto out;
 	}
-	nextra = ep_meta(n_experts, p, extra, ebuf);
+	nextra = qv_view_ep_meta(n_experts, p, extra, ebuf);
 	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr);
 	if (rc)
 		goto out;
@@ -232,7 +230,7 @@ static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct 
 		rc = -ENOMEM;
 	for (size_t i = 0; !rc && i < nw; i++)
 		keys[i] = (char *)w[i].key;
-	if (!rc && (dup = dup_key(keys, nw)))
+	if (!rc && (dup = qv_view_dup_key(keys, nw)))
 		rc = qv_err(why, sizeof(why), -EINVAL, "view key \"%s\" is in more than one file",
 			    dup);
 	if (!rc)
@@ -261,20 +259,41 @@ static bool is_index_name(const char *name)
 }
 
 /* Build the view of scan folder sd under node dn: files first, then the folder's indexes. */
+int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n)
+{
+	uint64_t size = (uint64_t)g->scan.n[si].st.st_size;
+	int rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = size, .src = g->src_of[si],
+						       .run = size, .stride = size });
+
+	return rc ? rc : qv_vfile_use_src(&n->vf, g->src_of[si]);
+}
+
+/* In a sharded save's root the rank files and .hf_metadata are shown consolidated instead. */
+static bool consolidated_away(const struct qv_gen *g, uint32_t sd, const struct qv_snode *c)
+{
+	return sd == 0 && g->sharded &&
+	       (qv_dcp_is_rank_file(c->name) || !strcmp(c->name, ".hf_metadata") ||
+		is_index_name(c->name));
+}
+
 int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, uint32_t sd,
 		  struct qv_node *dn, char *err, size_t errlen)
 {
 	const struct qv_snode *s = &g->scan.n[sd];
 	struct qv_fkeys *fk = calloc(s->nkids ? s->nkids : 1, sizeof(*fk));
+	struct qv_node **made = calloc(s->nkids ? s->nkids : 1, sizeof(*made));
 	size_t nfk = 0;
-	int rc = fk ? 0 : -ENOMEM;
+	int rc = fk && made ? 0 : -ENOMEM;
 
 	for (size_t k = 0; k < s->nkids && !rc; k++) {
 		uint32_t si = s->kids[k];
 		const struct qv_snode *c = &g->scan.n[si];
 		bool dir = S_ISDIR(c->st.st_mode);
-		struct qv_node *n = qv_mount_node_new(m, c->name, dn->ino, dir, &c->st.st_mtim);
+		struct qv_node *n;
 
+		if (consolidated_away(g, sd, c))
+			continue;
+		n = made[k] = qv_mount_node_new(m, c->name, dn->ino, dir, &c->st.st_mtim);
 		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
 		if (rc)
 			break;
@@ -286,34 +305,46 @@ int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 			rc = qv_view_file(p, g->st_of[si], g->src_of[si], g->n_experts, c->rel,
 					  &n->vf, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
-			rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = (uint64_t)c->st.st_size,
-								   .src = g->src_of[si],
-								   .run = (uint64_t)c->st.st_size,
-								   .stride = (uint64_t)c->st.st_size });
-			if (!rc)
-				rc = qv_vfile_use_src(&n->vf, g->src_of[si]);
+			rc = qv_view_passthrough(g, si, n);
 		}
 	}
 	for (size_t k = 0; k < s->nkids && !rc; k++) {
 		uint32_t si = s->kids[k];
 
-		if (!S_ISDIR(g->scan.n[si].st.st_mode) && !g->st_of[si] &&
-		    is_index_name(g->scan.n[si].name))
-			rc = build_index(g, si, qv_mount_node(m, dn->kids[k]), fk, nfk, err,
-					 errlen);
+		if (made[k] && !made[k]->dir && !g->st_of[si] && is_index_name(g->scan.n[si].name))
+			rc = build_index(g, si, made[k], fk, nfk, err, errlen);
 	}
+	if (!rc && sd == 0 && g->sharded)
+		rc = qv_view_dcp(m, g, p, dn, err, errlen);
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "%s: out of memory", s->rel[0] ? s->rel : g->scan.root);
 	for (size_t i = 0; fk && i < nfk; i++)
 		qv_fkeys_fini(&fk[i]);
 	free(fk);
+	free(made);
 	return rc;
 }
 
 int qv_view_validate(struct qv_gen *m, const struct qv_plan *p, char *err, size_t errlen)
 {
+	for (size_t i = 0; m->sharded && i < m->dcp.nt; i++) { /* consolidated shapes count */
+		const struct qv_dtensor *x = &m->dcp.t[i];
+		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
+		struct qv_cut cut;
+		char *key, why[QV_ERRLEN];
+		bool expert;
+		int rc = qv_plan_map_key(p, x->name, &key, &expert);
+
+		free(key);
+		memcpy(t.shape, x->shape, sizeof(t.shape));
+		if (rc < 0)
+			return qv_err(err, errlen, rc, "out of memory");
+		if (rc == 1 && expert && qv_plan_cut(p, &t, &cut, why, sizeof(why)))
+			return qv_err(err, errlen, -EINVAL, "%s", why);
+	}
 	for (size_t i = 0; i < m->scan.nn; i++) {
-		const struct qv_st *st = m->st_of[i];
+		const struct qv_st *st = m->sharded && qv_dcp_is_rank_file(m->scan.n[i].name) ?
+						 NULL : m->st_of[i];
 
 		for (size_t k = 0; st && k < st->nt; k++) {
 			struct qv_cut cut;

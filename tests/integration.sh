@@ -771,6 +771,91 @@ print("stats:", s2)
 PY
 }
 
+# dcp_pair NAME FLAGS...: a normal checkpoint and the same one as an Automodel sharded save
+dcp_pair() {
+	local name=$1
+	shift
+	[ -d "$T/dcp-$name" ] && return 0
+	"$MK" "$@" "$T/dcp-$name-hf" >/dev/null
+	"$MK" "$@" "$T/dcp-$name" >/dev/null
+}
+
+t_dcp_consolidated_equals_original() {
+	local spec name flags
+	for spec in "w1:--sharded-save 1" "w4:--sharded-save 4" "w8k2:--sharded-save 8 --save-shard-size 2" \
+		"e10w4:--experts 10 --sharded-save 4 --dense-split" "w3:--sharded-save 3 --shards 3 --dense-split"; do
+		name=${spec%%:*} flags=${spec#*:}
+		rm -rf "$T/dcp-$name" "$T/dcp-$name-hf"
+		"$MK" ${flags//--sharded-save*/} $(echo "$flags" | grep -o -- '--experts [0-9]*') \
+			$(echo "$flags" | grep -o -- '--shards [0-9]*') "$T/dcp-$name-hf" >/dev/null
+		"$MK" $flags "$T/dcp-$name" >/dev/null
+		mnt "$T/dcp-$name" "$T/m"
+		$CHECK "$T/dcp-$name-hf" "$T/m" --view hf || { echo "layout $name"; return 1; }
+		umnt "$T/m"
+		mnt "$T/dcp-$name" "$T/m" -o view=native
+		$CHECK "$T/dcp-$name-hf" "$T/m" --view native >/dev/null || { echo "layout $name native"; return 1; }
+		umnt "$T/m"
+	done
+}
+
+t_dcp_resharded_rank_views() {
+	"$MK" --experts 16 "$T/r16-hf" >/dev/null
+	"$MK" --experts 16 --sharded-save 8 "$T/r16-w8" >/dev/null
+	"$MK" --experts 16 --sharded-save 8 --save-shard-size 2 --dense-split "$T/r16-w8k2" >/dev/null
+	local src w r
+	for src in r16-w8 r16-w8k2; do
+		for w in 4 16 3; do
+			mnt "$T/$src" "$T/m" -o ep_size=$w
+			for r in 0 $((w - 1)); do
+				$CHECK "$T/r16-hf" "$T/m/ep-rank-$r" --view hf --ep-size $w --ep-rank $r >/dev/null ||
+					{ echo "$src as ep_size=$w rank $r"; return 1; }
+			done
+			umnt "$T/m"
+		done
+		mnt "$T/$src" "$T/m" -o ep_size=2,ep_rank=1,ep_shard_size=2,ep_shard_rank=0,view=native
+		$CHECK "$T/r16-hf" "$T/m" --view native --ep-size 2 --ep-rank 1 --ep-shard-size 2 --ep-shard-rank 0
+		umnt "$T/m"
+	done
+}
+
+t_dcp_coverage_errors() {
+	local out
+	mkdir -p "$T/m"
+	"$MK" --sharded-save 4 --sharded-drop-rank 1 "$T/dcp-hole" >/dev/null
+	out=$("$QV" "$T/dcp-hole" "$T/m" 2>&1) && { echo "mounted with a rank missing"; return 1; }
+	echo "$out"
+	case $out in *"shard-00002-model-00001-of-00001.safetensors is missing"*) ;; *) return 1 ;; esac
+	"$MK" --sharded-save 4 --sharded-drop-rank 3 "$T/dcp-tail" >/dev/null
+	out=$("$QV" "$T/dcp-tail" "$T/m" 2>&1) && { echo "mounted with the last rank missing"; return 1; }
+	echo "$out"
+	case $out in *"chunks cover experts [0, 6) of the 8"*"rank file may be missing"*) ;; *) return 1 ;; esac
+	cp -r "$T/dcp-tail" "$T/dcp-dup"
+	cp "$T/dcp-dup/shard-00003-model-00001-of-00001.safetensors" "$T/dcp-dup/shard-00004-model-00001-of-00001.safetensors"
+	out=$("$QV" "$T/dcp-dup" "$T/m" 2>&1) && { echo "mounted with overlapping chunks"; return 1; }
+	echo "$out"
+	case $out in *"overlap"*) ;; *) return 1 ;; esac
+	python3 - "$T/dcp-clash" <<'PY'
+import json, os, struct, sys
+d = sys.argv[1]; os.makedirs(d, exist_ok=True)
+def rank(r, dtype, size, at=None):
+    info = json.dumps({"w": {"saved_offsets": [r * 2 if at is None else at]}})
+    h = json.dumps({"__metadata__": {"format": "pt", "DCP_SHARDING_INFO": info},
+                    "w": {"dtype": dtype, "shape": [2], "data_offsets": [0, 2 * size]}}).encode()
+    h += b" " * (-(8 + len(h)) % 8)
+    open(f"{d}/shard-{r + 1:05}-model-00001-of-00001.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 2 * size)
+rank(0, "BF16", 2); rank(1, "F32", 4)
+d = sys.argv[1] + "-gap"; os.makedirs(d, exist_ok=True)
+rank(0, "BF16", 2); rank(1, "BF16", 2, at=4)
+PY
+	out=$("$QV" "$T/dcp-clash" "$T/m" 2>&1) && { echo "mounted with a dtype clash"; return 1; }
+	echo "$out"
+	case $out in *'tensor "w": chunks disagree on dtype'*) ;; *) return 1 ;; esac
+	out=$("$QV" "$T/dcp-clash-gap" "$T/m" 2>&1) && { echo "mounted with a gap"; return 1; }
+	echo "$out"
+	case $out in *'tensor "w": no chunk covers dim 0 [2, 4)'*) ;; *) return 1 ;; esac
+	! mountpoint -q "$T/m"
+}
+
 tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')
 if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null; then
 	for t in $tests; do echo "skip - $t: no /dev/fuse or fusermount3 on this machine"; done

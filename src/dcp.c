@@ -1,0 +1,364 @@
+/* dcp.c - consolidate an Automodel sharded save: read each rank file's DCP_SHARDING_INFO, group
+ * chunks by tensor, check that they tile the global tensor exactly (a gap names the region and
+ * so a missing rank), and assign consolidated file numbers. Only metadata; no tensor bytes. */
+#include "qv_dcp.h"
+#include "qv_util.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define INFO_KEY "DCP_SHARDING_INFO"
+#define MAP_NAME "fqn_to_file_index_mapping.json"
+
+bool qv_dcp_is_rank_file(const char *name)
+{
+	unsigned a, b, c;
+	int n = 0;
+
+	return sscanf(name, "shard-%5u-model-%5u-of-%5u.safetensors%n", &a, &b, &c, &n) == 3 &&
+	       n > 0 && name[n] == '\0';
+}
+
+static const char *meta_get(const struct qv_st *st, const char *key)
+{
+	for (size_t i = 0; st && i < st->nmeta; i++)
+		if (strcmp(st->meta[i].key, key) == 0)
+			return st->meta[i].val;
+	return NULL;
+}
+
+bool qv_dcp_detect(const struct qv_scan *sc, struct qv_st *const *st_of)
+{
+	const struct qv_snode *root = &sc->n[0];
+
+	for (size_t k = 0; k < root->nkids; k++)
+		if (qv_dcp_is_rank_file(sc->n[root->kids[k]].name) &&
+		    meta_get(st_of[root->kids[k]], INFO_KEY))
+			return true;
+	return false;
+}
+
+static int cmp_dt(const void *a, const void *b)
+{
+	return strcmp(((const struct qv_dtensor *)a)->name, ((const struct qv_dtensor *)b)->name);
+}
+
+/* Rank files must be numbered 1..n without holes: a hole is a missing rank's file. */
+static int check_ranks(const struct qv_scan *sc, char *err, size_t errlen)
+{
+	const struct qv_snode *root = &sc->n[0];
+	unsigned max = 0, have = 0, r, m, n;
+
+	for (size_t k = 0; k < root->nkids; k++)
+		if (qv_dcp_is_rank_file(sc->n[root->kids[k]].name) &&
+		    sscanf(sc->n[root->kids[k]].name, "shard-%5u-model-%5u-of-%5u", &r, &m, &n) == 3)
+			max = r > max ? r : max, have++;
+	if (have == max)
+		return 0;
+	for (r = 1; r <= max; r++) {
+		bool found = false;
+
+		for (size_t k = 0; k < root->nkids && !found; k++)
+			found = sscanf(sc->n[root->kids[k]].name, "shard-%5u-", &m) == 1 && m == r &&
+				qv_dcp_is_rank_file(sc->n[root->kids[k]].name);
+		if (!found)
+			return qv_err(err, errlen, -EINVAL,
+				      "shard-%05u-model-00001-of-00001.safetensors is missing: rank %u's "
+				      "chunks are not in the save",
+				      r, r - 1);
+	}
+	return 0;
+}
+
+/* One rank file: every tensor's chunk, with its offsets from DCP_SHARDING_INFO. */
+static int add_file(struct qv_dcp *d, size_t *cap, const struct qv_snode *f, const struct qv_st *st,
+		    uint32_t src, char *err, size_t errlen)
+{
+	const char *info = meta_get(st, INFO_KEY);
+	cJSON *j = info ? cJSON_Parse(info) : NULL;
+	int rc = 0;
+
+	if (!cJSON_IsObject(j)) {
+		cJSON_Delete(j);
+		return qv_err(err, errlen, -EINVAL, "%s: no valid %s in __metadata__", f->rel, INFO_KEY);
+	}
+	for (size_t i = 0; i < st->nt && !rc; i++) {
+		const struct qv_tensor *t = &st->t[i];
+		cJSON *e = cJSON_GetObjectItemCaseSensitive(j, t->name);
+		cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "saved_offsets");
+		struct qv_dtensor *x;
+		struct qv_chunk *c;
+		uint32_t k = 0;
+
+		if (!cJSON_IsArray(offs) || (uint32_t)cJSON_GetArraySize(offs) != t->ndim) {
+			rc = qv_err(err, errlen, -EINVAL, "%s: tensor \"%s\": no saved_offsets of %u "
+				    "dimensions in %s", f->rel, t->name, t->ndim, INFO_KEY);
+			break;
+		}
+		if (d->nt == *cap) {
+			*cap = *cap ? *cap * 2 : 256;
+			x = realloc(d->t, *cap * sizeof(*x));
+			if (!x)
+				return cJSON_Delete(j), -ENOMEM;
+			d->t = x;
+		}
+		x = &d->t[d->nt++];
+		memset(x, 0, sizeof(*x));
+		x->name = strdup(t->name);
+		x->c = c = calloc(1, sizeof(*c));
+		if (!x->name || !c)
+			return cJSON_Delete(j), -ENOMEM;
+		x->nc = 1;
+		x->dtype = t->dtype;
+		x->ndim = t->ndim;
+		c->src = src;
+		c->soff = 8 + st->hdr_len + t->begin;
+		for (cJSON *o = offs->child; o; o = o->next, k++) {
+			double v = o->valuedouble;
+
+			if (!cJSON_IsNumber(o) || v < 0 || v > 9007199254740992.0 || v != (double)(uint64_t)v)
+				rc = qv_err(err, errlen, -EINVAL, "%s: tensor \"%s\": bad saved_offsets",
+					    f->rel, t->name);
+			c->off[k] = (uint64_t)v;
+			c->shape[k] = t->shape[k];
+		}
+	}
+	cJSON_Delete(j);
+	return rc;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+	int c = cmp_dt(a, b);
+	const struct qv_dtensor *x = a, *y = b;
+
+	if (c)
+		return c;
+	for (uint32_t k = 0; k < x->ndim; k++) /* deterministic chunk order */
+		if (x->c->off[k] != y->c->off[k])
+			return x->c->off[k] < y->c->off[k] ? -1 : 1;
+	return 0;
+}
+
+/* Entries come one per chunk; merge each name's run into one tensor with all its chunks.
+ * Everything that can fail happens before the array is compacted, so a failure leaves it
+ * consistent for qv_dcp_free. */
+static int merge(struct qv_dcp *d, char *err, size_t errlen)
+{
+	size_t out = 0, i, j;
+
+	qsort(d->t, d->nt, sizeof(*d->t), cmp_entry);
+	for (i = 0; i < d->nt; i = j) {
+		struct qv_dtensor *x = &d->t[i];
+		struct qv_chunk *c;
+
+		for (j = i + 1; j < d->nt && strcmp(d->t[j].name, x->name) == 0; j++)
+			if (d->t[j].dtype != x->dtype || d->t[j].ndim != x->ndim)
+				return qv_err(err, errlen, -EINVAL,
+					      "tensor \"%s\": chunks disagree on dtype or rank (%s in "
+					      "one file, %s in another)",
+					      x->name, qv_dtype_name(x->dtype),
+					      qv_dtype_name(d->t[j].dtype));
+		c = realloc(x->c, (j - i) * sizeof(*c));
+		if (!c)
+			return -ENOMEM;
+		x->c = c;
+	}
+	for (i = 0; i < d->nt; i = j) {
+		struct qv_dtensor x = d->t[i];
+
+		for (j = i + 1; j < d->nt && strcmp(d->t[j].name, x.name) == 0; j++) {
+			x.c[x.nc++] = d->t[j].c[0];
+			free(d->t[j].c);
+			free(d->t[j].name);
+		}
+		d->t[out++] = x;
+	}
+	d->nt = out;
+	return 0;
+}
+
+static bool overlap(const struct qv_chunk *a, const struct qv_chunk *b, uint32_t n)
+{
+	for (uint32_t k = 0; k < n; k++)
+		if (a->off[k] + a->shape[k] <= b->off[k] || b->off[k] + b->shape[k] <= a->off[k])
+			return false;
+	return n > 0;
+}
+
+/* The first gap along the one dimension the chunks are cut on, for the message. */
+static void gap_region(const struct qv_dtensor *x, char *out, size_t len)
+{
+	snprintf(out, len, "somewhere in the tensor");
+	for (uint32_t d = 0; d < x->ndim; d++) {
+		uint64_t pos = 0;
+		bool progress = true;
+
+		while (progress && pos < x->shape[d]) {
+			progress = false;
+			for (size_t i = 0; i < x->nc; i++)
+				if (x->c[i].off[d] == pos && x->c[i].shape[d])
+					pos += x->c[i].shape[d], progress = true;
+		}
+		if (pos < x->shape[d]) {
+			uint64_t next = x->shape[d];
+
+			for (size_t i = 0; i < x->nc; i++)
+				if (x->c[i].off[d] > pos && x->c[i].off[d] < next)
+					next = x->c[i].off[d];
+			snprintf(out, len, "dim %u [%llu, %llu)", d, (unsigned long long)pos,
+				 (unsigned long long)next);
+			return;
+		}
+	}
+}
+
+/* Global shape, then exact tiling: no two chunks overlap and their volumes add up. */
+static int coverage(struct qv_dtensor *x, const struct qv_scan *sc, const uint32_t *node_of_src,
+		    char *err, size_t errlen)
+{
+	unsigned __int128 vol = 1, sum = 0;
+	char where[96];
+
+	for (uint32_t k = 0; k < x->ndim; k++) {
+		for (size_t i = 0; i < x->nc; i++)
+			if (x->c[i].off[k] + x->c[i].shape[k] > x->shape[k])
+				x->shape[k] = x->c[i].off[k] + x->c[i].shape[k];
+		vol *= x->shape[k];
+	}
+	for (size_t i = 0; i < x->nc; i++) {
+		unsigned __int128 v = 1;
+
+		for (uint32_t k = 0; k < x->ndim; k++)
+			v *= x->c[i].shape[k];
+		sum += v;
+		for (size_t j = i + 1; j < x->nc; j++)
+			if (overlap(&x->c[i], &x->c[j], x->ndim))
+				return qv_err(err, errlen, -EINVAL,
+					      "tensor \"%s\": chunks in %s and %s overlap at dim 0 offsets "
+					      "%llu and %llu",
+					      x->name, sc->n[node_of_src[x->c[i].src]].rel,
+					      sc->n[node_of_src[x->c[j].src]].rel,
+					      (unsigned long long)x->c[i].off[0],
+					      (unsigned long long)x->c[j].off[0]);
+	}
+	if (sum != vol) {
+		gap_region(x, where, sizeof(where));
+		return qv_err(err, errlen, -EINVAL,
+			      "tensor \"%s\": no chunk covers %s (a rank file may be missing)",
+			      x->name, where);
+	}
+	return 0;
+}
+
+/* {fqn: k} from .hf_metadata/fqn_to_file_index_mapping.json, when present. */
+static int assign_files(struct qv_dcp *d, const struct qv_scan *sc, uint64_t max_file, char *err,
+			size_t errlen)
+{
+	char *text = NULL;
+	cJSON *j = NULL;
+	int rc = 0;
+
+	if (d->map_node) {
+		struct qv_buf b = { 0 };
+		char chunk[65536];
+		ssize_t r;
+		int fd = open(sc->n[d->map_node].path, O_RDONLY | O_CLOEXEC);
+
+		while (fd >= 0 && (r = read(fd, chunk, sizeof(chunk))) > 0)
+			if (qv_buf_add(&b, chunk, (size_t)r))
+				break;
+		if (fd >= 0)
+			close(fd);
+		text = b.p;
+		j = text ? cJSON_ParseWithLength(text, b.len) : NULL;
+		if (!cJSON_IsObject(j))
+			rc = qv_err(err, errlen, -EINVAL, "%s: not a JSON object", sc->n[d->map_node].rel);
+	}
+	for (size_t i = 0; i < d->nt && !rc; i++) {
+		cJSON *k = j ? cJSON_GetObjectItemCaseSensitive(j, d->t[i].name) : NULL;
+
+		if (j && (!cJSON_IsNumber(k) || k->valuedouble < 1 || k->valuedouble > 99999))
+			rc = qv_err(err, errlen, -EINVAL, "%s: no file index for tensor \"%s\"",
+				    sc->n[d->map_node].rel, d->t[i].name);
+		else if (j)
+			d->t[i].file = (uint32_t)k->valuedouble;
+	}
+	if (!j && !rc) { /* pack in name order */
+		uint64_t used = 0;
+		uint32_t file = 1;
+
+		for (size_t i = 0; i < d->nt; i++) {
+			uint64_t bytes = qv_dtype_size(d->t[i].dtype);
+
+			for (uint32_t k = 0; k < d->t[i].ndim; k++)
+				bytes *= d->t[i].shape[k];
+			if (used && used + bytes > max_file)
+				file++, used = 0;
+			used += bytes;
+			d->t[i].file = file;
+		}
+	}
+	for (size_t i = 0; i < d->nt; i++)
+		d->nfiles = d->t[i].file > d->nfiles ? d->t[i].file : d->nfiles;
+	cJSON_Delete(j);
+	free(text);
+	return rc;
+}
+
+int qv_dcp_build(const struct qv_scan *sc, struct qv_st *const *st_of, const uint32_t *src_of,
+		 uint64_t max_file, struct qv_dcp *out, char *err, size_t errlen)
+{
+	const struct qv_snode *root = &sc->n[0];
+	uint32_t *node_of_src = NULL;
+	size_t cap = 0, nsrc = 0;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	rc = check_ranks(sc, err, errlen);
+	for (size_t i = 0; i < sc->nn; i++)
+		nsrc = src_of[i] != UINT32_MAX && src_of[i] + 1 > nsrc ? src_of[i] + 1 : nsrc;
+	node_of_src = calloc(nsrc ? nsrc : 1, sizeof(*node_of_src));
+	if (!rc && !node_of_src)
+		rc = -ENOMEM;
+	for (size_t i = 0; !rc && i < sc->nn; i++)
+		if (src_of[i] != UINT32_MAX)
+			node_of_src[src_of[i]] = (uint32_t)i;
+	for (size_t k = 0; !rc && k < root->nkids; k++) {
+		uint32_t si = root->kids[k];
+
+		if (S_ISDIR(sc->n[si].st.st_mode) && !strcmp(sc->n[si].name, ".hf_metadata"))
+			for (size_t j = 0; j < sc->n[si].nkids; j++)
+				if (!strcmp(sc->n[sc->n[si].kids[j]].name, MAP_NAME))
+					out->map_node = sc->n[si].kids[j];
+		if (qv_dcp_is_rank_file(sc->n[si].name) && st_of[si])
+			rc = add_file(out, &cap, &sc->n[si], st_of[si], src_of[si], err, errlen);
+	}
+	if (!rc)
+		rc = merge(out, err, errlen);
+	for (size_t i = 0; !rc && i < out->nt; i++)
+		rc = coverage(&out->t[i], sc, node_of_src, err, errlen);
+	if (!rc)
+		rc = assign_files(out, sc, max_file, err, errlen);
+	if (rc == -ENOMEM)
+		qv_err(err, errlen, rc, "out of memory");
+	free(node_of_src);
+	if (rc)
+		qv_dcp_free(out);
+	return rc;
+}
+
+void qv_dcp_free(struct qv_dcp *d)
+{
+	for (size_t i = 0; i < d->nt; i++) {
+		free(d->t[i].name);
+		free(d->t[i].c);
+	}
+	free(d->t);
+	memset(d, 0, sizeof(*d));
+}

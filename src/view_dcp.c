@@ -1,0 +1,216 @@
+/* view_dcp.c - the consolidated view of a sharded save: model-0000k-of-0000N.safetensors whose
+ * tensors are tiled segments over the rank files' chunks (one per tensor, never one per row),
+ * seen through the plan's window when slicing, plus the index and .hf_metadata's files. */
+#include "qv_hdr.h"
+#include "qv_plan.h"
+#include "qv_util.h"
+#include "qv_view.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAP_NAME "fqn_to_file_index_mapping.json"
+
+/* The segment of tensor x under cut c: a plain extent when one chunk is the whole window,
+ * else a tiled segment over all of x's chunks. */
+static void tensor_seg(const struct qv_dtensor *x, const struct qv_cut *c, struct qv_tile *tile,
+		       struct qv_vtensor *vt, struct qv_seg *sg)
+{
+	uint64_t bytes = qv_dtype_size(x->dtype);
+
+	*vt = (struct qv_vtensor){ .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
+	*tile = (struct qv_tile){ .ndim = x->ndim, .es = qv_dtype_size(x->dtype), .c = x->c,
+				  .nc = x->nc };
+	for (uint32_t k = 0; k < x->ndim; k++) {
+		tile->gshape[k] = tile->wshape[k] = x->shape[k];
+		if (c->sliced && k == 0)
+			tile->woff[0] = c->start, tile->wshape[0] = c->count;
+		if (c->sliced && k == 1)
+			tile->woff[1] = c->d1_start, tile->wshape[1] = c->d1_count;
+		vt->shape[k] = tile->wshape[k];
+		bytes *= tile->wshape[k];
+	}
+	vt->size = bytes;
+	*sg = (struct qv_seg){ .len = bytes, .src = QV_SEG_TILED, .tile = tile };
+	if (x->nc == 1 && !c->sliced) /* written whole by one rank: read it as it lies */
+		*sg = (struct qv_seg){ .len = bytes, .src = x->c[0].src, .soff = x->c[0].soff,
+				       .run = bytes, .stride = bytes };
+}
+
+/* Consolidated file k (1-based) under plan p into node n; its keys into fk. */
+static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, struct qv_node *n,
+		      struct qv_fkeys *fk, char *err, size_t errlen)
+{
+	const struct qv_dcp *d = &g->dcp;
+	struct qv_vtensor *vt = calloc(d->nt ? d->nt : 1, sizeof(*vt));
+	struct qv_seg *sg = calloc(d->nt ? d->nt : 1, sizeof(*sg));
+	struct qv_meta extra[7], fmt = { "format", "pt" };
+	char ebuf[6][24], why[QV_ERRLEN];
+	struct qv_buf hdr = { 0 };
+	uint64_t voff;
+	size_t nextra;
+	int rc = 0;
+
+	n->vf.tiles = calloc(d->nt ? d->nt : 1, sizeof(*n->vf.tiles));
+	fk->keys = calloc(d->nt ? d->nt : 1, sizeof(char *));
+	if (!vt || !sg || !n->vf.tiles || !fk->keys)
+		rc = -ENOMEM;
+	for (size_t i = 0; i < d->nt && !rc; i++) {
+		const struct qv_dtensor *x = &d->t[i];
+		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
+		struct qv_cut cut = { 0 };
+		bool expert;
+		char *key;
+
+		if (x->file != k)
+			continue;
+		rc = qv_plan_map_key(p, x->name, &key, &expert);
+		if (rc <= 0)
+			continue;
+		memcpy(t.shape, x->shape, sizeof(t.shape));
+		rc = expert ? qv_plan_cut(p, &t, &cut, why, sizeof(why)) : 0;
+		if (rc) {
+			free(key);
+			qv_err(err, errlen, rc, "%s", why);
+			break;
+		}
+		tensor_seg(x, &cut, &n->vf.tiles[fk->n], &vt[fk->n], &sg[fk->n]);
+		vt[fk->n].name = fk->keys[fk->n] = key;
+		fk->total += vt[fk->n].size;
+		for (size_t c = 0; c < x->nc && !rc; c++)
+			rc = qv_vfile_use_src(&n->vf, x->c[c].src);
+		fk->n++;
+	}
+	nextra = rc ? 0 : qv_view_ep_meta(g->n_experts, p, extra, ebuf);
+	if (!rc)
+		rc = qv_hdr_build(&fmt, 1, extra, nextra, vt, fk->n, &hdr);
+	if (!rc) {
+		n->vf.mem = hdr.p;
+		hdr.p = NULL;
+		rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = hdr.len, .src = QV_SEG_MEM,
+							   .mem = n->vf.mem });
+	}
+	voff = hdr.len;
+	for (size_t i = 0; i < fk->n && !rc; i++) {
+		sg[i].voff = voff;
+		voff += sg[i].len;
+		rc = qv_vfile_add(&n->vf, &sg[i]);
+	}
+	if (rc == -ENOMEM)
+		qv_err(err, errlen, rc, "out of memory");
+	qv_buf_free(&hdr);
+	free(vt);
+	free(sg);
+	return rc;
+}
+
+/* model.safetensors.index.json over every consolidated file. */
+static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, char *err,
+		       size_t errlen)
+{
+	static const char src[] = "{\"metadata\":{},\"weight_map\":{}}";
+	struct qv_wentry *w;
+	struct qv_buf out = { 0 };
+	char **keys;
+	const char *dup;
+	size_t nw = 0, cap = 0;
+	uint64_t total = 0;
+	int rc;
+
+	for (uint32_t f = 0; f < nfiles; f++)
+		cap += fk[f].n, total += fk[f].total;
+	w = calloc(cap ? cap : 1, sizeof(*w));
+	keys = calloc(cap ? cap : 1, sizeof(*keys));
+	rc = w && keys ? 0 : -ENOMEM;
+	for (uint32_t f = 0; !rc && f < nfiles; f++)
+		for (size_t i = 0; i < fk[f].n; i++, nw++)
+			w[nw] = (struct qv_wentry){ fk[f].keys[i], fk[f].file }, keys[nw] = fk[f].keys[i];
+	dup = rc ? NULL : qv_view_dup_key(keys, nw);
+	if (dup)
+		rc = qv_err(err, errlen, -EINVAL, "view key \"%s\" occurs twice", dup);
+	if (!rc)
+		rc = qv_hdr_index(src, sizeof(src) - 1, w, nw, total, &out, err, errlen);
+	if (!rc) {
+		n->vf.mem = out.p;
+		out.p = NULL;
+		rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = out.len, .src = QV_SEG_MEM,
+							   .mem = n->vf.mem });
+	}
+	qv_buf_free(&out);
+	free(w);
+	free(keys);
+	return rc;
+}
+
+/* .hf_metadata's files (not the mapping) appear at the root, as a consolidated save has them. */
+static int metadata_files(struct qv_mount *m, struct qv_gen *g, struct qv_node *dn)
+{
+	const struct qv_snode *root = &g->scan.n[0];
+	int rc = 0;
+
+	for (size_t k = 0; k < root->nkids && !rc; k++) {
+		const struct qv_snode *d = &g->scan.n[root->kids[k]];
+
+		if (!S_ISDIR(d->st.st_mode) || strcmp(d->name, ".hf_metadata"))
+			continue;
+		for (size_t j = 0; j < d->nkids && !rc; j++) {
+			uint32_t si = d->kids[j];
+			const struct qv_snode *f = &g->scan.n[si];
+			struct qv_node *n;
+
+			if (S_ISDIR(f->st.st_mode) || !strcmp(f->name, MAP_NAME))
+				continue;
+			if (qv_mount_lookup_unsorted(m, dn, f->name)) {
+				qv_log("%s: the root has a file of that name; it wins", f->rel);
+				continue;
+			}
+			n = qv_mount_node_new(m, f->name, dn->ino, false, &f->st.st_mtim);
+			rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+			if (!rc) {
+				n->vf.base = g->src;
+				rc = qv_view_passthrough(g, si, n);
+			}
+		}
+	}
+	return rc;
+}
+
+int qv_view_dcp(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
+		char *err, size_t errlen)
+{
+	uint32_t nf = g->dcp.nfiles;
+	struct qv_fkeys *fk = calloc(nf ? nf : 1, sizeof(*fk));
+	char (*names)[64] = calloc(nf ? nf : 1, sizeof(*names));
+	struct qv_node *n;
+	int rc = fk && names ? 0 : -ENOMEM;
+
+	for (uint32_t k = 1; k <= nf && !rc; k++) {
+		snprintf(names[k - 1], sizeof(names[k - 1]), "model-%05u-of-%05u.safetensors", k, nf);
+		n = qv_mount_node_new(m, names[k - 1], dn->ino, false, &dn->mtime);
+		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+		if (rc)
+			break;
+		n->vf.base = g->src;
+		fk[k - 1].file = names[k - 1];
+		rc = build_file(g, p, k, n, &fk[k - 1], err, errlen);
+	}
+	if (!rc) {
+		n = qv_mount_node_new(m, "model.safetensors.index.json", dn->ino, false, &dn->mtime);
+		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+		if (!rc)
+			rc = build_index(fk, nf, n, err, errlen);
+	}
+	if (!rc)
+		rc = metadata_files(m, g, dn);
+	if (!rc)
+		qv_mount_sort_kids(m, dn);
+	if (rc == -ENOMEM)
+		qv_err(err, errlen, rc, "out of memory");
+	for (uint32_t k = 0; fk && k < nf; k++)
+		qv_fkeys_fini(&fk[k]);
+	free(fk);
+	free(names);
+	return rc;
+}
