@@ -75,6 +75,28 @@ static int check_ranks(const struct qv_scan *sc, char *err, size_t errlen)
 	return 0;
 }
 
+static int cmp_item(const void *a, const void *b)
+{
+	return strcmp((*(cJSON *const *)a)->string, (*(cJSON *const *)b)->string);
+}
+
+/* The entries of info sorted by name, so each tensor finds its own in log time (a linear
+ * lookup per tensor is quadratic in a file's tensors). */
+static cJSON **sorted_items(cJSON *info, size_t *n)
+{
+	cJSON **v;
+
+	*n = (size_t)cJSON_GetArraySize(info);
+	v = malloc((*n ? *n : 1) * sizeof(*v));
+	if (!v)
+		return NULL;
+	*n = 0;
+	for (cJSON *c = info->child; c; c = c->next)
+		v[(*n)++] = c;
+	qsort(v, *n, sizeof(*v), cmp_item);
+	return v;
+}
+
 /* One rank file: every tensor's chunk, with its offsets from DCP_SHARDING_INFO. */
 static int add_file(struct qv_dcp *d, size_t *cap, const struct qv_snode *f, const struct qv_st *st,
 		    uint32_t src, char *err, size_t errlen)
@@ -83,14 +105,21 @@ static int add_file(struct qv_dcp *d, size_t *cap, const struct qv_snode *f, con
 	cJSON *j = info ? cJSON_Parse(info) : NULL;
 	int rc = 0;
 
+	cJSON **items = NULL;
+	size_t nitems = 0;
+
 	if (!cJSON_IsObject(j)) {
 		cJSON_Delete(j);
 		return qv_err(err, errlen, -EINVAL, "%s: no valid %s in __metadata__", f->rel, INFO_KEY);
 	}
+	items = sorted_items(j, &nitems);
+	if (!items)
+		rc = -ENOMEM;
 	for (size_t i = 0; i < st->nt && !rc; i++) {
 		const struct qv_tensor *t = &st->t[i];
-		cJSON *e = cJSON_GetObjectItemCaseSensitive(j, t->name);
-		cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "saved_offsets");
+		cJSON key = { .string = t->name }, *kp = &key;
+		cJSON **e = bsearch(&kp, items, nitems, sizeof(*items), cmp_item);
+		cJSON *offs = e ? cJSON_GetObjectItemCaseSensitive(*e, "saved_offsets") : NULL;
 		struct qv_dtensor *x;
 		struct qv_chunk *c;
 		uint32_t k = 0;
@@ -103,16 +132,20 @@ static int add_file(struct qv_dcp *d, size_t *cap, const struct qv_snode *f, con
 		if (d->nt == *cap) {
 			*cap = *cap ? *cap * 2 : 256;
 			x = realloc(d->t, *cap * sizeof(*x));
-			if (!x)
-				return cJSON_Delete(j), -ENOMEM;
+			if (!x) {
+				rc = -ENOMEM;
+				break;
+			}
 			d->t = x;
 		}
 		x = &d->t[d->nt++];
 		memset(x, 0, sizeof(*x));
 		x->name = strdup(t->name);
 		x->c = c = calloc(1, sizeof(*c));
-		if (!x->name || !c)
-			return cJSON_Delete(j), -ENOMEM;
+		if (!x->name || !c) {
+			rc = -ENOMEM;
+			break;
+		}
 		x->nc = 1;
 		x->dtype = t->dtype;
 		x->ndim = t->ndim;
@@ -128,6 +161,7 @@ static int add_file(struct qv_dcp *d, size_t *cap, const struct qv_snode *f, con
 			c->shape[k] = t->shape[k];
 		}
 	}
+	free(items);
 	cJSON_Delete(j);
 	return rc;
 }

@@ -184,6 +184,13 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 		rc = check_experts(m, err, errlen);
 		if (rc)
 			return rc;
+		/* the rank files' own tensor lists are not needed past this point (the chunks know
+		 * where their bytes are): give back what can be tens of MB for a large save */
+		for (size_t i = 0; i < m->scan.nn; i++)
+			if (m->st_of[i] && qv_dcp_is_rank_file(m->scan.n[i].name)) {
+				qv_st_free(m->st_of[i]);
+				m->st_of[i]->nt = 0;
+			}
 		/* chunks hold a rank's experts: the count comes from the consolidated shape */
 		m->n_experts = 0;
 		for (size_t i = 0; i < m->dcp.nt && !m->n_experts; i++)

@@ -36,6 +36,9 @@ fi
 for p in 30b-a3b 235b-a22b; do
 	[ -f "$W/$p/.complete" ] || { rm -rf "$W/$p"; "$MK" --preset $p --sparse "$W/$p" >/dev/null && touch "$W/$p/.complete"; }
 done
+[ -f "$W/235b-dcp64/.complete" ] || { rm -rf "$W/235b-dcp64"; "$MK" --preset 235b-a22b --sparse \
+	--sharded-save 64 --save-shard-size 2 --dense-split "$W/235b-dcp64" >/dev/null &&
+	touch "$W/235b-dcp64/.complete"; }
 [ -f "$W/100k/.complete" ] || { rm -rf "$W/100k"; "$MK" --layers 9080 --hidden 16 --moe-inter 8 \
 	--experts 4 --vocab 64 --heads 2 --kv-heads 1 --head-dim 8 --vision-depth 1 \
 	--vision-hidden 8 --vision-inter 8 --shards 64 --sparse "$W/100k" >/dev/null && touch "$W/100k/.complete"; }
@@ -182,9 +185,13 @@ for io in uring pread; do
 	printf '5    source bytes read %s, minimal %s: %s x\n' "$2" "$minimal" "$(echo "scale=4; $2 / $minimal" | bc)"
 	printf '5\tsource bytes io=%s\t%s\t\tminimal bytes\t%s\t%s\n' "$io" "$2" "$minimal" "$(echo "scale=4; $2 / $minimal" | bc)" >>"$TSV"
 done
-for l in 30b-a3b 235b-a22b 100k; do
+for l in 30b-a3b 235b-a22b 235b-dcp64 100k; do
 	want 6 || break
-	n=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["weight_map"]))' "$W/$l/model.safetensors.index.json")
+	n=$(python3 -c 'import json,os,sys
+d = sys.argv[1]
+p = f"{d}/model.safetensors.index.json"
+print(len(json.load(open(p))["weight_map"]) if os.path.exists(p) else
+      len(json.load(open(f"{d}/.hf_metadata/fqn_to_file_index_mapping.json"))))' "$W/$l")
 	set -- $(mount_ready "$W/$l")
 	printf '6    mount to ready %-10s %7d tensors %9.1f ms %6.2f ms/1k tensors  peak RSS %6.1f MiB\n' \
 		"$l" "$n" "$1" "$(echo "scale=3; $1 * 1000 / $n" | bc)" "$(echo "scale=1; $2 / 1024" | bc)"
