@@ -4,7 +4,7 @@ SBINDIR ?= /sbin
 BUILD ?= build
 CC ?= cc
 PKGS := fuse3 liburing libcjson
-DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3
+DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 attr
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 ifdef WERROR
@@ -21,7 +21,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util st plan scan hdr vfile dcp gen view view_dcp mount io stage
+CORE := util st plan scan hdr vfile dcp gen view view_dcp inspect mount io stage
 # GPU staging: built against the CUDA runtime headers when present, loaded with dlopen
 CUDA_HOME ?= /usr/local/cuda
 ifneq ($(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h),)
@@ -44,7 +44,7 @@ $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
 $(BUILD)/gpu_cuda.o: src/gpu_cuda.c $(wildcard include/*.h) | $(BUILD)
 	$(CC) $(ALL_CFLAGS) $(GPU_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/stage_cli.o \
+$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
 		$(BUILD)/fs.o $(BUILD)/main.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS) -ldl
 
@@ -121,9 +121,12 @@ install: $(BIN)
 	sed 's|@BIN@|$(PREFIX)/bin/qvlmoefs|' mount-scripts/mount.fuse.qvlmoefs \
 		>$(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
 	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0644 mount-scripts/qvlmoefs.8 $(DESTDIR)$(PREFIX)/share/man/man8/qvlmoefs.8
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/qvlmoefs $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
+	rm -f $(DESTDIR)$(PREFIX)/bin/qvlmoefs $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs \
+		$(DESTDIR)$(PREFIX)/share/man/man8/qvlmoefs.8
 
 clean:
 	rm -rf $(BUILD)

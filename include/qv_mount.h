@@ -32,6 +32,15 @@ struct qv_node {
 	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
 	atomic_bool ready;  /* a lazy folder's entries exist */
 	int dyn;	    /* a file of .qvlmoefs/ made when opened: QV_DYN_*, else 0 */
+	struct qv_tinfo *ti; /* .qvlmoefs/tensors/ files: what the tensor is */
+};
+
+/* A tensor of a view, as .qvlmoefs/tensors/<key> and `inspect --keys` describe it. */
+struct qv_tinfo {
+	char *file;	/* its virtual safetensors file, relative to the view root */
+	char *dtype;	/* e.g. "BF16" */
+	char *shape;	/* e.g. "[16,2048,1536]" */
+	const struct qv_vfile *in; /* the virtual file, for the source of its extents */
 };
 
 enum { QV_DYN_STATS = 1, QV_DYN_GPU = 2 };
@@ -39,7 +48,9 @@ enum { QV_DYN_STATS = 1, QV_DYN_GPU = 2 };
 #define QV_HIDDEN ".qvlmoefs"
 
 struct qv_stats {
-	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens;
+	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens, releases;
+	atomic_uint_least64_t bytes_uring, bytes_pread; /* bytes_src by backend */
+	struct timespec start;
 };
 
 struct qv_mount {

@@ -74,6 +74,11 @@ struct qv_rdscratch {
 /* Append a segment; contiguous plain runs of one source merge into the previous one. */
 int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s);
 
+/* Make dst (zeroed) the bytes [off, off+len) of src: its segments, trimmed, sharing src's
+ * memory and tiles (src must outlive dst). -EINVAL when a cut falls inside a strided or tiled
+ * segment; 0 or -ENOMEM. */
+int qv_vfile_slice(struct qv_vfile *dst, const struct qv_vfile *src, uint64_t off, uint64_t len);
+
 /* Record that vf reads source i (kept unique). */
 int qv_vfile_use_src(struct qv_vfile *vf, uint32_t i);
 

@@ -1,6 +1,7 @@
 /* fs.c - the FUSE low-level handlers. Each one asks the FUSE-free core and replies exactly once;
  * mutations get EROFS. Sources are immutable while mounted, so the kernel may cache for long. */
 #include "qv_fs.h"
+#include "qv_inspect.h"
 #include "qv_util.h"
 
 #include <errno.h>
@@ -11,7 +12,6 @@
 #include <unistd.h>
 
 #define CACHE_TIMEOUT 86400.0
-#define QV_XATTR_STATS "user.qvlmoefs.stats"
 #define READ_BUF_MIN (1u << 20)
 
 /* What a worker thread keeps between requests: nothing is allocated per read. */
@@ -360,28 +360,28 @@ static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t si
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_node(fs->m, ino);
 	struct qv_buf b = { 0 };
+	int rc = n ? qv_inspect_xattr(fs->m, n, name, &b) : -ENOENT;
 
-	if (ino != FUSE_ROOT_ID || strcmp(name, QV_XATTR_STATS)) {
-		fuse_reply_err(req, ENODATA);
-		return;
-	}
-	if (qv_mount_stats_json(fs->m, &b)) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	reply_xattr(req, b.p, b.len, size);
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else
+		reply_xattr(req, b.p ? b.p : "", b.len, size);
 	qv_buf_free(&b);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	static const char names[] = QV_XATTR_STATS; /* with its NUL: the list format */
+	struct qv_node *n = qv_mount_node(fs_of(req)->m, ino);
+	struct qv_buf b = { 0 };
+	int rc = n ? qv_inspect_xattr_names(n, &b) : -ENOENT;
 
-	if (ino == FUSE_ROOT_ID)
-		reply_xattr(req, names, sizeof(names), size);
+	if (rc)
+		fuse_reply_err(req, -rc);
 	else
-		reply_xattr(req, "", 0, size);
+		reply_xattr(req, b.p ? b.p : "", b.len, size);
+	qv_buf_free(&b);
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)

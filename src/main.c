@@ -3,6 +3,7 @@
 #include "qv_bdi.h"
 #include "qv_fs.h"
 #include "qv_gpu.h"
+#include "qv_inspect.h"
 #include "qv_opts.h"
 #include "qv_stage.h"
 #include "qv_util.h"
@@ -17,12 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef QV_VERSION
-#define QV_VERSION "0.1.0"
-#endif
 
-/* SIGHUP rescans the source. The signal is blocked in every thread and taken here with
- * sigwait, so the rescan runs outside signal context and outside request handlers. */
+/* SIGHUP rescans the source, SIGUSR1 logs the counters. Both are blocked in every thread and
+ * taken here with sigwait, so the work runs outside signal context and request handlers. */
 struct rescanner {
 	pthread_t thread;
 	struct qv_fs *fs;
@@ -38,8 +36,18 @@ static void *rescan_thread(void *arg)
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGHUP);
-	while (sigwait(&set, &sig) == 0 && !atomic_load(&r->stop))
-		qv_fs_rescan(r->fs, r->se);
+	sigaddset(&set, SIGUSR1);
+	while (sigwait(&set, &sig) == 0 && !atomic_load(&r->stop)) {
+		struct qv_buf b = { 0 };
+
+		if (sig == SIGHUP) {
+			qv_fs_rescan(r->fs, r->se);
+		} else if (qv_mount_stats_json(r->fs->m, &b) == 0) {
+			b.p[b.len - 1] = '\0'; /* one line: drop the newline */
+			qv_log("stats %s", b.p);
+		}
+		qv_buf_free(&b);
+	}
 	return NULL;
 }
 
@@ -124,14 +132,17 @@ int main(int argc, char *argv[])
 
 	if (argc > 1 && !strcmp(argv[1], "stage"))
 		return qv_stage_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "inspect"))
+		return qv_inspect_main(argc - 1, argv + 1);
 	if (qv_opts_parse(&args, &o) == -1)
 		goto out_args;
 	if (fuse_parse_cmdline(&args, &copts) != 0)
 		goto out_args;
 	if (copts.show_help) {
 		printf("usage: %s [options] SOURCE MOUNTPOINT\n"
+		       "       %s inspect SOURCE [-o options] [--keys] [--json]\n"
 		       "       %s stage SOURCE [-o options] [--device N] [--all] (see stage --help)\n\n",
-		       argv[0], argv[0]);
+		       argv[0], argv[0], argv[0]);
 		qv_opts_help();
 		fuse_cmdline_help();
 		fuse_lowlevel_help();
@@ -187,6 +198,7 @@ int main(int argc, char *argv[])
 	/* after daemonizing: threads do not survive the fork */
 	sigemptyset(&hup);
 	sigaddset(&hup, SIGHUP);
+	sigaddset(&hup, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &hup, NULL);
 	rs.fs = &fs;
 	rs.se = se;

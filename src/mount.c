@@ -3,6 +3,7 @@
 #include "qv_mount.h"
 #include "qv_util.h"
 #include "qv_view.h"
+#include "qv_inspect.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -106,22 +107,6 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	return rc;
 }
 
-/* The inspection folder at the root: loaders that glob *.safetensors never look inside, and
- * no index names it. Its files are made when opened. */
-static int make_hidden(struct qv_mount *m, struct qv_node *top)
-{
-	struct qv_node *h = qv_mount_node_new(m, QV_HIDDEN, top->ino, true, &top->mtime), *f;
-	int rc = h ? qv_node_add_kid(top, h->ino) : -ENOMEM;
-
-	if (!rc && (f = qv_mount_node_new(m, "stats", h->ino, false, &top->mtime)))
-		f->dyn = QV_DYN_STATS, rc = qv_node_add_kid(h, f->ino);
-	if (!rc && m->o.gpu_json && (f = qv_mount_node_new(m, "gpu.json", h->ino, false, &top->mtime)))
-		f->dyn = QV_DYN_GPU, rc = qv_node_add_kid(h, f->ino);
-	if (!rc)
-		qsort_r(top->kids, top->nkids, sizeof(*top->kids), cmp_node_name, m);
-	return rc;
-}
-
 /* Load a generation and build its root folder; the root gets inode 1 whatever its slot. */
 static int load_view(struct qv_mount *m, char *err, size_t errlen)
 {
@@ -146,8 +131,9 @@ static int load_view(struct qv_mount *m, char *err, size_t errlen)
 	top->ino = top->parent = 1;
 	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
 				   qv_view_build(m, g, &g->plans[0], 0, top, err, errlen);
-	if (!rc && make_hidden(m, top))
-		rc = qv_err(err, errlen, -ENOMEM, "out of memory");
+	if (!rc)
+		rc = qv_inspect_folder(m, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
+				       errlen);
 	if (!rc)
 		atomic_store(&m->top, top);
 	return rc;
@@ -159,6 +145,7 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 	memset(m, 0, sizeof(*m));
 	m->o = *o;
 	err[0] = '\0';
+	clock_gettime(CLOCK_MONOTONIC, &m->stats.start);
 	pthread_mutex_init(&m->lock, NULL);
 	m->chunk = calloc(QV_MAX_CHUNKS, sizeof(*m->chunk));
 	/* absolute, since the daemon's working folder changes when it detaches */
@@ -196,7 +183,12 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 			qv_log("%s: %s", dir->name, err);
 			dir->nkids = 0; /* a later call tries again from scratch */
 		} else {
-			atomic_store_explicit(&dir->ready, true, memory_order_release);
+			rc = qv_inspect_folder(m, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
+					       sizeof(err));
+			if (rc)
+				qv_log("%s: %s", dir->name, err);
+			else
+				atomic_store_explicit(&dir->ready, true, memory_order_release);
 		}
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -213,6 +205,12 @@ void qv_mount_fini(struct qv_mount *m)
 		free(n->name);
 		free(n->kids);
 		qv_vfile_fini(&n->vf);
+		if (n->ti) {
+			free(n->ti->file);
+			free(n->ti->dtype);
+			free(n->ti->shape);
+			free(n->ti);
+		}
 	}
 	for (size_t c = 0; m->chunk && c < QV_MAX_CHUNKS && m->chunk[c]; c++)
 		free(m->chunk[c]);
@@ -259,7 +257,6 @@ struct qv_node *qv_mount_lookup_unsorted(struct qv_mount *m, const struct qv_nod
 
 int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 {
-	atomic_fetch_add(&m->stats.opens, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++) {
 		/* checks the source is unchanged, and opens it now, so running out of descriptors
 		 * fails open(), not a read */
@@ -272,12 +269,13 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 			return rc;
 		}
 	}
+	atomic_fetch_add(&m->stats.opens, 1);
 	return 0;
 }
 
 void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
 {
-	(void)m;
+	atomic_fetch_add(&m->stats.releases, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++)
 		qv_source_put(&n->vf.base[n->vf.srcs[i]]);
 }
@@ -295,6 +293,9 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 	}
 	atomic_fetch_add(&m->stats.bytes_served, *got);
 	atomic_fetch_add(&m->stats.bytes_src, from_src);
+	atomic_fetch_add(qv_io_backend_of(io) == QV_IO_URING ? &m->stats.bytes_uring :
+							       &m->stats.bytes_pread,
+			 from_src);
 	return 0;
 }
 
@@ -320,13 +321,23 @@ uint64_t qv_mount_bytes(struct qv_mount *m)
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 {
 	struct qv_stats *s = &m->stats;
+	struct timespec now;
+	uint64_t opens = atomic_load(&s->opens), releases = atomic_load(&s->releases);
 
+	clock_gettime(CLOCK_MONOTONIC, &now);
 	return qv_buf_printf(out,
-			     "{\"reads\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
-			     "\"errors\":%llu,\"opens\":%llu,\"nodes\":%zu}\n",
+			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
+			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
+			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%zu,"
+			     "\"uptime_s\":%.3f}\n",
 			     (unsigned long long)atomic_load(&s->reads),
 			     (unsigned long long)atomic_load(&s->bytes_served),
 			     (unsigned long long)atomic_load(&s->bytes_src),
-			     (unsigned long long)atomic_load(&s->errors),
-			     (unsigned long long)atomic_load(&s->opens), atomic_load(&m->nnodes));
+			     (unsigned long long)atomic_load(&s->bytes_uring),
+			     (unsigned long long)atomic_load(&s->bytes_pread),
+			     (unsigned long long)atomic_load(&s->errors), (unsigned long long)opens,
+			     (unsigned long long)(opens > releases ? opens - releases : 0),
+			     atomic_load(&m->nnodes),
+			     (double)(now.tv_sec - s->start.tv_sec) +
+				     (double)(now.tv_nsec - s->start.tv_nsec) / 1e9);
 }

@@ -81,7 +81,9 @@ static int select_dir(struct qv_mount *m, struct qv_node *dir, const char *prefi
 
 		if (!path)
 			return qv_err(err, errlen, -ENOMEM, "out of memory");
-		if (n->dir)
+		if (n->dir && !strcmp(n->name, QV_HIDDEN))
+			; /* the inspection folder's tensor files are the same tensors again */
+		else if (n->dir)
 			rc = select_dir(m, n, path, all, st, err, errlen);
 		else if (qv_ends_with(n->name, ".safetensors"))
 			rc = select_file(st, path, n, all, err, errlen);

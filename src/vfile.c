@@ -38,6 +38,35 @@ int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s)
 	return 0;
 }
 
+int qv_vfile_slice(struct qv_vfile *dst, const struct qv_vfile *src, uint64_t off, uint64_t len)
+{
+	int rc = 0;
+
+	dst->base = src->base;
+	for (size_t i = 0; i < src->nsrcs && !rc; i++)
+		rc = qv_vfile_use_src(dst, src->srcs[i]);
+	for (size_t i = 0; i < src->nseg && !rc; i++) {
+		struct qv_seg s = src->seg[i];
+		uint64_t a = off > s.voff ? off - s.voff : 0;
+		uint64_t e = off + len < s.voff + s.len ? off + len - s.voff : s.len;
+
+		if (s.voff + s.len <= off || s.voff >= off + len)
+			continue;
+		if (a || e != s.len) {
+			if (s.src == QV_SEG_TILED || (s.src != QV_SEG_MEM && s.run != s.len))
+				return -EINVAL;
+			if (s.src == QV_SEG_MEM)
+				s.mem += a;
+			else
+				s.soff += a, s.run = s.stride = e - a;
+		}
+		s.len = e - a;
+		s.voff = s.voff + a - off;
+		rc = qv_vfile_add(dst, &s);
+	}
+	return rc;
+}
+
 int qv_vfile_use_src(struct qv_vfile *vf, uint32_t i)
 {
 	uint32_t *p;

@@ -58,7 +58,7 @@ static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, con
 	s->stride = d1 * row;
 	s->len = c->count * s->run;
 	if (s->run == s->stride || c->count <= 1)
-		s->stride = s->run; /* contiguous after all */
+		s->run = s->stride = s->len; /* contiguous after all: one run, one read */
 	if (s->run == 0)
 		s->len = 0;
 	vt->size = s->len;

@@ -210,7 +210,7 @@ t_concurrent_readers() {
 t_uring_and_pread_identical() {
 	mnt "$T/odd" "$T/m1" -o io=uring
 	mnt "$T/odd" "$T/m2" -o io=pread
-	diff -r "$T/m1" "$T/m2"
+	diff -r -x .qvlmoefs "$T/m1" "$T/m2"
 	$CHECK "$T/odd" "$T/m2"
 }
 
@@ -323,8 +323,8 @@ stat_field() {
 	python3 -c 'import json,os,sys; print(json.loads(os.getxattr(sys.argv[1], "user.qvlmoefs.stats"))[sys.argv[2]])' "$1" "$2"
 }
 
-read_all() { # read every file below a folder with plain reads
-	find "$1" -type f -print0 | xargs -0 cat >/dev/null
+read_all() { # read every file below a folder with plain reads (not the inspection folder)
+	find "$1" -name .qvlmoefs -prune -o -type f -print0 | xargs -0 cat >/dev/null
 }
 
 t_ep_every_rank() {
@@ -854,6 +854,144 @@ PY
 	echo "$out"
 	case $out in *'tensor "w": no chunk covers dim 0 [2, 4)'*) ;; *) return 1 ;; esac
 	! mountpoint -q "$T/m"
+}
+
+# check_inspection VIEWROOT SRCROOT: .qvlmoefs/ of one view root against the view's own files
+check_inspection() {
+	python3 - "$1" "$2" <<'PY'
+import json, os, struct, sys
+view, src = sys.argv[1:]
+h = os.path.join(view, ".qvlmoefs")
+stats = json.load(open(f"{h}/stats"))
+for k in ("requests", "bytes_served", "bytes_from_sources", "bytes_from_sources_uring",
+          "bytes_from_sources_pread", "errors", "open_files", "uptime_s"):
+    assert k in stats, k
+vj = json.load(open(f"{h}/view.json"))
+assert vj["source"] == os.path.realpath(src), vj
+ntensors = 0
+for dirpath, _, files in os.walk(view):
+    if ".qvlmoefs" in dirpath:
+        continue
+    for f in files:
+        p = os.path.join(dirpath, f)
+        rel = os.path.relpath(p, view)
+        x = os.getxattr(p, "user.qvlmoefs.source").decode()
+        if not f.endswith(".safetensors"):
+            if not f.endswith(".index.json"):
+                assert x == rel or os.path.exists(os.path.join(src, x)), (rel, x)
+            continue
+        raw = open(p, "rb").read()
+        n = struct.unpack("<Q", raw[:8])[0]
+        hdr = json.loads(raw[8:8 + n])
+        assert json.load(open(f"{h}/headers/{rel}.json")) == hdr, rel
+        for key, t in hdr.items():
+            if key == "__metadata__":
+                continue
+            tp = f"{h}/tensors/{key}"
+            b, e = t["data_offsets"]
+            assert open(tp, "rb").read() == raw[8 + n + b:8 + n + e], key
+            assert os.getxattr(tp, "user.qvlmoefs.dtype").decode() == t["dtype"]
+            assert json.loads(os.getxattr(tp, "user.qvlmoefs.shape")) == t["shape"]
+            assert os.getxattr(tp, "user.qvlmoefs.file").decode() == rel
+            assert os.getxattr(tp, "user.qvlmoefs.extents")
+            ntensors += 1
+assert ntensors == len(os.listdir(f"{h}/tensors")), (ntensors, len(os.listdir(f"{h}/tensors")))
+print(f"{view}: {ntensors} tensor files, headers, xattrs and view.json agree")
+PY
+}
+
+t_inspection_folder_and_xattrs() {
+	mnt "$T/e10" "$T/m1"
+	check_inspection "$T/m1" "$T/e10"
+	mnt "$T/native" "$T/m2"
+	check_inspection "$T/m2" "$T/native"
+	mnt "$T/e10n" "$T/m3" -o ep_size=4,ep_shard_size=2
+	check_inspection "$T/m3/ep-rank-3-shard-1" "$T/e10n"
+	grep -q '"ep_rank": 3' "$T/m3/ep-rank-3-shard-1/.qvlmoefs/view.json"
+	grep -q '"expert_start": 8' "$T/m3/ep-rank-3-shard-1/.qvlmoefs/view.json"
+	[ -f "$T/m3/.qvlmoefs/stats" ]
+	getfattr -d -m - "$T/m1/.qvlmoefs/tensors/model.language_model.layers.1.mlp.experts.down_projs" |
+		grep -q 'user.qvlmoefs.shape="\[10,40,48\]"'
+	getfattr -n user.qvlmoefs.source --only-values "$T/m1/model-00001-of-00002.safetensors" |
+		grep -qx "model-00001-of-00002.safetensors"
+	cmp <(xxd "$T/m1/.qvlmoefs/tensors/lm_head.weight") \
+		<(python3 -c 'import json,struct,sys
+f=open(sys.argv[1],"rb"); n=struct.unpack("<Q",f.read(8))[0]; t=json.loads(f.read(n))["lm_head.weight"]
+f.seek(8+n+t["data_offsets"][0]); sys.stdout.buffer.write(f.read(t["data_offsets"][1]-t["data_offsets"][0]))' \
+		"$T/e10/model-00002-of-00002.safetensors" | xxd)
+}
+
+t_inspect_agrees_with_mount() {
+	local o
+	for o in "" "-o ep_size=4,ep_rank=2" "-o ep_size=2" "-o view=hf"; do
+		local src=$T/e10
+		[ "$o" = "-o view=hf" ] && src=$T/native
+		"$QV" inspect "$src" $o --keys --json >"$T/inspect.json"
+		mnt "$src" "$T/m" $o
+		python3 - "$T/inspect.json" "$T/m" <<'PY'
+import json, os, struct, sys
+rep, mnt = json.load(open(sys.argv[1])), sys.argv[2]
+files = {}
+for d, dirs, fs in os.walk(mnt):
+    dirs[:] = [x for x in dirs if x != ".qvlmoefs"]
+    for f in fs:
+        p = os.path.join(d, f)
+        files[os.path.relpath(p, mnt)] = os.path.getsize(p)
+got = {f["path"]: f["size"] for f in rep["files"]}
+assert got == files, (sorted(set(got) ^ set(files)))
+keys = 0
+for k in rep["keys"]:
+    p = os.path.join(mnt, k["folder"], k["file"])
+    raw = open(p, "rb")
+    n = struct.unpack("<Q", raw.read(8))[0]
+    t = json.loads(raw.read(n))[k["view_key"]]
+    assert t["shape"] == k["view_shape"] and t["dtype"] == k["dtype"], k
+    assert k["source_key"], k
+    keys += 1
+assert keys > 0
+print(f"inspect: {len(files)} files and {keys} keys agree with the mount")
+PY
+		umnt "$T/m"
+	done
+	# the same planning errors as the mount, without mounting
+	local out
+	out=$("$QV" inspect "$T/e10" -o ep_size=11 2>&1) && return 1
+	echo "$out" | grep -q "ep_size=11 exceeds its 10 experts"
+	mkdir -p "$T/dup" && cp "$T/e10/config.json" "$T/dup/"
+	python3 -c 'import struct,sys
+h=b"{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}"
+open(sys.argv[1],"wb").write(struct.pack("<Q",len(h))+h+b"x")' "$T/dup/model.safetensors"
+	out=$("$QV" inspect "$T/dup" 2>&1) && return 1
+	echo "$out"
+	[ "$out" = "$("$QV" "$T/dup" "$T/m" 2>&1)" ] # word for word the mount's error
+}
+
+t_sigusr1_and_debug_log() {
+	: >"$T/daemon.log"
+	daemon_fg "$T/e10" "$T/m"
+	cat "$T/m/config.json" >/dev/null
+	kill -USR1 $DPID
+	sleep 0.3
+	grep -q 'qvlmoefs: stats {"requests":' "$T/daemon.log"
+	umnt "$T/m"
+	wait $DPID
+	"$QV" -o debug "$T/e10" "$T/m" >"$T/debug.log" 2>&1 &
+	DPID=$!
+	for _ in $(seq 1 100); do mountpoint -q "$T/m" && break; sleep 0.05; done
+	cat "$T/m/config.json" >/dev/null
+	umnt "$T/m"
+	wait $DPID
+	grep -q "opcode: LOOKUP" "$T/debug.log" && grep -q "opcode: READ" "$T/debug.log"
+}
+
+t_man_page_and_help() {
+	grep -q '^.TH QVLMOEFS 8' "$ROOT/mount-scripts/qvlmoefs.8"
+	if command -v man >/dev/null; then man -l "$ROOT/mount-scripts/qvlmoefs.8" | grep -q "SIGUSR1"; fi
+	local d=$T/inst
+	make -s -C "$ROOT" install BUILD="$BUILD" DESTDIR="$d" >/dev/null
+	[ -f "$d/usr/local/share/man/man8/qvlmoefs.8" ] && [ -x "$d/usr/local/bin/qvlmoefs" ]
+	"$QV" --help | grep -q "inspect SOURCE"
+	"$QV" inspect --help | grep -q -- "--keys"
 }
 
 tests=$(declare -F | awk '{print $3}' | sed -n 's/^t_//p')

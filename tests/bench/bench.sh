@@ -107,7 +107,7 @@ ep_load() {
 		mount_qv "ep_size=32,$1"
 		t0=$(date +%s.%N)
 		for r in 0 1 2 3 4 5 6 7; do
-			$QB read 1048576 $(ls "$M/ep-rank-$r"/*) >/dev/null &
+			$QB read 1048576 "$M/ep-rank-$r"/* >/dev/null &
 		done
 		wait
 		t1=$(date +%s.%N)

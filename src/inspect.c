@@ -1,0 +1,282 @@
+/* inspect.c - the hidden .qvlmoefs/ folder and the xattrs. Everything here is made from the
+ * view itself (its synthesized headers and segments), so what it shows is what is served. */
+#include "qv_inspect.h"
+#include "qv_gpu.h"
+#include "qv_st.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define X_STATS "user.qvlmoefs.stats"
+#define X_SOURCE "user.qvlmoefs.source"
+#define X_EXTENTS "user.qvlmoefs.extents"
+#define X_DTYPE "user.qvlmoefs.dtype"
+#define X_SHAPE "user.qvlmoefs.shape"
+#define X_FILE "user.qvlmoefs.file"
+
+/* A child of dir: a folder, or a file of memory bytes (taken over) / dynamic content. */
+static struct qv_node *child(struct qv_mount *m, struct qv_node *dir, const char *name, bool isdir)
+{
+	struct qv_node *n = qv_mount_lookup_unsorted(m, dir, name);
+
+	if (n)
+		return n;
+	n = qv_mount_node_new(m, name, dir->ino, isdir, &dir->mtime);
+	if (n && qv_node_add_kid(dir, n->ino))
+		return NULL;
+	return n;
+}
+
+static int mem_file(struct qv_mount *m, struct qv_node *dir, const char *name, struct qv_buf *b)
+{
+	struct qv_node *n = child(m, dir, name, false);
+
+	if (!n)
+		return -ENOMEM;
+	n->vf.mem = b->p;
+	b->p = NULL;
+	return qv_vfile_add(&n->vf, &(struct qv_seg){ .len = b->len, .src = QV_SEG_MEM,
+						     .mem = n->vf.mem });
+}
+
+static int view_json(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
+		     struct qv_buf *b)
+{
+	static const char *const naming[] = { "hf", "native" };
+	uint64_t start = 0, count = g->n_experts;
+	int rc;
+
+	if (p && p->o.ep_size)
+		qv_plan_ep_range(g->n_experts, p->o.ep_size, p->o.ep_rank, &start, &count);
+	rc = qv_buf_adds(b, "{\n  \"source\": ");
+	if (!rc)
+		rc = qv_buf_json_str(b, g->scan.root, strlen(g->scan.root));
+	if (!rc)
+		rc = qv_buf_printf(b,
+				   ",\n  \"source_naming\": \"%s\",\n  \"view_naming\": \"%s\","
+				   "\n  \"sharded_save\": %s,\n  \"experts\": %llu,",
+				   naming[g->src_naming], p ? naming[p->o.view] : "(rank folders)",
+				   g->sharded ? "true" : "false", (unsigned long long)g->n_experts);
+	if (!rc && p && p->o.ep_size)
+		rc = qv_buf_printf(b,
+				   "\n  \"ep_size\": %u,\n  \"ep_rank\": %u,\n  \"expert_start\": %llu,"
+				   "\n  \"expert_end\": %llu,\n  \"ep_shard_size\": %u,"
+				   "\n  \"ep_shard_rank\": %u,",
+				   p->o.ep_size, p->o.ep_rank, (unsigned long long)start,
+				   (unsigned long long)(start + count),
+				   p->o.shard_size ? p->o.shard_size : 1, p->o.shard_rank);
+	if (!rc && !p && m->o.ep_size)
+		rc = qv_buf_printf(b, "\n  \"ep_size\": %u,", m->o.ep_size);
+	if (!rc)
+		rc = qv_buf_printf(b,
+				   "\n  \"io\": \"%s\",\n  \"build\": {\"version\": \"%s\", \"gpu\": \"%s\"},"
+				   "\n  \"features\": [\"hf-native\", \"expert-parallel\", "
+				   "\"sharded-saves\", \"rescan\", \"gpu-staging\"]\n}\n",
+				   m->o.io.backend == QV_IO_URING ? "uring" : "pread", QV_VERSION,
+				   qv_gpu_build());
+	return rc;
+}
+
+/* The virtual header of vf, parsed; 0 or -EINVAL. */
+static int vheader(const struct qv_vfile *vf, struct qv_st *st, const char **json, uint64_t *n)
+{
+	char why[QV_ERRLEN];
+
+	*n = 0;
+	if (vf->nseg == 0 || vf->seg[0].src != QV_SEG_MEM || vf->seg[0].len < 8)
+		return -EINVAL;
+	for (int i = 7; i >= 0; i--)
+		*n = *n << 8 | (unsigned char)vf->seg[0].mem[i];
+	*json = vf->seg[0].mem + 8;
+	return qv_st_parse(*json, *n, vf->size, st, why, sizeof(why));
+}
+
+static int header_file(struct qv_mount *m, struct qv_node *dir, const char *name,
+		       const char *json, uint64_t n)
+{
+	cJSON *j = cJSON_ParseWithLength(json, n);
+	char *pretty = j ? cJSON_Print(j) : NULL;
+	struct qv_buf b = { 0 };
+	int rc = pretty ? qv_buf_adds(&b, pretty) : -ENOMEM;
+	char fname[512];
+
+	if (!rc)
+		rc = qv_buf_adds(&b, "\n");
+	snprintf(fname, sizeof(fname), "%s.json", name);
+	if (!rc)
+		rc = mem_file(m, dir, fname, &b);
+	qv_buf_free(&b);
+	cJSON_free(pretty);
+	cJSON_Delete(j);
+	return rc;
+}
+
+static int tensor_file(struct qv_mount *m, struct qv_node *dir, const struct qv_node *vnode,
+		       const char *rel, const struct qv_st *st, const struct qv_tensor *t)
+{
+	struct qv_node *n;
+	struct qv_buf shape = { 0 };
+	int rc = 0;
+
+	if (qv_mount_lookup_unsorted(m, dir, t->name) || strchr(t->name, '/'))
+		return 0; /* one file per key; a key no file name can hold is left out */
+	n = child(m, dir, t->name, false);
+	if (!n)
+		return -ENOMEM;
+	rc = qv_vfile_slice(&n->vf, &vnode->vf, 8 + st->hdr_len + t->begin, t->end - t->begin);
+	for (uint32_t d = 0; d < t->ndim && !rc; d++)
+		rc = qv_buf_printf(&shape, d ? ",%llu" : "[%llu", (unsigned long long)t->shape[d]);
+	if (!rc)
+		rc = qv_buf_adds(&shape, t->ndim ? "]" : "[]");
+	n->ti = rc ? NULL : calloc(1, sizeof(*n->ti));
+	if (n->ti) {
+		n->ti->file = strdup(rel);
+		n->ti->dtype = strdup(qv_dtype_name(t->dtype));
+		n->ti->shape = shape.p;
+		n->ti->in = &vnode->vf;
+		shape.p = NULL;
+	}
+	qv_buf_free(&shape);
+	return rc ? rc : n->ti ? 0 : -ENOMEM;
+}
+
+/* headers/<rel>.json and tensors/<key> for every virtual safetensors file below dir. */
+static int walk(struct qv_mount *m, struct qv_node *dir, const char *prefix, struct qv_node *hdrs,
+		struct qv_node *tens)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < dir->nkids && !rc; i++) {
+		struct qv_node *n = qv_mount_node(m, dir->kids[i]);
+		char *rel = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
+		const char *json;
+		struct qv_st st;
+		uint64_t len;
+
+		if (!rel)
+			return -ENOMEM;
+		if (n->dir && strcmp(n->name, QV_HIDDEN) && n->lazy < 0) {
+			struct qv_node *sub = child(m, hdrs, n->name, true);
+
+			rc = sub ? walk(m, n, rel, sub, tens) : -ENOMEM;
+		} else if (!n->dir && qv_ends_with(n->name, ".safetensors") &&
+			   vheader(&n->vf, &st, &json, &len) == 0) {
+			rc = header_file(m, hdrs, n->name, json, len);
+			for (size_t k = 0; k < st.nt && !rc; k++)
+				rc = tensor_file(m, tens, n, rel, &st, &st.t[k]);
+			qv_st_free(&st);
+		}
+		free(rel);
+	}
+	if (!rc)
+		qv_mount_sort_kids(m, hdrs);
+	return rc;
+}
+
+int qv_inspect_folder(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
+		      struct qv_node *dir, char *err, size_t errlen)
+{
+	struct qv_node *h = child(m, dir, QV_HIDDEN, true), *f, *hdrs, *tens;
+	struct qv_buf b = { 0 };
+	int rc = h ? 0 : -ENOMEM;
+
+	if (!rc && (f = child(m, h, "stats", false)))
+		f->dyn = QV_DYN_STATS;
+	if (!rc && m->o.gpu_json && (f = child(m, h, "gpu.json", false)))
+		f->dyn = QV_DYN_GPU;
+	if (!rc)
+		rc = view_json(m, g, p, &b);
+	if (!rc)
+		rc = mem_file(m, h, "view.json", &b);
+	if (!rc && p) {
+		hdrs = child(m, h, "headers", true);
+		tens = child(m, h, "tensors", true);
+		rc = hdrs && tens ? walk(m, dir, "", hdrs, tens) : -ENOMEM;
+		if (!rc)
+			qv_mount_sort_kids(m, tens);
+	}
+	if (!rc) {
+		qv_mount_sort_kids(m, h);
+		qv_mount_sort_kids(m, dir);
+	}
+	qv_buf_free(&b);
+	return rc ? qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc)) : 0;
+}
+
+/* One line per run the tensor file's bytes come from: "FILE OFFSET LENGTH", strided runs as
+ * "FILE OFFSET RUN every STRIDE x COUNT", tiled ones per chunk. */
+static int extents(const struct qv_node *n, struct qv_buf *out)
+{
+	int rc = 0;
+
+	for (size_t i = 0; i < n->vf.nseg && !rc; i++) {
+		const struct qv_seg *s = &n->vf.seg[i];
+
+		if (s->src == QV_SEG_MEM)
+			continue;
+		if (s->src == QV_SEG_TILED) {
+			for (size_t c = 0; c < s->tile->nc && !rc; c++)
+				rc = qv_buf_printf(out, "%s %llu chunk\n",
+						   n->vf.base[s->tile->c[c].src].rel,
+						   (unsigned long long)s->tile->c[c].soff);
+			continue;
+		}
+		if (s->run == s->len)
+			rc = qv_buf_printf(out, "%s %llu %llu\n", n->vf.base[s->src].rel,
+					   (unsigned long long)s->soff, (unsigned long long)s->len);
+		else
+			rc = qv_buf_printf(out, "%s %llu %llu every %llu x %llu\n",
+					   n->vf.base[s->src].rel, (unsigned long long)s->soff,
+					   (unsigned long long)s->run, (unsigned long long)s->stride,
+					   (unsigned long long)(s->len / s->run));
+	}
+	return rc;
+}
+
+int qv_inspect_xattr(struct qv_mount *m, const struct qv_node *n, const char *name,
+		     struct qv_buf *out)
+{
+	int rc = 0;
+
+	if (n->ino == 1 && !strcmp(name, X_STATS))
+		return qv_mount_stats_json(m, out);
+	if (n->ti && !strcmp(name, X_DTYPE))
+		return qv_buf_adds(out, n->ti->dtype);
+	if (n->ti && !strcmp(name, X_SHAPE))
+		return qv_buf_adds(out, n->ti->shape);
+	if (n->ti && !strcmp(name, X_FILE))
+		return qv_buf_adds(out, n->ti->file);
+	if (n->ti && !strcmp(name, X_EXTENTS))
+		return extents(n, out);
+	if (!n->dir && !n->dyn && !strcmp(name, X_SOURCE)) {
+		if (n->vf.nsrcs == 0)
+			return qv_buf_adds(out, "(generated)");
+		for (size_t i = 0; i < n->vf.nsrcs && !rc; i++)
+			rc = qv_buf_printf(out, i ? ",%s" : "%s", n->vf.base[n->vf.srcs[i]].rel);
+		return rc;
+	}
+	return -ENODATA;
+}
+
+int qv_inspect_xattr_names(const struct qv_node *n, struct qv_buf *out)
+{
+	int rc = 0;
+
+	if (n->ino == 1)
+		rc = qv_buf_add(out, X_STATS, sizeof(X_STATS));
+	if (!rc && !n->dir && !n->dyn)
+		rc = qv_buf_add(out, X_SOURCE, sizeof(X_SOURCE));
+	if (!rc && n->ti) {
+		rc = qv_buf_add(out, X_DTYPE, sizeof(X_DTYPE));
+		if (!rc)
+			rc = qv_buf_add(out, X_SHAPE, sizeof(X_SHAPE));
+		if (!rc)
+			rc = qv_buf_add(out, X_FILE, sizeof(X_FILE));
+		if (!rc)
+			rc = qv_buf_add(out, X_EXTENTS, sizeof(X_EXTENTS));
+	}
+	return rc;
+}

@@ -1,0 +1,250 @@
+/* inspect_cli.c - `qvlmoefs inspect`: the view a mount would show, without mounting. It builds
+ * the same mount context (the same planning code, the same errors) and prints its tree, and
+ * with --keys how every source key maps to a view key, dtype, shapes and byte ranges. */
+#include "qv_inspect.h"
+#include "qv_opts.h"
+#include "qv_plan.h"
+#include "qv_util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct inspect_args {
+	const char *source;
+	struct fuse_args fargs;
+	bool keys, json;
+};
+
+/* Where a view key came from: the source key and shape, for --keys. */
+struct origin {
+	const char *view, *src;
+	const uint64_t *shape;
+	uint32_t ndim;
+};
+
+static int cmp_origin(const void *a, const void *b)
+{
+	return strcmp(((const struct origin *)a)->view, ((const struct origin *)b)->view);
+}
+
+/* Every source tensor's view key under plan p (sharded saves: the consolidated tensors). */
+static struct origin *origins(struct qv_gen *g, const struct qv_plan *p, size_t *n)
+{
+	struct origin *o = NULL;
+	size_t cap = 0;
+
+	*n = 0;
+	for (size_t i = 0; i <= g->scan.nn; i++) {
+		bool dcp = i == g->scan.nn;
+		size_t nt = dcp ? (g->sharded ? g->dcp.nt : 0) : g->st_of[i] ? g->st_of[i]->nt : 0;
+
+		for (size_t k = 0; k < nt; k++) {
+			const char *name = dcp ? g->dcp.t[k].name : g->st_of[i]->t[k].name;
+			char *key;
+			bool expert;
+
+			if (qv_plan_map_key(p, name, &key, &expert) != 1)
+				continue;
+			if (*n == cap) {
+				struct origin *x = realloc(o, (cap = cap * 2 + 64) * sizeof(*o));
+
+				if (!x)
+					return free(key), o;
+				o = x;
+			}
+			o[(*n)++] = (struct origin){ key, name,
+						     dcp ? g->dcp.t[k].shape : g->st_of[i]->t[k].shape,
+						     dcp ? g->dcp.t[k].ndim : g->st_of[i]->t[k].ndim };
+		}
+	}
+	if (o)
+		qsort(o, *n, sizeof(*o), cmp_origin);
+	return o;
+}
+
+static void print_shape(FILE *f, const uint64_t *s, uint32_t n)
+{
+	fputc('[', f);
+	for (uint32_t d = 0; d < n; d++)
+		fprintf(f, d ? ",%llu" : "%llu", (unsigned long long)s[d]);
+	fputc(']', f);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+	struct qv_buf b = { 0 };
+
+	if (!qv_buf_json_str(&b, s, strlen(s)))
+		fputs(b.p, f);
+	qv_buf_free(&b);
+}
+
+/* The files below dir: path, size, and tensors for safetensors files. */
+static void print_tree(struct qv_mount *m, struct qv_node *dir, const char *prefix, bool json,
+		       bool *first)
+{
+	if (qv_mount_ready(m, dir))
+		return;
+	for (size_t i = 0; i < dir->nkids; i++) {
+		struct qv_node *n = qv_mount_node(m, dir->kids[i]);
+		char *rel = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
+		struct qv_node *h;
+		size_t nt = 0;
+
+		if (!rel || !strcmp(n->name, QV_HIDDEN)) {
+			free(rel);
+			continue;
+		}
+		if (n->dir) {
+			print_tree(m, n, rel, json, first);
+			free(rel);
+			continue;
+		}
+		h = qv_ends_with(n->name, ".safetensors") ? qv_mount_lookup(m, dir, QV_HIDDEN) : NULL;
+		/* tensors of this file: count the hidden folder's tensor files that name it */
+		if (h && (h = qv_mount_lookup(m, h, "tensors")))
+			for (size_t k = 0; k < h->nkids; k++)
+				nt += !strcmp(qv_mount_node(m, h->kids[k])->ti->file, n->name);
+		if (json) {
+			fputs(*first ? "\n    {\"path\": " : ",\n    {\"path\": ", stdout);
+			json_str(stdout, rel);
+			printf(", \"size\": %llu, \"tensors\": %zu}", (unsigned long long)n->vf.size, nt);
+		} else {
+			printf("%14llu  %6zu  %s\n", (unsigned long long)n->vf.size, nt, rel);
+		}
+		*first = false;
+		free(rel);
+	}
+}
+
+/* --keys for the view rooted at dir (plan p). */
+static void print_keys(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
+		       struct qv_node *dir, const char *prefix, bool json, bool *first)
+{
+	struct qv_node *tens = qv_mount_lookup(m, qv_mount_lookup(m, dir, QV_HIDDEN), "tensors");
+	size_t no;
+	struct origin *o = origins(g, p, &no);
+
+	for (size_t i = 0; tens && i < tens->nkids; i++) {
+		struct qv_node *t = qv_mount_node(m, tens->kids[i]);
+		struct origin key = { .view = t->name }, *src = bsearch(&key, o, no, sizeof(*o), cmp_origin);
+		struct qv_buf ext = { 0 };
+
+		qv_inspect_xattr(m, t, "user.qvlmoefs.extents", &ext);
+		if (json) {
+			fputs(*first ? "\n    {\"view_key\": " : ",\n    {\"view_key\": ", stdout);
+			json_str(stdout, t->name);
+			fputs(", \"source_key\": ", stdout);
+			json_str(stdout, src ? src->src : "");
+			printf(", \"folder\": \"%s\", \"file\": ", prefix);
+			json_str(stdout, t->ti->file);
+			printf(", \"dtype\": \"%s\", \"source_shape\": ", t->ti->dtype);
+			if (src)
+				print_shape(stdout, src->shape, src->ndim);
+			else
+				fputs("null", stdout);
+			printf(", \"view_shape\": %s, \"bytes\": %llu, \"extents\": ", t->ti->shape,
+			       (unsigned long long)t->vf.size);
+			json_str(stdout, ext.p ? ext.p : "");
+			fputc('}', stdout);
+		} else {
+			printf("%s -> %s%s%s  %s ", src ? src->src : "?", prefix, prefix[0] ? "/" : "",
+			       t->name, t->ti->dtype);
+			if (src)
+				print_shape(stdout, src->shape, src->ndim);
+			printf(" -> %s  %s  %llu bytes\n", t->ti->shape, t->ti->file,
+			       (unsigned long long)t->vf.size);
+			for (char *l = ext.p, *e; l && *l; l = e + 1) {
+				e = strchr(l, '\n');
+				printf("    %.*s\n", (int)(e ? e - l : (long)strlen(l)), l);
+				if (!e)
+					break;
+			}
+		}
+		*first = false;
+		qv_buf_free(&ext);
+	}
+	for (size_t i = 0; i < no; i++)
+		free((char *)o[i].view);
+	free(o);
+}
+
+static int parse(int argc, char **argv, struct inspect_args *a)
+{
+	if (fuse_opt_add_arg(&a->fargs, "qvlmoefs"))
+		return -ENOMEM;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+			printf("usage: qvlmoefs inspect SOURCE [-o OPTIONS] [--keys] [--json]\n\n"
+			       "Prints the view a mount of SOURCE with OPTIONS would show, without\n"
+			       "mounting: each file with its size and tensor count; with --keys the\n"
+			       "mapping of every key (source key -> view key, dtype, source shape ->\n"
+			       "view shape, source byte ranges); --json for scripts. Fails with the\n"
+			       "same one-line errors as the mount.\n");
+			return 1;
+		}
+		if (!strcmp(argv[i], "--keys"))
+			a->keys = true;
+		else if (!strcmp(argv[i], "--json"))
+			a->json = true;
+		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
+			fuse_opt_add_arg(&a->fargs, "-o"), fuse_opt_add_arg(&a->fargs, argv[++i]);
+		else if (argv[i][0] != '-' && !a->source)
+			a->source = argv[i];
+		else
+			return qv_log("inspect: unexpected argument %s", argv[i]), -EINVAL;
+	}
+	if (!a->source)
+		return qv_log("inspect: no SOURCE (see qvlmoefs inspect --help)"), -EINVAL;
+	return fuse_opt_add_arg(&a->fargs, a->source);
+}
+
+/* The view roots: the root, or each rank folder. */
+static void report(struct qv_mount *m, const struct inspect_args *a)
+{
+	struct qv_node *top = qv_mount_node(m, 1);
+	bool multi = qv_gen_multi(&m->o), first = true;
+
+	printf(a->json ? "{\n  \"files\": [" : "%14s  %6s  %s\n", "bytes", "tensors", "file");
+	print_tree(m, top, "", a->json, &first);
+	if (a->keys) {
+		first = true;
+		printf(a->json ? "\n  ],\n  \"keys\": [" : "\n");
+		for (size_t i = 0; i < top->nkids; i++) {
+			struct qv_node *d = qv_mount_node(m, top->kids[i]);
+
+			if (multi && d->dir && d->lazy >= 0 && !qv_mount_ready(m, d))
+				print_keys(m, d->gen, &d->gen->plans[d->lazy], d, d->name, a->json,
+					   &first);
+		}
+		if (!multi)
+			print_keys(m, m->gen, &m->gen->plans[0], top, "", a->json, &first);
+	}
+	printf(a->json ? "\n  ]\n}\n" : "");
+}
+
+int qv_inspect_main(int argc, char **argv)
+{
+	struct inspect_args a = { .fargs = FUSE_ARGS_INIT(0, NULL) };
+	struct qv_options o = { 0 };
+	struct qv_mount_opts mo;
+	static struct qv_mount m;
+	char err[QV_ERRLEN];
+	int gpu, ret = 1, rc = parse(argc, argv, &a);
+
+	if (rc)
+		goto out;
+	if (qv_opts_parse(&a.fargs, &o) == -1 || qv_opts_check(&o, &mo, &gpu))
+		goto out;
+	if (qv_mount_init(&m, o.source, &mo, err, sizeof(err)))
+		qv_log("%s", err);
+	else
+		report(&m, &a), ret = 0;
+	qv_mount_fini(&m);
+out:
+	qv_opts_free(&o);
+	fuse_opt_free_args(&a.fargs);
+	return rc == 1 ? 0 : ret;
+}
