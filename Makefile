@@ -72,6 +72,12 @@ stress: deps
 	$(MAKE) all
 	ONLY=stress STRESS_THREADS=$(STRESS_THREADS) STRESS_SECONDS=$(STRESS_SECONDS) tests/integration.sh
 
+# real loaders' file access (PyTorch, numpy) on CPU; needs Debian's python3-torch
+check-loaders: deps
+	@tests/deps.sh python3-torch python3-numpy
+	$(MAKE) all
+	tests/loaders/run.sh
+
 check-valgrind: deps
 	$(MAKE) all $(BUILD)/unit
 	tests/valgrind.sh
@@ -131,4 +137,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps bench fuzz stress check check-valgrind demo install uninstall clean
+.PHONY: all deps bench fuzz stress check check-loaders check-valgrind demo install uninstall clean
