@@ -186,7 +186,8 @@ static int merge(struct qv_dcp *d, char *err, size_t errlen)
 {
 	size_t out = 0, i, j;
 
-	qsort(d->t, d->nt, sizeof(*d->t), cmp_entry);
+	if (d->nt)
+		qsort(d->t, d->nt, sizeof(*d->t), cmp_entry);
 	for (i = 0; i < d->nt; i = j) {
 		struct qv_dtensor *x = &d->t[i];
 		struct qv_chunk *c;

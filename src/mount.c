@@ -79,7 +79,8 @@ static int cmp_node_name(const void *a, const void *b, void *mp)
 
 void qv_mount_sort_kids(struct qv_mount *m, struct qv_node *dir)
 {
-	qsort_r(dir->kids, dir->nkids, sizeof(*dir->kids), cmp_node_name, m);
+	if (dir->nkids > 1) /* an empty folder has no array at all */
+		qsort_r(dir->kids, dir->nkids, sizeof(*dir->kids), cmp_node_name, m);
 }
 
 /* One folder per rank (and shard) at the root, each built on first use. */
@@ -103,7 +104,7 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "out of memory");
 	if (!rc)
-		qsort_r(root->kids, root->nkids, sizeof(*root->kids), cmp_node_name, m);
+		qv_mount_sort_kids(m, root);
 	return rc;
 }
 
