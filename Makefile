@@ -107,7 +107,7 @@ $(FUZZ_DIR)/%.o: src/%.c $(wildcard include/*.h)
 	@mkdir -p $(FUZZ_DIR)
 	clang $(FUZZ_CFLAGS) -c -o $@ $<
 
-$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(CORE:%=$(FUZZ_DIR)/%.o)
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(CORE:%=$(FUZZ_DIR)/%.o) $(FUZZ_DIR)/gpu_stub.o
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS)
 
 .PRECIOUS: $(FUZZ_DIR)/%.o
