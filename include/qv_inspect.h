@@ -16,10 +16,13 @@ int qv_inspect_main(int argc, char **argv);
 
 #endif
 
-/* Make dir's .qvlmoefs/: stats and view.json, and for a view (p not NULL) headers/<file>.json
- * and tensors/<key> for every virtual safetensors file below dir. 0 or -errno (err). */
+/* Make dir's .qvlmoefs/ folder, filled on first use; 0 or -errno (err). */
 int qv_inspect_folder(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dir, char *err, size_t errlen);
+
+/* Fill .qvlmoefs/ folder h: stats and view.json, and for a view (a plan) headers/<file>.json
+ * and tensors/<key> for every virtual safetensors file of its parent. Caller holds m->lock. */
+int qv_inspect_fill(struct qv_mount *m, struct qv_node *h, char *err, size_t errlen);
 
 /* The value of xattr name of node n into out; 0, -ENODATA or -ENOMEM. */
 int qv_inspect_xattr(struct qv_mount *m, const struct qv_node *n, const char *name,

@@ -32,6 +32,8 @@ struct qv_node {
 	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
 	atomic_bool ready;  /* a lazy folder's entries exist */
 	int dyn;	    /* a file of .qvlmoefs/ made when opened: QV_DYN_*, else 0 */
+	bool inspect;	    /* a .qvlmoefs/ folder, filled on first use (from gen, hplan) */
+	const struct qv_plan *hplan;
 	struct qv_tinfo *ti; /* .qvlmoefs/tensors/ files: what the tensor is */
 };
 

@@ -121,10 +121,11 @@ static int tensor_file(struct qv_mount *m, struct qv_node *dir, const struct qv_
 	struct qv_buf shape = { 0 };
 	int rc = 0;
 
-	if (qv_mount_lookup_unsorted(m, dir, t->name) || strchr(t->name, '/'))
-		return 0; /* one file per key; a key no file name can hold is left out */
-	n = child(m, dir, t->name, false);
-	if (!n)
+	if (strchr(t->name, '/'))
+		return 0; /* a key no file name can hold is left out */
+	/* no lookup here (quadratic in tensors): duplicates are dropped once sorted */
+	n = qv_mount_node_new(m, t->name, dir->ino, false, &dir->mtime);
+	if (!n || qv_node_add_kid(dir, n->ino))
 		return -ENOMEM;
 	rc = qv_vfile_slice(&n->vf, &vnode->vf, 8 + st->hdr_len + t->begin, t->end - t->begin);
 	for (uint32_t d = 0; d < t->ndim && !rc; d++)
@@ -176,32 +177,56 @@ static int walk(struct qv_mount *m, struct qv_node *dir, const char *prefix, str
 	return rc;
 }
 
+/* Sort a folder and keep the first of equal names (one file per view key). */
+static void dedupe(struct qv_mount *m, struct qv_node *dir)
+{
+	size_t out = 0;
+
+	qv_mount_sort_kids(m, dir);
+	for (size_t i = 0; i < dir->nkids; i++)
+		if (!out || strcmp(qv_mount_node(m, dir->kids[out - 1])->name,
+				   qv_mount_node(m, dir->kids[i])->name))
+			dir->kids[out++] = dir->kids[i];
+	dir->nkids = out;
+}
+
 int qv_inspect_folder(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dir, char *err, size_t errlen)
 {
-	struct qv_node *h = child(m, dir, QV_HIDDEN, true), *f, *hdrs, *tens;
-	struct qv_buf b = { 0 };
-	int rc = h ? 0 : -ENOMEM;
+	struct qv_node *h = child(m, dir, QV_HIDDEN, true);
 
-	if (!rc && (f = child(m, h, "stats", false)))
+	if (!h)
+		return qv_err(err, errlen, -ENOMEM, "%s: out of memory", QV_HIDDEN);
+	/* filled on first use: a mount whose inspection folder nobody opens pays nothing */
+	h->inspect = true;
+	h->gen = g;
+	h->hplan = p;
+	qv_mount_sort_kids(m, dir);
+	return 0;
+}
+
+int qv_inspect_fill(struct qv_mount *m, struct qv_node *h, char *err, size_t errlen)
+{
+	struct qv_node *dir = qv_mount_node(m, h->parent), *f, *hdrs, *tens;
+	struct qv_buf b = { 0 };
+	int rc = 0;
+
+	if ((f = child(m, h, "stats", false)))
 		f->dyn = QV_DYN_STATS;
-	if (!rc && m->o.gpu_json && (f = child(m, h, "gpu.json", false)))
+	if (m->o.gpu_json && (f = child(m, h, "gpu.json", false)))
 		f->dyn = QV_DYN_GPU;
-	if (!rc)
-		rc = view_json(m, g, p, &b);
+	rc = view_json(m, h->gen, h->hplan, &b);
 	if (!rc)
 		rc = mem_file(m, h, "view.json", &b);
-	if (!rc && p) {
+	if (!rc && h->hplan) {
 		hdrs = child(m, h, "headers", true);
 		tens = child(m, h, "tensors", true);
 		rc = hdrs && tens ? walk(m, dir, "", hdrs, tens) : -ENOMEM;
 		if (!rc)
-			qv_mount_sort_kids(m, tens);
+			dedupe(m, tens);
 	}
-	if (!rc) {
+	if (!rc)
 		qv_mount_sort_kids(m, h);
-		qv_mount_sort_kids(m, dir);
-	}
 	qv_buf_free(&b);
 	return rc ? qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc)) : 0;
 }

@@ -103,6 +103,8 @@ static void print_tree(struct qv_mount *m, struct qv_node *dir, const char *pref
 			continue;
 		}
 		h = qv_ends_with(n->name, ".safetensors") ? qv_mount_lookup(m, dir, QV_HIDDEN) : NULL;
+		if (h && qv_mount_ready(m, h))
+			h = NULL;
 		/* tensors of this file: count the hidden folder's tensor files that name it */
 		if (h && (h = qv_mount_lookup(m, h, "tensors")))
 			for (size_t k = 0; k < h->nkids; k++)
@@ -123,7 +125,8 @@ static void print_tree(struct qv_mount *m, struct qv_node *dir, const char *pref
 static void print_keys(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 		       struct qv_node *dir, const char *prefix, bool json, bool *first)
 {
-	struct qv_node *tens = qv_mount_lookup(m, qv_mount_lookup(m, dir, QV_HIDDEN), "tensors");
+	struct qv_node *h = qv_mount_lookup(m, dir, QV_HIDDEN);
+	struct qv_node *tens = h && !qv_mount_ready(m, h) ? qv_mount_lookup(m, h, "tensors") : NULL;
 	size_t no;
 	struct origin *o = origins(g, p, &no);
 

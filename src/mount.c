@@ -73,8 +73,10 @@ static int cmp_node_name(const void *a, const void *b, void *mp)
 {
 	struct qv_mount *m = mp;
 
-	return strcmp(qv_mount_node(m, *(const uint64_t *)a)->name,
-		      qv_mount_node(m, *(const uint64_t *)b)->name);
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	int c = strcmp(qv_mount_node(m, x)->name, qv_mount_node(m, y)->name);
+
+	return c ? c : (x > y) - (x < y); /* equal names: the earlier node first */
 }
 
 void qv_mount_sort_kids(struct qv_mount *m, struct qv_node *dir)
@@ -174,10 +176,17 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 	char err[QV_ERRLEN] = "";
 	int rc = 0;
 
-	if (dir->lazy < 0 || atomic_load_explicit(&dir->ready, memory_order_acquire))
+	if ((dir->lazy < 0 && !dir->inspect) ||
+	    atomic_load_explicit(&dir->ready, memory_order_acquire))
 		return 0;
 	pthread_mutex_lock(&m->lock);
-	if (!atomic_load(&dir->ready)) {
+	if (!atomic_load(&dir->ready) && dir->inspect) {
+		rc = qv_inspect_fill(m, dir, err, sizeof(err));
+		if (rc)
+			qv_log("%s", err);
+		else
+			atomic_store_explicit(&dir->ready, true, memory_order_release);
+	} else if (!atomic_load(&dir->ready)) {
 		rc = qv_view_build(m, dir->gen, &dir->gen->plans[dir->lazy], 0, dir, err,
 				   sizeof(err));
 		if (rc) {
