@@ -29,6 +29,9 @@ struct qv_scan {
  * repository), anything else is left out and logged once. 0 or -errno with a reason in err. */
 int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen);
 
+/* The node whose path relative to the root is rel, or 0 (the root) when there is none. */
+uint32_t qv_scan_find(const struct qv_scan *s, const char *rel);
+
 /* Free a scan. */
 void qv_scan_free(struct qv_scan *s);
 

@@ -6,14 +6,13 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define INFO_KEY "DCP_SHARDING_INFO"
-#define MAP_NAME "fqn_to_file_index_mapping.json"
+#define MAP_REL ".hf_metadata/fqn_to_file_index_mapping.json"
+#define MAX_MAP_BYTES (256u << 20)
 
 bool qv_dcp_is_rank_file(const char *name)
 {
@@ -301,17 +300,10 @@ static int assign_files(struct qv_dcp *d, const struct qv_scan *sc, uint64_t max
 
 	if (d->map_node) {
 		struct qv_buf b = { 0 };
-		char chunk[65536];
-		ssize_t r;
-		int fd = open(sc->n[d->map_node].path, O_RDONLY | O_CLOEXEC);
 
-		while (fd >= 0 && (r = read(fd, chunk, sizeof(chunk))) > 0)
-			if (qv_buf_add(&b, chunk, (size_t)r))
-				break;
-		if (fd >= 0)
-			close(fd);
+		rc = qv_read_file(sc->n[d->map_node].path, MAX_MAP_BYTES, &b);
 		text = b.p;
-		j = text ? cJSON_ParseWithLength(text, b.len) : NULL;
+		j = !rc && text ? cJSON_ParseWithLength(text, b.len) : NULL;
 		if (!cJSON_IsObject(j))
 			rc = qv_err(err, errlen, -EINVAL, "%s: not a JSON object", sc->n[d->map_node].rel);
 	}
@@ -356,6 +348,7 @@ int qv_dcp_build(const struct qv_scan *sc, struct qv_st *const *st_of, const uin
 
 	memset(out, 0, sizeof(*out));
 	rc = check_ranks(sc, err, errlen);
+	out->map_node = qv_scan_find(sc, MAP_REL);
 	for (size_t i = 0; i < sc->nn; i++)
 		nsrc = src_of[i] != UINT32_MAX && src_of[i] + 1 > nsrc ? src_of[i] + 1 : nsrc;
 	node_of_src = calloc(nsrc ? nsrc : 1, sizeof(*node_of_src));
@@ -367,10 +360,6 @@ int qv_dcp_build(const struct qv_scan *sc, struct qv_st *const *st_of, const uin
 	for (size_t k = 0; !rc && k < root->nkids; k++) {
 		uint32_t si = root->kids[k];
 
-		if (S_ISDIR(sc->n[si].st.st_mode) && !strcmp(sc->n[si].name, ".hf_metadata"))
-			for (size_t j = 0; j < sc->n[si].nkids; j++)
-				if (!strcmp(sc->n[sc->n[si].kids[j]].name, MAP_NAME))
-					out->map_node = sc->n[si].kids[j];
 		if (qv_dcp_is_rank_file(sc->n[si].name) && st_of[si])
 			rc = add_file(out, &cap, &sc->n[si], st_of[si], src_of[si], err, errlen);
 	}

@@ -97,37 +97,24 @@ static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, siz
 	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
 }
 
-/* num_experts of config.json (top level or text_config), or 0. */
+/* num_experts of .hf_metadata/config.json (top level or text_config), or 0. */
 static uint64_t config_experts(const struct qv_gen *m)
 {
-	const struct qv_snode *root = &m->scan.n[0];
-	uint64_t n = 0;
+	uint32_t node = qv_scan_find(&m->scan, ".hf_metadata/config.json");
+	struct qv_buf b = { 0 };
+	cJSON *j = NULL, *e;
+	uint64_t n;
 
-	for (size_t k = 0; k < root->nkids && !n; k++) {
-		const struct qv_snode *d = &m->scan.n[root->kids[k]];
-		char buf[1 << 16];
-		ssize_t len;
-		cJSON *j, *e;
-		int fd;
-
-		if (!S_ISDIR(d->st.st_mode) || strcmp(d->name, ".hf_metadata"))
-			continue;
-		for (size_t i = 0; i < d->nkids && !n; i++) {
-			if (strcmp(m->scan.n[d->kids[i]].name, "config.json"))
-				continue;
-			fd = open(m->scan.n[d->kids[i]].path, O_RDONLY | O_CLOEXEC);
-			len = fd < 0 ? -1 : read(fd, buf, sizeof(buf));
-			if (fd >= 0)
-				close(fd);
-			j = len > 0 ? cJSON_ParseWithLength(buf, (size_t)len) : NULL;
-			e = cJSON_GetObjectItemCaseSensitive(j, "num_experts");
-			if (!e)
-				e = cJSON_GetObjectItemCaseSensitive(
-					cJSON_GetObjectItemCaseSensitive(j, "text_config"), "num_experts");
-			n = cJSON_IsNumber(e) && e->valuedouble > 0 ? (uint64_t)e->valuedouble : 0;
-			cJSON_Delete(j);
-		}
-	}
+	if (node && !S_ISDIR(m->scan.n[node].st.st_mode) &&
+	    qv_read_file(m->scan.n[node].path, 16u << 20, &b) == 0 && b.p)
+		j = cJSON_ParseWithLength(b.p, b.len);
+	e = cJSON_GetObjectItemCaseSensitive(j, "num_experts");
+	if (!e)
+		e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "text_config"),
+						     "num_experts");
+	n = cJSON_IsNumber(e) && e->valuedouble > 0 ? (uint64_t)e->valuedouble : 0;
+	cJSON_Delete(j);
+	qv_buf_free(&b);
 	return n;
 }
 

@@ -243,6 +243,14 @@ fail:
 	return rc;
 }
 
+uint32_t qv_scan_find(const struct qv_scan *s, const char *rel)
+{
+	for (size_t i = 1; i < s->nn; i++)
+		if (strcmp(s->n[i].rel, rel) == 0)
+			return (uint32_t)i;
+	return 0;
+}
+
 void qv_scan_free(struct qv_scan *s)
 {
 	for (size_t i = 0; i < s->nn; i++) {

@@ -2,10 +2,12 @@
 #include "qv_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <unistd.h>
 
 /* Process-wide by nature: stderr and syslog are process-wide too. */
 static bool log_syslog;
@@ -162,6 +164,27 @@ bool qv_utf8_valid(const char *s, size_t n)
 		p += need + 1;
 	}
 	return true;
+}
+
+int qv_read_file(const char *path, size_t max, struct qv_buf *out)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char chunk[65536];
+	ssize_t r;
+	int rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	while (!rc && (r = read(fd, chunk, sizeof(chunk))) != 0) {
+		if (r < 0)
+			rc = errno == EINTR ? 0 : -errno;
+		else if (out->len + (size_t)r > max)
+			rc = -EFBIG;
+		else
+			rc = qv_buf_add(out, chunk, (size_t)r);
+	}
+	close(fd);
+	return rc;
 }
 
 char *qv_path_join(const char *dir, const char *name)

@@ -6,11 +6,9 @@
 #include "qv_util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define MAX_INDEX_BYTES (64u << 20)
 
@@ -159,27 +157,6 @@ out:
 	return rc;
 }
 
-static int read_small_file(const char *path, struct qv_buf *b)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	char chunk[65536];
-	ssize_t r;
-	int rc = 0;
-
-	if (fd < 0)
-		return -errno;
-	while (!rc && (r = read(fd, chunk, sizeof(chunk))) != 0) {
-		if (r < 0)
-			rc = errno == EINTR ? 0 : -errno;
-		else if (b->len + (size_t)r > MAX_INDEX_BYTES)
-			rc = -EFBIG;
-		else
-			rc = qv_buf_add(b, chunk, (size_t)r);
-	}
-	close(fd);
-	return rc;
-}
-
 /* Weight-map entries of the files an index names; -EINVAL when one is not in the folder. */
 static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_t nfk,
 			 struct qv_wentry **w, size_t *nw, uint64_t *total, char *why, size_t wl)
@@ -220,7 +197,7 @@ static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct 
 	char why[QV_ERRLEN] = "";
 	int rc;
 
-	rc = read_small_file(m->scan.n[si].path, &src);
+	rc = qv_read_file(m->scan.n[si].path, MAX_INDEX_BYTES, &src);
 	if (!rc)
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
 	if (!rc)

@@ -11,8 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAP_NAME "fqn_to_file_index_mapping.json"
-
 /* The segment of tensor x under cut c: a plain extent when one chunk is the whole window,
  * else a tiled segment over all of x's chunks. */
 static void tensor_seg(const struct qv_dtensor *x, const struct qv_cut *c, struct qv_tile *tile,
@@ -160,7 +158,7 @@ static int metadata_files(struct qv_mount *m, struct qv_gen *g, struct qv_node *
 			const struct qv_snode *f = &g->scan.n[si];
 			struct qv_node *n;
 
-			if (S_ISDIR(f->st.st_mode) || !strcmp(f->name, MAP_NAME))
+			if (S_ISDIR(f->st.st_mode) || si == g->dcp.map_node)
 				continue;
 			if (qv_mount_lookup_unsorted(m, dn, f->name)) {
 				qv_log("%s: the root has a file of that name; it wins", f->rel);
