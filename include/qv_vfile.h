@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "qv_io.h"
+#include "qv_util.h"
 
 #define QV_TILE_DIMS 16 /* = QV_ST_MAX_DIMS */
 
@@ -70,6 +71,10 @@ struct qv_rdscratch {
 	struct qv_iop *ops;
 	size_t cap;
 };
+
+/* Take over b's bytes (b is left empty) as vf's memory and append them as a segment at the
+ * end of vf (a file's synthesized header or whole generated content); 0 or -ENOMEM. */
+int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b);
 
 /* Append a segment; contiguous plain runs of one source merge into the previous one. */
 int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s);

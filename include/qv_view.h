@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "qv_mount.h"
+#include "qv_hdr.h"
 #include "qv_plan.h"
 #include "qv_st.h"
 #include "qv_vfile.h"
@@ -41,6 +42,11 @@ size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_me
 
 /* A key that occurs twice among keys, or NULL: two tensors may not share a view key. */
 const char *qv_view_dup_key(char **keys, size_t n);
+
+/* Make node n a generated index of entries w (view keys must be unique across files) over
+ * source index text src; 0 or -errno with the reason in why. */
+int qv_view_index(struct qv_node *n, const char *src, size_t len, struct qv_wentry *w, size_t nw,
+		  uint64_t total, char *why, size_t wl);
 
 /* Make node n pass scan node si's file through byte for byte; 0 or -ENOMEM. */
 int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n);

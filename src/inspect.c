@@ -34,12 +34,7 @@ static int mem_file(struct qv_mount *m, struct qv_node *dir, const char *name, s
 {
 	struct qv_node *n = child(m, dir, name, false);
 
-	if (!n)
-		return -ENOMEM;
-	n->vf.mem = b->p;
-	b->p = NULL;
-	return qv_vfile_add(&n->vf, &(struct qv_seg){ .len = b->len, .src = QV_SEG_MEM,
-						     .mem = n->vf.mem });
+	return n ? qv_vfile_add_mem(&n->vf, b) : -ENOMEM;
 }
 
 static int view_json(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,

@@ -38,6 +38,17 @@ int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s)
 	return 0;
 }
 
+int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b)
+{
+	struct qv_seg s = { .voff = vf->size, .len = b->len, .src = QV_SEG_MEM, .mem = b->p };
+
+	free(vf->mem); /* one owned block per file */
+	vf->mem = b->p;
+	b->p = NULL;
+	b->len = b->cap = 0;
+	return qv_vfile_add(vf, &s);
+}
+
 int qv_vfile_slice(struct qv_vfile *dst, const struct qv_vfile *src, uint64_t off, uint64_t len)
 {
 	int rc = 0;

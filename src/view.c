@@ -135,11 +135,8 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr);
 	if (rc)
 		goto out;
-	vf->mem = hdr.p;
-	hdr.p = NULL;
-	rc = qv_vfile_add(vf, &(struct qv_seg){ .voff = 0, .len = hdr.len, .src = QV_SEG_MEM,
-					       .mem = vf->mem });
-	voff = hdr.len;
+	rc = qv_vfile_add_mem(vf, &hdr);
+	voff = vf->size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
 		sg[i].voff = voff;
 		sg[i].src = src;
@@ -188,12 +185,11 @@ static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_
 static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
 		       size_t nfk, char *err, size_t errlen)
 {
-	struct qv_buf src = { 0 }, out = { 0 };
+	struct qv_buf src = { 0 };
 	struct qv_wentry *w = NULL;
-	char **files = NULL, **keys = NULL;
+	char **files = NULL;
 	size_t nfiles = 0, nw = 0;
 	uint64_t total = 0;
-	const char *dup = NULL;
 	char why[QV_ERRLEN] = "";
 	int rc;
 
@@ -202,30 +198,35 @@ static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct 
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
 	if (!rc)
 		rc = index_entries(files, nfiles, fk, nfk, &w, &nw, &total, why, sizeof(why));
-	keys = rc ? NULL : calloc(nw ? nw : 1, sizeof(*keys));
-	if (!rc && !keys)
-		rc = -ENOMEM;
-	for (size_t i = 0; !rc && i < nw; i++)
-		keys[i] = (char *)w[i].key;
-	if (!rc && (dup = qv_view_dup_key(keys, nw)))
-		rc = qv_err(why, sizeof(why), -EINVAL, "view key \"%s\" is in more than one file",
-			    dup);
 	if (!rc)
-		rc = qv_hdr_index(src.p, src.len, w, nw, total, &out, why, sizeof(why));
-	if (!rc) {
-		n->vf.mem = out.p;
-		out.p = NULL;
-		rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = out.len, .src = QV_SEG_MEM,
-							   .mem = n->vf.mem });
-	}
+		rc = qv_view_index(n, src.p, src.len, w, nw, total, why, sizeof(why));
 	if (rc)
 		qv_err(err, errlen, rc, "%s: %s", m->scan.n[si].rel, why[0] ? why : strerror(-rc));
 	for (size_t i = 0; i < nfiles; i++)
 		free(files[i]);
 	free(files);
 	free(w);
-	free(keys);
 	qv_buf_free(&src);
+	return rc;
+}
+
+int qv_view_index(struct qv_node *n, const char *src, size_t len, struct qv_wentry *w, size_t nw,
+		  uint64_t total, char *why, size_t wl)
+{
+	char **keys = calloc(nw ? nw : 1, sizeof(*keys));
+	struct qv_buf out = { 0 };
+	const char *dup;
+	int rc = keys ? 0 : -ENOMEM;
+
+	for (size_t i = 0; !rc && i < nw; i++)
+		keys[i] = (char *)w[i].key;
+	if (!rc && (dup = qv_view_dup_key(keys, nw)))
+		rc = qv_err(why, wl, -EINVAL, "view key \"%s\" is in more than one file", dup);
+	if (!rc)
+		rc = qv_hdr_index(src, len, w, nw, total, &out, why, wl);
+	if (!rc)
+		rc = qv_vfile_add_mem(&n->vf, &out);
+	free(keys);
 	qv_buf_free(&out);
 	return rc;
 }

@@ -84,13 +84,9 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 	nextra = rc ? 0 : qv_view_ep_meta(g->n_experts, p, extra, ebuf);
 	if (!rc)
 		rc = qv_hdr_build(&fmt, 1, extra, nextra, vt, fk->n, &hdr);
-	if (!rc) {
-		n->vf.mem = hdr.p;
-		hdr.p = NULL;
-		rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = hdr.len, .src = QV_SEG_MEM,
-							   .mem = n->vf.mem });
-	}
-	voff = hdr.len;
+	if (!rc)
+		rc = qv_vfile_add_mem(&n->vf, &hdr);
+	voff = n->vf.size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
 		sg[i].voff = voff;
 		voff += sg[i].len;
@@ -110,9 +106,6 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 {
 	static const char src[] = "{\"metadata\":{},\"weight_map\":{}}";
 	struct qv_wentry *w;
-	struct qv_buf out = { 0 };
-	char **keys;
-	const char *dup;
 	size_t nw = 0, cap = 0;
 	uint64_t total = 0;
 	int rc;
@@ -120,25 +113,13 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 	for (uint32_t f = 0; f < nfiles; f++)
 		cap += fk[f].n, total += fk[f].total;
 	w = calloc(cap ? cap : 1, sizeof(*w));
-	keys = calloc(cap ? cap : 1, sizeof(*keys));
-	rc = w && keys ? 0 : -ENOMEM;
-	for (uint32_t f = 0; !rc && f < nfiles; f++)
-		for (size_t i = 0; i < fk[f].n; i++, nw++)
-			w[nw] = (struct qv_wentry){ fk[f].keys[i], fk[f].file }, keys[nw] = fk[f].keys[i];
-	dup = rc ? NULL : qv_view_dup_key(keys, nw);
-	if (dup)
-		rc = qv_err(err, errlen, -EINVAL, "view key \"%s\" occurs twice", dup);
-	if (!rc)
-		rc = qv_hdr_index(src, sizeof(src) - 1, w, nw, total, &out, err, errlen);
-	if (!rc) {
-		n->vf.mem = out.p;
-		out.p = NULL;
-		rc = qv_vfile_add(&n->vf, &(struct qv_seg){ .len = out.len, .src = QV_SEG_MEM,
-							   .mem = n->vf.mem });
-	}
-	qv_buf_free(&out);
+	if (!w)
+		return -ENOMEM;
+	for (uint32_t f = 0; f < nfiles; f++)
+		for (size_t i = 0; i < fk[f].n; i++)
+			w[nw++] = (struct qv_wentry){ fk[f].keys[i], fk[f].file };
+	rc = qv_view_index(n, src, sizeof(src) - 1, w, nw, total, err, errlen);
 	free(w);
-	free(keys);
 	return rc;
 }
 
