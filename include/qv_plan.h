@@ -37,6 +37,9 @@ struct qv_cut {
 /* True when key names an expert tensor in native naming (drives naming detection). */
 bool qv_plan_key_is_native(const char *key);
 
+/* True when key names one of a layer's two expert tensors in the given naming. */
+bool qv_plan_expert_in(enum qv_naming naming, const char *key);
+
 /* True when key names one of a layer's two expert tensors, in either naming. */
 bool qv_plan_key_is_expert(const char *key);
 

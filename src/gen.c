@@ -51,8 +51,6 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 /* Naming, the {P} prefix and the expert count, from all keys of the checkpoint (DESIGN §1). */
 static void detect(struct qv_gen *m)
 {
-	struct qv_plan probe = { .o = { .src = QV_NAMING_HF, .view = QV_NAMING_HF } };
-
 	for (size_t i = 0; i < m->scan.nn; i++) {
 		const struct qv_st *st = m->st_of[i];
 
@@ -64,19 +62,12 @@ static void detect(struct qv_gen *m)
 				m->src_naming = QV_NAMING_NATIVE;
 		}
 	}
-	probe.o.src = probe.o.view = m->src_naming;
 	for (size_t i = 0; i < m->scan.nn && !m->n_experts; i++) {
 		const struct qv_st *st = m->st_of[i];
 
-		for (size_t k = 0; st && k < st->nt && !m->n_experts; k++) {
-			char *key;
-			bool expert;
-
-			if (qv_plan_map_key(&probe, st->t[k].name, &key, &expert) == 1 && expert &&
-			    st->t[k].ndim)
+		for (size_t k = 0; st && k < st->nt && !m->n_experts; k++)
+			if (st->t[k].ndim && qv_plan_expert_in(m->src_naming, st->t[k].name))
 				m->n_experts = st->t[k].shape[0];
-			free(key);
-		}
 	}
 }
 

@@ -180,10 +180,6 @@ static int to_hf(const struct qv_plan *p, const char *key, char **out, bool *exp
 
 int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *expert)
 {
-	const char *layer;
-	size_t llen;
-	bool gate_up;
-
 	*out = NULL;
 	*expert = false;
 	if (p->o.src == QV_NAMING_HF && p->o.view == QV_NAMING_NATIVE)
@@ -191,10 +187,19 @@ int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *
 	if (p->o.src == QV_NAMING_NATIVE && p->o.view == QV_NAMING_HF)
 		return to_hf(p, key, out, expert);
 	/* identity view: names stay, only slicing applies */
-	*expert = p->o.src == QV_NAMING_NATIVE ? qv_plan_key_is_native(key) :
-						 match_hf_expert(key, &layer, &llen, &gate_up);
+	*expert = qv_plan_expert_in(p->o.src, key);
 	*out = strdup(key);
 	return *out ? 1 : -ENOMEM;
+}
+
+bool qv_plan_expert_in(enum qv_naming naming, const char *key)
+{
+	const char *layer;
+	size_t llen;
+	bool gate_up;
+
+	return naming == QV_NAMING_NATIVE ? qv_plan_key_is_native(key) :
+					    match_hf_expert(key, &layer, &llen, &gate_up);
 }
 
 bool qv_plan_key_is_expert(const char *key)
