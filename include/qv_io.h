@@ -15,6 +15,7 @@ struct qv_iop {
 	uint64_t len;
 	char *dst;
 	uint64_t done; /* progress, owned by qv_io_run */
+	uint32_t tag;  /* the caller's, untouched (the read path: which source) */
 };
 
 struct qv_io_cfg {

@@ -224,8 +224,8 @@ static size_t seg_find(const struct qv_vfile *vf, uint64_t off)
 	return lo;
 }
 
-static int push_op(struct qv_rdscratch *sc, size_t *n, int fd, uint64_t off, uint64_t len,
-		   char *dst)
+static int push_op(struct qv_rdscratch *sc, size_t *n, uint32_t src, int fd, uint64_t off,
+		   uint64_t len, char *dst)
 {
 	if (*n == sc->cap) {
 		size_t cap = sc->cap ? sc->cap * 2 : 64;
@@ -236,7 +236,7 @@ static int push_op(struct qv_rdscratch *sc, size_t *n, int fd, uint64_t off, uin
 		sc->ops = p;
 		sc->cap = cap;
 	}
-	sc->ops[(*n)++] = (struct qv_iop){ .fd = fd, .off = off, .len = len, .dst = dst };
+	sc->ops[(*n)++] = (struct qv_iop){ .fd = fd, .off = off, .len = len, .dst = dst, .tag = src };
 	return 0;
 }
 
@@ -247,7 +247,7 @@ static int plan_extent(const struct qv_seg *s, int fd, uint64_t a, uint64_t b, c
 	while (a < b) {
 		uint64_t k = a / s->run, in = a % s->run;
 		uint64_t take = s->run - in < b - a ? s->run - in : b - a;
-		int rc = push_op(sc, n, fd, s->soff + k * s->stride + in, take, dst);
+		int rc = push_op(sc, n, s->src, fd, s->soff + k * s->stride + in, take, dst);
 
 		if (rc)
 			return rc;
@@ -331,11 +331,36 @@ static int plan_tiled(const struct qv_seg *s, struct qv_source *srcs, uint64_t a
 			take = b - a;
 		rc = qv_source_open(&srcs[c->src]);
 		if (!rc)
-			rc = push_op(sc, n, atomic_load(&srcs[c->src].fd), c->soff + local, take, dst);
+			rc = push_op(sc, n, c->src, atomic_load(&srcs[c->src].fd), c->soff + local, take,
+				     dst);
 		if (rc)
 			return rc;
 		dst += take;
 		a += take;
+	}
+	return 0;
+}
+
+/* After the reads: the sources this request touched (not every source of the file: a
+ * consolidated file may have one per rank) must still be unchanged. */
+static int check_touched(struct qv_source *srcs, const struct qv_iop *ops, size_t n)
+{
+	uint32_t seen[16];
+	size_t nseen = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		size_t k;
+		int rc;
+
+		for (k = 0; k < nseen && seen[k] != ops[i].tag; k++)
+			;
+		if (k < nseen)
+			continue;
+		if (nseen < 16) /* past that, a repeated check is merely redundant */
+			seen[nseen++] = ops[i].tag;
+		rc = qv_source_unchanged(&srcs[ops[i].tag]);
+		if (rc)
+			return rc;
 	}
 	return 0;
 }
@@ -381,8 +406,8 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 	if (pos != end)
 		return -EIO; /* segments must tile the file; anything else is a bug, not data */
 	rc = qv_io_run(io, sc->ops, n);
-	for (size_t i = 0; !rc && n && i < vf->nsrcs; i++)
-		rc = qv_source_unchanged(&srcs[vf->srcs[i]]);
+	if (!rc)
+		rc = check_touched(srcs, sc->ops, n);
 	if (rc)
 		return rc;
 	*got = (size_t)(end - off);
