@@ -21,7 +21,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util st plan scan hdr vfile dcp gen view view_dcp inspect mount io stage
+CORE := util io st scan hdr plan dcp vfile gen tree view view_dcp inspect mount stage
 # GPU staging: built against the CUDA runtime headers when present, loaded with dlopen
 CUDA_HOME ?= /usr/local/cuda
 ifneq ($(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h),)

@@ -6,7 +6,7 @@
 #include <fuse_opt.h>
 
 #include "qv_io.h"
-#include "qv_mount.h"
+#include "qv_gen.h"
 
 struct qv_options {
 	char *source;

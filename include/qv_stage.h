@@ -77,9 +77,6 @@ int qv_stage_verify(const struct qv_stage *st, const struct qv_gpu_ops *ops, str
  * offset and size, as JSON. 0 or -ENOMEM. */
 int qv_stage_json(const struct qv_stage *st, struct qv_buf *out);
 
-/* `qvlmoefs stage ...` (argv[0] = "stage"): the exit status. */
-int qv_stage_main(int argc, char **argv);
-
 /* Free the selection and the device memory (ops may be NULL when nothing was allocated). */
 void qv_stage_free(struct qv_stage *st, const struct qv_gpu_ops *ops);
 

@@ -9,6 +9,10 @@
 
 #define QV_ERRLEN 512
 
+#ifndef QV_VERSION
+#define QV_VERSION "0.1.0"
+#endif
+
 /* Log one line "qvlmoefs: ..." to stderr (or syslog once qv_log_use_syslog() was called). */
 void qv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

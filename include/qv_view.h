@@ -6,10 +6,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "qv_mount.h"
+#include "qv_gen.h"
 #include "qv_hdr.h"
 #include "qv_plan.h"
 #include "qv_st.h"
+#include "qv_tree.h"
 #include "qv_vfile.h"
 
 /* The view keys of one virtual safetensors file, kept until its folder's index is made. */
@@ -30,9 +31,10 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 /* Free the keys of fk. */
 void qv_fkeys_fini(struct qv_fkeys *fk);
 
-/* Build the view of scan folder sdir of generation g under folder node dn with plan p (recursively); 0 or
- * -errno with one line in err naming the file or tensor and the reason. */
-int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, uint32_t sdir,
+/* Build into tree t the view of scan folder sdir of generation g under folder node dn with plan
+ * p (recursively); 0 or -errno with one line in err naming the file or tensor and the reason.
+ * The rank files of a sharded save are left out: qv_view_dcp shows them consolidated. */
+int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, uint32_t sdir,
 		  struct qv_node *dn, char *err, size_t errlen);
 
 /* The __metadata__ entries that say which slice a rank's shard holds (buf backs them);
@@ -50,11 +52,6 @@ int qv_view_index(struct qv_node *n, const char *src, size_t len, struct qv_went
 
 /* Make node n pass scan node si's file through byte for byte; 0 or -ENOMEM. */
 int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n);
-
-/* The consolidated view of a sharded save at folder dn: model-0000k-of-0000N.safetensors
- * assembled from the rank files' chunks, their index, and .hf_metadata's public files. */
-int qv_view_dcp(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
-		char *err, size_t errlen);
 
 /* Check that plan p can cut every expert tensor of the source, without building anything. */
 int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen);

@@ -1,7 +1,6 @@
 /* fs.c - the FUSE low-level handlers. Each one asks the FUSE-free core and replies exactly once;
  * mutations get EROFS. Sources are immutable while mounted, so the kernel may cache for long. */
 #include "qv_fs.h"
-#include "qv_inspect.h"
 #include "qv_util.h"
 
 #include <errno.h>
@@ -108,7 +107,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 /* The folder ino, with its entries built (rank folders are built on first use); 0 or -errno. */
 static int dir_of(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
 {
-	struct qv_node *d = qv_mount_node(fs->m, ino);
+	struct qv_node *d = qv_tree_node(&fs->m->tree, ino);
 
 	if (!d)
 		return -ENOENT;
@@ -129,7 +128,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	n = qv_mount_lookup(fs->m, d, name);
+	n = qv_tree_lookup(&fs->m->tree, d, name);
 	if (!n) {
 		/* a negative entry may be cached too: the tree never changes while mounted */
 		memset(&e, 0, sizeof(e));
@@ -156,7 +155,7 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
 	struct stat st;
 
 	(void)fi;
@@ -201,7 +200,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		return;
 	}
 	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
-		struct qv_node *n = i == 0 ? d : qv_mount_node(fs->m, i == 1 ? d->parent : d->kids[i - 2]);
+		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
 		const char *name = i == 0 ? "." : i == 1 ? ".." : n->name;
 		struct fuse_entry_param e;
 		size_t len;
@@ -262,7 +261,7 @@ static void open_dyn(fuse_req_t req, struct qv_fs *fs, struct qv_node *n,
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
 	int rc;
 
 	if (!n || n->dir) {
@@ -291,7 +290,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
 	struct qv_thread *t;
 	size_t got;
 	int rc;
@@ -319,7 +318,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
 
 	if (n && n->dyn) {
 		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
@@ -339,8 +338,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 	(void)ino;
 	sv.f_bsize = sv.f_frsize = 4096;
-	sv.f_blocks = (qv_mount_bytes(fs->m) + 4095) / 4096;
-	sv.f_files = atomic_load(&fs->m->nnodes);
+	sv.f_blocks = (qv_tree_bytes(&fs->m->tree) + 4095) / 4096;
+	sv.f_files = atomic_load(&fs->m->tree.nnodes);
 	sv.f_namemax = 255;
 	sv.f_flag = ST_RDONLY;
 	fuse_reply_statfs(req, &sv);
@@ -360,9 +359,9 @@ static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t si
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_node(fs->m, ino);
+	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
 	struct qv_buf b = { 0 };
-	int rc = n ? qv_inspect_xattr(fs->m, n, name, &b) : -ENOENT;
+	int rc = n ? qv_mount_xattr(fs->m, n, name, &b) : -ENOENT;
 
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -373,9 +372,10 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	struct qv_node *n = qv_mount_node(fs_of(req)->m, ino);
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
 	struct qv_buf b = { 0 };
-	int rc = n ? qv_inspect_xattr_names(n, &b) : -ENOENT;
+	int rc = n ? qv_mount_xattr_names(fs->m, n, &b) : -ENOENT;
 
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -495,7 +495,7 @@ static const struct fuse_lowlevel_ops ops = {
 static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
 {
 	for (size_t i = 0; i < top->nkids; i++) {
-		const char *name = qv_mount_node(fs->m, top->kids[i])->name;
+		const char *name = qv_tree_node(&fs->m->tree, top->kids[i])->name;
 
 		fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, name, strlen(name));
 	}
@@ -503,7 +503,7 @@ static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct 
 
 int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
 {
-	struct qv_node *old = qv_mount_node(fs->m, FUSE_ROOT_ID);
+	struct qv_node *old = qv_tree_node(&fs->m->tree, FUSE_ROOT_ID);
 	char err[QV_ERRLEN];
 	int rc = qv_mount_rescan(fs->m, err, sizeof(err));
 
@@ -512,7 +512,7 @@ int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
 		return rc;
 	}
 	inval_names(fs, se, old);
-	inval_names(fs, se, qv_mount_node(fs->m, FUSE_ROOT_ID)); /* cached negative entries */
+	inval_names(fs, se, qv_tree_node(&fs->m->tree, FUSE_ROOT_ID)); /* cached negative entries */
 	fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
 	qv_log("rescanned the source: the view shows it as it is now");
 	return 0;

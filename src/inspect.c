@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define X_STATS "user.qvlmoefs.stats"
 #define X_SOURCE "user.qvlmoefs.source"
 #define X_EXTENTS "user.qvlmoefs.extents"
 #define X_DTYPE "user.qvlmoefs.dtype"
@@ -18,26 +17,21 @@
 #define X_FILE "user.qvlmoefs.file"
 
 /* A child of dir: a folder, or a file of memory bytes (taken over) / dynamic content. */
-static struct qv_node *child(struct qv_mount *m, struct qv_node *dir, const char *name, bool isdir)
+static struct qv_node *child(struct qv_tree *t, struct qv_node *dir, const char *name, bool isdir)
 {
-	struct qv_node *n = qv_mount_lookup_unsorted(m, dir, name);
+	struct qv_node *n = qv_tree_lookup_unsorted(t, dir, name);
 
-	if (n)
-		return n;
-	n = qv_mount_node_new(m, name, dir->ino, isdir, &dir->mtime);
-	if (n && qv_node_add_kid(dir, n->ino))
-		return NULL;
-	return n;
+	return n ? n : qv_tree_add(t, dir, name, isdir, &dir->mtime);
 }
 
-static int mem_file(struct qv_mount *m, struct qv_node *dir, const char *name, struct qv_buf *b)
+static int mem_file(struct qv_tree *t, struct qv_node *dir, const char *name, struct qv_buf *b)
 {
-	struct qv_node *n = child(m, dir, name, false);
+	struct qv_node *n = child(t, dir, name, false);
 
 	return n ? qv_vfile_add_mem(&n->vf, b) : -ENOMEM;
 }
 
-static int view_json(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
+static int view_json(const struct qv_mount_opts *o, struct qv_gen *g, const struct qv_plan *p,
 		     struct qv_buf *b)
 {
 	static const char *const naming[] = { "hf", "native" };
@@ -63,14 +57,14 @@ static int view_json(struct qv_mount *m, struct qv_gen *g, const struct qv_plan 
 				   p->o.ep_size, p->o.ep_rank, (unsigned long long)start,
 				   (unsigned long long)(start + count),
 				   p->o.shard_size ? p->o.shard_size : 1, p->o.shard_rank);
-	if (!rc && !p && m->o.ep_size)
-		rc = qv_buf_printf(b, "\n  \"ep_size\": %u,", m->o.ep_size);
+	if (!rc && !p && o->ep_size)
+		rc = qv_buf_printf(b, "\n  \"ep_size\": %u,", o->ep_size);
 	if (!rc)
 		rc = qv_buf_printf(b,
 				   "\n  \"io\": \"%s\",\n  \"build\": {\"version\": \"%s\", \"gpu\": \"%s\"},"
 				   "\n  \"features\": [\"hf-native\", \"expert-parallel\", "
 				   "\"sharded-saves\", \"rescan\", \"gpu-staging\"]\n}\n",
-				   m->o.io.backend == QV_IO_URING ? "uring" : "pread", QV_VERSION,
+				   o->io.backend == QV_IO_URING ? "uring" : "pread", QV_VERSION,
 				   qv_gpu_build());
 	return rc;
 }
@@ -89,7 +83,7 @@ static int vheader(const struct qv_vfile *vf, struct qv_st *st, const char **jso
 	return qv_st_parse(*json, *n, vf->size, st, why, sizeof(why));
 }
 
-static int header_file(struct qv_mount *m, struct qv_node *dir, const char *name,
+static int header_file(struct qv_tree *t, struct qv_node *dir, const char *name,
 		       const char *json, uint64_t n)
 {
 	cJSON *j = cJSON_ParseWithLength(json, n);
@@ -102,14 +96,30 @@ static int header_file(struct qv_mount *m, struct qv_node *dir, const char *name
 		rc = qv_buf_adds(&b, "\n");
 	snprintf(fname, sizeof(fname), "%s.json", name);
 	if (!rc)
-		rc = mem_file(m, dir, fname, &b);
+		rc = mem_file(t, dir, fname, &b);
 	qv_buf_free(&b);
 	cJSON_free(pretty);
 	cJSON_Delete(j);
 	return rc;
 }
 
-static int tensor_file(struct qv_mount *m, struct qv_node *dir, const struct qv_node *vnode,
+/* The description of a tensor file in one allocation, so the tree frees it without knowing it. */
+static struct qv_tinfo *tinfo_new(const char *file, const char *dtype, const char *shape,
+				  const struct qv_vfile *in)
+{
+	size_t lf = strlen(file) + 1, ld = strlen(dtype) + 1, ls = strlen(shape) + 1;
+	struct qv_tinfo *ti = malloc(sizeof(*ti) + lf + ld + ls);
+
+	if (!ti)
+		return NULL;
+	ti->file = memcpy((char *)(ti + 1), file, lf);
+	ti->dtype = memcpy(ti->file + lf, dtype, ld);
+	ti->shape = memcpy(ti->dtype + ld, shape, ls);
+	ti->in = in;
+	return ti;
+}
+
+static int tensor_file(struct qv_tree *tr, struct qv_node *dir, const struct qv_node *vnode,
 		       const char *rel, const struct qv_st *st, const struct qv_tensor *t)
 {
 	struct qv_node *n;
@@ -119,34 +129,27 @@ static int tensor_file(struct qv_mount *m, struct qv_node *dir, const struct qv_
 	if (strchr(t->name, '/'))
 		return 0; /* a key no file name can hold is left out */
 	/* no lookup here (quadratic in tensors): duplicates are dropped once sorted */
-	n = qv_mount_node_new(m, t->name, dir->ino, false, &dir->mtime);
-	if (!n || qv_node_add_kid(dir, n->ino))
+	n = qv_tree_add(tr, dir, t->name, false, &dir->mtime);
+	if (!n)
 		return -ENOMEM;
 	rc = qv_vfile_slice(&n->vf, &vnode->vf, 8 + st->hdr_len + t->begin, t->end - t->begin);
 	for (uint32_t d = 0; d < t->ndim && !rc; d++)
 		rc = qv_buf_printf(&shape, d ? ",%llu" : "[%llu", (unsigned long long)t->shape[d]);
 	if (!rc)
 		rc = qv_buf_adds(&shape, t->ndim ? "]" : "[]");
-	n->ti = rc ? NULL : calloc(1, sizeof(*n->ti));
-	if (n->ti) {
-		n->ti->file = strdup(rel);
-		n->ti->dtype = strdup(qv_dtype_name(t->dtype));
-		n->ti->shape = shape.p;
-		n->ti->in = &vnode->vf;
-		shape.p = NULL;
-	}
+	n->ti = rc ? NULL : tinfo_new(rel, qv_dtype_name(t->dtype), shape.p, &vnode->vf);
 	qv_buf_free(&shape);
 	return rc ? rc : n->ti ? 0 : -ENOMEM;
 }
 
 /* headers/<rel>.json and tensors/<key> for every virtual safetensors file below dir. */
-static int walk(struct qv_mount *m, struct qv_node *dir, const char *prefix, struct qv_node *hdrs,
+static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, struct qv_node *hdrs,
 		struct qv_node *tens)
 {
 	int rc = 0;
 
 	for (size_t i = 0; i < dir->nkids && !rc; i++) {
-		struct qv_node *n = qv_mount_node(m, dir->kids[i]);
+		struct qv_node *n = qv_tree_node(t, dir->kids[i]);
 		char *rel = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
 		const char *json;
 		struct qv_st st;
@@ -155,40 +158,40 @@ static int walk(struct qv_mount *m, struct qv_node *dir, const char *prefix, str
 		if (!rel)
 			return -ENOMEM;
 		if (n->dir && strcmp(n->name, QV_HIDDEN) && n->lazy < 0) {
-			struct qv_node *sub = child(m, hdrs, n->name, true);
+			struct qv_node *sub = child(t, hdrs, n->name, true);
 
-			rc = sub ? walk(m, n, rel, sub, tens) : -ENOMEM;
+			rc = sub ? walk(t, n, rel, sub, tens) : -ENOMEM;
 		} else if (!n->dir && qv_ends_with(n->name, ".safetensors") &&
 			   vheader(&n->vf, &st, &json, &len) == 0) {
-			rc = header_file(m, hdrs, n->name, json, len);
+			rc = header_file(t, hdrs, n->name, json, len);
 			for (size_t k = 0; k < st.nt && !rc; k++)
-				rc = tensor_file(m, tens, n, rel, &st, &st.t[k]);
+				rc = tensor_file(t, tens, n, rel, &st, &st.t[k]);
 			qv_st_free(&st);
 		}
 		free(rel);
 	}
 	if (!rc)
-		qv_mount_sort_kids(m, hdrs);
+		qv_tree_sort(t, hdrs);
 	return rc;
 }
 
 /* Sort a folder and keep the first of equal names (one file per view key). */
-static void dedupe(struct qv_mount *m, struct qv_node *dir)
+static void dedupe(struct qv_tree *t, struct qv_node *dir)
 {
 	size_t out = 0;
 
-	qv_mount_sort_kids(m, dir);
+	qv_tree_sort(t, dir);
 	for (size_t i = 0; i < dir->nkids; i++)
-		if (!out || strcmp(qv_mount_node(m, dir->kids[out - 1])->name,
-				   qv_mount_node(m, dir->kids[i])->name))
+		if (!out || strcmp(qv_tree_node(t, dir->kids[out - 1])->name,
+				   qv_tree_node(t, dir->kids[i])->name))
 			dir->kids[out++] = dir->kids[i];
 	dir->nkids = out;
 }
 
-int qv_inspect_folder(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
+int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dir, char *err, size_t errlen)
 {
-	struct qv_node *h = child(m, dir, QV_HIDDEN, true);
+	struct qv_node *h = child(t, dir, QV_HIDDEN, true);
 
 	if (!h)
 		return qv_err(err, errlen, -ENOMEM, "%s: out of memory", QV_HIDDEN);
@@ -196,32 +199,33 @@ int qv_inspect_folder(struct qv_mount *m, struct qv_gen *g, const struct qv_plan
 	h->inspect = true;
 	h->gen = g;
 	h->hplan = p;
-	qv_mount_sort_kids(m, dir);
+	qv_tree_sort(t, dir);
 	return 0;
 }
 
-int qv_inspect_fill(struct qv_mount *m, struct qv_node *h, char *err, size_t errlen)
+int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_node *h, char *err,
+		    size_t errlen)
 {
-	struct qv_node *dir = qv_mount_node(m, h->parent), *f, *hdrs, *tens;
+	struct qv_node *dir = qv_tree_node(t, h->parent), *f, *hdrs, *tens;
 	struct qv_buf b = { 0 };
 	int rc = 0;
 
-	if ((f = child(m, h, "stats", false)))
+	if ((f = child(t, h, "stats", false)))
 		f->dyn = QV_DYN_STATS;
-	if (m->o.gpu_json && (f = child(m, h, "gpu.json", false)))
+	if (o->gpu_json && (f = child(t, h, "gpu.json", false)))
 		f->dyn = QV_DYN_GPU;
-	rc = view_json(m, h->gen, h->hplan, &b);
+	rc = view_json(o, h->gen, h->hplan, &b);
 	if (!rc)
-		rc = mem_file(m, h, "view.json", &b);
+		rc = mem_file(t, h, "view.json", &b);
 	if (!rc && h->hplan) {
-		hdrs = child(m, h, "headers", true);
-		tens = child(m, h, "tensors", true);
-		rc = hdrs && tens ? walk(m, dir, "", hdrs, tens) : -ENOMEM;
+		hdrs = child(t, h, "headers", true);
+		tens = child(t, h, "tensors", true);
+		rc = hdrs && tens ? walk(t, dir, "", hdrs, tens) : -ENOMEM;
 		if (!rc)
-			dedupe(m, tens);
+			dedupe(t, tens);
 	}
 	if (!rc)
-		qv_mount_sort_kids(m, h);
+		qv_tree_sort(t, h);
 	qv_buf_free(&b);
 	return rc ? qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc)) : 0;
 }
@@ -256,13 +260,10 @@ static int extents(const struct qv_node *n, struct qv_buf *out)
 	return rc;
 }
 
-int qv_inspect_xattr(struct qv_mount *m, const struct qv_node *n, const char *name,
-		     struct qv_buf *out)
+int qv_inspect_xattr(const struct qv_node *n, const char *name, struct qv_buf *out)
 {
 	int rc = 0;
 
-	if (n->ino == 1 && !strcmp(name, X_STATS))
-		return qv_mount_stats_json(m, out);
 	if (n->ti && !strcmp(name, X_DTYPE))
 		return qv_buf_adds(out, n->ti->dtype);
 	if (n->ti && !strcmp(name, X_SHAPE))
@@ -285,9 +286,7 @@ int qv_inspect_xattr_names(const struct qv_node *n, struct qv_buf *out)
 {
 	int rc = 0;
 
-	if (n->ino == 1)
-		rc = qv_buf_add(out, X_STATS, sizeof(X_STATS));
-	if (!rc && !n->dir && !n->dyn)
+	if (!n->dir && !n->dyn)
 		rc = qv_buf_add(out, X_SOURCE, sizeof(X_SOURCE));
 	if (!rc && n->ti) {
 		rc = qv_buf_add(out, X_DTYPE, sizeof(X_DTYPE));

@@ -1,7 +1,9 @@
 /* inspect_cli.c - `qvlmoefs inspect`: the view a mount would show, without mounting. It builds
  * the same mount context (the same planning code, the same errors) and prints its tree, and
  * with --keys how every source key maps to a view key, dtype, shapes and byte ranges. */
+#include "qv_inspect_cli.h"
 #include "qv_inspect.h"
+#include "qv_mount.h"
 #include "qv_opts.h"
 #include "qv_plan.h"
 #include "qv_util.h"
@@ -88,7 +90,7 @@ static void print_tree(struct qv_mount *m, struct qv_node *dir, const char *pref
 	if (qv_mount_ready(m, dir))
 		return;
 	for (size_t i = 0; i < dir->nkids; i++) {
-		struct qv_node *n = qv_mount_node(m, dir->kids[i]);
+		struct qv_node *n = qv_tree_node(&m->tree, dir->kids[i]);
 		char *rel = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
 		struct qv_node *h;
 		size_t nt = 0;
@@ -102,13 +104,13 @@ static void print_tree(struct qv_mount *m, struct qv_node *dir, const char *pref
 			free(rel);
 			continue;
 		}
-		h = qv_ends_with(n->name, ".safetensors") ? qv_mount_lookup(m, dir, QV_HIDDEN) : NULL;
+		h = qv_ends_with(n->name, ".safetensors") ? qv_tree_lookup(&m->tree, dir, QV_HIDDEN) : NULL;
 		if (h && qv_mount_ready(m, h))
 			h = NULL;
 		/* tensors of this file: count the hidden folder's tensor files that name it */
-		if (h && (h = qv_mount_lookup(m, h, "tensors")))
+		if (h && (h = qv_tree_lookup(&m->tree, h, "tensors")))
 			for (size_t k = 0; k < h->nkids; k++)
-				nt += !strcmp(qv_mount_node(m, h->kids[k])->ti->file, n->name);
+				nt += !strcmp(qv_tree_node(&m->tree, h->kids[k])->ti->file, n->name);
 		if (json) {
 			fputs(*first ? "\n    {\"path\": " : ",\n    {\"path\": ", stdout);
 			json_str(stdout, rel);
@@ -125,17 +127,17 @@ static void print_tree(struct qv_mount *m, struct qv_node *dir, const char *pref
 static void print_keys(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 		       struct qv_node *dir, const char *prefix, bool json, bool *first)
 {
-	struct qv_node *h = qv_mount_lookup(m, dir, QV_HIDDEN);
-	struct qv_node *tens = h && !qv_mount_ready(m, h) ? qv_mount_lookup(m, h, "tensors") : NULL;
+	struct qv_node *h = qv_tree_lookup(&m->tree, dir, QV_HIDDEN);
+	struct qv_node *tens = h && !qv_mount_ready(m, h) ? qv_tree_lookup(&m->tree, h, "tensors") : NULL;
 	size_t no;
 	struct origin *o = origins(g, p, &no);
 
 	for (size_t i = 0; tens && i < tens->nkids; i++) {
-		struct qv_node *t = qv_mount_node(m, tens->kids[i]);
+		struct qv_node *t = qv_tree_node(&m->tree, tens->kids[i]);
 		struct origin key = { .view = t->name }, *src = bsearch(&key, o, no, sizeof(*o), cmp_origin);
 		struct qv_buf ext = { 0 };
 
-		qv_inspect_xattr(m, t, "user.qvlmoefs.extents", &ext);
+		qv_inspect_xattr(t, "user.qvlmoefs.extents", &ext);
 		if (json) {
 			fputs(*first ? "\n    {\"view_key\": " : ",\n    {\"view_key\": ", stdout);
 			json_str(stdout, t->name);
@@ -207,7 +209,7 @@ static int parse(int argc, char **argv, struct inspect_args *a)
 /* The view roots: the root, or each rank folder. */
 static void report(struct qv_mount *m, const struct inspect_args *a)
 {
-	struct qv_node *top = qv_mount_node(m, 1);
+	struct qv_node *top = qv_tree_node(&m->tree, 1);
 	bool multi = qv_gen_multi(&m->o), first = true;
 
 	printf(a->json ? "{\n  \"files\": [" : "%14s  %6s  %s\n", "bytes", "tensors", "file");
@@ -216,7 +218,7 @@ static void report(struct qv_mount *m, const struct inspect_args *a)
 		first = true;
 		printf(a->json ? "\n  ],\n  \"keys\": [" : "\n");
 		for (size_t i = 0; i < top->nkids; i++) {
-			struct qv_node *d = qv_mount_node(m, top->kids[i]);
+			struct qv_node *d = qv_tree_node(&m->tree, top->kids[i]);
 
 			if (multi && d->dir && d->lazy >= 0 && !qv_mount_ready(m, d))
 				print_keys(m, d->gen, &d->gen->plans[d->lazy], d, d->name, a->json,

@@ -3,9 +3,10 @@
 #include "qv_bdi.h"
 #include "qv_fs.h"
 #include "qv_gpu.h"
-#include "qv_inspect.h"
+#include "qv_inspect_cli.h"
 #include "qv_opts.h"
 #include "qv_stage.h"
+#include "qv_stage_cli.h"
 #include "qv_util.h"
 
 #include <errno.h>
@@ -79,7 +80,7 @@ static void *gpu_thread(void *arg)
 	char err[QV_ERRLEN];
 	int dev = g->st.device;
 
-	if (qv_stage_select(g->m, qv_mount_node(g->m, 1), false, &g->st, err, sizeof(err))) {
+	if (qv_stage_select(g->m, qv_tree_node(&g->m->tree, 1), false, &g->st, err, sizeof(err))) {
 		qv_log("gpu: %s", err);
 		return NULL;
 	}

@@ -3,6 +3,7 @@
  * asynchronous copies on several streams; a buffer is reused only once its copy has finished,
  * so host memory stays slots x slot_bytes whatever the checkpoint size. */
 #include "qv_stage.h"
+#include "qv_inspect.h"
 #include "qv_plan.h"
 
 #include <errno.h>
@@ -76,7 +77,7 @@ static int select_dir(struct qv_mount *m, struct qv_node *dir, const char *prefi
 	int rc = qv_mount_ready(m, dir);
 
 	for (size_t i = 0; !rc && i < dir->nkids; i++) {
-		struct qv_node *n = qv_mount_node(m, dir->kids[i]);
+		struct qv_node *n = qv_tree_node(&m->tree, dir->kids[i]);
 		char *path = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
 
 		if (!path)

@@ -1,6 +1,7 @@
 /* stage_cli.c - `qvlmoefs stage`: stage a view onto a GPU without mounting, check the staged
  * bytes against the view, and compare the rate with a plain pinned copy measured in the same
  * run. The benchmark and the check for machines without /dev/fuse. */
+#include "qv_stage_cli.h"
 #include "qv_opts.h"
 #include "qv_stage.h"
 #include "qv_util.h"
@@ -132,7 +133,7 @@ static int stage_view(struct stage_args *a, struct qv_mount *m, const struct qv_
 	char err[QV_ERRLEN];
 	uint64_t checked;
 	double t0, secs, peak;
-	int rc = qv_stage_select(m, qv_mount_node(m, 1), a->all, &st, err, sizeof(err));
+	int rc = qv_stage_select(m, qv_tree_node(&m->tree, 1), a->all, &st, err, sizeof(err));
 
 	if (rc)
 		return qv_log("stage: %s", err), rc;

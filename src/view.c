@@ -1,7 +1,6 @@
 /* view.c - build the virtual tree: one node per shown folder or file; safetensors files become
  * a synthesized header plus extents of their source, everything else passes through. */
 #include "qv_view.h"
-#include "qv_mount.h"
 #include "qv_hdr.h"
 #include "qv_util.h"
 
@@ -182,7 +181,7 @@ static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_
 }
 
 /* The index file si, regenerated from the virtual files of its folder (fk, nfk). */
-static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
+static int build_index(struct qv_gen *g, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
 		       size_t nfk, char *err, size_t errlen)
 {
 	struct qv_buf src = { 0 };
@@ -193,7 +192,7 @@ static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct 
 	char why[QV_ERRLEN] = "";
 	int rc;
 
-	rc = qv_read_file(m->scan.n[si].path, MAX_INDEX_BYTES, &src);
+	rc = qv_read_file(g->scan.n[si].path, MAX_INDEX_BYTES, &src);
 	if (!rc)
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
 	if (!rc)
@@ -201,7 +200,7 @@ static int build_index(struct qv_gen *m, uint32_t si, struct qv_node *n, struct 
 	if (!rc)
 		rc = qv_view_index(n, src.p, src.len, w, nw, total, why, sizeof(why));
 	if (rc)
-		qv_err(err, errlen, rc, "%s: %s", m->scan.n[si].rel, why[0] ? why : strerror(-rc));
+		qv_err(err, errlen, rc, "%s: %s", g->scan.n[si].rel, why[0] ? why : strerror(-rc));
 	for (size_t i = 0; i < nfiles; i++)
 		free(files[i]);
 	free(files);
@@ -254,7 +253,7 @@ static bool consolidated_away(const struct qv_gen *g, uint32_t sd, const struct 
 		is_index_name(c->name));
 }
 
-int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, uint32_t sd,
+int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, uint32_t sd,
 		  struct qv_node *dn, char *err, size_t errlen)
 {
 	const struct qv_snode *s = &g->scan.n[sd];
@@ -271,13 +270,13 @@ int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 
 		if (consolidated_away(g, sd, c))
 			continue;
-		n = made[k] = qv_mount_node_new(m, c->name, dn->ino, dir, &c->st.st_mtim);
-		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+		n = made[k] = qv_tree_add(t, dn, c->name, dir, &c->st.st_mtim);
+		rc = n ? 0 : -ENOMEM;
 		if (rc)
 			break;
 		n->vf.base = g->src;
 		if (dir) {
-			rc = qv_view_build(m, g, p, si, n, err, errlen);
+			rc = qv_view_build(t, g, p, si, n, err, errlen);
 		} else if (g->st_of[si]) {
 			fk[nfk].file = c->name;
 			rc = qv_view_file(p, g->st_of[si], g->src_of[si], g->n_experts, c->rel,
@@ -292,8 +291,6 @@ int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 		if (made[k] && !made[k]->dir && !g->st_of[si] && is_index_name(g->scan.n[si].name))
 			rc = build_index(g, si, made[k], fk, nfk, err, errlen);
 	}
-	if (!rc && sd == 0 && g->sharded)
-		rc = qv_view_dcp(m, g, p, dn, err, errlen);
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "%s: out of memory", s->rel[0] ? s->rel : g->scan.root);
 	for (size_t i = 0; fk && i < nfk; i++)
@@ -303,10 +300,10 @@ int qv_view_build(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
 	return rc;
 }
 
-int qv_view_validate(struct qv_gen *m, const struct qv_plan *p, char *err, size_t errlen)
+int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen)
 {
-	for (size_t i = 0; m->sharded && i < m->dcp.nt; i++) { /* consolidated shapes count */
-		const struct qv_dtensor *x = &m->dcp.t[i];
+	for (size_t i = 0; g->sharded && i < g->dcp.nt; i++) { /* consolidated shapes count */
+		const struct qv_dtensor *x = &g->dcp.t[i];
 		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
 		struct qv_cut cut;
 		char *key, why[QV_ERRLEN];
@@ -320,9 +317,9 @@ int qv_view_validate(struct qv_gen *m, const struct qv_plan *p, char *err, size_
 		if (rc == 1 && expert && qv_plan_cut(p, &t, &cut, why, sizeof(why)))
 			return qv_err(err, errlen, -EINVAL, "%s", why);
 	}
-	for (size_t i = 0; i < m->scan.nn; i++) {
-		const struct qv_st *st = m->sharded && qv_dcp_is_rank_file(m->scan.n[i].name) ?
-						 NULL : m->st_of[i];
+	for (size_t i = 0; i < g->scan.nn; i++) {
+		const struct qv_st *st = g->sharded && qv_dcp_is_rank_file(g->scan.n[i].name) ?
+						 NULL : g->st_of[i];
 
 		for (size_t k = 0; st && k < st->nt; k++) {
 			struct qv_cut cut;
@@ -334,7 +331,7 @@ int qv_view_validate(struct qv_gen *m, const struct qv_plan *p, char *err, size_
 			if (rc < 0)
 				return qv_err(err, errlen, rc, "out of memory");
 			if (rc == 1 && expert && qv_plan_cut(p, &st->t[k], &cut, why, sizeof(why)))
-				return qv_err(err, errlen, -EINVAL, "%s: %s", m->scan.n[i].rel, why);
+				return qv_err(err, errlen, -EINVAL, "%s: %s", g->scan.n[i].rel, why);
 		}
 	}
 	return 0;

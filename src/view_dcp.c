@@ -5,6 +5,7 @@
 #include "qv_plan.h"
 #include "qv_util.h"
 #include "qv_view.h"
+#include "qv_view_dcp.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -124,7 +125,7 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 }
 
 /* .hf_metadata's files (not the mapping) appear at the root, as a consolidated save has them. */
-static int metadata_files(struct qv_mount *m, struct qv_gen *g, struct qv_node *dn)
+static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *dn)
 {
 	const struct qv_snode *root = &g->scan.n[0];
 	int rc = 0;
@@ -141,12 +142,12 @@ static int metadata_files(struct qv_mount *m, struct qv_gen *g, struct qv_node *
 
 			if (S_ISDIR(f->st.st_mode) || si == g->dcp.map_node)
 				continue;
-			if (qv_mount_lookup_unsorted(m, dn, f->name)) {
+			if (qv_tree_lookup_unsorted(t, dn, f->name)) {
 				qv_log("%s: the root has a file of that name; it wins", f->rel);
 				continue;
 			}
-			n = qv_mount_node_new(m, f->name, dn->ino, false, &f->st.st_mtim);
-			rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+			n = qv_tree_add(t, dn, f->name, false, &f->st.st_mtim);
+			rc = n ? 0 : -ENOMEM;
 			if (!rc) {
 				n->vf.base = g->src;
 				rc = qv_view_passthrough(g, si, n);
@@ -156,7 +157,7 @@ static int metadata_files(struct qv_mount *m, struct qv_gen *g, struct qv_node *
 	return rc;
 }
 
-int qv_view_dcp(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
+int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
 		char *err, size_t errlen)
 {
 	uint32_t nf = g->dcp.nfiles;
@@ -167,8 +168,8 @@ int qv_view_dcp(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, s
 
 	for (uint32_t k = 1; k <= nf && !rc; k++) {
 		snprintf(names[k - 1], sizeof(names[k - 1]), "model-%05u-of-%05u.safetensors", k, nf);
-		n = qv_mount_node_new(m, names[k - 1], dn->ino, false, &dn->mtime);
-		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+		n = qv_tree_add(t, dn, names[k - 1], false, &dn->mtime);
+		rc = n ? 0 : -ENOMEM;
 		if (rc)
 			break;
 		n->vf.base = g->src;
@@ -176,15 +177,15 @@ int qv_view_dcp(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p, s
 		rc = build_file(g, p, k, n, &fk[k - 1], err, errlen);
 	}
 	if (!rc) {
-		n = qv_mount_node_new(m, "model.safetensors.index.json", dn->ino, false, &dn->mtime);
-		rc = n ? qv_node_add_kid(dn, n->ino) : -ENOMEM;
+		n = qv_tree_add(t, dn, "model.safetensors.index.json", false, &dn->mtime);
+		rc = n ? 0 : -ENOMEM;
 		if (!rc)
 			rc = build_index(fk, nf, n, err, errlen);
 	}
 	if (!rc)
-		rc = metadata_files(m, g, dn);
+		rc = metadata_files(t, g, dn);
 	if (!rc)
-		qv_mount_sort_kids(m, dn);
+		qv_tree_sort(t, dn);
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "out of memory");
 	for (uint32_t k = 0; fk && k < nf; k++)

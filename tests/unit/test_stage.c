@@ -176,7 +176,7 @@ static void stage_and_verify(const struct qv_mount_opts *o, bool all, unsigned s
 
 	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), o) == 0, "%s", v.err))
 		goto out;
-	if (!CHECK_MSG(qv_stage_select(&v.m, qv_mount_node(&v.m, 1), all, &st, err, sizeof(err)) == 0,
+	if (!CHECK_MSG(qv_stage_select(&v.m, qv_tree_node(&v.m.tree, 1), all, &st, err, sizeof(err)) == 0,
 		       "%s", err))
 		goto out;
 	CHECK_EQ_U64(st.nt, want_tensors);
@@ -251,7 +251,7 @@ TEST(stage_failures_are_reported_and_marked)
 
 	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
 		goto out;
-	CHECK(qv_stage_select(&v.m, qv_mount_node(&v.m, 1), true, &st, err, sizeof(err)) == 0);
+	CHECK(qv_stage_select(&v.m, qv_tree_node(&v.m.tree, 1), true, &st, err, sizeof(err)) == 0);
 	mk->fail_dev_alloc = 1;
 	CHECK(qv_stage_run(&st, &ops, &cfg, v.io, err, sizeof(err)) < 0);
 	CHECK_HAS(err, "device memory");
@@ -265,7 +265,7 @@ TEST(stage_failures_are_reported_and_marked)
 	CHECK(failed > 0);
 	qv_stage_free(&st, &ops);
 	cfg = (struct qv_stage_cfg){ 2, 16, 3 }; /* more streams than buffers */
-	CHECK(qv_stage_select(&v.m, qv_mount_node(&v.m, 1), true, &st, err, sizeof(err)) == 0);
+	CHECK(qv_stage_select(&v.m, qv_tree_node(&v.m.tree, 1), true, &st, err, sizeof(err)) == 0);
 	CHECK_EQ_INT(qv_stage_run(&st, &ops, &cfg, v.io, err, sizeof(err)), -EINVAL);
 	qv_stage_free(&st, &ops);
 out:
@@ -286,7 +286,7 @@ TEST(stage_status_json)
 
 	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
 		goto out;
-	CHECK(qv_stage_select(&v.m, qv_mount_node(&v.m, 1), false, &st, err, sizeof(err)) == 0);
+	CHECK(qv_stage_select(&v.m, qv_tree_node(&v.m.tree, 1), false, &st, err, sizeof(err)) == 0);
 	st.device = 3;
 	CHECK(qv_stage_json(&st, &b) == 0);
 	CHECK_HAS(b.p, "\"state\":\"pending\"");

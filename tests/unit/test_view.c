@@ -37,13 +37,13 @@ TEST(view_tree_and_sizes)
 	CHECK_EQ_INT(v.m.gen->src_naming, QV_NAMING_HF);
 	CHECK(v.m.gen->model_prefix);
 	CHECK_EQ_U64(v.m.gen->n_experts, E);
-	root = qv_mount_node(&v.m, 1);
+	root = qv_tree_node(&v.m.tree, 1);
 	if (!CHECK(root && root->dir))
 		goto out;
 	CHECK_EQ_U64(root->ino, 1);
 	CHECK_EQ_U64(root->parent, 1);
 	for (size_t k = 0; k < root->nkids; k++) {
-		const char *name = qv_mount_node(&v.m, root->kids[k])->name;
+		const char *name = qv_tree_node(&v.m.tree, root->kids[k])->name;
 
 		if (strcmp(name, ".qvlmoefs") != 0) /* the inspection folder is not the source's */
 			pos += (size_t)snprintf(names + pos, sizeof(names) - pos, "%s%s",
@@ -65,17 +65,17 @@ TEST(view_tree_and_sizes)
 	}
 	CHECK(vt_get(&v, "docs/nothing") == NULL);
 	CHECK(vt_get(&v, "zzz") == NULL);
-	CHECK(qv_mount_lookup(&v.m, root, "") == NULL);
-	CHECK(qv_mount_node(&v.m, 0) == NULL);
-	CHECK(qv_mount_node(&v.m, atomic_load(&v.m.nnodes) + 1) == NULL);
+	CHECK(qv_tree_lookup(&v.m.tree, root, "") == NULL);
+	CHECK(qv_tree_node(&v.m.tree, 0) == NULL);
+	CHECK(qv_tree_node(&v.m.tree, atomic_load(&v.m.tree.nnodes) + 1) == NULL);
 	/* inode numbers are the node's own */
-	for (uint64_t i = 1; i <= atomic_load(&v.m.nnodes); i++) {
-		n = qv_mount_node(&v.m, i);
+	for (uint64_t i = 1; i <= atomic_load(&v.m.tree.nnodes); i++) {
+		n = qv_tree_node(&v.m.tree, i);
 		CHECK(n && n->ino == i);
 		if (n && !n->dir)
 			sum += n->vf.size;
 	}
-	CHECK_EQ_U64(qv_mount_bytes(&v.m), sum);
+	CHECK_EQ_U64(qv_tree_bytes(&v.m.tree), sum);
 	/* the safetensors sizes: 8 + N + kept data (scale_inv dropped from file 2) */
 	n = vt_get(&v, F2);
 	if (CHECK(n)) {

@@ -101,14 +101,14 @@ void vt_fini(struct vt *v)
 
 struct qv_node *vt_get(struct vt *v, const char *path)
 {
-	struct qv_node *n = qv_mount_node(&v->m, 1);
+	struct qv_node *n = qv_tree_node(&v->m.tree, 1);
 	char buf[256], *save = NULL, *tok;
 
 	snprintf(buf, sizeof(buf), "%s", path);
 	for (tok = strtok_r(buf, "/", &save); n && tok; tok = strtok_r(NULL, "/", &save)) {
 		if (!CHECK_MSG(qv_mount_ready(&v->m, n) == 0, "%s: folder not ready", path))
 			return NULL;
-		n = qv_mount_lookup(&v->m, n, tok);
+		n = qv_tree_lookup(&v->m.tree, n, tok);
 	}
 	return n;
 }
@@ -254,11 +254,11 @@ const char *vt_meta_get(const struct qv_st *st, const char *key)
 
 void vt_root_names(struct vt *v, char *out, size_t len)
 {
-	struct qv_node *root = qv_mount_node(&v->m, 1);
+	struct qv_node *root = qv_tree_node(&v->m.tree, 1);
 	size_t pos = 0;
 
 	out[0] = '\0';
 	for (size_t k = 0; root && k < root->nkids && pos < len; k++)
 		pos += (size_t)snprintf(out + pos, len - pos, "%s%s", k ? "," : "",
-					qv_mount_node(&v->m, root->kids[k])->name);
+					qv_tree_node(&v->m.tree, root->kids[k])->name);
 }

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qv_mount.h"
 #include "qv_view.h"
 #include "util_test.h"
 

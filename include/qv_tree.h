@@ -1,0 +1,82 @@
+/* qv_tree.h - the virtual tree: nodes, folder entries, lookup, sorting, inode numbers. It knows
+ * nothing of safetensors: the builders above it (view, view_dcp, inspect) fill a tree they are
+ * handed, and the mount context owns it. FUSE-free. */
+#ifndef QV_TREE_H
+#define QV_TREE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "qv_vfile.h"
+
+struct qv_gen;
+struct qv_plan;
+struct qv_tinfo;
+
+#define QV_CHUNK_SHIFT 10
+#define QV_MAX_CHUNKS (1u << 16) /* 64M inodes */
+
+struct qv_node {
+	char *name;
+	uint64_t ino, parent;
+	bool dir;
+	struct timespec mtime;
+	uint64_t *kids; /* directory entries, sorted by name */
+	size_t nkids;
+	struct qv_vfile vf; /* regular files: vf.size is the file size */
+	/* What the builders above keep in a node for later: the tree only stores these. */
+	struct qv_gen *gen; /* lazy folders: the generation whose plan builds them */
+	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
+	atomic_bool ready;  /* a lazy folder's entries exist */
+	int dyn;	    /* a file of .qvlmoefs/ made when opened (QV_DYN_* of qv_inspect.h), else 0 */
+	bool inspect;	    /* a .qvlmoefs/ folder, filled on first use (from gen, hplan) */
+	const struct qv_plan *hplan;
+	struct qv_tinfo *ti; /* .qvlmoefs/tensors/ files: one allocation, freed with the node */
+};
+
+/* Nodes live in fixed chunks that never move, so a node pointer stays valid while the tree
+ * grows; growth needs the owner's lock, reads of published nodes need none. */
+struct qv_tree {
+	_Atomic(struct qv_node *) top; /* the root folder, inode 1, whatever its slot */
+	struct qv_node **chunk;
+	atomic_size_t nnodes;
+};
+
+/* An empty tree; 0 or -ENOMEM. */
+int qv_tree_init(struct qv_tree *t);
+
+/* Free every node and the tree's tables; safe on a zeroed or half-built tree. */
+void qv_tree_fini(struct qv_tree *t);
+
+/* A new node, published once filled in (caller serializes growth); NULL when out of memory
+ * or inodes. parent 0 makes the node its own parent. */
+struct qv_node *qv_tree_new(struct qv_tree *t, const char *name, uint64_t parent, bool dir,
+			    const struct timespec *mtime);
+
+/* A new entry name of folder dir (a node, added to dir's entries); NULL when out of memory. */
+struct qv_node *qv_tree_add(struct qv_tree *t, struct qv_node *dir, const char *name, bool isdir,
+			    const struct timespec *mtime);
+
+/* The node with inode number ino (1: the current root), or NULL. */
+struct qv_node *qv_tree_node(struct qv_tree *t, uint64_t ino);
+
+/* Append entry ino to folder dir; 0 or -ENOMEM. */
+int qv_tree_add_kid(struct qv_node *dir, uint64_t ino);
+
+/* Sort folder dir's entries by name, equal names in creation order (lookups bisect them). */
+void qv_tree_sort(struct qv_tree *t, struct qv_node *dir);
+
+/* The entry name of folder dir once sorted, or NULL. */
+struct qv_node *qv_tree_lookup(struct qv_tree *t, const struct qv_node *dir, const char *name);
+
+/* The entry name of folder dir while it is being built (entries not yet sorted), or NULL. */
+struct qv_node *qv_tree_lookup_unsorted(struct qv_tree *t, const struct qv_node *dir,
+					const char *name);
+
+/* Sum of the sizes of all files of the tree, for statfs. */
+uint64_t qv_tree_bytes(struct qv_tree *t);
+
+#endif
