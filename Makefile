@@ -3,7 +3,10 @@ PREFIX ?= /usr/local
 SBINDIR ?= /sbin
 BUILD ?= build
 CC ?= cc
+PKG_CONFIG ?= pkg-config
 PKGS := fuse3 liburing libcjson
+# pkg-config name:Debian package, for the one-line hint when a -dev package is missing
+PKG_DEBS := fuse3:libfuse3-dev liburing:liburing-dev libcjson:libcjson-dev
 DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 attr
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
@@ -18,8 +21,8 @@ SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 endif
 CFLAGS ?= -O2 -g
 ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
-	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
+LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 CORE := util io st scan hdr plan dcp vfile gen tree view view_dcp inspect mount stage
 # GPU staging: built against the CUDA runtime headers when present, loaded with dlopen
@@ -38,10 +41,18 @@ all: $(BIN) $(BUILD)/qvlmoefs-mkckpt $(BUILD)/stress
 $(BUILD):
 	mkdir -p $@
 
-$(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD)
+# Before compiling anything: without the -dev packages, one line that says what to do instead
+# of a compiler error about a missing header. Order-only, so it never forces a rebuild; the
+# list is worked out only when a compile is due.
+MISSING_DEBS = $(strip $(shell command -v $(PKG_CONFIG) >/dev/null 2>&1 || echo pkg-config; \
+	for p in $(PKG_DEBS); do $(PKG_CONFIG) --exists $${p%%:*} 2>/dev/null || echo $${p#*:}; done))
+have-pkgs:
+	$(if $(MISSING_DEBS),$(error qvlmoefs: missing Debian packages $(MISSING_DEBS): run 'make deps' as root, which installs them))
+
+$(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BUILD)/gpu_cuda.o: src/gpu_cuda.c $(wildcard include/*.h) | $(BUILD)
+$(BUILD)/gpu_cuda.o: src/gpu_cuda.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 	$(CC) $(ALL_CFLAGS) $(GPU_CFLAGS) -c -o $@ $<
 
 $(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
@@ -88,7 +99,7 @@ $(BUILD)/qvbench: tests/bench/qvbench.c | $(BUILD)
 # libfuse's own passthrough_ll example, the baseline of `make bench`
 $(BUILD)/passthrough_ll: | $(BUILD)
 	$(CC) -O2 -w -o $@ /usr/share/doc/libfuse3-dev/examples/passthrough_ll.c \
-		$(shell pkg-config --cflags --libs fuse3)
+		$(shell $(PKG_CONFIG) --cflags --libs fuse3)
 
 bench: deps
 	@tests/deps.sh bc
@@ -101,9 +112,9 @@ FUZZ_DIR := $(BUILD)/fuzz
 FUZZ_TARGETS := st index plan
 FUZZ_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
-	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 
-$(FUZZ_DIR)/%.o: src/%.c $(wildcard include/*.h)
+$(FUZZ_DIR)/%.o: src/%.c $(wildcard include/*.h) | have-pkgs
 	@mkdir -p $(FUZZ_DIR)
 	clang $(FUZZ_CFLAGS) -c -o $@ $<
 
@@ -137,4 +148,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all deps bench fuzz stress check check-loaders check-valgrind demo install uninstall clean
+.PHONY: all have-pkgs deps bench fuzz stress check check-loaders check-valgrind demo install uninstall clean
