@@ -1,5 +1,6 @@
 /*
- * mkckpt.h - what qvlmoefs-mkckpt's checkpoint writer (mkckpt.c) shares with its NeMo
+ * mkckpt.h - what the files of qvlmoefs-mkckpt share: the command line (mkckpt.c), the
+ * Qwen3-VL-MoE schema (mkckpt_qwen.c), the safetensors writer (mkckpt_write.c) and the NeMo
  * Automodel sharded-save writer (mkckpt_sharded.c).
  */
 #ifndef MKCKPT_H
@@ -71,20 +72,48 @@ struct sbuf {
 	int err;
 };
 
-/* mkckpt.c */
+/* mkckpt.c: the command line */
+/* Print "PROG: what: strerror(-err)" and return err. */
 int fail(const char *what, int err);
+/* Print "PROG: what: why (see --help)" and exit 1. */
 void __attribute__((noreturn)) usage_error(const char *what, const char *why);
-void __attribute__((format(printf, 2, 3))) sb_printf(struct sbuf *sb, const char *fmt, ...);
-int cmp_name(const void *a, const void *b);
-uint64_t order_shard(struct tensor **ts, size_t n, enum data_order order);
-int write_tensor_file(int dirfd, const char *fname, struct tensor **ts, size_t n,
-		      uint64_t data_len, const char *meta, const struct opts *o);
-int write_text(int dirfd, const char *fname, const struct sbuf *sb);
+
+/* mkckpt_qwen.c: the Qwen3-VL-MoE schema */
+/* --preset names, NULL-terminated, and their dimensions at the same index. */
+extern const char *const preset_names[];
+extern const struct model presets[];
+/* Usage error for dimensions no loader could use; fix up vision heads and deepstack taps. */
+void check_model(struct model *m);
+/* Append every tensor of the checkpoint to tl in module order; 0 or tl->err. */
+int build_tensors(struct tlist *tl, const struct opts *o);
+/* Write config.json for m into dirfd; failures are reported. */
 int write_config(int dirfd, const struct model *m);
+/* Write the tokenizer and generation files into dirfd; failures are reported. */
 int write_static_files(int dirfd);
 
-/* mkckpt_sharded.c */
+/* mkckpt_write.c: the safetensors writer */
+/* Bytes per element of each enum dtype. */
+extern const unsigned char dt_size[DT_U64 + 1];
+/* Append printf-formatted text to sb; a failure only sets sb->err. */
+void __attribute__((format(printf, 2, 3))) sb_printf(struct sbuf *sb, const char *fmt, ...);
+/* qsort comparator of struct tensor pointers by name, bytewise. */
+int cmp_name(const void *a, const void *b);
+/* Sort ts into the file's data order and set packed offsets from 0; returns the data length. */
+uint64_t order_shard(struct tensor **ts, size_t n, enum data_order order);
+/* Set each tensor's shard: n non-empty runs of the list of roughly total / n bytes each. */
+void assign_shards(struct tlist *tl, uint64_t n, uint64_t total);
+/* Write dirfd/fname holding ts[0..n) as ordered by order_shard; meta: extra __metadata__. */
+int write_tensor_file(int dirfd, const char *fname, struct tensor **ts, size_t n,
+		      uint64_t data_len, const char *meta, const struct opts *o);
+/* Create or replace dirfd/fname holding sb's text; failures are reported. */
+int write_text(int dirfd, const char *fname, const struct sbuf *sb);
+/* Write the normal checkpoint: shards, index, config and static files; failures are reported. */
+int write_checkpoint(int dirfd, struct tlist *tl, uint64_t total, const struct opts *o);
+
+/* mkckpt_sharded.c: --sharded-save */
+/* Usage error for sharded-save options that cannot describe a save. */
 void check_sharded(const struct opts *o);
+/* Write the per-rank files and .hf_metadata/; failures are reported. */
 int write_sharded_save(int dirfd, const struct tlist *tl, const struct opts *o);
 
 #endif
