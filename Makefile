@@ -7,7 +7,7 @@ PKG_CONFIG ?= pkg-config
 PKGS := fuse3 liburing libcjson
 # pkg-config name:Debian package, for the one-line hint when a -dev package is missing
 PKG_DEBS := fuse3:libfuse3-dev liburing:liburing-dev libcjson:libcjson-dev
-DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 attr
+DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 python3-pytest attr
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 ifdef WERROR
@@ -81,7 +81,8 @@ STRESS_THREADS ?= 32
 STRESS_SECONDS ?= 300
 stress: deps
 	$(MAKE) all
-	ONLY=stress STRESS_THREADS=$(STRESS_THREADS) STRESS_SECONDS=$(STRESS_SECONDS) tests/integration.sh
+	STRESS_THREADS=$(STRESS_THREADS) STRESS_SECONDS=$(STRESS_SECONDS) BUILD=$(BUILD) \
+		/usr/bin/python3 -m pytest tests/integration -k stress
 
 # real loaders' file access (PyTorch, numpy) on CPU; needs Debian's python3-torch
 check-loaders: deps

@@ -1,5 +1,6 @@
 #!/bin/bash
-# make check: unit tests, then integration tests that really mount; one closing summary line.
+# make check: unit tests, the layer check, the checker's self-test, then the integration suite
+# (pytest) that really mounts; one closing summary line over everything.
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -22,12 +23,16 @@ echo "== unit tests"
 "$BUILD/unit" | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || grep -q ' failed' "$log" || fail=$((fail + 1))
 tally "$log" unit
+echo "== layers (include lines against the README's order)"
+python3 tests/check_layers.py | tee "$log"
+tally "$log" layers
 echo "== view checker self-test"
 python3 tests/check_view.py --selftest 2>&1 | tee "$log" | tail -n 3
 sed -n 's/^selftest: //p' "$log" >"$log.s"
 tally "$log.s" check_view-selftest
-echo "== integration tests (real mounts)"
-BUILD=$BUILD tests/integration.sh | tee "$log"
+echo "== integration tests (real mounts, pytest)"
+# Debian's python3-pytest lives with /usr/bin/python3, whatever python3 comes first on PATH
+BUILD=$BUILD /usr/bin/python3 -m pytest tests/integration ${PYTEST_ARGS:-} | tee "$log"
 tally "$log" integration
 rm -f "$log" "$log.s"
 echo

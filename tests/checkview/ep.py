@@ -1,0 +1,135 @@
+"""Expert-parallel checks that need more than one view: reassembly and minimal source bytes.
+
+ep_check.py reassemble SRC MNT W [K]  -- MNT holds ep-rank-R (or ep-rank-R-shard-S) folders;
+    concatenating every rank's expert tensors on dim 0 (and shards on dim 1) must give back
+    each source expert tensor byte for byte.
+ep_check.py minbytes SRC W R1,R2,... [K S]  -- print the fewest source bytes that reading
+    those ranks' views can take: their expert slices, plus, per rank, every dense tensor and
+    every pass-through file (the index is generated, headers are synthesized).
+"""
+import json
+import os
+import re
+import struct
+import sys
+
+DT = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2,
+      "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
+      "F64": 8, "C64": 8}
+HF = re.compile(r"(model\.)?language_model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
+
+
+def header(path):
+    """Parsed header and the data section's start."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+    h.pop("__metadata__", None)
+    return h, 8 + n
+
+
+def is_expert(key):
+    """One of a layer's two expert tensors, in either naming."""
+    return bool(HF.fullmatch(key)) or key.endswith((".mlp.experts.gate_and_up_projs",
+                                                    ".mlp.experts.down_projs"))
+
+
+def ep_range(n, w, r):
+    """NeMo Automodel's expert range of rank r."""
+    q, m = divmod(n, w)
+    start = r * q + min(r, m)
+    return start, q + (1 if r < m else 0)
+
+
+def shards(src):
+    """(relative path, header, data start) of every safetensors file under src."""
+    for d, _, files in os.walk(src, followlinks=True):
+        for f in sorted(files):
+            if f.endswith(".safetensors"):
+                p = os.path.join(d, f)
+                h, base = header(p)
+                yield os.path.relpath(p, src), h, base
+
+
+def reassemble(src, mnt, w, k):
+    """Every expert tensor of src equals its pieces from all ranks (and shards) joined."""
+    names = {}
+    bad = 0
+    for rel, h, base in shards(src):
+        for key, t in h.items():
+            if not is_expert(key):
+                continue
+            size = DT[t["dtype"]]
+            e, d1 = t["shape"][0], t["shape"][1]
+            row = size
+            for x in t["shape"][2:]:
+                row *= x
+            with open(os.path.join(src, rel), "rb") as f:
+                f.seek(base + t["data_offsets"][0])
+                want = f.read(t["data_offsets"][1] - t["data_offsets"][0])
+            got = bytearray()
+            pieces = {}
+            for r in range(w):
+                for s in range(k):
+                    folder = f"ep-rank-{r}" + (f"-shard-{s}" if k > 1 else "")
+                    pieces[(r, s)] = view_tensor(os.path.join(mnt, folder, rel), key, names)
+            for r in range(w):
+                start, count = ep_range(e, w, r)
+                for x in range(count):
+                    for s in range(k):
+                        p = pieces[(r, s)]
+                        part = d1 // k * row
+                        got += p[x * part:(x + 1) * part]
+            if bytes(got) != want:
+                print(f"reassemble: {rel}: {key}: pieces differ from the source", file=sys.stderr)
+                bad += 1
+    return bad
+
+
+def view_tensor(path, src_key, names):
+    """Bytes of the view tensor that came from src_key (found by layer and kind)."""
+    h, base = header(path)
+    m = re.search(r"layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_and_up_projs|down_proj|down_projs)$",
+                  src_key)
+    gate = m.group(2).startswith("gate")
+    for key, t in h.items():
+        m2 = re.search(r"layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_and_up_projs|down_proj|down_projs)$", key)
+        if m2 and m2.group(1) == m.group(1) and m2.group(2).startswith("gate") == gate:
+            with open(path, "rb") as f:
+                f.seek(base + t["data_offsets"][0])
+                return f.read(t["data_offsets"][1] - t["data_offsets"][0])
+    raise SystemExit(f"reassemble: {path}: no view tensor for {src_key}")
+
+
+def minbytes(src, w, ranks, k, s):
+    """Fewest source bytes for reading the views of ranks (shard s of k)."""
+    total = 0
+    for rel, h, base in shards(src):
+        for key, t in h.items():
+            n = t["data_offsets"][1] - t["data_offsets"][0]
+            if not is_expert(key):
+                total += n * len(ranks)
+                continue
+            e = t["shape"][0]
+            for r in ranks:
+                total += n // e * ep_range(e, w, r)[1] // k
+    for d, _, files in os.walk(src, followlinks=True):
+        for f in files:
+            if not f.endswith((".safetensors", ".safetensors.index.json")):
+                total += os.path.getsize(os.path.join(d, f)) * len(ranks)
+    return total
+
+
+def main(argv):
+    """Command line: argv[0] is the program name, as in sys.argv."""
+    if len(argv) >= 4 and argv[1] == "reassemble":
+        k = int(argv[5]) if len(argv) > 5 else 1
+        bad = reassemble(argv[2], argv[3], int(argv[4]), k)
+        print("reassemble: " + ("OK" if not bad else f"{bad} tensors differ"))
+        return 1 if bad else 0
+    if len(argv) >= 5 and argv[1] == "minbytes":
+        k, s = (int(argv[5]), int(argv[6])) if len(argv) > 6 else (1, 0)
+        print(minbytes(argv[2], int(argv[3]), [int(x) for x in argv[4].split(",")], k, s))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2

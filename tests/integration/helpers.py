@@ -1,0 +1,187 @@
+"""Shared helpers of the integration suite: paths of the build, running commands, the checkers.
+
+Test modules import this as `helpers` (pytest puts this folder on sys.path). Everything here
+works from any current folder: paths derive from this file, not from where pytest was started.
+The view checker and ep_check run in-process through the tests/checkview package, so a
+mismatch shows up in the assertion message instead of in a child's stderr.
+"""
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = os.environ.get("BUILD", "build")
+QV = ROOT / BUILD / "qvlmoefs"
+MK = ROOT / BUILD / "qvlmoefs-mkckpt"
+PY = sys.executable
+
+if str(ROOT / "tests") not in sys.path:  # the checkview package lives in tests/
+    sys.path.insert(0, str(ROOT / "tests"))
+
+import checkview  # noqa: E402  (needs the sys.path entry above)
+from checkview import ep as _ep  # noqa: E402
+
+
+def _show(args, rc, out, err):
+    """A readable account of one command's outcome, for assertion messages."""
+    return (f"command: {shlex.join(str(a) for a in args)}\nexit status: {rc}\n"
+            f"--- stdout ---\n{out or ''}--- stderr ---\n{err or ''}")
+
+
+def run(*args, check=True, timeout=120, **kw):
+    """Run a command in text mode with stdout/stderr captured; return the CompletedProcess.
+
+    With check=True a nonzero exit (or running past timeout) raises AssertionError showing the
+    command, its exit status and both outputs, so a failing test says what went wrong.
+    """
+    __tracebackhide__ = True  # failures point at the test, not here
+    args = [str(a) for a in args]
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("text", True)
+    try:
+        p = subprocess.run(args, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        raise AssertionError(f"timed out after {timeout}s\n" + _show(args, None, out, err)) from None
+    if check and p.returncode != 0:
+        raise AssertionError("command failed\n" + _show(args, p.returncode, p.stdout, p.stderr))
+    return p
+
+
+def check_view(src, view, *cli_args):
+    """Check VIEW against SRC with the independent checker; same arguments as check_view.py.
+
+    Returns the Report; raises AssertionError listing the mismatches (or the source/argument
+    problem) when the view is not what the contract says.
+    """
+    __tracebackhide__ = True  # failures point at the test, not here
+    argv = [str(src), str(view)] + [str(a) for a in cli_args]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = checkview.parse_args(argv)
+    except SystemExit:
+        raise AssertionError(f"check_view {shlex.join(argv)}: bad arguments: {err.getvalue()}") from None
+    try:
+        rep = checkview.check_args(args)
+    except (checkview.Fatal, OSError) as e:
+        raise AssertionError(f"check_view {shlex.join(argv)}: error: {e}") from None
+    if rep.errors:
+        shown = "\n".join(rep.errors[:60])
+        more = f"\n... and {len(rep.errors) - 60} more" if len(rep.errors) > 60 else ""
+        raise AssertionError(f"check_view {shlex.join(argv)}: {len(rep.errors)} mismatches "
+                             f"({rep.files} files, {rep.tensors} tensors compared):\n{shown}{more}")
+    return rep
+
+
+def ep_check(*args):
+    """Run ep_check (reassemble|minbytes ...) in-process; assert it succeeds; return its stdout."""
+    __tracebackhide__ = True  # failures point at the test, not here
+    argv = ["ep_check.py"] + [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = _ep.main(argv)
+    except SystemExit as e:  # view_tensor exits with a message
+        rc = e.code if isinstance(e.code, int) else 1
+        if not isinstance(e.code, int):
+            err.write(f"{e.code}\n")
+    if rc != 0:
+        raise AssertionError("ep_check failed\n" + _show(argv, rc, out.getvalue(), err.getvalue()))
+    return out.getvalue()
+
+
+def mountpoint(path):
+    """True when path is a mountpoint, exactly as `mountpoint -q` decides it.
+
+    A mount whose daemon does not answer within 10 s counts as mounted (something is there).
+    """
+    try:
+        return subprocess.run(["mountpoint", "-q", str(path)], timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return True
+
+
+def wait_for(pred, timeout=10, interval=0.05):
+    """Poll pred() until it is true; return its last value (falsy when the time ran out)."""
+    end = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(interval)
+
+
+def stat_field(mnt, name):
+    """One counter of the daemon serving mnt (from the user.qvlmoefs.stats xattr of its root)."""
+    return json.loads(os.getxattr(str(mnt), "user.qvlmoefs.stats"))[name]
+
+
+def read_all(folder):
+    """Read every regular file below folder to its end with plain read() calls.
+
+    Like `find -name .qvlmoefs -prune -o -type f`: inspection folders and symlinks are skipped.
+    """
+    for d, dirs, files in os.walk(folder):
+        dirs[:] = [x for x in dirs if x != ".qvlmoefs"]
+        for name in files:
+            p = os.path.join(d, name)
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb", buffering=0) as f:
+                    while f.read(1 << 20):
+                        pass
+
+
+def within_1pct(got, want):
+    """Assert got is at least want and at most 1% above it (source bytes against the minimum)."""
+    __tracebackhide__ = True
+    assert want <= got and got * 100 <= want * 101, \
+        f"source bytes read: {got}, minimal: {want} (must be within [minimal, minimal + 1%])"
+
+
+def mounts_below(root):
+    """Mountpoints strictly below root (from /proc/mounts, which never blocks), deepest first."""
+    prefix = str(root).rstrip("/") + "/"
+    found = []
+    with open("/proc/mounts") as f:
+        for line in f:
+            target = line.split()[1]
+            target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), target)
+            if target.startswith(prefix):
+                found.append(target)
+    return sorted(found, reverse=True)
+
+
+def unmount_all(root):
+    """Unmount every mount below root, deepest first: fusermount3 -u, else umount -l."""
+    for m in mounts_below(root):
+        try:
+            ok = subprocess.run(["fusermount3", "-u", m], stderr=subprocess.DEVNULL,
+                                timeout=30).returncode == 0
+        except subprocess.TimeoutExpired:
+            ok = False
+        if not ok:
+            subprocess.run(["umount", "-l", m], stderr=subprocess.DEVNULL, timeout=30)
+
+
+def fuse_missing():
+    """Why this machine cannot mount, or None when it can."""
+    try:
+        if not stat.S_ISCHR(os.stat("/dev/fuse").st_mode):
+            return "no /dev/fuse or fusermount3 on this machine"
+    except OSError:
+        return "no /dev/fuse or fusermount3 on this machine"
+    if shutil.which("fusermount3") is None:
+        return "no /dev/fuse or fusermount3 on this machine"
+    return None

@@ -1,0 +1,51 @@
+"""The build and the code's structure, as a new user meets them before anything mounts.
+
+`make` on a machine without the -dev packages must say in one line what to install and which
+target installs it, instead of stopping at a compiler error about a missing header; the
+layer check must hold the modules to the README's order and catch an upward include.
+"""
+import os
+import shutil
+
+from helpers import PY, ROOT, run
+
+
+def test_make_without_dev_packages_says_what_to_do(tmp):
+    """pkg-config that finds nothing stands in for a machine without the -dev packages."""
+    env = dict(os.environ, PKG_CONFIG_LIBDIR=str(tmp / "no-pc-files"))
+    env.pop("MAKEFLAGS", None)
+    p = run("make", "-s", "-C", ROOT, f"BUILD={tmp / 'b'}", "all", check=False, env=env)
+    assert p.returncode != 0, "make built without the packages it needs"
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{p.stderr}"
+    for deb in ("libfuse3-dev", "liburing-dev", "libcjson-dev", "make deps"):
+        assert deb in lines[0], f"{deb!r} not named in: {lines[0]}"
+    assert not (tmp / "b").exists() or not any((tmp / "b").glob("*.o")), "it compiled anyway"
+
+
+def test_make_without_pkg_config_names_it(tmp):
+    """With no pkg-config at all, the line names that package too."""
+    env = dict(os.environ)
+    env.pop("MAKEFLAGS", None)
+    p = run("make", "-s", "-C", ROOT, f"BUILD={tmp / 'b'}", f"PKG_CONFIG={tmp / 'none'}",
+            "all", check=False, env=env)
+    assert p.returncode != 0
+    assert "pkg-config" in p.stderr and "make deps" in p.stderr, p.stderr
+
+
+def test_layers_hold(tmp):
+    """The tree as committed keeps every include pointing down the README's layer line."""
+    p = run(PY, ROOT / "tests" / "check_layers.py", ROOT)
+    assert p.stdout.splitlines()[-1].endswith(" 0 failed"), p.stdout
+
+
+def test_layer_check_catches_an_upward_include(tmp):
+    """A copy of src/include/README where tree.c includes the mount's header must fail."""
+    for d in ("src", "include"):
+        shutil.copytree(ROOT / d, tmp / d)
+    shutil.copy(ROOT / "README.md", tmp / "README.md")
+    with open(tmp / "src" / "tree.c", "a") as f:
+        f.write('#include "qv_mount.h"\n')
+    p = run(PY, ROOT / "tests" / "check_layers.py", tmp, check=False)
+    assert p.returncode != 0, p.stdout
+    assert "src/tree.c: includes qv_mount.h, but 'mount' is above 'tree'" in p.stdout, p.stdout

@@ -1,0 +1,132 @@
+"""The command line: exit codes, mount(8) integration, refusing bad sources and options, help,
+and the node mount script.
+"""
+import json
+import os
+import re
+import struct
+import subprocess
+
+import pytest
+
+import helpers
+from helpers import BUILD, QV, ROOT, check_view, run, wait_for
+
+
+def start_foreground(src, mnt, log):
+    """Start `QV -f src mnt` in the background (stderr to log); wait up to 5 s for the mount."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as err:
+        p = subprocess.Popen([str(QV), "-f", str(src), str(mnt)], stdout=subprocess.DEVNULL, stderr=err)
+    wait_for(lambda: helpers.mountpoint(mnt), timeout=5)
+    return p
+
+
+def test_clean_unmount_exit_code(ckpt, fuse, tmp):
+    """A foreground daemon exits 0 when unmounted, by fusermount3 -u and by umount."""
+    m, log = tmp / "m", tmp / "daemon.log"
+    p = start_foreground(ckpt["hf"], m, log)
+    try:
+        assert helpers.mountpoint(m), f"foreground mount did not appear; log: {log.read_text()}"
+        (m / "config.json").read_bytes()
+        run("fusermount3", "-u", m, timeout=30)
+        assert p.wait(timeout=30) == 0, f"exit status after fusermount3 -u; log: {log.read_text()}"
+        p = start_foreground(ckpt["hf"], m, log)
+        run("umount", m, timeout=30)
+        assert p.wait(timeout=30) == 0, f"exit status after umount; log: {log.read_text()}"
+    finally:
+        if p.poll() is None:
+            helpers.unmount_all(tmp)
+            p.kill()
+            p.wait()
+
+
+def test_mount_t_fuse(ckpt, fuse, tmp):
+    """`mount -t fuse.qvlmoefs` works after make install (mount(8)-only options are dropped)."""
+    if os.getuid() != 0:
+        pytest.skip("mount -t needs root")
+    had = os.path.exists("/sbin/mount.fuse.qvlmoefs")
+    run("make", "-s", "-C", ROOT, "install", f"BUILD={BUILD}", "PREFIX=/usr/local", timeout=600)
+    try:
+        m = tmp / "m"
+        m.mkdir()
+        run("mount", "-t", "fuse.qvlmoefs", ckpt["hf"], m, "-o", "ro,view=native,nofail")
+        check_view(ckpt["hf"], m, "--view", "native")
+        with open("/proc/mounts") as f:
+            assert "fuse.qvlmoefs" in f.read()
+        run("umount", m, timeout=30)
+    finally:
+        if not had:
+            run("make", "-s", "-C", ROOT, "uninstall", "PREFIX=/usr/local")
+
+
+# ---------------------------------------------------------------- malformed sources
+
+def tensor(b, e, shape=None):
+    """A BF16 header entry for data [b, e)."""
+    return {"dtype": "BF16", "shape": shape or [(e - b) // 2], "data_offsets": [b, e]}
+
+
+DUP = (b'{"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]},'
+       b'"a":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}}')
+# name: (header object or raw header bytes, data, header length written or None, message part)
+MALFORMED = {
+    "badjson": (b'{"a": {"dtype": "BF16", ', b"", None, "not valid JSON"),
+    "dupkey": (DUP, b"xx", None, "duplicate header key"),
+    "dtype": ({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 2]}}, b"xx", None, "unknown dtype"),
+    "overlap": ({"a": tensor(0, 4), "b": tensor(2, 6)}, b"x" * 6, None, "overlaps"),
+    "pastend": ({"a": tensor(0, 8)}, b"x" * 4, None, "past end"),
+    "hdrlen": (b"{}", b"", 1000, "past end of file"),
+    "hole": ({"a": tensor(0, 2), "b": tensor(4, 6)}, b"x" * 6, None, "hole"),
+    "shape": ({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 2]}}, b"xx", None, "shape x dtype"),
+}
+SHARD = "model-00001-of-00001.safetensors"
+
+
+@pytest.mark.parametrize("case", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_source_rejected(mount, tmp, case):
+    """A bad source fails before mounting, with one line that names the file and the problem."""
+    header, data, hlen, want = case
+    src = tmp / "bad"
+    src.mkdir()
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    (src / SHARD).write_bytes(struct.pack("<Q", len(raw) if hlen is None else hlen) + raw + data)
+    p = mount.fail(src, tmp / "m", stderr=subprocess.STDOUT)
+    out = p.stdout.rstrip("\n")
+    assert "\n" not in out, f"not one line: {out}"
+    assert re.search(re.escape(SHARD) + ".*" + re.escape(want), out, re.S), \
+        f"message lacks the file or {want!r}: {out}"
+
+
+BAD_OPTIONS = {
+    "view": ["-o", "view=bogus"], "io": ["-o", "io=aio"], "gpu": ["-o", "gpu=0"],
+    "rank_without_size": ["-o", "ep_rank=1"], "exclude_regex": ["-o", "exclude=(?=x)"],
+}
+
+
+@pytest.mark.parametrize("opts", BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_bad_option_rejected(ckpt, mount, tmp, opts):
+    """A bad option value fails and mounts nothing."""
+    mount.fail(ckpt["hf"], tmp / "m", *opts)
+
+
+def test_missing_source_rejected(mount, tmp):
+    """A source folder that does not exist fails and mounts nothing."""
+    mount.fail(tmp / "nonexistent", tmp / "m")
+
+
+def test_help_and_version():
+    """--help lists the view option and FUSE's allow_other; -V names the version."""
+    out = run(QV, "--help", check=False).stdout
+    assert "view=native|hf" in out
+    assert "allow_other" in out
+    assert "qvlmoefs version" in run(QV, "-V", check=False).stdout
+
+
+def test_node_mount_script(ckpt, fuse, tmp):
+    """qvlmoefs-node-mount mounts all ranks, is idempotent, and rank folders are right."""
+    script, m = ROOT / "mount-scripts" / "qvlmoefs-node-mount", tmp / "m"
+    env = dict(os.environ, QVLMOEFS=str(QV))
+    run(script, ckpt["e10"], m, 4, "view=native", env=env)
+    assert "already mounted" in run(script, ckpt["e10"], m, 4, env=env).stdout
+    check_view(ckpt["e10"], m / "ep-rank-2", "--ep-size", 4, "--ep-rank", 2)

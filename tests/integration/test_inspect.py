@@ -1,0 +1,194 @@
+"""The inspection surface: the hidden .qvlmoefs/ folder, the user.qvlmoefs.* xattrs and the
+`qvlmoefs inspect` subcommand.
+
+What these report must agree with what the view serves: every header, tensor byte, dtype,
+shape and source name is compared with the view's own files (and the source), so a tool that
+trusts the inspection data reads what a loader would read.
+"""
+import glob
+import json
+import os
+import struct
+
+import pytest
+
+from helpers import QV, run
+
+STATS_KEYS = ("requests", "bytes_served", "bytes_from_sources", "bytes_from_sources_uring",
+              "bytes_from_sources_pread", "errors", "open_files", "uptime_s")
+
+
+def load(path):
+    """The JSON document in a file."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_header(path):
+    """(header dict, header length) of a safetensors file."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)), n
+
+
+def tensor_bytes(path, key):
+    """The raw bytes of one tensor of a safetensors file."""
+    hdr, n = read_header(path)
+    b, e = hdr[key]["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(8 + n + b)
+        return f.read(e - b)
+
+
+def test_hidden_folder(mount, ckpt):
+    """.qvlmoefs/ is read-only, invisible to globbing loaders and the index, and its stats
+    count the requests made through the view."""
+    m = mount(ckpt["e10"])
+    h = m / ".qvlmoefs"
+    assert h.is_dir() and not os.access(h, os.W_OK)
+    found = [p for p in glob.glob(f"{m}/**/*.safetensors", recursive=True) if ".qvlmoefs" in p]
+    assert not found, f"a recursive glob finds inspection files: {found}"
+    assert ".qvlmoefs" not in (m / "model.safetensors.index.json").read_text()
+    s1 = json.loads((h / "stats").read_text())
+    (m / "config.json").read_bytes()
+    s2 = json.loads((h / "stats").read_text())
+    assert s2["opens"] > s1["opens"] and s2["bytes_served"] > s1["bytes_served"], (s1, s2)
+    print("stats:", s2)
+
+
+def check_inspection(view, src):
+    """.qvlmoefs/ of one view root against the view's own files.
+
+    stats has every counter, view.json names the source, each file's user.qvlmoefs.source
+    names its source, each safetensors file's header equals headers/<file>.json, and each
+    tensor file holds the tensor's bytes with its dtype, shape, file and extents as xattrs.
+    """
+    h = os.path.join(view, ".qvlmoefs")
+    stats = load(f"{h}/stats")
+    for k in STATS_KEYS:
+        assert k in stats, k
+    vj = load(f"{h}/view.json")
+    assert vj["source"] == os.path.realpath(src), vj
+    ntensors = 0
+    for dirpath, _, files in os.walk(view):
+        if ".qvlmoefs" in dirpath:
+            continue
+        for f in files:
+            p = os.path.join(dirpath, f)
+            rel = os.path.relpath(p, view)
+            x = os.getxattr(p, "user.qvlmoefs.source").decode()
+            if not f.endswith(".safetensors"):
+                if not f.endswith(".index.json"):
+                    assert x == rel or os.path.exists(os.path.join(src, x)), (rel, x)
+                continue
+            with open(p, "rb") as fh:
+                raw = fh.read()
+            n = struct.unpack("<Q", raw[:8])[0]
+            hdr = json.loads(raw[8:8 + n])
+            assert load(f"{h}/headers/{rel}.json") == hdr, rel
+            for key, t in hdr.items():
+                if key == "__metadata__":
+                    continue
+                tp = f"{h}/tensors/{key}"
+                b, e = t["data_offsets"]
+                with open(tp, "rb") as fh:
+                    assert fh.read() == raw[8 + n + b:8 + n + e], key
+                assert os.getxattr(tp, "user.qvlmoefs.dtype").decode() == t["dtype"]
+                assert json.loads(os.getxattr(tp, "user.qvlmoefs.shape")) == t["shape"]
+                assert os.getxattr(tp, "user.qvlmoefs.file").decode() == rel
+                assert os.getxattr(tp, "user.qvlmoefs.extents")
+                ntensors += 1
+    listed = len(os.listdir(f"{h}/tensors"))
+    assert ntensors == listed, f"{ntensors} tensors in the view's files, {listed} in tensors/"
+    print(f"{view}: {ntensors} tensor files, headers, xattrs and view.json agree")
+
+
+# (checkpoint, mount options, the view root below the mount point)
+INSPECTED = [("e10", (), "."), ("native", (), "."),
+             ("e10n", ("-o", "ep_size=4,ep_shard_size=2"), "ep-rank-3-shard-1")]
+
+
+@pytest.mark.parametrize("name,opts,root", INSPECTED, ids=["e10", "native", "e10n-rank3-shard1"])
+def test_inspection_folder_and_xattrs(mount, ckpt, name, opts, root):
+    """The inspection folder of a view root agrees with the view (see check_inspection)."""
+    m = mount(ckpt[name], None, *opts)
+    check_inspection(os.path.join(m, root), ckpt[name])
+
+
+def test_inspection_of_rank_views(mount, ckpt):
+    """A rank folder's view.json gives its rank and expert range; the mount root has stats."""
+    m = mount(ckpt["e10n"], None, "-o", "ep_size=4,ep_shard_size=2")
+    vj = (m / "ep-rank-3-shard-1/.qvlmoefs/view.json").read_text()
+    assert '"ep_rank": 3' in vj, vj
+    assert '"expert_start": 8' in vj, vj
+    assert (m / ".qvlmoefs/stats").is_file()
+
+
+def test_inspection_xattrs_and_tensor_bytes(mount, ckpt):
+    """Spot checks by hand: an expert tensor's shape xattr, a file's source xattr, and
+    lm_head.weight's bytes in tensors/ equal to the source's."""
+    src = ckpt["e10"]
+    m = mount(src)
+    tp = m / ".qvlmoefs/tensors/model.language_model.layers.1.mlp.experts.down_projs"
+    assert "user.qvlmoefs.shape" in os.listxattr(tp)
+    assert os.getxattr(tp, "user.qvlmoefs.shape") == b"[10,40,48]"
+    first = "model-00001-of-00002.safetensors"
+    assert os.getxattr(m / first, "user.qvlmoefs.source").decode() == first
+    assert (m / ".qvlmoefs/tensors/lm_head.weight").read_bytes() == \
+        tensor_bytes(src / "model-00002-of-00002.safetensors", "lm_head.weight")
+
+
+# ---------------------------------------------------------------------------- qvlmoefs inspect
+
+# (mount options, checkpoint)
+INSPECT_CASES = [((), "e10"), (("-o", "ep_size=4,ep_rank=2"), "e10"), (("-o", "ep_size=2"), "e10"),
+                 (("-o", "view=hf"), "native")]
+
+
+@pytest.mark.parametrize("opts,name", INSPECT_CASES,
+                         ids=["default", "ep_size=4,ep_rank=2", "ep_size=2", "view=hf"])
+def test_inspect_agrees_with_mount(mount, ckpt, opts, name):
+    """`inspect --keys --json` lists exactly the mounted files with their sizes, and each key's
+    view name, shape and dtype as the mounted header has them."""
+    src = ckpt[name]
+    rep = json.loads(run(QV, "inspect", src, *opts, "--keys", "--json").stdout)
+    m = mount(src, None, *opts)
+    files = {}
+    for d, dirs, fs in os.walk(m):
+        dirs[:] = [x for x in dirs if x != ".qvlmoefs"]
+        for f in fs:
+            p = os.path.join(d, f)
+            files[os.path.relpath(p, m)] = os.path.getsize(p)
+    got = {f["path"]: f["size"] for f in rep["files"]}
+    assert got == files, sorted(set(got) ^ set(files))
+    keys = 0
+    for k in rep["keys"]:
+        t = read_header(os.path.join(m, k["folder"], k["file"]))[0][k["view_key"]]
+        assert t["shape"] == k["view_shape"] and t["dtype"] == k["dtype"], k
+        assert k["source_key"], k
+        keys += 1
+    assert keys > 0
+    print(f"inspect: {len(files)} files and {keys} keys agree with the mount")
+
+
+def test_inspect_refuses_too_many_ranks(ckpt):
+    """inspect plans like the mount: more ranks than experts is an error."""
+    p = run(QV, "inspect", ckpt["e10"], "-o", "ep_size=11", check=False)
+    assert p.returncode != 0, "inspect accepted ep_size=11 for 10 experts"
+    assert "ep_size=11 exceeds its 10 experts" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_inspect_error_is_the_mounts(mount, ckpt, tmp):
+    """A bad source makes inspect fail with, word for word, the error the mount gives."""
+    d = tmp / "dup"
+    d.mkdir()
+    (d / "config.json").write_bytes((ckpt["e10"] / "config.json").read_bytes())
+    h = (b'{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},'
+         b'"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}')
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"x")
+    p = run(QV, "inspect", d, check=False)
+    assert p.returncode != 0, "inspect accepted a header with a duplicate key"
+    out = p.stdout + p.stderr
+    print(out, end="")
+    failed = mount.fail(d, tmp / "m")
+    assert out.rstrip("\n") == (failed.stdout + failed.stderr).rstrip("\n")

@@ -1,0 +1,294 @@
+"""Reliability under load and under a hostile world: concurrent stress, sources that change or
+fail under the mount, symlinks swapped to point outside, other users, too few descriptors.
+
+The promise behind all of them: a read through the view returns the right bytes or an error
+(EIO, EMFILE), never short or wrong data, never a file from outside the source, and the daemon
+keeps serving. test_stress is also CI's thread-sanitizer run:
+`BUILD=build-tsan STRESS_SECONDS=10 /usr/bin/python3 -m pytest tests/integration -k stress`.
+"""
+import errno
+import os
+import shlex
+import shutil
+import signal
+import stat
+import time
+
+import pytest
+
+from helpers import BUILD, QV, ROOT, check_view, run, wait_for
+from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
+from support_daemon import mount_options, run_merged, source_fds, unmount
+
+SECOND = "model-00002-of-00002.safetensors"
+TEST_USER = "qvlmoefs-test"
+
+
+def copy_files(view, ref):
+    """Copy the plain files of a view folder (not the hidden .qvlmoefs) into a new folder ref."""
+    ref.mkdir()
+    for p in sorted(view.iterdir()):
+        if p.name.startswith("."):
+            continue
+        assert p.is_file(), f"{p}: the stress views are expected to hold files only"
+        shutil.copyfile(p, ref / p.name)
+
+
+# ---------------------------------------------------------------------------- stress
+
+
+def test_stress(daemon, ckpt, tmp):
+    """Many threads read two views with read, pread and mmap; every byte matches a verified copy.
+
+    STRESS_SECONDS (10) and STRESS_THREADS (16) size the run. The daemons hold as many source
+    descriptors afterwards as before, so no open of the run leaked one.
+    """
+    secs = os.environ.get("STRESS_SECONDS", "10")
+    threads = os.environ.get("STRESS_THREADS", "16")
+    stress = ROOT / BUILD / "stress"
+    assert os.access(stress, os.X_OK), f"{stress} is missing: build it first (make all)"
+    e10, e10n = ckpt["e10"], ckpt["e10n"]
+    m1, m2 = tmp / "m1", tmp / "m2"
+    d1 = daemon(e10, m1)
+    d2 = daemon(e10n, m2, "-o", "ep_size=4")
+    rank1 = m2 / "ep-rank-1"
+    check_view(e10, m1)
+    check_view(e10n, rank1, "--ep-size", "4", "--ep-rank", "1")
+    copy_files(m1, tmp / "ref1")
+    copy_files(rank1, tmp / "ref2")
+    # descriptors of source files held by the daemons (rings come and go with worker threads)
+    fd1, fd2 = source_fds(d1.pid, e10), source_fds(d2.pid, e10n)
+    p = run(stress, secs, threads, f"{m1}:{tmp / 'ref1'}", f"{rank1}:{tmp / 'ref2'}",
+            timeout=3 * float(secs) + 120)
+    print(p.stdout, end="")
+
+    def now():
+        """The daemons' source descriptor counts now."""
+        return source_fds(d1.pid, e10), source_fds(d2.pid, e10n)
+
+    wait_for(lambda: now() == (fd1, fd2), timeout=5)  # releases are asynchronous
+    print(f"daemon source fds: {fd1} -> {now()[0]}, {fd2} -> {now()[1]}")
+    assert now() == (fd1, fd2), f"source descriptors before the run {(fd1, fd2)}, after {now()}"
+    unmount(m1)
+    unmount(m2)
+    assert d1.wait() == 0 and d2.wait() == 0
+
+
+# ---------------------------------------------------------------------------- changing sources
+
+MUTATIONS = ["truncate", "overwrite", "delete", "rename_replace", "chmod"]
+
+
+def mutate(path, how):
+    """Change the source file at path in one of the MUTATIONS ways."""
+    if how == "truncate":
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif how == "overwrite":
+        with open(path, "r+b") as g:
+            g.seek(os.path.getsize(path) // 2)
+            g.write(b"\xAA" * 4096)
+    elif how == "delete":
+        os.unlink(path)
+    elif how == "rename_replace":
+        shutil.copy(path, f"{path}.new")
+        with open(f"{path}.new", "r+b") as g:
+            g.seek(os.path.getsize(path) // 2)
+            g.write(b"\x55" * 4096)
+        os.rename(f"{path}.new", path)
+    elif how == "chmod":
+        os.chmod(path, 0)
+
+
+@pytest.mark.parametrize("how", MUTATIONS)
+@pytest.mark.parametrize("opts", [(), ("-o", "direct_io")], ids=["page_cache", "direct_io"])
+def test_sources_change_under_mount(mount, ckpt, tmp, opts, how):
+    """A source file changes under an open view file: every read is right or EIO, never short,
+    a reopen gives the old bytes or EIO, and the daemon still serves other files."""
+    src = tmp / "chg"
+    shutil.copytree(ckpt["e10"], src)
+    m = mount(src, None, *opts)
+    want = (m / SECOND).read_bytes()
+    f = os.open(m / SECOND, os.O_RDONLY)
+    pos, step, eio = 0, 65536, 0
+    try:
+        first = os.read(f, step)
+        assert first == want[:len(first)]
+        pos = len(first)
+        mutate(src / SECOND, how)
+        while pos < len(want):
+            try:
+                got = os.pread(f, step, pos)
+            except OSError as e:
+                assert e.errno == errno.EIO, e
+                eio += 1
+                pos += step
+                continue
+            assert len(got) == min(step, len(want) - pos), f"short read at {pos}: {len(got)}"
+            assert got == want[pos:pos + len(got)], f"WRONG BYTES at {pos}"
+            pos += len(got)
+    finally:
+        os.close(f)
+    try:
+        again = (m / SECOND).read_bytes()
+        assert again == want, "reopened file served different bytes"
+        reopen = "same bytes"
+    except OSError as e:
+        assert e.errno == errno.EIO, e
+        reopen = "EIO"
+    assert (m / "config.json").read_bytes(), "the daemon no longer serves"
+    print(f"{how}: {eio} reads gave EIO, reopen: {reopen}")
+    mount.umount(m)
+
+
+FAULTS = ["setup=EPERM", "chunk=4096,eagain=3", "setup=EPERM,chunk=1000"]
+
+
+@pytest.mark.parametrize("faults", FAULTS)
+def test_io_faults_through_mount(daemon, ckpt, tmp, faults):
+    """Injected io_uring faults (QVLMOEFS_TEST_FAULTS) never reach a reader: the view checks.
+
+    A refused ring setup falls back to pread, saying so once; short chunks and EAGAIN are
+    retried without any fallback.
+    """
+    m = tmp / "m"
+    d = daemon(ckpt["e10"], m, env={"QVLMOEFS_TEST_FAULTS": faults})
+    check_view(ckpt["e10"], m)
+    unmount(m)
+    assert d.wait() == 0
+    log = d.log()
+    print(log, end="")
+    fallbacks = sum("falling back to pread" in line for line in log.splitlines())
+    if faults.startswith("setup="):
+        assert fallbacks == 1, f"want one 'falling back to pread' line, got {fallbacks}:\n{log}"
+    else:
+        assert "falling back" not in log, log
+
+
+def test_symlink_swap_never_escapes(daemon, ckpt, tmp):
+    """Links swapped while mounted to name a file outside the source are never served, and
+    after a rescan the names are gone from the view."""
+    src = tmp / "ln"
+    (src / "real").mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(ckpt["e10"] / name, src / "real" / name)
+    (src / "config.json").symlink_to("real/config.json")
+    outside = tmp / "outside.txt"
+    outside.write_text("SECRET-OUTSIDE\n")
+    m = tmp / "m"
+    d = daemon(src, m)
+    assert (m / "config.json").read_bytes() == (src / "real/config.json").read_bytes()
+    # swap the link (and the file it named) while mounted
+    os.symlink(outside, src / "config.json.tmp")
+    os.replace(src / "config.json.tmp", src / "config.json")
+    os.rename(src / "real/config.json", src / "real/config.old")
+    os.symlink(outside, src / "real/config.json")
+    for name in ("config.json", "real/config.json"):
+        try:
+            data = (m / name).read_bytes()
+        except OSError:
+            continue
+        assert b"SECRET-OUTSIDE" not in data, f"{name}: served a file outside the source"
+    d.signal(signal.SIGHUP)
+    assert d.wait_log("rescan"), f"no rescan logged after SIGHUP:\n{d.log()}"
+    assert not (m / "config.json").exists(), "config.json (a link to outside) still in the view"
+    assert not (m / "real/config.json").exists(), "real/config.json still in the view"
+    unmount(m)
+
+
+# ---------------------------------------------------------------------------- other users
+
+
+def as_user(cmd):
+    """Run a shell command as TEST_USER; (exit status, output)."""
+    return run_merged("su", TEST_USER, "-s", "/bin/sh", "-c", cmd, timeout=60, cwd="/")
+
+
+def user_can_run(path):
+    """True when TEST_USER can execute path (every folder above it is searchable)."""
+    return as_user(f"test -x {shlex.quote(str(path))}")[0] == 0
+
+
+def test_permissions_and_users(mount, ckpt, tmp):
+    """A user mounts their own view; nobody else (root included) may enter it without
+    allow_other, and allow_other always comes with default_permissions.
+
+    The binary and the checkpoint are used from copies below tmp when the checkout lies in a
+    folder the user cannot enter (a 0700 temporary folder, say).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user")
+    if run("id", TEST_USER, check=False).returncode != 0:
+        run("useradd", "-M", "-s", "/bin/sh", TEST_USER)
+    assert user_can_run(tmp), f"{TEST_USER} cannot enter {tmp}"
+    d = tmp / "user"
+    (d / "m").mkdir(parents=True)
+    shutil.copytree(ckpt["e10"], d / "src")
+    qv = QV
+    if not user_can_run(QV):
+        qv = d / "bin" / "qvlmoefs"
+        qv.parent.mkdir()
+        shutil.copy2(QV, qv)
+        qv.chmod(0o755)
+    print(f"{TEST_USER} runs {qv}")
+    run("chown", "-R", TEST_USER, d)
+    q = {k: shlex.quote(str(v)) for k, v in
+         {"qv": qv, "src": d / "src", "m": d / "m", "cfg": d / "m" / "config.json"}.items()}
+    # a stock machine lets users open /dev/fuse (0666); containers may not: as on a stock
+    # machine for the length of this test
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        rc, out = as_user(f"{q['qv']} {q['src']} {q['m']}")
+        assert rc == 0, f"{TEST_USER} could not mount (exit status {rc}): {out}"
+        rc, out = as_user(f"cat {q['cfg']} >/dev/null")
+        assert rc == 0, f"{TEST_USER} could not read their own mount: {out}"
+        # another user (root included) is refused without allow_other
+        try:
+            os.listdir(d / "m")
+        except OSError:
+            pass
+        else:
+            pytest.fail("root could list another user's mount")
+        rc, out = as_user(f"fusermount3 -u {q['m']}")
+        assert rc == 0, f"{TEST_USER} could not unmount: {out}"
+    finally:
+        os.chmod("/dev/fuse", mode)
+    # allow_other always comes with default_permissions
+    m = mount(ckpt["e10"], tmp / "m", "-o", "allow_other")
+    opts = mount_options(m) or ""
+    assert "default_permissions" in opts.split(","), f"no default_permissions: {opts}"
+
+
+# ---------------------------------------------------------------------------- descriptors
+
+
+def test_out_of_descriptors(daemon, ckpt, tmp):
+    """With 48 descriptors the daemon refuses some of 100 opens with EMFILE/ENFILE, serves the
+    rest right, and once they are closed opens all 100 again."""
+    src = tmp / "many"
+    shutil.copytree(ckpt["e10"], src)
+    for i in range(1, 101):
+        (src / f"f{i}.txt").write_text(f"file {i}\n")
+    m = tmp / "m"
+    d = daemon(src, m, argv=["sh", "-c", 'ulimit -n 48 && exec "$@"', "sh", QV, "-f", src, m])
+    held, refused = [], 0
+    try:
+        for i in range(1, 101):
+            try:
+                held.append((i, os.open(m / f"f{i}.txt", os.O_RDONLY)))
+            except OSError as e:
+                assert e.errno in (errno.EMFILE, errno.ENFILE), e
+                refused += 1
+        for i, fd in held:
+            assert os.read(fd, 100) == f"file {i}\n".encode(), i
+    finally:
+        for _, fd in held:
+            os.close(fd)
+    print(f"{len(held)} opened, {refused} refused cleanly")
+    assert refused > 0, "all 100 opens succeeded under a limit of 48 descriptors"
+    time.sleep(0.5)  # FUSE sends release asynchronously after close()
+    for i in range(1, 101):  # all descriptors were given back: everything opens again
+        assert (m / f"f{i}.txt").read_text() == f"file {i}\n"
+    assert (m / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    unmount(m)
+    assert d.wait() == 0

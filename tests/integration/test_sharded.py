@@ -1,0 +1,133 @@
+"""Automodel sharded saves (DCP: shard-NNNNN-model-*.safetensors, one file per saving rank).
+
+A sharded save mounts as the consolidated checkpoint it came from: the view must equal the
+plain checkpoint that qvlmoefs-mkckpt generates from the same arguments without the sharded-
+save flags, in both namings and re-sliced for any expert-parallel size; a save whose ranks do
+not cover every tensor exactly once must refuse to mount with a message that says what is
+wrong.
+"""
+import json
+import re
+import shutil
+import struct
+
+import pytest
+
+from helpers import check_view
+
+# (name, mkckpt flags of the plain checkpoint, mkckpt flags of the sharded save)
+LAYOUTS = [
+    ("w1", [], ["--sharded-save", "1"]),
+    ("w4", [], ["--sharded-save", "4"]),
+    ("w8k2", [], ["--sharded-save", "8", "--save-shard-size", "2"]),
+    ("e10w4", ["--experts", "10"], ["--experts", "10", "--sharded-save", "4", "--dense-split"]),
+    ("w3", ["--shards", "3"], ["--sharded-save", "3", "--shards", "3", "--dense-split"]),
+]
+VIEWS = [((), "hf"), (("-o", "view=native"), "native")]
+
+
+@pytest.mark.parametrize("opts,view", VIEWS, ids=[v for _, v in VIEWS])
+@pytest.mark.parametrize("name,plain,sharded", LAYOUTS, ids=[x[0] for x in LAYOUTS])
+def test_dcp_consolidated_equals_original(mount, ckpt, name, plain, sharded, opts, view):
+    """Each sharded layout mounts as the original checkpoint, in the HF and native view."""
+    ref = ckpt.make(f"dcp-{name}-hf", *plain)
+    src = ckpt.make(f"dcp-{name}", *sharded)
+    m = mount(src, None, *opts)
+    check_view(ref, m, "--view", view)
+
+
+R16 = {"r16-w8": ["--experts", "16", "--sharded-save", "8"],
+       "r16-w8k2": ["--experts", "16", "--sharded-save", "8", "--save-shard-size", "2",
+                    "--dense-split"]}
+
+
+@pytest.mark.parametrize("ep_size", [4, 16, 3])
+@pytest.mark.parametrize("layout", list(R16))
+def test_dcp_resharded_rank_views(mount, ckpt, layout, ep_size):
+    """A save made by 8 ranks re-slices to any other expert-parallel size (first, last rank)."""
+    ref = ckpt.make("r16-hf", "--experts", "16")
+    src = ckpt.make(layout, *R16[layout])
+    m = mount(src, None, "-o", f"ep_size={ep_size}")
+    for r in (0, ep_size - 1):
+        check_view(ref, m / f"ep-rank-{r}", "--view", "hf", "--ep-size", ep_size, "--ep-rank", r)
+
+
+@pytest.mark.parametrize("layout", list(R16))
+def test_dcp_resharded_single_rank_native(mount, ckpt, layout):
+    """One rank and one dim-1 shard of a sharded save, in the native view."""
+    ref = ckpt.make("r16-hf", "--experts", "16")
+    src = ckpt.make(layout, *R16[layout])
+    m = mount(src, None, "-o", "ep_size=2,ep_rank=1,ep_shard_size=2,ep_shard_rank=0,view=native")
+    check_view(ref, m, "--view", "native", "--ep-size", 2, "--ep-rank", 1,
+               "--ep-shard-size", 2, "--ep-shard-rank", 0)
+
+
+# ---------------------------------------------------------------------------- coverage errors
+
+
+def _rank_file(folder, r, dtype, size, at=None):
+    """Write a one-tensor ("w", 2 elements) rank file of a hand-made sharded save."""
+    info = json.dumps({"w": {"saved_offsets": [r * 2 if at is None else at]}})
+    h = json.dumps({"__metadata__": {"format": "pt", "DCP_SHARDING_INFO": info},
+                    "w": {"dtype": dtype, "shape": [2], "data_offsets": [0, 2 * size]}}).encode()
+    h += b" " * (-(8 + len(h)) % 8)
+    (folder / f"shard-{r + 1:05}-model-00001-of-00001.safetensors").write_bytes(
+        struct.pack("<Q", len(h)) + h + b"\0" * 2 * size)
+
+
+def hole(ckpt, tmp):
+    """Rank 1 of 4 missing."""
+    return ckpt.make("dcp-hole", "--sharded-save", "4", "--sharded-drop-rank", "1")
+
+
+def tail(ckpt, tmp):
+    """The last rank of 4 missing: the chunks end early."""
+    return ckpt.make("dcp-tail", "--sharded-save", "4", "--sharded-drop-rank", "3")
+
+
+def duplicate(ckpt, tmp):
+    """The last rank missing and rank 3's file copied in its place: chunks overlap."""
+    d = tmp / "dcp-dup"
+    shutil.copytree(tail(ckpt, tmp), d)
+    shutil.copy(d / "shard-00003-model-00001-of-00001.safetensors",
+                d / "shard-00004-model-00001-of-00001.safetensors")
+    return d
+
+
+def dtype_clash(ckpt, tmp):
+    """Two chunks of one tensor saved with different dtypes."""
+    d = tmp / "dcp-clash"
+    d.mkdir()
+    _rank_file(d, 0, "BF16", 2)
+    _rank_file(d, 1, "F32", 4)
+    return d
+
+
+def gap(ckpt, tmp):
+    """Two chunks of one tensor with nothing covering the elements between them."""
+    d = tmp / "dcp-clash-gap"
+    d.mkdir()
+    _rank_file(d, 0, "BF16", 2)
+    _rank_file(d, 1, "BF16", 2, at=4)
+    return d
+
+
+# (builder, the pieces the one-line message holds, in this order)
+COVERAGE = [
+    (hole, ["shard-00002-model-00001-of-00001.safetensors is missing"]),
+    (tail, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
+    (duplicate, ["overlap"]),
+    (dtype_clash, ['tensor "w": chunks disagree on dtype']),
+    (gap, ['tensor "w": no chunk covers dim 0 [2, 4)']),
+]
+
+
+@pytest.mark.parametrize("build,pieces", COVERAGE, ids=[b.__name__ for b, _ in COVERAGE])
+def test_dcp_coverage_errors(mount, ckpt, tmp, build, pieces):
+    """A sharded save that does not cover every tensor exactly once refuses to mount (nothing
+    gets mounted) and says which rank file or which part of which tensor is wrong."""
+    p = mount.fail(build(ckpt, tmp), tmp / "m")
+    out = p.stdout + p.stderr
+    print(out, end="")
+    pattern = ".*".join(re.escape(piece) for piece in pieces)
+    assert re.search(pattern, out, re.S), f"message lacks {pieces}: {out}"

@@ -1,0 +1,243 @@
+"""Views of generated checkpoints, checked byte for byte by the independent checker.
+
+The basic views (forward, reverse, identity) run under both source readers (io=uring and
+io=pread) and with and without -o direct_io, since each combination is a different read path
+in the daemon; the checker reads every byte in each case. Under direct_io only MAP_PRIVATE
+mmap works (README), so the checker compares mmap with read() through a private mapping there.
+"""
+import errno
+import filecmp
+import hashlib
+import mmap
+import os
+import re
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+
+import pytest
+
+from helpers import PY, check_view, run
+
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.fixture(params=["uring", "pread"])
+def io_mode(request):
+    """How the daemon reads its sources."""
+    return request.param
+
+
+@pytest.fixture(params=[False, True], ids=["cached", "direct_io"])
+def direct_io(request):
+    """Whether read() bypasses the page cache."""
+    return request.param
+
+
+def options(io_mode, direct_io, *more):
+    """The -o argument for a reader, direct_io or not, and further options."""
+    return ["-o", ",".join([f"io={io_mode}"] + (["direct_io"] if direct_io else []) + list(more))]
+
+
+def mmap_args(direct_io):
+    """Checker arguments: MAP_SHARED is refused under direct_io, so map privately there."""
+    return ["--mmap", "private"] if direct_io else []
+
+
+def index_text(mnt):
+    """The generated index of a view's root, as text."""
+    return (mnt / INDEX).read_text()
+
+
+def names(folder):
+    """What `ls folder` lists: the entries not starting with a dot."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+
+# ---------------------------------------------------------------- the basic views
+
+def test_forward_native_view(ckpt, mount, io_mode, direct_io):
+    """An HF source shows native names by default; the index names only native expert keys."""
+    m = mount(ckpt["hf"], None, *options(io_mode, direct_io))
+    check_view(ckpt["hf"], m, "--view", "native", *mmap_args(direct_io))
+    idx = index_text(m)
+    assert "gate_and_up_projs" in idx
+    assert not re.search(r'"[^"]*experts.gate_up_proj"', idx), "index still names an HF expert key"
+
+
+def test_reverse_hf_view(ckpt, mount, io_mode, direct_io):
+    """A native source shows HF names by default, leaving out _extra_state (default exclude)."""
+    m = mount(ckpt["native"], None, *options(io_mode, direct_io))
+    check_view(ckpt["native"], m, "--view", "hf", *mmap_args(direct_io))
+    assert "_extra_state" not in index_text(m)
+
+
+@pytest.mark.parametrize("naming", ["hf", "native"])
+def test_identity_view(ckpt, mount, io_mode, direct_io, naming):
+    """view= the source's own naming is allowed and changes no name."""
+    m = mount(ckpt[naming], None, *options(io_mode, direct_io, f"view={naming}"))
+    check_view(ckpt[naming], m, "--view", naming, *mmap_args(direct_io))
+
+
+def test_direct_io_mmap(ckpt, mount):
+    """Under direct_io MAP_PRIVATE mmap equals read() and MAP_SHARED fails with ENODEV (README)."""
+    m = mount(ckpt["hf"], None, "-o", "direct_io")
+    shard = m / "model-00001-of-00002.safetensors"
+    data = shard.read_bytes()
+    with open(shard, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+            assert mm[:] == data
+        with pytest.raises(OSError) as e:
+            mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        assert e.value.errno == errno.ENODEV
+
+
+# ---------------------------------------------------------------- exclude patterns
+
+def test_reverse_custom_exclude(ckpt, mount):
+    """A custom exclude replaces the default one, so _extra_state keys come back."""
+    pat = r"model\.visual\..*"
+    m = mount(ckpt["native"], None, "-o", f"exclude={pat}")
+    check_view(ckpt["native"], m, "--view", "hf", "--exclude", pat)
+    assert "_extra_state" in index_text(m)
+
+
+def test_exclude_sees_hf_name(ckpt, mount):
+    """The pattern sees the converted (HF) name, as in Automodel's to_hf."""
+    pat = r".*\.gate_up_proj$"
+    m = mount(ckpt["native"], None, "-o", f"exclude={pat}")
+    check_view(ckpt["native"], m, "--view", "hf", "--exclude", pat)
+    idx = index_text(m)
+    assert 'experts.gate_up_proj"' not in idx
+    assert 'experts.down_proj"' in idx
+
+
+# ---------------------------------------------------------------- unusual sources
+
+@pytest.mark.parametrize("name, absent", [("odd", "_scale_inv"), ("noprefix", None)])
+def test_unusual_sources(ckpt, mount, name, absent):
+    """Unpadded, shuffled, metadata-less, reverse-ordered, 3-shard (odd) and prefix-less,
+    single-shard (noprefix) sources; _scale_inv keys do not reach a native index."""
+    m = mount(ckpt[name])
+    check_view(ckpt[name], m)
+    if absent:
+        assert absent not in index_text(m)
+
+
+def test_hf_cache_snapshot(ckpt, mount, tmp):
+    """A Hugging Face cache snapshot (links into ../../blobs) shows its files as plain files."""
+    repo = tmp / "cache" / "models--Qwen--tiny"
+    snap = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in sorted(ckpt["hf"].iterdir()):
+        h = hashlib.sha256(f.read_bytes()).hexdigest()[:40]
+        shutil.copyfile(f, repo / "blobs" / h)
+        (snap / f.name).symlink_to(f"../../blobs/{h}")
+    m = mount(snap)
+    check_view(snap, m)
+    assert not (m / "config.json").is_symlink() and (m / "config.json").is_file()
+
+
+def test_nested_and_links(ckpt, mount, tmp):
+    """Nested folders and inside links are shown; escaping and dangling links, FIFOs, devices
+    and sockets are not."""
+    s = tmp / "nested"
+    shutil.copytree(ckpt["hf"], s)
+    (s / "sub" / "deeper").mkdir(parents=True)
+    (s / "more").mkdir()
+    (s / "sub" / "deeper" / "notes.txt").write_text("hello\n")
+    shutil.copyfile(ckpt["hf"] / "model-00001-of-00002.safetensors", s / "more" / "extra.safetensors")
+    (s / "sub" / "config-link.json").symlink_to("../config.json")
+    (s / "escape").symlink_to("/etc/passwd")
+    (s / "sub" / "escape-dir").symlink_to("../../../../../../etc")
+    (s / "dangling").symlink_to("nowhere")
+    os.mkfifo(s / "fifo")
+    if os.getuid() == 0:
+        os.mknod(s / "chardev", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(s / "sock"))
+    m = mount(s)
+    check_view(s, m)
+    for gone in ("escape", "fifo", "dangling", "chardev", "sock", "sub/escape-dir"):
+        assert not os.path.lexists(m / gone), f"{gone} is shown in the view"
+    assert filecmp.cmp(s / "sub" / "deeper" / "notes.txt", m / "sub" / "deeper" / "notes.txt", shallow=False)
+    assert filecmp.cmp(s / "config.json", m / "sub" / "config-link.json", shallow=False)
+
+
+# ---------------------------------------------------------------- read-only, mmap, concurrency
+
+MUTATIONS = {  # id: shell command; {m} is the mountpoint, {f} its config.json
+    "create": "touch {m}/new", "append": "sh -c 'echo x >> {f}'", "mkdir": "mkdir {m}/d",
+    "unlink": "rm -f {f}", "rename": "mv {f} {m}/x", "chmod": "chmod 777 {f}",
+    "truncate": "truncate -s 0 {f}", "symlink": "ln -s x {m}/l", "link": "ln {f} {m}/hard",
+    "chown": "chown 1:1 {f}", "utimes": "touch -d 2001-01-01 {f}", "rmdir": "rmdir {m}/nodir",
+    "setxattr": "{py} -c 'import os; os.setxattr(\"{f}\", \"user.x\", b\"1\")'",
+}
+
+
+@pytest.mark.parametrize("command", MUTATIONS.values(), ids=MUTATIONS.keys())
+def test_erofs(ckpt, mount, command):
+    """Every kind of change fails with EROFS ("Read-only file system" / Errno 30) and leaves the
+    file as it was (mode 444, folder 555, same bytes)."""
+    m = mount(ckpt["hf"])
+    f = m / "config.json"
+    cmd = command.format(m=shlex.quote(str(m)), f=f, py=shlex.quote(PY))
+    p = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=60)
+    assert p.returncode != 0, f"mutation succeeded: {cmd}"
+    assert "Read-only file system" in p.stdout or "Errno 30" in p.stdout, \
+        f"unexpected error for {cmd}: {p.stdout}"
+    assert oct(os.stat(f).st_mode & 0o7777) == "0o444"
+    assert oct(os.stat(m).st_mode & 0o7777) == "0o555"
+    assert filecmp.cmp(ckpt["hf"] / "config.json", f, shallow=False)
+
+
+def test_mmap_equals_read(ckpt, mount):
+    """MAP_PRIVATE and MAP_SHARED mappings of every file equal its read() contents."""
+    m = mount(ckpt["hf"])
+    for name in sorted(os.listdir(m)):
+        p = m / name
+        if p.is_dir():
+            continue
+        data = p.read_bytes()
+        assert len(data) == os.path.getsize(p), name
+        for flags in (mmap.MAP_PRIVATE, mmap.MAP_SHARED):
+            with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ) as mm:
+                assert mm[:] == data, (name, flags)
+
+
+def test_concurrent_readers(ckpt, mount, tmp):
+    """Eight processes reading every file at once all see the bytes of a sequential copy."""
+    m = mount(ckpt["hf"])
+    files = [p for p in sorted(m.iterdir()) if not p.name.startswith(".") and p.is_file()]
+    ref = tmp / "ref"
+    ref.mkdir()
+    for p in files:
+        shutil.copyfile(p, ref / p.name)
+    cat = "cat " + " ".join(shlex.quote(str(p)) for p in files) + " | md5sum"
+    procs = [subprocess.Popen(cat, shell=True, stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    sums = [p.communicate(timeout=120)[0].split()[0] for p in procs]
+    want = hashlib.md5(b"".join((ref / p.name).read_bytes() for p in files)).hexdigest()
+    assert sums == [want] * 8
+
+
+def test_uring_and_pread_identical(ckpt, mount):
+    """The two source readers give identical trees (diff -r), and the pread one is right."""
+    m1 = mount(ckpt["odd"], None, "-o", "io=uring")
+    m2 = mount(ckpt["odd"], None, "-o", "io=pread")
+    run("diff", "-r", "-x", ".qvlmoefs", m1, m2)
+    check_view(ckpt["odd"], m2)
+
+
+def test_statfs_and_listing(ckpt, mount):
+    """statfs answers, the root lists the source's entries, inode numbers survive a remount."""
+    m = mount(ckpt["hf"])
+    run("df", m)
+    assert len(names(m)) == len(names(ckpt["hf"]))
+    i1 = os.stat(m / "config.json").st_ino
+    mount.umount(m)
+    mount(ckpt["hf"], m)
+    assert os.stat(m / "config.json").st_ino == i1, "inode numbers differ across mounts"
