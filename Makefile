@@ -90,6 +90,11 @@ check-loaders: deps
 	$(MAKE) all
 	tests/loaders/run.sh
 
+# the real stack from PyPI (tests/real/requirements.txt) in a cached virtual environment
+check-real: deps
+	$(MAKE) all
+	tests/real/run.sh
+
 check-valgrind: deps
 	$(MAKE) all $(BUILD)/unit
 	tests/valgrind.sh
@@ -149,4 +154,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all have-pkgs deps bench fuzz stress check check-loaders check-valgrind demo install uninstall clean
+.PHONY: all have-pkgs deps bench fuzz stress check check-loaders check-real check-valgrind demo install uninstall clean
