@@ -89,20 +89,24 @@ static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, siz
 }
 
 /* num_experts of .hf_metadata/config.json (top level or text_config), or 0. */
+/* The expert count a config states, at its top level or in text_config, under any of the
+ * names writers use: transformers 5 writes Qwen3-VL-MoE's as num_local_experts. 0: none. */
 static uint64_t config_experts(const struct qv_gen *m)
 {
+	static const char *const names[] = { "num_experts", "num_local_experts", "n_routed_experts" };
 	uint32_t node = qv_scan_find(&m->scan, ".hf_metadata/config.json");
 	struct qv_buf b = { 0 };
-	cJSON *j = NULL, *e;
+	cJSON *j = NULL, *e = NULL, *where[2];
 	uint64_t n;
 
 	if (node && !S_ISDIR(m->scan.n[node].st.st_mode) &&
 	    qv_read_file(m->scan.n[node].path, 16u << 20, &b) == 0 && b.p)
 		j = cJSON_ParseWithLength(b.p, b.len);
-	e = cJSON_GetObjectItemCaseSensitive(j, "num_experts");
-	if (!e)
-		e = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "text_config"),
-						     "num_experts");
+	where[0] = j;
+	where[1] = cJSON_GetObjectItemCaseSensitive(j, "text_config");
+	for (size_t w = 0; w < 2 && !e; w++)
+		for (size_t k = 0; k < sizeof(names) / sizeof(names[0]) && !e; k++)
+			e = cJSON_GetObjectItemCaseSensitive(where[w], names[k]);
 	n = cJSON_IsNumber(e) && e->valuedouble > 0 ? (uint64_t)e->valuedouble : 0;
 	cJSON_Delete(j);
 	qv_buf_free(&b);

@@ -85,6 +85,32 @@ def tail(ckpt, tmp):
     return ckpt.make("dcp-tail", "--sharded-save", "4", "--sharded-drop-rank", "3")
 
 
+def _tail_config_named(ckpt, tmp, key, nested):
+    """tail, with config.json's expert count under another name writers use (transformers 5
+    writes num_local_experts in text_config), at the top level or in text_config."""
+    d = tmp / f"dcp-tail-{key}-{'text' if nested else 'top'}"
+    shutil.copytree(tail(ckpt, tmp), d)
+    cfg_path = d / ".hf_metadata" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    n = cfg.get("num_experts", cfg.get("text_config", {}).get("num_experts"))
+    assert n, "the generator's config names no expert count"
+    cfg.pop("num_experts", None)
+    cfg.get("text_config", {}).pop("num_experts", None)
+    (cfg.setdefault("text_config", {}) if nested else cfg)[key] = n
+    cfg_path.write_text(json.dumps(cfg))
+    return d
+
+
+def tail_local_experts(ckpt, tmp):
+    """The last rank missing; text_config.num_local_experts (transformers 5)."""
+    return _tail_config_named(ckpt, tmp, "num_local_experts", True)
+
+
+def tail_routed_experts(ckpt, tmp):
+    """The last rank missing; a top-level n_routed_experts (DeepSeek-style configs)."""
+    return _tail_config_named(ckpt, tmp, "n_routed_experts", False)
+
+
 def duplicate(ckpt, tmp):
     """The last rank missing and rank 3's file copied in its place: chunks overlap."""
     d = tmp / "dcp-dup"
@@ -116,6 +142,8 @@ def gap(ckpt, tmp):
 COVERAGE = [
     (hole, ["shard-00002-model-00001-of-00001.safetensors is missing"]),
     (tail, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
+    (tail_local_experts, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
+    (tail_routed_experts, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
     (duplicate, ["overlap"]),
     (dtype_clash, ['tensor "w": chunks disagree on dtype']),
     (gap, ['tensor "w": no chunk covers dim 0 [2, 4)']),

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/../.."
 PY=$(tests/real/setup.sh) || { echo "check-real: could not build the environment"; echo "0 passed, 1 failed"; exit 1; }
 # the suite runs offline: nothing may reach for a hub
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-BUILD=${BUILD:-build} "$PY" -m pytest tests/real ${PYTEST_ARGS:-}
+BUILD=${BUILD:-build} "$PY" -m pytest tests/real ${PYTEST_ARGS:-} "$@"
