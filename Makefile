@@ -134,6 +134,20 @@ fuzz: deps
 	$(MAKE) $(FUZZ_TARGETS:%=$(FUZZ_DIR)/fuzz_%)
 	tests/fuzz/run.sh $(FUZZ_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+# parser agreement with the official safetensors (tests/real/st_agree.py): FUZZ_DIFF_N mutated
+# files from seed FUZZ_DIFF_SEED through both parsers, in the venv of tests/real/setup.sh
+FUZZ_DIFF_N ?= 100000
+FUZZ_DIFF_SEED ?= 1
+$(BUILD)/st_agree: tests/fuzz/st_agree.c $(CORE_OBJ) $(BUILD)/gpu_stub.o
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+
+fuzz-diff: deps
+	$(MAKE) all $(BUILD)/st_agree
+	PY=$$(tests/real/setup.sh) && BUILD=$(BUILD) "$$PY" tests/real/st_agree.py \
+		-n $(FUZZ_DIFF_N) --seed $(FUZZ_DIFF_SEED) --big
+
+.PHONY: fuzz-diff
+
 demo: deps
 	$(MAKE) all
 	tests/demo.sh

@@ -21,7 +21,8 @@ static const struct {
 	[QV_DT_I32] = { "I32", 4 },	 [QV_DT_U32] = { "U32", 4 },
 	[QV_DT_F32] = { "F32", 4 },	 [QV_DT_F64] = { "F64", 8 },
 	[QV_DT_I64] = { "I64", 8 },	 [QV_DT_U64] = { "U64", 8 },
-	[QV_DT_C64] = { "C64", 8 },
+	[QV_DT_C64] = { "C64", 8 },	 [QV_DT_F8_E4M3FNUZ] = { "F8_E4M3FNUZ", 1 },
+	[QV_DT_F8_E5M2FNUZ] = { "F8_E5M2FNUZ", 1 },
 };
 
 const char *qv_dtype_name(enum qv_dtype dt)
@@ -87,10 +88,16 @@ static const char *find_duplicate(const cJSON *obj)
 	return dup;
 }
 
-/* What cJSON lets through but a strict reader must not: raw control characters, \u0000
- * (which cJSON turns into a terminator, silently truncating a name), and numbers that are not
- * plain integers up to 2^53 (cJSON keeps only a double, which can neither tell 24.0 from 24 nor
- * hold 2^53 + 1). Numbers only occur in shapes and offsets, so all of them must be integers. */
+static bool is_hex(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* What cJSON lets through but a strict reader must not: raw control characters, \u0000 and
+ * \u escapes with a non-hex digit (which cJSON turns into a terminator, silently truncating a
+ * name), and numbers that are not plain integers up to 2^53 (cJSON keeps only a double, which
+ * can neither tell 24.0 from 24 nor hold 2^53 + 1; its strtod reads 01 as 1). Numbers only
+ * occur in shapes and offsets, so all of them must be integers. */
 static int lex_check(const char *s, size_t n, char *err, size_t errlen)
 {
 	const char *key = "", *str = NULL;
@@ -105,10 +112,19 @@ static int lex_check(const char *s, size_t n, char *err, size_t errlen)
 				return qv_err(err, errlen, -EINVAL,
 					      "raw control character in a string at byte %zu", i);
 			if (c == '\\') {
-				if (i + 5 < n && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
+				char e = i + 1 < n ? s[i + 1] : '\0';
+
+				if (e == 'u' && (i + 5 >= n || !is_hex(s[i + 2]) || !is_hex(s[i + 3]) ||
+						 !is_hex(s[i + 4]) || !is_hex(s[i + 5])))
+					return qv_err(err, errlen, -EINVAL,
+						      "\\u escape without 4 hex digits at byte %zu", i);
+				if (e == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
 					return qv_err(err, errlen, -EINVAL,
 						      "\\u0000 escape in a string at byte %zu", i);
-				i++; /* the escaped character cannot end the string */
+				if (e != 'u' && (!e || !strchr("\"\\/bfnrt", e)))
+					return qv_err(err, errlen, -EINVAL,
+						      "invalid escape in a string at byte %zu", i);
+				i += e == 'u' ? 5 : 1; /* an escaped character cannot end the string */
 			} else if (c == '"') {
 				in_str = false;
 			}
@@ -130,6 +146,10 @@ static int lex_check(const char *s, size_t n, char *err, size_t errlen)
 			    (j < n && s[j] && strchr(".eE+-", s[j])))
 				return qv_err(err, errlen, -EINVAL,
 					      "%.*s: value at byte %zu is not an integer from 0 to 2^53",
+					      keylen, key, i);
+			if (digits > 1 && s[i] == '0')
+				return qv_err(err, errlen, -EINVAL,
+					      "%.*s: value at byte %zu has a leading zero (not JSON)",
 					      keylen, key, i);
 			i = j - 1;
 		} else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
@@ -246,11 +266,15 @@ static int parse_tensor(const cJSON *o, struct qv_tensor *t, char *err, size_t e
 		rc = parse_offsets(offs, t, err, errlen);
 	if (rc)
 		return rc;
-	bytes = qv_dtype_size(t->dtype);
+	/* the element count first, as the official reader does: a zero dimension makes any
+	 * others harmless */
+	bytes = 1;
 	for (uint32_t i = 0; i < t->ndim; i++)
 		if (__builtin_mul_overflow(bytes, t->shape[i], &bytes))
 			return qv_err(err, errlen, -EINVAL, "tensor \"%s\": size overflows 64 bits",
 				      t->name);
+	if (__builtin_mul_overflow(bytes, (uint64_t)qv_dtype_size(t->dtype), &bytes))
+		return qv_err(err, errlen, -EINVAL, "tensor \"%s\": size overflows 64 bits", t->name);
 	if (bytes != t->end - t->begin)
 		return qv_err(err, errlen, -EINVAL,
 			      "tensor \"%s\": shape x dtype is %llu bytes but data_offsets span %llu",
@@ -309,6 +333,8 @@ static int parse_root(const cJSON *root, struct qv_st *st, char *err, size_t err
 		struct qv_tensor *t;
 
 		if (strcmp(c->string, "__metadata__") == 0) {
+			if (cJSON_IsNull(c))
+				continue; /* the official reader's "no metadata" too */
 			rc = parse_metadata(c, st, err, errlen);
 			if (rc)
 				return rc;

@@ -69,10 +69,11 @@ TEST(st_dtype_table)
 {
 	static const char *const names[QV_DT_COUNT] = {
 		"BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16",
-		"BF16", "I32", "U32", "F32", "F64", "I64", "U64", "C64"
+		"BF16", "I32", "U32", "F32", "F64", "I64", "U64", "C64", "F8_E4M3FNUZ",
+		"F8_E5M2FNUZ"
 	};
-	static const unsigned sizes[QV_DT_COUNT] = { 1, 1, 1, 1, 1, 1, 2, 2, 2,
-						     2, 4, 4, 4, 8, 8, 8, 8 };
+	static const unsigned sizes[QV_DT_COUNT] = { 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+						     4, 4, 4, 8, 8, 8, 8, 1, 1 };
 
 	for (int d = 0; d < QV_DT_COUNT; d++) {
 		char j[160], err[QV_ERRLEN];
@@ -660,4 +661,117 @@ TEST(st_read_fd_bad_content_reason)
 	free(p);
 	ut_rmtree(dir);
 	free(dir);
+}
+
+/* Found by tests/real/st_agree.py (`make fuzz-diff`): where this parser and the official one
+ * disagreed on a file, and the official reader (and torch's loader) was right. */
+
+/* torch's float8_e4m3fnuz and float8_e5m2fnuz, written by safetensors.torch.save_file */
+TEST(st_agree_fnuz_dtypes)
+{
+	static const char *const names[] = { "F8_E4M3FNUZ", "F8_E5M2FNUZ" };
+
+	for (size_t i = 0; i < 2; i++) {
+		char j[160], err[QV_ERRLEN];
+		struct qv_st st;
+
+		snprintf(j, sizeof(j), "{\"t\":{\"dtype\":\"%s\",\"shape\":[2,3],\"data_offsets\":[0,6]}}",
+			 names[i]);
+		if (!CHECK_MSG(ut_parse(j, 6, &st, err, sizeof(err)) == 0, "%s: %s", names[i], err))
+			continue;
+		CHECK_STR(qv_dtype_name(st.t[0].dtype), names[i]);
+		CHECK_EQ_U64(qv_dtype_size(st.t[0].dtype), 1);
+		qv_st_free(&st);
+	}
+}
+
+/* "__metadata__": null is a header without metadata (the official reader's Option) */
+TEST(st_agree_metadata_null)
+{
+	char err[QV_ERRLEN];
+	struct qv_st st;
+
+	if (!CHECK_MSG(ut_parse("{\"__metadata__\":null,\"x\":" T_F32_2x3("0,24") "}", 24, &st, err,
+				sizeof(err)) == 0,
+		       "%s", err))
+		return;
+	CHECK(st.meta == NULL);
+	CHECK_EQ_U64(st.nmeta, 0);
+	CHECK_EQ_U64(st.nt, 1);
+	qv_st_free(&st);
+	if (CHECK_MSG(ut_parse("{\"__metadata__\" : null }", 0, &st, err, sizeof(err)) == 0, "%s",
+			  err))
+		qv_st_free(&st);
+	/* still one __metadata__ at most, and nothing but an object or null */
+	EXPECT_BAD("{\"__metadata__\":null,\"__metadata__\":{}}", 0, "duplicate");
+	EXPECT_BAD("{\"__metadata__\":false}", 0, "__metadata__");
+}
+
+/* The element count is what must fit in 64 bits, not dtype size x leading dimensions: a tensor
+ * with a zero dimension has no bytes, whatever its other dimensions (torch loads these). */
+TEST(st_agree_zero_elements_with_huge_dims)
+{
+	static const char *const ok[] = {
+		"{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,2147483648,0],\"data_offsets\":[0,0]}}",
+		"{\"x\":{\"dtype\":\"F64\",\"shape\":[4503599627370496,2048,0],\"data_offsets\":[0,0]}}",
+		"{\"x\":{\"dtype\":\"C64\",\"shape\":[9007199254740992,0,9007199254740992],"
+		"\"data_offsets\":[0,0]}}",
+	};
+	char err[QV_ERRLEN];
+	struct qv_st st;
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+		if (CHECK_MSG(ut_parse(ok[i], 0, &st, err, sizeof(err)) == 0, "%s: %s", ok[i], err))
+			qv_st_free(&st);
+	/* an element count past 2^64 before the zero still overflows, as in the official reader */
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[4294967296,4294967296,0],"
+		   "\"data_offsets\":[0,0]}}",
+		   0, "overflow");
+}
+
+/* JSON numbers have no leading zeros; cJSON's strtod read 01 as 1 */
+TEST(st_agree_leading_zero_rejected)
+{
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[01],\"data_offsets\":[0,1]}}", 1, "shape");
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[00,1]}}", 1,
+		   "data_offsets");
+	EXPECT_BAD("{\"x\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,004]}}", 4,
+		   "data_offsets");
+	/* zero itself is fine */
+	{
+		char err[QV_ERRLEN];
+		struct qv_st st;
+
+		if (CHECK_MSG(ut_parse("{\"x\":{\"dtype\":\"U8\",\"shape\":[0,10],\"data_offsets\":[0,0]}}",
+				       0, &st, err, sizeof(err)) == 0,
+			      "%s", err))
+			qv_st_free(&st);
+	}
+}
+
+/* cJSON decodes a \u escape with a non-hex digit as U+0000, silently cutting the name short
+ * ("model.vis\ual.x" became "model.vis"); JSON knows only \" \\ \/ \b \f \n \r \t \uXXXX. */
+TEST(st_agree_bad_escape_rejected)
+{
+	static const char *const bad[] = {
+		"{\"a\\ual.b\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+		"{\"a\\u00g1\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+		"{\"a\\uu0070\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+		"{\"a\\x41\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+		"{\"a\\U0041\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+		"{\"a\\'\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}",
+		"{\"__metadata__\":{\"k\":\"v\\u12\"}}",
+		"{\"__metadata__\":{\"k\":\"v\\u12",
+	};
+	const char *j = "{\"\\u0061\\u00E9\\/\\b\\f\\n\\r\\t\\\"\\\\\\ud83d\\ude00\":{\"dtype\":\"U8\","
+			"\"shape\":[0],\"data_offsets\":[0,0]}}";
+	char err[QV_ERRLEN];
+	struct qv_st st;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		EXPECT_BAD(bad[i], 0, "");
+	if (CHECK_MSG(ut_parse(j, 0, &st, err, sizeof(err)) == 0, "%s", err)) {
+		CHECK_STR(st.t[0].name, "a\xc3\xa9/\b\f\n\r\t\"\\\xf0\x9f\x98\x80");
+		qv_st_free(&st);
+	}
 }
