@@ -13,9 +13,8 @@ import re
 import struct
 import sys
 
-DT = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2,
-      "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8,
-      "F64": 8, "C64": 8}
+from .reader import DTYPE_SIZE
+
 HF = re.compile(r"(model\.)?language_model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
 
 
@@ -59,7 +58,7 @@ def reassemble(src, mnt, w, k):
         for key, t in h.items():
             if not is_expert(key):
                 continue
-            size = DT[t["dtype"]]
+            size = DTYPE_SIZE[t["dtype"]]
             e, d1 = t["shape"][0], t["shape"][1]
             row = size
             for x in t["shape"][2:]:

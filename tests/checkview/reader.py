@@ -16,9 +16,10 @@ MAX_HEADER = 100_000_000
 MMAP_LIMIT = 64 << 20
 HIDDEN = ".qvlmoefs"
 INDEX_NAME = "model.safetensors.index.json"
+# bytes per element of every dtype the C parser accepts (src/st.c); ep.py uses this table too
 DTYPE_SIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-              "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
-              "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+              "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+              "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
 SNAPSHOT = re.compile(r".*/models--[^/]+/snapshots/[^/]+")
 JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 
