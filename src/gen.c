@@ -182,10 +182,10 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
 		       (unsigned long long)m->n_experts, o->ep_size,
 		       (unsigned long long)(m->n_experts % o->ep_size));
-	m->nplans = 1;
-	if (qv_gen_multi(o))
-		m->nplans = (o->ep_rank_set ? 1 : o->ep_size) *
-			    (o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1);
+	rc = qv_plan_count(o->ep_size, !o->ep_rank_set, o->shard_size, !o->shard_rank_set,
+			   &m->nplans, err, errlen);
+	if (rc)
+		return rc;
 	m->plans = calloc(m->nplans, sizeof(*m->plans));
 	if (!m->plans)
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
