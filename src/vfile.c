@@ -257,6 +257,11 @@ static int plan_extent(const struct qv_seg *s, int fd, uint64_t a, uint64_t b, c
 	return 0;
 }
 
+/* Offsets and sizes in the read path go unchecked on purpose (it runs per request): each is
+ * bounded by a tensor's or a file's byte count, which the mount checked with overflow-checked
+ * arithmetic (st.c for sources, dcp.c's global_shape for consolidated tensors) and which the
+ * strict re-parse of every virtual header keeps at most 2^53. */
+
 /* Units: elements in every dimension but the innermost, which counts bytes. */
 static uint64_t unit(const struct qv_tile *t, const uint64_t *v, uint32_t k)
 {

@@ -131,9 +131,11 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		goto out;
 	}
 	nextra = qv_view_ep_meta(n_experts, p, extra, ebuf);
-	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr);
-	if (rc)
+	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr, why, sizeof(why));
+	if (rc) {
+		qv_err(err, errlen, rc, "%s: %s", rel, why);
 		goto out;
+	}
 	rc = qv_vfile_add_mem(vf, &hdr);
 	voff = vf->size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {

@@ -6,9 +6,13 @@ io_uring failures with reads in flight, shutdown while staging on a device, and 
 strings the mount helper must pass through unmangled. Each test states the behaviour that
 holds now; before the fixes each of them failed.
 """
+import json
+import struct
 import subprocess
 
 import pytest
+
+from support_daemon import one_line
 
 # ---------------------------------------------------------------- option arithmetic
 
@@ -39,3 +43,55 @@ def test_option_arithmetic_is_bounded(ckpt, mount, tmp, case):
     assert len(lines) == 1, f"-o {opts}: not one error line: {p.stdout!r}"
     for w in words:
         assert w in lines[0], f"-o {opts}: {w!r} not in {lines[0]!r}"
+
+
+# ---------------------------------------------------------------- hostile sharded saves
+
+def _rank(folder, r, tensors):
+    """Write rank file r of a hand-made sharded save: tensors is {name: (shape, saved_offsets)},
+    BF16, data packed in order, DCP_SHARDING_INFO as Automodel writes it."""
+    info, header, data = {}, {}, b""
+    for name, (shape, offsets) in tensors.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [len(data), len(data) + n]}
+        info[name] = {"saved_offsets": offsets}
+        data += bytes(range(n % 256)) + b"\x01" * (n - n % 256)
+    h = json.dumps({"__metadata__": {"format": "pt", "DCP_SHARDING_INFO": json.dumps(info)},
+                    **header}).encode()
+    h += b" " * (-(8 + len(h)) % 8)
+    (folder / f"shard-{r + 1:05}-model-00001-of-00001.safetensors").write_bytes(
+        struct.pack("<Q", len(h)) + h + data)
+
+
+BIG = 1 << 43
+# name: (rank files, words the one-line error holds)
+HOSTILE_SAVES = {
+    # a zero-size chunk at 2^43 in three dims: the volume 2^129 wrapped to 0 in 128 bits,
+    # matching the zero chunks' sum, and the mount served [2^43, 2^43, 2^43] over no data
+    "volume_wraps": ([{"a": ([2], [0]), "w": ([0, 0, 0], [0, 0, 0])},
+                      {"w": ([0, 0, 0], [BIG, BIG, BIG])}],
+                     ['tensor "w"', "overflows 64 bits"]),
+    # nothing wraps, but a dimension of 2^54 is more than a header may say (2^53): the
+    # header the mount would serve is one the project's own parser rejects
+    "dim_past_2_53": ([{"a": ([2], [0]), "z": ([0, 1 << 53], [0, 0])},
+                       {"z": ([0, 1 << 53], [0, 1 << 53])}],
+                      ["model-00001-of-00001.safetensors", "fails the strict parser", "2^53"]),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_SAVES.values(), ids=HOSTILE_SAVES.keys())
+def test_hostile_sharded_save_refused(mount, tmp, case):
+    """A save whose tensor sizes overflow, or whose consolidated header would not parse,
+    refuses to mount with one line naming the tensor or file; nothing is served."""
+    ranks, words = case
+    src = tmp / "hostile"
+    src.mkdir()
+    for r, tensors in enumerate(ranks):
+        _rank(src, r, tensors)
+    p = mount.fail(src, tmp / "m", stderr=subprocess.STDOUT, timeout=20)
+    out = p.stdout
+    assert one_line(out), f"not one line: {out!r}"
+    for w in words:
+        assert w in out, f"{w!r} not in {out!r}"
