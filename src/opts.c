@@ -150,9 +150,10 @@ void qv_opts_help(void)
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
 }
 
-/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N": refuse the
- * ring as a sandbox would, clamp every read to N bytes (short reads), turn every Nth
- * completion into -EAGAIN. Tests use it to drive the recovery paths through a real mount. */
+/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N":
+ * refuse the ring as a sandbox would, clamp every read to N bytes (short reads), turn every
+ * Nth completion into -EAGAIN, fail each reader's Nth submission with its reads in flight.
+ * Tests use it to drive the recovery paths through a real mount. */
 void qv_opts_faults(struct qv_io_cfg *io)
 {
 	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
@@ -167,6 +168,8 @@ void qv_opts_faults(struct qv_io_cfg *io)
 			io->max_chunk = strtoull(tok + 6, NULL, 0);
 		else if (!strncmp(tok, "eagain=", 7))
 			io->eagain_every = (unsigned)strtoul(tok + 7, NULL, 0);
+		else if (!strncmp(tok, "submit_fail=", 12))
+			io->fail_submit_nth = (unsigned)strtoul(tok + 12, NULL, 0);
 	}
 	free(copy);
 	qv_log("test fault injection on: %s", f);

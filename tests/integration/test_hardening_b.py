@@ -6,13 +6,16 @@ io_uring failures with reads in flight, shutdown while staging on a device, and 
 strings the mount helper must pass through unmangled. Each test states the behaviour that
 holds now; before the fixes each of them failed.
 """
+import errno
 import json
+import os
 import struct
 import subprocess
 
 import pytest
 
-from support_daemon import one_line
+from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
+from support_daemon import one_line, unmount
 
 # ---------------------------------------------------------------- option arithmetic
 
@@ -95,3 +98,34 @@ def test_hostile_sharded_save_refused(mount, tmp, case):
     assert one_line(out), f"not one line: {out!r}"
     for w in words:
         assert w in out, f"{w!r} not in {out!r}"
+
+
+# ---------------------------------------------------------------- io_uring failures
+
+@pytest.mark.parametrize("nth", [2, 3, 5])
+def test_uring_submit_failure_leaves_no_stale_reads(daemon, mount, ckpt, tmp, nth):
+    """The worker's Nth io_uring submission fails with reads in flight (QVLMOEFS_TEST_FAULTS
+    submit_fail=N): that request fails, and every later one reads the right bytes, because the
+    ring was drained and rebuilt (before, the next request took the old completions)."""
+    ref = mount(ckpt["e10"], tmp / "ref")
+    m = tmp / "m"
+    d = daemon(ckpt["e10"], m, "-s", "-o", "direct_io",
+               env={"QVLMOEFS_TEST_FAULTS": f"submit_fail={nth}"})
+    failed = 0
+    for name in sorted(os.listdir(ref)):
+        if not name.endswith(".safetensors"):
+            continue
+        want = (ref / name).read_bytes()
+        with open(m / name, "rb", buffering=0) as f:
+            for off in range(0, len(want), 65536):
+                try:
+                    got = os.pread(f.fileno(), 65536, off)
+                except OSError as e:
+                    assert e.errno == errno.EIO, e
+                    failed += 1
+                    got = os.pread(f.fileno(), 65536, off)  # the same request again
+                assert got == want[off:off + 65536], f"{name}: wrong bytes at {off}\n{d.log()}"
+    assert failed == 1, f"{failed} reads failed, want exactly the injected one\n{d.log()}"
+    assert "io_uring" not in d.log(), d.log()  # rebuilt quietly, no pread fallback
+    unmount(m)
+    assert d.wait() == 0
