@@ -324,11 +324,14 @@ static int assign_files(struct qv_dcp *d, const struct qv_scan *sc, uint64_t max
 
 	if (d->map_node) {
 		struct qv_buf b = { 0 };
+		char why[QV_ERRLEN];
 
-		rc = qv_read_file(sc->n[d->map_node].path, MAX_MAP_BYTES, &b);
+		rc = qv_scan_read(&sc->n[d->map_node], MAX_MAP_BYTES, &b, why, sizeof(why));
 		text = b.p;
 		j = !rc && text ? cJSON_ParseWithLength(text, b.len) : NULL;
-		if (!cJSON_IsObject(j))
+		if (rc)
+			qv_err(err, errlen, rc, "%s: %s", sc->n[d->map_node].rel, why);
+		else if (!cJSON_IsObject(j))
 			rc = qv_err(err, errlen, -EINVAL, "%s: not a JSON object", sc->n[d->map_node].rel);
 	}
 	for (size_t i = 0; i < d->nt && !rc; i++) {

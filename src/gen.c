@@ -32,9 +32,9 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		atomic_init(&s->fd, -1);
 		if (!qv_ends_with(c->name, ".safetensors"))
 			continue;
-		fd = open(c->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st))
-			return qv_err(err, errlen, -errno, "%s: %s", c->rel, strerror(errno));
+		fd = qv_scan_open(c, &st, why, sizeof(why)); /* the scanned file, or an error */
+		if (fd < 0)
+			return qv_err(err, errlen, fd, "%s: %s", c->rel, why);
 		atomic_store(&s->fd, fd);
 		s->pinned = true;
 		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
@@ -97,7 +97,7 @@ static uint64_t config_experts(const struct qv_gen *m)
 	uint64_t n;
 
 	if (node && !S_ISDIR(m->scan.n[node].st.st_mode) &&
-	    qv_read_file(m->scan.n[node].path, 16u << 20, &b) == 0 && b.p)
+	    qv_scan_read(&m->scan.n[node], 16u << 20, &b, NULL, 0) == 0 && b.p)
 		j = cJSON_ParseWithLength(b.p, b.len);
 	e = cJSON_GetObjectItemCaseSensitive(j, "num_experts");
 	if (!e)

@@ -137,12 +137,15 @@ static int source_open_locked(struct qv_source *s)
 
 	if (atomic_load(&s->fd) >= 0)
 		return 0;
-	fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO swapped in after the check must not block this worker */
+	fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
 	/* what we opened must be what was scanned: a path swapped for a link since then (to a
-	 * file outside the source, say) is refused, not served */
-	if (fstat(fd, &st) || !same_file(s, &st)) {
+	 * file outside the source, say) is refused, not served; and blocking again, since
+	 * io_uring answers -EAGAIN for uncached reads of an O_NONBLOCK file */
+	if (fstat(fd, &st) || !same_file(s, &st) ||
+	    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)) {
 		close(fd);
 		return stale(s);
 	}

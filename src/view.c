@@ -194,7 +194,7 @@ static int build_index(struct qv_gen *g, uint32_t si, struct qv_node *n, struct 
 	char why[QV_ERRLEN] = "";
 	int rc;
 
-	rc = qv_read_file(g->scan.n[si].path, MAX_INDEX_BYTES, &src);
+	rc = qv_scan_read(&g->scan.n[si], MAX_INDEX_BYTES, &src, why, sizeof(why));
 	if (!rc)
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
 	if (!rc)

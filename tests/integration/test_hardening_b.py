@@ -9,11 +9,14 @@ holds now; before the fixes each of them failed.
 import errno
 import json
 import os
+import shutil
+import signal
 import struct
 import subprocess
 
 import pytest
 
+from helpers import mountpoint, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
 from support_daemon import one_line, unmount
 
@@ -127,5 +130,82 @@ def test_uring_submit_failure_leaves_no_stale_reads(daemon, mount, ckpt, tmp, nt
                 assert got == want[off:off + 65536], f"{name}: wrong bytes at {off}\n{d.log()}"
     assert failed == 1, f"{failed} reads failed, want exactly the injected one\n{d.log()}"
     assert "io_uring" not in d.log(), d.log()  # rebuilt quietly, no pread fallback
+    unmount(m)
+    assert d.wait() == 0
+
+
+# ---------------------------------------------------------------- files swapped after the scan
+
+SECOND = "model-00002-of-00002.safetensors"
+PAUSE = {"QVLMOEFS_TEST_FAULTS": "scan_pause_ms=1500"}  # each scan waits, then opens
+
+
+def _swap_in(path, make):
+    """Put what make(tmp_path) creates at path in one rename, as an attacker would."""
+    tmp = path.with_name(path.name + ".swap")
+    make(tmp)
+    os.rename(tmp, path)
+
+
+SWAPS = {
+    # a link to a file outside the source: open() followed it and served that file
+    "symlink_outside": lambda outside: (lambda p: os.symlink(outside, p)),
+    # another regular file: open() took its identity as the scanned one
+    "other_file": lambda outside: (lambda p: shutil.copy(outside, p)),
+}
+
+
+@pytest.mark.parametrize("swap", SWAPS.values(), ids=SWAPS.keys())
+def test_source_swapped_between_scan_and_open_refused(daemon, ckpt, tmp, swap):
+    """A safetensors source replaced after the scan saw it (by a link out of the source, or
+    by another file) is not opened as if it were the scanned one: the mount fails, naming it."""
+    src = tmp / "src"
+    shutil.copytree(ckpt["e10"], src)
+    outside = ckpt.make("e10-seed9", "--experts", "10", "--seed", "9") / SECOND
+    m = tmp / "m"
+    d = daemon(src, m, env=PAUSE, wait=False)
+    assert d.wait_log("scan done"), d.log()
+    _swap_in(src / SECOND, swap(outside))
+    assert wait_for(lambda: not d.alive() or mountpoint(m), timeout=20)
+    assert not mountpoint(m), f"mounted over a source swapped after the scan:\n{d.log()}"
+    assert d.wait() != 0
+    assert SECOND in d.log() and "changed since the scan" in d.log(), d.log()
+
+
+def _dcp(ckpt):
+    return ckpt.make("dcp-w4", "--sharded-save", "4")
+
+
+# (source, the file a FIFO replaces, what the rescan says)
+FIFO_TARGETS = {
+    "index": (lambda ckpt: ckpt["e10"], "model.safetensors.index.json", "rescan failed"),
+    "dcp_mapping": (_dcp, ".hf_metadata/fqn_to_file_index_mapping.json", "rescan failed"),
+    # config.json only adds a check; unreadable, it is skipped and the view passes it through
+    "dcp_config": (_dcp, ".hf_metadata/config.json", "rescan"),
+}
+
+
+@pytest.mark.parametrize("case", FIFO_TARGETS.values(), ids=FIFO_TARGETS.keys())
+def test_fifo_swapped_in_at_rescan_does_not_block(daemon, ckpt, tmp, case):
+    """A FIFO put in place of a file the rescan reads, after the scan saw a regular file, does
+    not block the rescan (which holds the mount lock): it ends at once and the mount serves."""
+    source, target, said = case
+    src = tmp / "src"
+    shutil.copytree(source(ckpt), src)
+    m = tmp / "m"
+    d = daemon(src, m, env=PAUSE)
+    d.signal(signal.SIGHUP)
+    assert wait_for(lambda: d.log().count("scan done") >= 2), d.log()
+    _swap_in(src / target, os.mkfifo)
+    try:
+        assert wait_for(lambda: "rescan" in d.log(), timeout=8), \
+            f"the rescan blocked on the FIFO at {target}:\n{d.log()}"
+        assert said in d.log(), d.log()
+        assert os.listdir(m) and d.alive()
+    finally:  # a reader blocked in open() is released by a writer's open
+        try:
+            os.close(os.open(src / target, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
     unmount(m)
     assert d.wait() == 0
