@@ -16,9 +16,9 @@ import subprocess
 
 import pytest
 
-from helpers import mountpoint, wait_for
+from helpers import QV, ROOT, mountpoint, run, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
-from support_daemon import one_line, unmount
+from support_daemon import one_line, run_merged, unmount
 
 # ---------------------------------------------------------------- option arithmetic
 
@@ -209,3 +209,95 @@ def test_fifo_swapped_in_at_rescan_does_not_block(daemon, ckpt, tmp, case):
             pass
     unmount(m)
     assert d.wait() == 0
+
+
+# ---------------------------------------------------------------- GPU staging, stand-in runtime
+
+FAKE_CUDART = ROOT / "tests" / "gpu" / "fake_cudart.c"
+STAGING_OPS = ("cudaHostAlloc", "cudaMalloc", "cudaStreamCreateWithFlags", "cudaMemcpyAsync",
+               "cudaEventSynchronize")
+
+
+@pytest.fixture
+def fake_cuda(tmp):
+    """Environment that makes the daemon load tests/gpu/fake_cudart.c as libcudart.so."""
+    if "cuda runtime" not in run(QV, "-V").stdout:
+        pytest.skip("built without the CUDA runtime headers: -o gpu cannot load a runtime")
+    lib = tmp / "fakecuda"
+    lib.mkdir()
+    run("cc", "-O1", "-shared", "-fPIC", "-o", lib / "libcudart.so", FAKE_CUDART, "-lpthread")
+    log = tmp / "cuda.log"
+    return {"LD_LIBRARY_PATH": str(lib), "FAKE_CUDA_LOG": str(log)}, log
+
+
+def _calls(log):
+    """The stand-in runtime's log: (pid, tid, function, current device, forked-after-init)."""
+    if not log.exists():
+        return []
+    return [(int(p[0]), int(p[1]), p[2], int(p[3]), len(p) > 4)
+            for p in (line.split() for line in log.read_text().splitlines())]
+
+
+def _gpu_status(m):
+    with open(m / ".qvlmoefs" / "gpu.json") as f:
+        return json.load(f)
+
+
+def _staged(m):
+    """gpu.json once staging has settled (no tensor pending), else None."""
+    st = _gpu_status(m)
+    return st if st["tensors"] and all(t["state"] != "pending" for t in st["tensors"]) else None
+
+
+def test_gpu_device_opened_in_the_staging_thread_after_the_fork(fake_cuda, mount, ckpt, tmp):
+    """Daemonized (no -f, as mount -t and fstab run it), -o gpu=1 stages on device 1: the
+    runtime is first used after the daemon forked, by the staging thread, which selects the
+    device itself. Before, the parent opened the device and forked (every call in the daemon
+    failed: CUDA cannot be used in a child forked after init), and the staging thread never
+    called cudaSetDevice (device 0 while gpu.json said 1)."""
+    env, log = fake_cuda
+    m = tmp / "m"
+    m.mkdir()
+    p = subprocess.Popen([str(QV), str(ckpt["e10"]), str(m), "-o", "gpu=1,ep_size=2,ep_rank=0"],
+                         env={**os.environ, **env, "FAKE_CUDA_DEVICES": "2"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 0 and mountpoint(m), out
+    st = wait_for(lambda: _staged(m), timeout=30)
+    assert st, f"staging did not settle: {_gpu_status(m)}\n{log.read_text()}"
+    assert st["device"] == 1 and {t["state"] for t in st["tensors"]} == {"ready"}, st
+    calls = _calls(log)
+    assert not [c for c in calls if c[4]], "the runtime was used in a child forked after init"
+    staging = [c for c in calls if c[2] in STAGING_OPS]
+    assert staging, log.read_text()
+    daemon = {c[0] for c in staging}
+    assert len(daemon) == 1, staging
+    threads = {c[1] for c in staging}
+    assert len(threads) == 1, f"staging from several threads: {staging}"
+    assert {c[3] for c in staging} == {1}, f"staged on the wrong device: {staging}"
+    setdev = [c[:2] for c in calls if c[0] in daemon and c[2] == "cudaSetDevice"]
+    assert setdev == [(*daemon, *threads)], f"the staging thread did not select: {calls}"
+    # the early check ran the runtime only in a short-lived child: not the daemon, not us
+    others = [c for c in calls if c[0] not in daemon]
+    assert others and {c[2] for c in others} <= {"cudaGetDeviceCount", "cudaSetDevice"}, others
+    assert p.pid not in {c[0] for c in calls}, "the process that forked used the runtime"
+
+
+# (stand-in runtime?, words of the message): the machine's own (no runtime, or no driver), or a
+# stand-in runtime without devices
+NO_DEVICE = {"no_runtime": (False, "no CUDA"), "no_device": (True, "no CUDA device 0")}
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemonized", "foreground"])
+@pytest.mark.parametrize("case", NO_DEVICE.values(), ids=NO_DEVICE.keys())
+def test_gpu_without_device_fails_fast(fake_cuda, ckpt, tmp, case, foreground):
+    """-o gpu=0 without a usable device fails at once, with one line, with and without -f."""
+    with_runtime, words = case
+    env = {**fake_cuda[0], "FAKE_CUDA_DEVICES": "0"} if with_runtime else {}
+    m = tmp / "m"
+    m.mkdir()
+    rc, out = run_merged(QV, *(["-f"] if foreground else []), ckpt["e10"], m, "-o", "gpu=0",
+                         env=env, timeout=20)
+    assert rc is not None and rc != 0, f"exit status {rc}: {out}"
+    assert one_line(out) and "gpu=0" in out and words in out, out
+    assert not mountpoint(m)
