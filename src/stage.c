@@ -186,6 +186,12 @@ static int pump(struct qv_stage *st, const struct qv_gpu_ops *ops, const struct 
 		size_t got = 0;
 		uint64_t srcb;
 
+		if (c->cancel && atomic_load(c->cancel)) {
+			rc = qv_err(err, errlen, -ECANCELED, "stopped after %llu of %llu bytes",
+				    (unsigned long long)atomic_load(&st->done),
+				    (unsigned long long)st->bytes);
+			break;
+		}
 		rc = slot_wait(st, ops, r, k);
 		if (!rc)
 			rc = qv_vfile_read(t->vf, t->vf->base, t->voff + p.off, p.len, r->buf[k], io,

@@ -13,6 +13,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -300,4 +301,23 @@ def test_gpu_without_device_fails_fast(fake_cuda, ckpt, tmp, case, foreground):
                          env=env, timeout=20)
     assert rc is not None and rc != 0, f"exit status {rc}: {out}"
     assert one_line(out) and "gpu=0" in out and words in out, out
+    assert not mountpoint(m)
+
+
+def test_sigterm_while_staging_stops_promptly(fake_cuda, daemon, ckpt, tmp):
+    """SIGTERM while -o gpu stages (each copy of the stand-in device takes 1 s, ~16 s in all)
+    unmounts within seconds: staging stops between pieces. Before, shutdown waited for it."""
+    env, log = fake_cuda
+    src = ckpt.make("e10-l16", "--experts", "10", "--layers", "16")
+    m = tmp / "m"
+    d = daemon(src, m, "-o", "gpu=0", env={**env, "FAKE_CUDA_COPY_MS": "1000"})
+    assert wait_for(lambda: any(t["state"] == "ready" for t in _gpu_status(m)["tensors"]),
+                    timeout=20), _gpu_status(m)
+    st = _gpu_status(m)
+    assert any(t["state"] == "pending" for t in st["tensors"]), "staging ended too soon to test"
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait(timeout=30) == 0
+    took = time.monotonic() - t0
+    assert took < 6, f"SIGTERM took {took:.1f} s while staging\n{d.log()}"
     assert not mountpoint(m)

@@ -364,6 +364,14 @@ static int mock_open(int device, struct qv_gpu_ops *ops, char *err, size_t errle
 	return 0;
 }
 
+static double mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static bool all_settled(const struct qv_stage_bg *b)
 {
 	if (!atomic_load(&b->selected))
@@ -412,6 +420,43 @@ TEST(stage_bg_opens_and_uses_the_device_in_its_thread)
 	CHECK_EQ_U64(mk->pinned, 0);
 out:
 	qv_buf_free(&js);
+	vt_fini(&v);
+	free(b);
+	free(mk);
+}
+
+/* Stop while a slow device stages: it returns between two pieces, not at the end. */
+TEST(stage_bg_stop_is_prompt_on_a_slow_device)
+{
+	struct qv_mount_opts o = { 0 };
+	struct mock *mk = calloc(1, sizeof(*mk));
+	struct qv_stage_bg *b = calloc(1, sizeof(*b));
+	struct ut_capture cap;
+	char *log = NULL;
+	struct vt v;
+	double t0;
+
+	mk->wait_ms = 50; /* 2 x 8-byte slots: ~24 pieces, over a second in all */
+	open_mock = mk, open_rc = 0;
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	qv_stage_bg_init(b, 0, mock_open);
+	b->cfg.slots = 2, b->cfg.slot_bytes = 8, b->cfg.streams = 1;
+	ut_stderr_begin(&cap);
+	if (CHECK_EQ_INT(qv_stage_bg_start(b, &v.m), 0)) {
+		for (int i = 0; i < 500 && atomic_load(&b->st.done) == 0; i++)
+			usleep(2000);
+		t0 = mono();
+		qv_stage_bg_stop(b);
+		CHECK_MSG(mono() - t0 < 0.4, "stop took %.2f s", mono() - t0);
+	}
+	log = ut_stderr_end(&cap);
+	CHECK_HAS(log, "stopped at unmount");
+	CHECK_EQ_INT(atomic_load(&mk->closed), 1);
+	CHECK_EQ_INT(atomic_load(&mk->foreign), 0);
+	CHECK_EQ_U64(mk->pinned, 0);
+out:
+	free(log);
 	vt_fini(&v);
 	free(b);
 	free(mk);
