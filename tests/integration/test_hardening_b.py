@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from helpers import QV, ROOT, mountpoint, run, wait_for
+from helpers import QV, ROOT, check_view, mountpoint, run, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
 from support_daemon import one_line, run_merged, unmount
 
@@ -321,3 +321,80 @@ def test_sigterm_while_staging_stops_promptly(fake_cuda, daemon, ckpt, tmp):
     took = time.monotonic() - t0
     assert took < 6, f"SIGTERM took {took:.1f} s while staging\n{d.log()}"
     assert not mountpoint(m)
+
+
+# ---------------------------------------------------------------- the mount helper's quoting
+
+HELPER = ROOT / "mount-scripts" / "mount.fuse.qvlmoefs"
+RECORDER = """#!/usr/bin/python3
+import json, os, sys
+with open(os.environ["RECORD"], "w") as f:
+    json.dump(sys.argv[1:], f)
+"""
+
+
+def _helper(tmp, binary):
+    """A copy of the mount helper with @BIN@ made binary, as make install writes it."""
+    h = tmp / "mount.fuse.qvlmoefs"
+    h.write_text(HELPER.read_text().replace("@BIN@", str(binary)))
+    h.chmod(0o755)
+    return h
+
+
+# helper arguments after SOURCE MOUNTPOINT: the -o string the daemon must get (None: no -o)
+HELPER_CASES = {
+    "drops_fstab_words": (["-o", "ro,view=native,nofail"], "ro,view=native"),
+    "all_dropped": (["-o", "nofail,_netdev"], None),
+    "empty_fields": (["-o", "ro,,view=hf,"], "ro,view=hf"),
+    # libfuse's escaped comma is part of the value: "auto" here is no fstab word
+    "escaped_comma": (["-o", r"ro,exclude=a\,auto,nofail"], r"ro,exclude=a\,auto"),
+    # libmount's quoting: the quotes go, the commas and backslashes inside get libfuse escapes
+    "quoted_value": (["-o", r'exclude="x{1,2}\d",defaults,ro'], r"exclude=x{1\,2}\\d,ro"),
+    # glob characters stay literal even when a file in the current folder matches them
+    "glob_star": (["-o", "exclude=x*"], "exclude=x*"),
+    "glob_class": (["-o", "ro,exclude=[ab]?"], "ro,exclude=[ab]?"),
+    "two_o": (["-o", "ro", "-o", r"exclude=y\,z"], r"ro,exclude=y\,z"),
+    "joined_o": (["-oro,exclude=.*_extra_state.*"], "ro,exclude=.*_extra_state.*"),
+}
+
+
+@pytest.mark.parametrize("case", HELPER_CASES.values(), ids=HELPER_CASES.keys())
+def test_mount_helper_passes_options_unmangled(tmp, case):
+    """mount.fuse.qvlmoefs hands the daemon the options as written, minus fstab-only words:
+    no word splitting inside escaped or quoted commas, no globbing (before, `for o in $opts`
+    split escaped commas, so a value could lose a piece that looked like an fstab word, and
+    expanded globs against the current folder)."""
+    args, want = case
+    rec = tmp / "rec.py"
+    rec.write_text(RECORDER)
+    rec.chmod(0o755)
+    h = _helper(tmp, rec)
+    for bait in ("exclude=x-globbed", "exclude=a1"):  # what the globs would expand to
+        (tmp / bait).write_text("")
+    out = tmp / "argv.json"
+    run(h, "SRC", "MNT", *args, cwd=tmp, env={**os.environ, "RECORD": str(out)})
+    got = json.loads(out.read_text())
+    assert got == ["SRC", "MNT"] + ([] if want is None else ["-o", want]), got
+
+
+# a regex with a comma and glob characters, written with libmount's quotes or libfuse's escapes
+PATTERN = r".*(_extra_state|layers\.[0-9]{1,3}\.input_layernorm).*"
+WRITTEN = {"quoted": f'exclude="{PATTERN}"',
+           "escaped": "exclude=" + PATTERN.replace("\\", "\\\\").replace(",", "\\,")}
+
+
+@pytest.mark.parametrize("written", WRITTEN.values(), ids=WRITTEN.keys())
+def test_mount_helper_mounts_with_a_comma_in_exclude(fuse, ckpt, tmp, written):
+    """Through the helper (as mount -t and fstab run it), exclude= with a comma and glob
+    characters reaches the daemon intact: the view leaves out exactly what it matches."""
+    h = _helper(tmp, QV)
+    m = tmp / "m"
+    m.mkdir()
+    run(h, ckpt["native"], m, "-o", f"ro,{written},nofail", cwd=tmp, timeout=60)
+    try:
+        assert mountpoint(m)
+        check_view(ckpt["native"], m, "--view", "hf", "--exclude", PATTERN)
+        assert not any(".input_layernorm" in k for k in
+                       json.loads((m / "model.safetensors.index.json").read_text())["weight_map"])
+    finally:
+        unmount(m)
