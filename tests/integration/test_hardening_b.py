@@ -326,6 +326,7 @@ def test_sigterm_while_staging_stops_promptly(fake_cuda, daemon, ckpt, tmp):
     d.signal(signal.SIGTERM)
     assert d.wait(timeout=30) == 0
     took = time.monotonic() - t0
+    print(f"SIGTERM to exit while staging: {took:.2f} s")
     assert took < 6, f"SIGTERM took {took:.1f} s while staging\n{d.log()}"
     assert not mountpoint(m)
 
