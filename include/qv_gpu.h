@@ -32,8 +32,12 @@ struct qv_gpu_ops {
 /* What this binary was built with: "cuda runtime (dlopen)" or "not built". */
 const char *qv_gpu_build(void);
 
-/* Load the CUDA runtime and select device; 0, -ENOSYS (not built, or no runtime library),
+/* Load the CUDA runtime and select device for the calling thread (the current device is per
+ * thread: make every later call from this one); 0, -ENOSYS (not built, or no runtime library),
  * -ENODEV (no such device) or -errno, with one line in err. Never waits for a device. */
 int qv_gpu_open(int device, struct qv_gpu_ops *ops, char *err, size_t errlen);
+
+/* qv_gpu_open's type, so staging can be handed a stand-in device. */
+typedef int qv_gpu_open_fn(int device, struct qv_gpu_ops *ops, char *err, size_t errlen);
 
 #endif

@@ -19,9 +19,12 @@ struct qv_vtensor {
 
 /* Build a whole safetensors header (8-byte length + compact JSON padded with spaces so that
  * 8 + N is a multiple of 8): __metadata__ first (meta, then "format":"pt" when meta lacks it,
- * then extra), tensors in the given order with contiguous offsets. 0 or -ENOMEM. */
+ * then extra), tensors in the given order with contiguous offsets. The result is checked with
+ * qv_st_parse: 0, -ENOMEM, or -EINVAL when offsets overflow or the strict parser rejects it,
+ * with a reason in err. */
 int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta *extra,
-		 size_t nextra, const struct qv_vtensor *t, size_t nt, struct qv_buf *out);
+		 size_t nextra, const struct qv_vtensor *t, size_t nt, struct qv_buf *out,
+		 char *err, size_t errlen);
 
 /* One weight_map entry. */
 struct qv_wentry {

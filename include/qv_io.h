@@ -22,10 +22,12 @@ struct qv_io_cfg {
 	enum qv_io_backend backend; /* wanted; uring falls back to pread when it cannot be set up */
 	unsigned entries;	    /* ring size (0 = 64) */
 	/* test knobs: clamp each submitted read (forces short reads), turn every Nth completion
-	 * into -EAGAIN, refuse ring setup as a sandbox would */
+	 * into -EAGAIN, refuse ring setup as a sandbox would, make the Nth submission fail with
+	 * -EIO after its reads went to the kernel (an unexpected error with reads in flight) */
 	uint64_t max_chunk;
 	unsigned eagain_every;
 	int fail_setup_errno;
+	unsigned fail_submit_nth;
 	atomic_int *fallback_logged; /* shared flag so the fallback is logged once per mount */
 };
 

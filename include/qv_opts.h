@@ -11,11 +11,10 @@
 struct qv_options {
 	char *source;
 	char *view, *exclude, *io, *gpu;
-	unsigned ep_size, ep_rank, shard_size, shard_rank;
+	char *ep_size, *ep_rank, *shard_size, *shard_rank; /* NULL when not given */
 	unsigned readahead_kb;
 	unsigned long long max_file;
 	int direct_io;
-	int ep_size_set, ep_rank_set, shard_size_set, shard_rank_set;
 	int allow_other;
 };
 

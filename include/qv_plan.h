@@ -11,6 +11,8 @@
 enum qv_naming { QV_NAMING_HF = 0, QV_NAMING_NATIVE = 1 };
 
 #define QV_DEFAULT_EXCLUDE ".*_extra_state.*"
+#define QV_PLAN_MAX_EP 65536	  /* ep_size and ep_shard_size, before the checkpoint bounds them */
+#define QV_PLAN_MAX_FOLDERS 65536 /* rank (and shard) folders of one mount */
 
 /* What the user asked for; ep_size 0 means no slicing. */
 struct qv_plan_opts {
@@ -55,6 +57,12 @@ int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *
 
 /* NeMo Automodel's expert range of rank r out of w for n experts. */
 void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count);
+
+/* How many plans (rank and shard folders; 1 for one view) the slicing options make: ranks not
+ * fixed (all_ranks) and shards not fixed (all_shards) are enumerated. Computed in 64 bits; -EINVAL
+ * with the bound in err past QV_PLAN_MAX_FOLDERS. (qv_plan_cut bounds ep_size by the experts.) */
+int qv_plan_count(uint32_t ep_size, bool all_ranks, uint32_t shard_size, bool all_shards,
+		  size_t *n, char *err, size_t errlen);
 
 /* The cut of an expert tensor t under the plan; 0 or -EINVAL with a reason naming t in err. */
 int qv_plan_cut(const struct qv_plan *p, const struct qv_tensor *t, struct qv_cut *c, char *err,

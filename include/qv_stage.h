@@ -4,6 +4,7 @@
 #ifndef QV_STAGE_H
 #define QV_STAGE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,6 +47,7 @@ struct qv_stage_cfg {
 	unsigned slots;	   /* pinned buffers (default 4) */
 	size_t slot_bytes; /* each (default 16 MiB): host memory stays slots * slot_bytes */
 	unsigned streams;  /* copy streams (default 2) */
+	const atomic_bool *cancel; /* when set (checked between pieces), the run stops: -ECANCELED */
 };
 
 /* One copy: bytes [off, off+len) of tensor `tensor`; len <= slot_bytes. */
@@ -79,5 +81,42 @@ int qv_stage_json(const struct qv_stage *st, struct qv_buf *out);
 
 /* Free the selection and the device memory (ops may be NULL when nothing was allocated). */
 void qv_stage_free(struct qv_stage *st, const struct qv_gpu_ops *ops);
+
+/* Whether open(device) succeeds, asked in a short-lived child process, so that this process
+ * never initialises CUDA: a daemon forks after this check, and CUDA cannot be used in a child
+ * forked after it was initialised. 0 or the child's -errno with its reason in err. */
+int qv_stage_probe(int device, qv_gpu_open_fn *open, char *err, size_t errlen);
+
+/* -o gpu=N: the mount's view staged in the background by one thread that opens the device
+ * itself (after the daemon forked, selecting it for itself), makes every device call, keeps
+ * the allocation while mounted (other processes map it by IPC handle) and frees it at stop. */
+struct qv_stage_bg {
+	struct qv_mount *m;
+	int device;
+	qv_gpu_open_fn *open; /* qv_gpu_open, or a stand-in device in tests */
+	struct qv_stage_cfg cfg;
+	struct qv_gpu_ops ops;
+	bool opened;
+	struct qv_stage st;
+	atomic_bool selected; /* st holds the selection: gpu.json may read it */
+	atomic_bool cancel;
+	bool started, stop;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+};
+
+/* Prepare b (zeroed here) for device; gpu.json works from now on; nothing is opened. */
+void qv_stage_bg_init(struct qv_stage_bg *b, int device, qv_gpu_open_fn *open);
+
+/* Start the staging thread over m's root view; 0 or -errno. Call after any fork. */
+int qv_stage_bg_start(struct qv_stage_bg *b, struct qv_mount *m);
+
+/* The mount's .qvlmoefs/gpu.json (struct qv_mount_opts.gpu_json, arg the stager). */
+int qv_stage_bg_json(void *arg, struct qv_buf *out);
+
+/* Stop staging between pieces, free the device memory and close the device (in the staging
+ * thread), and wait for that thread; returns promptly. A no-op when not started. */
+void qv_stage_bg_stop(struct qv_stage_bg *b);
 
 #endif

@@ -217,6 +217,7 @@ static int merge(struct qv_dcp *d, char *err, size_t errlen)
 	return 0;
 }
 
+/* After global_shape: offset + shape cannot overflow. */
 static bool overlap(const struct qv_chunk *a, const struct qv_chunk *b, uint32_t n)
 {
 	for (uint32_t k = 0; k < n; k++)
@@ -252,25 +253,48 @@ static void gap_region(const struct qv_dtensor *x, char *out, size_t len)
 	}
 }
 
+/* The global shape (max of offset + chunk shape per dimension) and its size in bytes, every
+ * step overflow-checked: a zero-size chunk far out makes a shape whose volume wraps even in
+ * 128 bits, and a wrapped volume can match the chunks' sum. */
+static int global_shape(struct qv_dtensor *x, uint64_t *elems, char *err, size_t errlen)
+{
+	uint64_t bytes = qv_dtype_size(x->dtype), end;
+
+	*elems = 1;
+	for (uint32_t k = 0; k < x->ndim; k++) {
+		for (size_t i = 0; i < x->nc; i++) {
+			if (__builtin_add_overflow(x->c[i].off[k], x->c[i].shape[k], &end))
+				goto overflow;
+			x->shape[k] = end > x->shape[k] ? end : x->shape[k];
+		}
+		if (__builtin_mul_overflow(*elems, x->shape[k], elems))
+			goto overflow;
+	}
+	if (!__builtin_mul_overflow(*elems, bytes, &bytes))
+		return 0;
+overflow:
+	return qv_err(err, errlen, -EINVAL,
+		      "tensor \"%s\": its chunks make a shape whose size overflows 64 bits", x->name);
+}
+
 /* Global shape, then exact tiling: no two chunks overlap and their volumes add up. */
 static int coverage(struct qv_dtensor *x, const struct qv_scan *sc, const uint32_t *node_of_src,
 		    char *err, size_t errlen)
 {
-	unsigned __int128 vol = 1, sum = 0;
+	uint64_t vol, sum = 0;
 	char where[96];
+	int rc = global_shape(x, &vol, err, errlen);
 
-	for (uint32_t k = 0; k < x->ndim; k++) {
-		for (size_t i = 0; i < x->nc; i++)
-			if (x->c[i].off[k] + x->c[i].shape[k] > x->shape[k])
-				x->shape[k] = x->c[i].off[k] + x->c[i].shape[k];
-		vol *= x->shape[k];
-	}
-	for (size_t i = 0; i < x->nc; i++) {
-		unsigned __int128 v = 1;
+	for (size_t i = 0; i < x->nc && !rc; i++) {
+		uint64_t v = 1;
 
-		for (uint32_t k = 0; k < x->ndim; k++)
-			v *= x->c[i].shape[k];
-		sum += v;
+		/* a chunk's volume is its bytes in a parsed file, but check rather than assume */
+		for (uint32_t k = 0; k < x->ndim && !rc; k++)
+			if (__builtin_mul_overflow(v, x->c[i].shape[k], &v))
+				rc = -EOVERFLOW;
+		if (rc || __builtin_add_overflow(sum, v, &sum))
+			return qv_err(err, errlen, -EINVAL, "tensor \"%s\": its chunks' sizes overflow "
+				      "64 bits", x->name);
 		for (size_t j = i + 1; j < x->nc; j++)
 			if (overlap(&x->c[i], &x->c[j], x->ndim))
 				return qv_err(err, errlen, -EINVAL,
@@ -281,13 +305,13 @@ static int coverage(struct qv_dtensor *x, const struct qv_scan *sc, const uint32
 					      (unsigned long long)x->c[i].off[0],
 					      (unsigned long long)x->c[j].off[0]);
 	}
-	if (sum != vol) {
+	if (!rc && sum != vol) {
 		gap_region(x, where, sizeof(where));
 		return qv_err(err, errlen, -EINVAL,
 			      "tensor \"%s\": no chunk covers %s (a rank file may be missing)",
 			      x->name, where);
 	}
-	return 0;
+	return rc;
 }
 
 /* {fqn: k} from .hf_metadata/fqn_to_file_index_mapping.json, when present. */
@@ -300,11 +324,14 @@ static int assign_files(struct qv_dcp *d, const struct qv_scan *sc, uint64_t max
 
 	if (d->map_node) {
 		struct qv_buf b = { 0 };
+		char why[QV_ERRLEN];
 
-		rc = qv_read_file(sc->n[d->map_node].path, MAX_MAP_BYTES, &b);
+		rc = qv_scan_read(&sc->n[d->map_node], MAX_MAP_BYTES, &b, why, sizeof(why));
 		text = b.p;
 		j = !rc && text ? cJSON_ParseWithLength(text, b.len) : NULL;
-		if (!cJSON_IsObject(j))
+		if (rc)
+			qv_err(err, errlen, rc, "%s: %s", sc->n[d->map_node].rel, why);
+		else if (!cJSON_IsObject(j))
 			rc = qv_err(err, errlen, -EINVAL, "%s: not a JSON object", sc->n[d->map_node].rel);
 	}
 	for (size_t i = 0; i < d->nt && !rc; i++) {
@@ -323,9 +350,11 @@ static int assign_files(struct qv_dcp *d, const struct qv_scan *sc, uint64_t max
 		for (size_t i = 0; i < d->nt; i++) {
 			uint64_t bytes = qv_dtype_size(d->t[i].dtype);
 
+			/* no overflow: coverage() checked each tensor's bytes, and used stays at
+			 * most max(max_file, one tensor) before the add */
 			for (uint32_t k = 0; k < d->t[i].ndim; k++)
 				bytes *= d->t[i].shape[k];
-			if (used && used + bytes > max_file)
+			if (used && (bytes > max_file || used > max_file - bytes))
 				file++, used = 0;
 			used += bytes;
 			d->t[i].file = file;

@@ -32,9 +32,9 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		atomic_init(&s->fd, -1);
 		if (!qv_ends_with(c->name, ".safetensors"))
 			continue;
-		fd = open(c->path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st))
-			return qv_err(err, errlen, -errno, "%s: %s", c->rel, strerror(errno));
+		fd = qv_scan_open(c, &st, why, sizeof(why)); /* the scanned file, or an error */
+		if (fd < 0)
+			return qv_err(err, errlen, fd, "%s: %s", c->rel, why);
 		atomic_store(&s->fd, fd);
 		s->pinned = true;
 		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
@@ -100,7 +100,7 @@ static uint64_t config_experts(const struct qv_gen *m)
 	uint64_t n;
 
 	if (node && !S_ISDIR(m->scan.n[node].st.st_mode) &&
-	    qv_read_file(m->scan.n[node].path, 16u << 20, &b) == 0 && b.p)
+	    qv_scan_read(&m->scan.n[node], 16u << 20, &b, NULL, 0) == 0 && b.p)
 		j = cJSON_ParseWithLength(b.p, b.len);
 	where[0] = j;
 	where[1] = cJSON_GetObjectItemCaseSensitive(j, "text_config");
@@ -186,10 +186,10 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
 		       (unsigned long long)m->n_experts, o->ep_size,
 		       (unsigned long long)(m->n_experts % o->ep_size));
-	m->nplans = 1;
-	if (qv_gen_multi(o))
-		m->nplans = (o->ep_rank_set ? 1 : o->ep_size) *
-			    (o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1);
+	rc = qv_plan_count(o->ep_size, !o->ep_rank_set, o->shard_size, !o->shard_rank_set,
+			   &m->nplans, err, errlen);
+	if (rc)
+		return rc;
 	m->plans = calloc(m->nplans, sizeof(*m->plans));
 	if (!m->plans)
 		return qv_err(err, errlen, -ENOMEM, "out of memory");

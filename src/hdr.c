@@ -35,14 +35,30 @@ static int add_tensor(struct qv_buf *b, const struct qv_vtensor *t, uint64_t beg
 		rc = qv_buf_printf(b, ":{\"dtype\":\"%s\",\"shape\":[", qv_dtype_name(t->dtype));
 	for (uint32_t d = 0; d < t->ndim && !rc; d++)
 		rc = qv_buf_printf(b, d ? ",%llu" : "%llu", (unsigned long long)t->shape[d]);
-	if (!rc)
+	if (!rc) /* begin + size: checked for overflow by the caller */
 		rc = qv_buf_printf(b, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)begin,
 				   (unsigned long long)(begin + t->size));
 	return rc;
 }
 
+/* Parse what was built with the project's own strict parser: a header it would reject (a
+ * shape past 2^53, a shape that disagrees with its bytes, whatever a hostile source made the
+ * view compute) is never served. Costs one parse of the header at mount. */
+static int self_check(const struct qv_buf *out, uint64_t data, char *err, size_t errlen)
+{
+	struct qv_st st = { 0 };
+	char why[QV_ERRLEN];
+	int rc = qv_st_parse(out->p + 8, out->len - 8, out->len + data, &st, why, sizeof(why));
+
+	qv_st_free(&st);
+	if (rc == -ENOMEM)
+		return qv_err(err, errlen, rc, "out of memory");
+	return rc ? qv_err(err, errlen, rc, "its virtual header fails the strict parser: %s", why) : 0;
+}
+
 int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta *extra,
-		 size_t nextra, const struct qv_vtensor *t, size_t nt, struct qv_buf *out)
+		 size_t nextra, const struct qv_vtensor *t, size_t nt, struct qv_buf *out,
+		 char *err, size_t errlen)
 {
 	static const struct qv_meta fmt = { "format", "pt" };
 	bool first = true, has_format = false;
@@ -62,19 +78,24 @@ int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta 
 	if (!rc)
 		rc = qv_buf_add(out, "}", 1);
 	for (size_t i = 0; i < nt && !rc; i++) {
+		uint64_t end;
+
+		if (__builtin_add_overflow(off, t[i].size, &end))
+			return qv_err(err, errlen, -EINVAL, "tensor \"%s\": data offsets overflow 64 bits",
+				      t[i].name);
 		rc = add_tensor(out, &t[i], off);
-		off += t[i].size;
+		off = end;
 	}
 	if (!rc)
 		rc = qv_buf_add(out, "}", 1);
 	while (!rc && out->len % 8)
 		rc = qv_buf_add(out, " ", 1);
 	if (rc)
-		return rc;
+		return qv_err(err, errlen, rc, "out of memory");
 	n = out->len - 8;
 	for (int i = 0; i < 8; i++)
 		out->p[i] = (char)(n >> (8 * i));
-	return 0;
+	return self_check(out, off, err, errlen);
 }
 
 static int cmp_wentry(const void *a, const void *b)

@@ -23,6 +23,7 @@ struct qv_io {
 	enum qv_io_backend backend;
 	struct io_uring ring;
 	unsigned completions; /* for the eagain_every test knob */
+	unsigned submits;     /* for the fail_submit_nth test knob */
 };
 
 static uint64_t clamp_len(const struct qv_io *io, uint64_t len)
@@ -99,15 +100,23 @@ static int run_pread(struct qv_io *io, struct qv_iop *ops, size_t n)
 	return 0;
 }
 
-/* Queue the unread rest of op i; the SQ has room because in-flight ops never exceed it. */
-static void queue_op(struct qv_io *io, struct qv_iop *op, size_t i)
+/* Queue the unread rest of op i; 0, or -EBUSY when the SQ has no room even after submitting
+ * what it holds (in-flight ops never exceed the ring, so this is a bug guard). */
+static int queue_op(struct qv_io *io, struct qv_iop *op, size_t i)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&io->ring);
 	uint64_t done = op->done;
 
+	if (!sqe) {
+		io_uring_submit(&io->ring);
+		sqe = io_uring_get_sqe(&io->ring);
+	}
+	if (!sqe)
+		return -EBUSY;
 	io_uring_prep_read(sqe, op->fd, op->dst + done, (unsigned)clamp_len(io, op->len - done),
 			   op->off + done);
 	io_uring_sqe_set_data64(sqe, i);
+	return 0;
 }
 
 /* A completion for op i: account progress; returns 1 if it must be queued again, 0 if
@@ -125,6 +134,46 @@ static int reap_one(struct qv_io *io, int res, struct qv_iop *op)
 	MARK_DEFINED(op->dst + op->done, (size_t)res);
 	op->done += (uint64_t)res;
 	return op->done < op->len ? 1 : 0;
+}
+
+/* io_uring_submit_and_wait, or the test knob's failure with the reads really submitted. */
+static int submit_wait(struct qv_io *io)
+{
+	if (io->cfg.fail_submit_nth && ++io->submits == io->cfg.fail_submit_nth) {
+		io_uring_submit(&io->ring);
+		return -EIO;
+	}
+	return io_uring_submit_and_wait(&io->ring, 1);
+}
+
+/* The ring failed with reads in flight: the kernel may still write into their buffers, which
+ * the caller is about to reply with or reuse, and their completions would be taken by the
+ * next request. Reap every read the kernel took, then rebuild the ring, which drops what it
+ * never took; when it cannot even be waited on (or rebuilt), this thread reads with pread. */
+static int recover(struct qv_io *io, unsigned inflight, int err)
+{
+	unsigned unsent = io_uring_sq_ready(&io->ring);
+	unsigned held = inflight > unsent ? inflight - unsent : 0;
+	struct io_uring_cqe *cqe;
+	int rc = 0;
+
+	while (held) {
+		rc = io_uring_wait_cqe(&io->ring, &cqe); /* submits nothing */
+		if (rc == -EINTR || rc == -EAGAIN)
+			continue;
+		if (rc)
+			break;
+		io_uring_cqe_seen(&io->ring, cqe);
+		held--;
+	}
+	io_uring_queue_exit(&io->ring);
+	rc = held ? rc : io_uring_queue_init(io->cfg.entries, &io->ring, 0);
+	if (rc) {
+		io->backend = QV_IO_PREAD;
+		qv_log("io_uring failed (%s) and could not be %s: this thread reads with pread",
+		       strerror(-err), held ? "drained" : "rebuilt");
+	}
+	return err;
 }
 
 static int run_uring(struct qv_io *io, struct qv_iop *ops, size_t n)
@@ -145,23 +194,21 @@ static int run_uring(struct qv_io *io, struct qv_iop *ops, size_t n)
 				left--;
 				continue;
 			}
-			queue_op(io, &ops[next], next);
+			err = queue_op(io, &ops[next], next);
 			next++;
-			inflight++;
+			inflight += err ? 0 : 1;
 		}
 		if (inflight == 0)
 			break;
-		rc = io_uring_submit_and_wait(&io->ring, 1);
+		rc = submit_wait(io);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
-			return err ? err : rc;
+			return recover(io, inflight, err ? err : rc);
 		while (io_uring_peek_cqe(&io->ring, &cqe) == 0) {
 			i = (size_t)io_uring_cqe_get_data64(cqe);
 			rc = reap_one(io, cqe->res, &ops[i]);
 			io_uring_cqe_seen(&io->ring, cqe);
-			if (rc == 1 && !err) {
-				queue_op(io, &ops[i], i);
+			if (rc == 1 && !err && (rc = queue_op(io, &ops[i], i)) == 0)
 				continue; /* still in flight */
-			}
 			inflight--;
 			left--;
 			if (rc < 0 && !err)

@@ -52,51 +52,6 @@ static void *rescan_thread(void *arg)
 	return NULL;
 }
 
-/* -o gpu=N: the view's expert tensors are staged on device N in the background after the
- * mount; .qvlmoefs/gpu.json shows their state and the allocation's IPC handle. */
-struct gpu_stager {
-	pthread_t thread;
-	bool started;
-	struct qv_gpu_ops ops;
-	struct qv_mount *m;
-	struct qv_stage st;
-	atomic_bool selected;
-};
-
-static int gpu_json(void *arg, struct qv_buf *out)
-{
-	struct gpu_stager *g = arg;
-
-	if (!atomic_load(&g->selected))
-		return qv_buf_printf(out, "{\"device\":%d,\"tensors\":[]}\n", g->st.device);
-	return qv_stage_json(&g->st, out);
-}
-
-static void *gpu_thread(void *arg)
-{
-	struct gpu_stager *g = arg;
-	struct qv_stage_cfg cfg = { 0 };
-	struct qv_io *io;
-	char err[QV_ERRLEN];
-	int dev = g->st.device;
-
-	if (qv_stage_select(g->m, qv_tree_node(&g->m->tree, 1), false, &g->st, err, sizeof(err))) {
-		qv_log("gpu: %s", err);
-		return NULL;
-	}
-	g->st.device = dev;
-	atomic_store(&g->selected, true);
-	if (qv_io_new(&g->m->o.io, &io))
-		return NULL;
-	if (qv_stage_run(&g->st, &g->ops, &cfg, io, err, sizeof(err)))
-		qv_log("gpu: staging on cuda:%d failed: %s", dev, err);
-	else
-		qv_log("gpu: %zu tensors (%llu bytes) staged on cuda:%d", g->st.nt,
-		       (unsigned long long)g->st.bytes, dev);
-	qv_io_free(io);
-	return NULL;
-}
-
 /* fsname=SOURCE for mount(8) and /proc/mounts; commas and backslashes must be escaped. */
 static int add_fsname(struct fuse_args *args, const char *source)
 {
@@ -126,7 +81,7 @@ int main(int argc, char *argv[])
 	static struct qv_mount m;
 	struct qv_fs fs;
 	struct rescanner rs = { 0 };
-	static struct gpu_stager gs;
+	static struct qv_stage_bg gs;
 	sigset_t hup;
 	char err[QV_ERRLEN];
 	int ret = 1, gpu;
@@ -163,13 +118,15 @@ int main(int argc, char *argv[])
 	if (qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
 	qv_opts_faults(&mo.io);
-	if (gpu >= 0) { /* fail fast, before mounting, when there is no such device */
-		if (qv_gpu_open(gpu, &gs.ops, err, sizeof(err))) {
+	if (gpu >= 0) {
+		/* fail fast, before mounting, when there is no such device; asked in a child so
+		 * that CUDA is not initialised here: this process forks when it daemonizes */
+		if (qv_stage_probe(gpu, qv_gpu_open, err, sizeof(err))) {
 			qv_log("gpu=%d: %s", gpu, err);
 			goto out_opts;
 		}
-		gs.st.device = gpu;
-		mo.gpu_json = gpu_json;
+		qv_stage_bg_init(&gs, gpu, qv_gpu_open);
+		mo.gpu_json = qv_stage_bg_json;
 		mo.gpu_arg = &gs;
 	}
 	if (qv_mount_init(&m, o.source, &mo, err, sizeof(err))) {
@@ -205,9 +162,9 @@ int main(int argc, char *argv[])
 	rs.se = se;
 	if (pthread_create(&rs.thread, NULL, rescan_thread, &rs))
 		goto out_unmount;
-	gs.m = &m;
-	if (gpu >= 0 && pthread_create(&gs.thread, NULL, gpu_thread, &gs) == 0)
-		gs.started = true;
+	/* after daemonizing: the staging thread opens the device itself */
+	if (gpu >= 0 && qv_stage_bg_start(&gs, &m))
+		qv_log("gpu=%d: cannot start the staging thread", gpu);
 	if (copts.singlethread) {
 		ret = fuse_session_loop(se);
 	} else {
@@ -225,11 +182,10 @@ int main(int argc, char *argv[])
 	}
 	/* the loop returns the signal that ended it: SIGTERM/SIGINT are a clean shutdown */
 	ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? 0 : 1;
+	qv_stage_bg_stop(&gs); /* between two pieces: shutdown does not wait for staging */
 	atomic_store(&rs.stop, true);
 	pthread_kill(rs.thread, SIGHUP);
 	pthread_join(rs.thread, NULL);
-	if (gs.started)
-		pthread_join(gs.thread, NULL);
 out_unmount:
 	fuse_session_unmount(se);
 out_signals:
@@ -239,11 +195,8 @@ out_session:
 out_fs:
 	qv_fs_fini(&fs);
 out_mount_ctx:
+	qv_stage_bg_stop(&gs); /* staging reads the mount's files: stop it first */
 	qv_mount_fini(&m);
-	if (gpu >= 0) {
-		qv_stage_free(&gs.st, &gs.ops);
-		gs.ops.close(gs.ops.ctx);
-	}
 out_opts:
 	free(copts.mountpoint);
 	qv_opts_free(&o);

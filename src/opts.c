@@ -17,14 +17,11 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("exclude=%s", exclude),
 	OPT("io=%s", io),
 	OPT("gpu=%s", gpu),
-	OPT("ep_size=%u", ep_size),
-	OPT("ep_size=", ep_size_set),
-	OPT("ep_rank=%u", ep_rank),
-	OPT("ep_rank=", ep_rank_set),
-	OPT("ep_shard_size=%u", shard_size),
-	OPT("ep_shard_size=", shard_size_set),
-	OPT("ep_shard_rank=%u", shard_rank),
-	OPT("ep_shard_rank=", shard_rank_set),
+	/* as text, checked below: %u would read "-1" as 4294967295 and "2x" as 2 */
+	OPT("ep_size=%s", ep_size),
+	OPT("ep_rank=%s", ep_rank),
+	OPT("ep_shard_size=%s", shard_size),
+	OPT("ep_shard_rank=%s", shard_rank),
 	OPT("readahead_kb=%u", readahead_kb),
 	OPT("shard_size=%llu", max_file),
 	OPT("direct_io", direct_io),
@@ -48,6 +45,43 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 	if (key == KEY_ALLOW_OTHER)
 		o->allow_other = 1;
 	return key == KEY_DROP ? 0 : 1;
+}
+
+/* name=s as a whole number from lo to hi: digits only, so a sign or trailing junk is refused
+ * rather than wrapped or ignored; 0 or -EINVAL, logged with the accepted range. */
+static int parse_count(const char *name, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+	uint64_t v = 0;
+	const char *p;
+
+	for (p = s; *p >= '0' && *p <= '9' && v <= hi; p++) /* stops before v can overflow */
+		v = v * 10 + (uint64_t)(*p - '0');
+	if (p == s || *p || v < lo || v > hi)
+		return qv_log("%s=%s: expected a whole number from %u to %u", name, s, lo, hi), -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+/* The slicing options, each bounded here; plan and gen bound them further by the checkpoint
+ * (ep_size by its expert count, the folder count by QV_PLAN_MAX_FOLDERS). */
+static int check_slicing(const struct qv_options *o, struct qv_mount_opts *mo)
+{
+	if (o->ep_rank && !o->ep_size)
+		return qv_log("ep_rank needs ep_size"), -EINVAL;
+	if (o->shard_rank && !o->shard_size)
+		return qv_log("ep_shard_rank needs ep_shard_size"), -EINVAL;
+	if (o->shard_size && !o->ep_size)
+		return qv_log("ep_shard_size needs ep_size"), -EINVAL;
+	if ((o->ep_size && parse_count("ep_size", o->ep_size, 1, QV_PLAN_MAX_EP, &mo->ep_size)) ||
+	    (o->ep_rank && parse_count("ep_rank", o->ep_rank, 0, QV_PLAN_MAX_EP - 1, &mo->ep_rank)) ||
+	    (o->shard_size &&
+	     parse_count("ep_shard_size", o->shard_size, 1, QV_PLAN_MAX_EP, &mo->shard_size)) ||
+	    (o->shard_rank &&
+	     parse_count("ep_shard_rank", o->shard_rank, 0, QV_PLAN_MAX_EP - 1, &mo->shard_rank)))
+		return -EINVAL;
+	mo->ep_rank_set = o->ep_rank != NULL;
+	mo->shard_rank_set = o->shard_rank != NULL;
+	return 0;
 }
 
 /* Turn option strings into the core's options; one-line message and -EINVAL when invalid. */
@@ -76,24 +110,8 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 			return qv_log("gpu=%s: expected a CUDA device number", o->gpu), -EINVAL;
 		*gpu = (int)dev;
 	}
-	if (o->ep_rank_set && !o->ep_size_set)
-		return qv_log("ep_rank needs ep_size"), -EINVAL;
-	if (o->shard_rank_set && !o->shard_size_set)
-		return qv_log("ep_shard_rank needs ep_shard_size"), -EINVAL;
-	if (o->shard_size_set && !o->ep_size_set)
-		return qv_log("ep_shard_size needs ep_size"), -EINVAL;
-	if (o->ep_size_set && o->ep_size == 0)
-		return qv_log("ep_size must be at least 1"), -EINVAL;
-	if (o->shard_size_set && o->shard_size == 0)
-		return qv_log("ep_shard_size must be at least 1"), -EINVAL;
 	mo->max_file = o->max_file;
-	mo->ep_size = o->ep_size_set ? o->ep_size : 0;
-	mo->ep_rank = o->ep_rank;
-	mo->ep_rank_set = o->ep_rank_set;
-	mo->shard_size = o->shard_size_set ? o->shard_size : 0;
-	mo->shard_rank = o->shard_rank;
-	mo->shard_rank_set = o->shard_rank_set;
-	return 0;
+	return check_slicing(o, mo);
 }
 
 int qv_opts_parse(struct fuse_args *args, struct qv_options *o)
@@ -108,6 +126,10 @@ void qv_opts_free(struct qv_options *o)
 	free(o->exclude);
 	free(o->io);
 	free(o->gpu);
+	free(o->ep_size);
+	free(o->ep_rank);
+	free(o->shard_size);
+	free(o->shard_rank);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -128,9 +150,10 @@ void qv_opts_help(void)
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
 }
 
-/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N": refuse the
- * ring as a sandbox would, clamp every read to N bytes (short reads), turn every Nth
- * completion into -EAGAIN. Tests use it to drive the recovery paths through a real mount. */
+/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N":
+ * refuse the ring as a sandbox would, clamp every read to N bytes (short reads), turn every
+ * Nth completion into -EAGAIN, fail each reader's Nth submission with its reads in flight.
+ * Tests use it to drive the recovery paths through a real mount. */
 void qv_opts_faults(struct qv_io_cfg *io)
 {
 	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
@@ -145,6 +168,8 @@ void qv_opts_faults(struct qv_io_cfg *io)
 			io->max_chunk = strtoull(tok + 6, NULL, 0);
 		else if (!strncmp(tok, "eagain=", 7))
 			io->eagain_every = (unsigned)strtoul(tok + 7, NULL, 0);
+		else if (!strncmp(tok, "submit_fail=", 12))
+			io->fail_submit_nth = (unsigned)strtoul(tok + 12, NULL, 0);
 	}
 	free(copy);
 	qv_log("test fault injection on: %s", f);

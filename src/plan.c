@@ -219,6 +219,25 @@ void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint6
 	*start = (uint64_t)r * q + (r < m ? r : m);
 }
 
+int qv_plan_count(uint32_t ep_size, bool all_ranks, uint32_t shard_size, bool all_shards,
+		  size_t *n, char *err, size_t errlen)
+{
+	uint64_t ranks = all_ranks ? ep_size : 1, shards = all_shards && shard_size > 1 ? shard_size : 1;
+	uint64_t folders;
+
+	*n = 1;
+	if (ep_size == 0)
+		return 0;
+	if (__builtin_mul_overflow(ranks, shards, &folders) || folders > QV_PLAN_MAX_FOLDERS)
+		return qv_err(err, errlen, -EINVAL,
+			      "ep_size=%u with ep_shard_size=%u makes %llu folders, at most %u "
+			      "(give ep_rank or ep_shard_rank)",
+			      ep_size, shard_size, (unsigned long long)ranks * shards,
+			      QV_PLAN_MAX_FOLDERS);
+	*n = (size_t)folders;
+	return 0;
+}
+
 int qv_plan_cut(const struct qv_plan *p, const struct qv_tensor *t, struct qv_cut *c, char *err,
 		size_t errlen)
 {
@@ -233,8 +252,10 @@ int qv_plan_cut(const struct qv_plan *p, const struct qv_tensor *t, struct qv_cu
 		return qv_err(err, errlen, -EINVAL, "tensor \"%s\": expert tensor has %u dimensions",
 			      t->name, t->ndim);
 	if (p->o.ep_size > t->shape[0])
-		return qv_err(err, errlen, -EINVAL, "tensor \"%s\": ep_size=%u exceeds its %llu experts",
-			      t->name, p->o.ep_size, (unsigned long long)t->shape[0]);
+		return qv_err(err, errlen, -EINVAL,
+			      "tensor \"%s\": ep_size=%u exceeds its %llu experts: give ep_size from 1 "
+			      "to %llu", t->name, p->o.ep_size, (unsigned long long)t->shape[0],
+			      (unsigned long long)t->shape[0]);
 	qv_plan_ep_range(t->shape[0], p->o.ep_size, p->o.ep_rank, &c->start, &c->count);
 	if (k > 1) {
 		if (t->shape[1] % k)

@@ -4,9 +4,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define MAX_DEPTH 64
 
@@ -216,6 +219,22 @@ static int walk(struct qv_scan *s, uint32_t dir, int depth, char *err, size_t er
 	return rc;
 }
 
+/* Test-only: QVLMOEFS_TEST_FAULTS=...,scan_pause_ms=N pauses N ms after each scan (logged),
+ * so a test can swap a file between the scan and the opens that follow it, deterministically. */
+static void test_pause(void)
+{
+	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
+	const char *p = f ? strstr(f, "scan_pause_ms=") : NULL;
+	unsigned long ms = p ? strtoul(p + 14, NULL, 10) : 0;
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+
+	if (!ms)
+		return;
+	qv_log("test: scan done, pausing %lu ms", ms);
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
 int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen)
 {
 	struct stat st;
@@ -234,13 +253,56 @@ int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen)
 	rc = out->allow_root ? add_node(out, 0, "", out->root, "", &st, &root) : -ENOMEM;
 	if (!rc)
 		rc = walk(out, root, 0, err, errlen);
-	if (!rc)
+	if (!rc) {
+		test_pause();
 		return 0;
+	}
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "%s: out of memory while scanning", src);
 fail:
 	qv_scan_free(out);
 	return rc;
+}
+
+int qv_scan_open(const struct qv_snode *n, struct stat *st, char *why, size_t wl)
+{
+	/* the scan resolved every link, so the path's last component is never a link: one now
+	 * means a swap; O_NONBLOCK keeps a FIFO swapped in from blocking the open */
+	int fd = open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK), e;
+	const char *now;
+
+	if (fd < 0) {
+		e = errno;
+		return e == ELOOP ? qv_err(why, wl, -ESTALE, "changed since the scan: now a symlink") :
+				    qv_err(why, wl, -e, "%s", strerror(e));
+	}
+	if (fstat(fd, st)) {
+		e = errno;
+		close(fd);
+		return qv_err(why, wl, -e, "%s", strerror(e));
+	}
+	now = !S_ISREG(st->st_mode) ? "not a regular file any more" :
+	      st->st_dev != n->st.st_dev || st->st_ino != n->st.st_ino ? "another file" : NULL;
+	/* O_NONBLOCK must go: io_uring would return -EAGAIN for uncached reads instead of
+	 * waiting for them */
+	if (!now && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0)
+		return fd;
+	e = errno;
+	close(fd);
+	return now ? qv_err(why, wl, -ESTALE, "changed since the scan: %s", now) :
+		     qv_err(why, wl, -e, "%s", strerror(e));
+}
+
+int qv_scan_read(const struct qv_snode *n, size_t max, struct qv_buf *out, char *why, size_t wl)
+{
+	struct stat st;
+	int fd = qv_scan_open(n, &st, why, wl), rc;
+
+	if (fd < 0)
+		return fd;
+	rc = qv_read_fd(fd, max, out);
+	close(fd);
+	return rc ? qv_err(why, wl, rc, "%s", strerror(-rc)) : 0;
 }
 
 uint32_t qv_scan_find(const struct qv_scan *s, const char *rel)

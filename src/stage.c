@@ -7,9 +7,14 @@
 #include "qv_plan.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define DEV_ALIGN 256
 #define MAX_SLOTS 64
@@ -181,6 +186,12 @@ static int pump(struct qv_stage *st, const struct qv_gpu_ops *ops, const struct 
 		size_t got = 0;
 		uint64_t srcb;
 
+		if (c->cancel && atomic_load(c->cancel)) {
+			rc = qv_err(err, errlen, -ECANCELED, "stopped after %llu of %llu bytes",
+				    (unsigned long long)atomic_load(&st->done),
+				    (unsigned long long)st->bytes);
+			break;
+		}
 		rc = slot_wait(st, ops, r, k);
 		if (!rc)
 			rc = qv_vfile_read(t->vf, t->vf->base, t->voff + p.off, p.len, r->buf[k], io,
@@ -336,4 +347,138 @@ void qv_stage_free(struct qv_stage *st, const struct qv_gpu_ops *ops)
 	}
 	free(st->t);
 	memset(st, 0, sizeof(*st));
+}
+
+struct probe_reply {
+	int rc;
+	char why[QV_ERRLEN];
+};
+
+int qv_stage_probe(int device, qv_gpu_open_fn *open, char *err, size_t errlen)
+{
+	struct probe_reply r = { -EIO, "the device check ended without an answer" };
+	struct pollfd pfd;
+	int fds[2];
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC))
+		return qv_err(err, errlen, -errno, "pipe: %s", strerror(errno));
+	pid = fork();
+	if (pid == 0) { /* the child: initialise, answer, and go without running exit handlers */
+		struct qv_gpu_ops ops;
+
+		close(fds[0]);
+		r.rc = open(device, &ops, r.why, sizeof(r.why));
+		_exit(write(fds[1], &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : 1);
+	}
+	close(fds[1]);
+	if (pid < 0) {
+		close(fds[0]);
+		return qv_err(err, errlen, -errno, "fork: %s", strerror(errno));
+	}
+	pfd = (struct pollfd){ .fd = fds[0], .events = POLLIN };
+	if (poll(&pfd, 1, 30000) != 1) { /* a runtime that hangs must not hang the mount */
+		kill(pid, SIGKILL);
+		r.rc = qv_err(r.why, sizeof(r.why), -ETIMEDOUT, "the CUDA runtime did not answer in 30 s");
+	} else if (read(fds[0], &r, sizeof(r)) != (ssize_t)sizeof(r)) {
+		r.rc = -EIO;
+	}
+	close(fds[0]);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	r.why[sizeof(r.why) - 1] = '\0';
+	return r.rc ? qv_err(err, errlen, r.rc, "%s", r.why) : 0;
+}
+
+void qv_stage_bg_init(struct qv_stage_bg *b, int device, qv_gpu_open_fn *open)
+{
+	memset(b, 0, sizeof(*b));
+	b->device = b->st.device = device;
+	b->open = open;
+	b->cfg.cancel = &b->cancel;
+	pthread_mutex_init(&b->mu, NULL);
+	pthread_cond_init(&b->cv, NULL);
+}
+
+int qv_stage_bg_json(void *arg, struct qv_buf *out)
+{
+	struct qv_stage_bg *b = arg;
+
+	if (!atomic_load(&b->selected))
+		return qv_buf_printf(out, "{\"device\":%d,\"tensors\":[]}\n", b->device);
+	return qv_stage_json(&b->st, out);
+}
+
+/* Open the device, select the view's expert tensors and stage them; logged either way. */
+static void bg_stage(struct qv_stage_bg *b)
+{
+	struct qv_io *io = NULL;
+	char err[QV_ERRLEN];
+	int rc = b->open(b->device, &b->ops, err, sizeof(err));
+
+	if (rc) {
+		qv_log("gpu=%d: %s", b->device, err);
+		return;
+	}
+	b->opened = true;
+	rc = qv_stage_select(b->m, qv_tree_node(&b->m->tree, 1), false, &b->st, err, sizeof(err));
+	if (rc) {
+		qv_log("gpu: %s", err);
+		return;
+	}
+	b->st.device = b->device;
+	atomic_store(&b->selected, true);
+	rc = qv_io_new(&b->m->o.io, &io);
+	if (rc)
+		qv_err(err, sizeof(err), rc, "no reader: %s", strerror(-rc));
+	else
+		rc = qv_stage_run(&b->st, &b->ops, &b->cfg, io, err, sizeof(err));
+	qv_io_free(io);
+	if (rc)
+		qv_log("gpu: staging on cuda:%d %s: %s", b->device,
+		       rc == -ECANCELED ? "stopped at unmount" : "failed", err);
+	else
+		qv_log("gpu: %zu tensors (%llu bytes) staged on cuda:%d", b->st.nt,
+		       (unsigned long long)b->st.bytes, b->device);
+}
+
+/* All device calls happen here, in one thread: CUDA's current device is per thread. */
+static void *bg_thread(void *arg)
+{
+	struct qv_stage_bg *b = arg;
+
+	bg_stage(b);
+	pthread_mutex_lock(&b->mu); /* the allocation stays while mounted */
+	while (!b->stop)
+		pthread_cond_wait(&b->cv, &b->mu);
+	pthread_mutex_unlock(&b->mu);
+	atomic_store(&b->selected, false);
+	qv_stage_free(&b->st, b->opened ? &b->ops : NULL);
+	if (b->opened && b->ops.close)
+		b->ops.close(b->ops.ctx);
+	b->opened = false;
+	return NULL;
+}
+
+int qv_stage_bg_start(struct qv_stage_bg *b, struct qv_mount *m)
+{
+	int rc;
+
+	b->m = m;
+	rc = pthread_create(&b->thread, NULL, bg_thread, b);
+	b->started = rc == 0;
+	return -rc;
+}
+
+void qv_stage_bg_stop(struct qv_stage_bg *b)
+{
+	if (!b->started)
+		return;
+	pthread_mutex_lock(&b->mu);
+	b->stop = true;
+	atomic_store(&b->cancel, true);
+	pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->mu);
+	pthread_join(b->thread, NULL);
+	b->started = false;
 }

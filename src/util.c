@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -166,15 +167,12 @@ bool qv_utf8_valid(const char *s, size_t n)
 	return true;
 }
 
-int qv_read_file(const char *path, size_t max, struct qv_buf *out)
+int qv_read_fd(int fd, size_t max, struct qv_buf *out)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	char chunk[65536];
 	ssize_t r;
 	int rc = 0;
 
-	if (fd < 0)
-		return -errno;
 	while (!rc && (r = read(fd, chunk, sizeof(chunk))) != 0) {
 		if (r < 0)
 			rc = errno == EINTR ? 0 : -errno;
@@ -183,6 +181,23 @@ int qv_read_file(const char *path, size_t max, struct qv_buf *out)
 		else
 			rc = qv_buf_add(out, chunk, (size_t)r);
 	}
+	return rc;
+}
+
+int qv_read_file(const char *path, size_t max, struct qv_buf *out)
+{
+	/* O_NONBLOCK: a FIFO at path must not block the open (nor the caller's locks) */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	struct stat st;
+	int rc;
+
+	if (fd < 0)
+		return -errno;
+	rc = fstat(fd, &st) ? -errno : !S_ISREG(st.st_mode) ? -EINVAL : 0;
+	if (!rc && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK))
+		rc = -errno;
+	if (!rc)
+		rc = qv_read_fd(fd, max, out);
 	close(fd);
 	return rc;
 }

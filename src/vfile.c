@@ -137,12 +137,15 @@ static int source_open_locked(struct qv_source *s)
 
 	if (atomic_load(&s->fd) >= 0)
 		return 0;
-	fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* O_NONBLOCK: a FIFO swapped in after the check must not block this worker */
+	fd = open(s->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return -errno;
 	/* what we opened must be what was scanned: a path swapped for a link since then (to a
-	 * file outside the source, say) is refused, not served */
-	if (fstat(fd, &st) || !same_file(s, &st)) {
+	 * file outside the source, say) is refused, not served; and blocking again, since
+	 * io_uring answers -EAGAIN for uncached reads of an O_NONBLOCK file */
+	if (fstat(fd, &st) || !same_file(s, &st) ||
+	    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)) {
 		close(fd);
 		return stale(s);
 	}
@@ -256,6 +259,11 @@ static int plan_extent(const struct qv_seg *s, int fd, uint64_t a, uint64_t b, c
 	}
 	return 0;
 }
+
+/* Offsets and sizes in the read path go unchecked on purpose (it runs per request): each is
+ * bounded by a tensor's or a file's byte count, which the mount checked with overflow-checked
+ * arithmetic (st.c for sources, dcp.c's global_shape for consolidated tensors) and which the
+ * strict re-parse of every virtual header keeps at most 2^53. */
 
 /* Units: elements in every dimension but the innermost, which counts bytes. */
 static uint64_t unit(const struct qv_tile *t, const uint64_t *v, uint32_t k)

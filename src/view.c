@@ -131,9 +131,11 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		goto out;
 	}
 	nextra = qv_view_ep_meta(n_experts, p, extra, ebuf);
-	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr);
-	if (rc)
+	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr, why, sizeof(why));
+	if (rc) {
+		qv_err(err, errlen, rc, "%s: %s", rel, why);
 		goto out;
+	}
 	rc = qv_vfile_add_mem(vf, &hdr);
 	voff = vf->size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
@@ -192,7 +194,7 @@ static int build_index(struct qv_gen *g, uint32_t si, struct qv_node *n, struct 
 	char why[QV_ERRLEN] = "";
 	int rc;
 
-	rc = qv_read_file(g->scan.n[si].path, MAX_INDEX_BYTES, &src);
+	rc = qv_scan_read(&g->scan.n[si], MAX_INDEX_BYTES, &src, why, sizeof(why));
 	if (!rc)
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
 	if (!rc)

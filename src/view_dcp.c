@@ -83,8 +83,8 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 		fk->n++;
 	}
 	nextra = rc ? 0 : qv_view_ep_meta(g->n_experts, p, extra, ebuf);
-	if (!rc)
-		rc = qv_hdr_build(&fmt, 1, extra, nextra, vt, fk->n, &hdr);
+	if (!rc && (rc = qv_hdr_build(&fmt, 1, extra, nextra, vt, fk->n, &hdr, why, sizeof(why))))
+		qv_err(err, errlen, rc, "%s: %s", fk->file, why);
 	if (!rc)
 		rc = qv_vfile_add_mem(&n->vf, &hdr);
 	voff = n->vf.size;

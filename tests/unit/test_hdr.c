@@ -50,7 +50,7 @@ TEST(hdr_build_roundtrip)
 	char err[QV_ERRLEN];
 	struct qv_st st;
 
-	if (!CHECK_EQ_INT(qv_hdr_build(meta, 2, extra, 2, t, 4, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(meta, 2, extra, 2, t, 4, &b, err, sizeof(err)), 0))
 		return;
 	CHECK(memcmp(b.p + 8, "{\"__metadata__\":{", 17) == 0);
 	if (CHECK_MSG(parse_back(&b, 76, &st, err, sizeof(err)) == 0, "%s", err)) {
@@ -83,6 +83,7 @@ TEST(hdr_build_roundtrip)
 
 TEST(hdr_build_compact_and_space_padded)
 {
+	char err[QV_ERRLEN] = "";
 	struct qv_vtensor t = { .name = "x", .dtype = QV_DT_F16, .ndim = 2, .shape = { 2, 2 },
 				.size = 8 };
 	struct qv_buf b = { 0 };
@@ -90,7 +91,7 @@ TEST(hdr_build_compact_and_space_padded)
 			   "\"shape\":[2,2],\"data_offsets\":[0,8]}}";
 	size_t wl = strlen(want);
 
-	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &t, 1, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &t, 1, &b, err, sizeof(err)), 0))
 		return;
 	if (CHECK(b.len >= 8 + wl)) {
 		CHECK_MEM(b.p + 8, want, wl);
@@ -115,7 +116,7 @@ TEST(hdr_build_padding_every_length)
 
 		memset(name, 'n', len);
 		name[len] = '\0';
-		if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &t, 1, &b), 0))
+		if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &t, 1, &b, err, sizeof(err)), 0))
 			return;
 		if (CHECK_MSG(parse_back(&b, 3, &st, err, sizeof(err)) == 0, "len %zu: %s", len, err)) {
 			CHECK_STR(st.t[0].name, name);
@@ -133,7 +134,7 @@ TEST(hdr_build_format_kept_when_present)
 	char err[QV_ERRLEN];
 	struct qv_st st;
 
-	if (!CHECK_EQ_INT(qv_hdr_build(meta, 3, NULL, 0, NULL, 0, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(meta, 3, NULL, 0, NULL, 0, &b, err, sizeof(err)), 0))
 		return;
 	if (CHECK_MSG(parse_back(&b, 0, &st, err, sizeof(err)) == 0, "%s", err)) {
 		if (CHECK_EQ_U64(st.nmeta, 3)) {
@@ -153,7 +154,7 @@ TEST(hdr_build_empty)
 	char err[QV_ERRLEN];
 	struct qv_st st;
 
-	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, NULL, 0, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, NULL, 0, &b, err, sizeof(err)), 0))
 		return;
 	CHECK(b.len >= 8 + 32 && memcmp(b.p + 8, "{\"__metadata__\":{\"format\":\"pt\"}}", 32) == 0);
 	if (CHECK_MSG(parse_back(&b, 0, &st, err, sizeof(err)) == 0, "%s", err)) {
@@ -171,7 +172,7 @@ TEST(hdr_build_reuses_buffer)
 	struct qv_st st;
 
 	qv_buf_adds(&b, "stale bytes that must not survive");
-	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, NULL, 0, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, NULL, 0, &b, err, sizeof(err)), 0))
 		return;
 	if (CHECK_MSG(parse_back(&b, 0, &st, err, sizeof(err)) == 0, "%s", err))
 		qv_st_free(&st);
@@ -194,7 +195,7 @@ TEST(hdr_build_escapes_roundtrip)
 	for (size_t i = 0; i < N; i++)
 		t[i] = (struct qv_vtensor){ .name = names[i], .dtype = QV_DT_U8, .ndim = 1,
 					    .shape = { i + 1 }, .size = i + 1 };
-	if (!CHECK_EQ_INT(qv_hdr_build(meta, 1, NULL, 0, t, N, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(meta, 1, NULL, 0, t, N, &b, err, sizeof(err)), 0))
 		return;
 	for (size_t i = 8; i < b.len; i++)
 		CHECK_MSG((unsigned char)b.p[i] >= 0x20, "raw control byte 0x%02x at %zu",
@@ -224,7 +225,7 @@ TEST(hdr_build_large_values)
 	char err[QV_ERRLEN];
 	struct qv_st st;
 
-	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, t, 2, &b), 0))
+	if (!CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, t, 2, &b, err, sizeof(err)), 0))
 		return;
 	if (CHECK_MSG(parse_back(&b, (1ULL << 40) + (24ULL << 20), &st, err, sizeof(err)) == 0,
 		      "%s", err)) {
@@ -232,6 +233,36 @@ TEST(hdr_build_large_values)
 		CHECK_EQ_U64(st.t[1].end, (1ULL << 40) + (24ULL << 20));
 		qv_st_free(&st);
 	}
+	qv_buf_free(&b);
+}
+
+/* A header the strict parser would reject is never built: offsets that wrap, a shape past
+ * 2^53, a shape whose bytes disagree with the size the view computed. */
+TEST(hdr_build_refuses_what_the_parser_rejects)
+{
+	struct qv_vtensor wrap[] = {
+		{ .name = "a", .dtype = QV_DT_U8, .ndim = 1, .shape = { 1 }, .size = UINT64_MAX },
+		{ .name = "b", .dtype = QV_DT_U8, .ndim = 1, .shape = { 2 }, .size = 2 },
+	};
+	struct qv_vtensor past53 = { .name = "z", .dtype = QV_DT_BF16, .ndim = 2,
+				     .shape = { 0, 1ULL << 54 }, .size = 0 };
+	/* [2^43]^3 BF16 whose byte count wrapped to 0: what a hostile sharded save once made */
+	struct qv_vtensor cube = { .name = "w", .dtype = QV_DT_BF16, .ndim = 3,
+				   .shape = { 1ULL << 43, 1ULL << 43, 1ULL << 43 }, .size = 0 };
+	struct qv_vtensor liar = { .name = "l", .dtype = QV_DT_F32, .ndim = 1, .shape = { 3 },
+				   .size = 8 };
+	struct qv_buf b = { 0 };
+	char err[QV_ERRLEN] = "";
+
+	CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, wrap, 2, &b, err, sizeof(err)), -EINVAL);
+	CHECK_HAS(err, "tensor \"b\": data offsets overflow 64 bits");
+	CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &past53, 1, &b, err, sizeof(err)), -EINVAL);
+	CHECK_HAS(err, "fails the strict parser");
+	CHECK_HAS(err, "2^53");
+	CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &cube, 1, &b, err, sizeof(err)), -EINVAL);
+	CHECK_HAS(err, "fails the strict parser");
+	CHECK_EQ_INT(qv_hdr_build(NULL, 0, NULL, 0, &liar, 1, &b, err, sizeof(err)), -EINVAL);
+	CHECK_HAS(err, "shape x dtype");
 	qv_buf_free(&b);
 }
 

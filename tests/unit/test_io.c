@@ -397,3 +397,46 @@ TEST(io_free_null)
 	qv_io_free(NULL);
 	CHECK(1);
 }
+
+/* A submission that fails unexpectedly while reads are in flight: the run reports the error
+ * only once the kernel is done with every buffer, and the ring holds nothing stale. Before,
+ * the run returned at once; the next batch took the old batch's completions as its own (op i
+ * of the old batch counted as progress of op i of the new) and left bytes unread. */
+TEST(io_uring_submit_failure_drains_the_ring)
+{
+	struct qv_io_cfg cfg = { .backend = QV_IO_URING, .entries = 8, .fail_submit_nth = 2 };
+	struct fix f;
+	struct qv_io *io = NULL;
+	struct qv_iop *ops, *again;
+
+	if (!fix_open(&f) || !CHECK_EQ_INT(qv_io_new(&cfg, &io), 0))
+		goto out;
+	ops = make_ops(f.fd, 64, 20000);
+	again = make_ops(f.fd, 64, 20000);
+	for (size_t i = 0; i < 64; i++) { /* longer than the first batch's: stale results would
+					    * look like partial progress, not like completion */
+		free(again[i].dst);
+		again[i].len = ops[i].len + 4096;
+		again[i].off = ops[i].off < SRC_SIZE - again[i].len ? ops[i].off : SRC_SIZE - again[i].len;
+		again[i].dst = malloc(again[i].len);
+		if (!again[i].dst)
+			abort();
+		memset(again[i].dst, 0xa5, again[i].len);
+	}
+	CHECK_EQ_INT(qv_io_run(io, ops, 64), -EIO);
+	for (size_t i = 0; i < 64; i++)
+		memset(ops[i].dst, 0x5a, ops[i].len);
+	if (CHECK_EQ_INT(qv_io_run(io, again, 64), 0))
+		ops_right(again, 64);
+	for (size_t i = 0; i < 64; i++) /* nothing wrote into the first batch after it returned */
+		for (size_t k = 0; k < ops[i].len; k++)
+			if (!CHECK_MSG((unsigned char)ops[i].dst[k] == 0x5a,
+				       "op %zu of the failed batch written after the run returned", i))
+				k = ops[i].len, i = 64;
+	CHECK_EQ_INT(qv_io_backend_of(io), QV_IO_URING); /* the ring was rebuilt, not given up */
+	free_ops(ops, 64);
+	free_ops(again, 64);
+out:
+	qv_io_free(io);
+	fix_close(&f);
+}

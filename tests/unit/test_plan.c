@@ -492,3 +492,42 @@ TEST(plan_init_rank_errors)
 	CHECK_EQ_INT(plan_ep(&p, 4, 3, 2, 1, err, sizeof(err)), 0);
 	qv_plan_free(&p);
 }
+
+/* Folder counts are 64-bit and bounded: 65536 x 65536 once wrapped to 0 in 32 bits. */
+TEST(plan_count_bounded_in_64_bits)
+{
+	char err[QV_ERRLEN] = "";
+	size_t n = 99;
+
+	CHECK_EQ_INT(qv_plan_count(0, true, 0, true, &n, err, sizeof(err)), 0);
+	CHECK_EQ_U64(n, 1);
+	CHECK_EQ_INT(qv_plan_count(8, false, 2, false, &n, err, sizeof(err)), 0);
+	CHECK_EQ_U64(n, 1); /* rank and shard fixed: one view */
+	CHECK_EQ_INT(qv_plan_count(8, false, 2, true, &n, err, sizeof(err)), 0);
+	CHECK_EQ_U64(n, 2);
+	CHECK_EQ_INT(qv_plan_count(8, true, 1, true, &n, err, sizeof(err)), 0);
+	CHECK_EQ_U64(n, 8);
+	CHECK_EQ_INT(qv_plan_count(256, true, 256, true, &n, err, sizeof(err)), 0);
+	CHECK_EQ_U64(n, QV_PLAN_MAX_FOLDERS);
+	n = 99;
+	CHECK_EQ_INT(qv_plan_count(65536, true, 65536, true, &n, err, sizeof(err)), -EINVAL);
+	CHECK_HAS(err, "4294967296 folders");
+	CHECK_HAS(err, "at most 65536");
+	CHECK_EQ_INT(qv_plan_count(UINT32_MAX, true, UINT32_MAX, true, &n, err, sizeof(err)),
+		     -EINVAL);
+	CHECK_EQ_INT(qv_plan_count(257, true, 256, true, &n, err, sizeof(err)), -EINVAL);
+}
+
+TEST(plan_cut_gives_the_ep_size_range)
+{
+	struct qv_tensor t = tensor3("model.language_model.layers.1.mlp.experts.down_proj", 4, 2, 2);
+	char err[QV_ERRLEN] = "";
+	struct qv_plan p;
+	struct qv_cut c;
+
+	if (!CHECK_EQ_INT(plan_ep(&p, 65536, 0, 0, 0, err, sizeof(err)), 0))
+		return;
+	CHECK_EQ_INT(qv_plan_cut(&p, &t, &c, err, sizeof(err)), -EINVAL);
+	CHECK_HAS(err, "from 1 to 4");
+	qv_plan_free(&p);
+}

@@ -8,8 +8,11 @@
 #include "qv_stage.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define QMAX 4096
 
@@ -19,7 +22,20 @@ struct mock {
 	size_t pinned, pinned_max;
 	int fail_dev_alloc, fail_copy_after; /* fail_copy_after: nth copy fails (0 = never) */
 	int copies;
+	/* for the background stager: the thread that opened the device, calls from any other */
+	pthread_t owner;
+	bool owned;
+	atomic_int foreign, closed;
+	unsigned wait_ms; /* a slow device: each event wait takes this long */
 };
+
+/* Device calls must all come from the thread that opened the device (CUDA's current device
+ * is per thread); count those that do not. */
+static void note(struct mock *m)
+{
+	if (m->owned && !pthread_equal(m->owner, pthread_self()))
+		atomic_fetch_add(&m->foreign, 1);
+}
 
 struct mock_event {
 	size_t upto; /* copies queued before it was recorded */
@@ -38,6 +54,7 @@ static int m_host_alloc(void *x, size_t n, void **p)
 {
 	struct mock *m = x;
 
+	note(m);
 	*p = malloc(n + sizeof(size_t));
 	if (!*p)
 		return -ENOMEM;
@@ -53,6 +70,7 @@ static void m_host_free(void *x, void *p)
 {
 	struct mock *m = x;
 
+	note(m);
 	m->pinned -= ((size_t *)p)[-1];
 	free((size_t *)p - 1);
 }
@@ -61,6 +79,7 @@ static int m_dev_alloc(void *x, size_t n, void **d)
 {
 	struct mock *m = x;
 
+	note(m);
 	if (m->fail_dev_alloc)
 		return -ENOMEM;
 	*d = calloc(1, n);
@@ -69,7 +88,7 @@ static int m_dev_alloc(void *x, size_t n, void **d)
 
 static void m_dev_free(void *x, void *d)
 {
-	(void)x;
+	note(x);
 	free(d);
 }
 
@@ -91,6 +110,7 @@ static int m_copy_async(void *x, void *dst, const void *src, size_t n, void *s)
 {
 	struct mock *m = x;
 
+	note(m);
 	(void)s;
 	if (m->fail_copy_after && ++m->copies >= m->fail_copy_after)
 		return -EIO;
@@ -110,6 +130,9 @@ static int m_event_record(void *x, void *e, void *s)
 
 static int m_event_wait(void *x, void *e)
 {
+	note(x);
+	if (((struct mock *)x)->wait_ms)
+		usleep(((struct mock *)x)->wait_ms * 1000);
 	run_queue(x, ((struct mock_event *)e)->upto);
 	return 0;
 }
@@ -168,7 +191,7 @@ static void stage_and_verify(const struct qv_mount_opts *o, bool all, unsigned s
 {
 	struct mock *mk = calloc(1, sizeof(*mk));
 	struct qv_gpu_ops ops = mock_ops(mk);
-	struct qv_stage_cfg cfg = { slots, slot_bytes, 2 };
+	struct qv_stage_cfg cfg = { slots, slot_bytes, 2, NULL };
 	struct qv_stage st;
 	struct vt v;
 	char err[QV_ERRLEN] = "";
@@ -243,7 +266,7 @@ TEST(stage_failures_are_reported_and_marked)
 	struct qv_mount_opts o = { 0 };
 	struct mock *mk = calloc(1, sizeof(*mk));
 	struct qv_gpu_ops ops = mock_ops(mk);
-	struct qv_stage_cfg cfg = { 2, 16, 1 };
+	struct qv_stage_cfg cfg = { 2, 16, 1, NULL };
 	struct qv_stage st;
 	struct vt v;
 	char err[QV_ERRLEN] = "";
@@ -264,7 +287,7 @@ TEST(stage_failures_are_reported_and_marked)
 		failed += atomic_load(&st.t[i].state) == QV_STAGE_FAILED;
 	CHECK(failed > 0);
 	qv_stage_free(&st, &ops);
-	cfg = (struct qv_stage_cfg){ 2, 16, 3 }; /* more streams than buffers */
+	cfg = (struct qv_stage_cfg){ 2, 16, 3, NULL }; /* more streams than buffers */
 	CHECK(qv_stage_select(&v.m, qv_tree_node(&v.m.tree, 1), true, &st, err, sizeof(err)) == 0);
 	CHECK_EQ_INT(qv_stage_run(&st, &ops, &cfg, v.io, err, sizeof(err)), -EINVAL);
 	qv_stage_free(&st, &ops);
@@ -278,7 +301,7 @@ TEST(stage_status_json)
 	struct qv_mount_opts o = { 0 };
 	struct mock *mk = calloc(1, sizeof(*mk));
 	struct qv_gpu_ops ops = mock_ops(mk);
-	struct qv_stage_cfg cfg = { 2, 64, 2 };
+	struct qv_stage_cfg cfg = { 2, 64, 2, NULL };
 	struct qv_stage st;
 	struct qv_buf b = { 0 };
 	struct vt v;
@@ -314,4 +337,149 @@ TEST(stage_without_cuda_fails_fast)
 	CHECK_EQ_INT(qv_gpu_open(0, &ops, err, sizeof(err)), -ENOSYS);
 	CHECK_HAS(err, "not built");
 	CHECK_STR(qv_gpu_build(), "not built");
+}
+
+/* ---- the background stager of -o gpu=N ---- */
+
+static struct mock *open_mock; /* what the stand-in qv_gpu_open hands out */
+static atomic_int open_calls;
+static int open_rc;
+
+static void m_close(void *x)
+{
+	note(x);
+	atomic_fetch_add(&((struct mock *)x)->closed, 1);
+}
+
+/* The stand-in qv_gpu_open: records the thread that opened (and so selected) the device. */
+static int mock_open(int device, struct qv_gpu_ops *ops, char *err, size_t errlen)
+{
+	atomic_fetch_add(&open_calls, 1);
+	if (open_rc)
+		return qv_err(err, errlen, open_rc, "no CUDA device %d (stand-in)", device);
+	open_mock->owner = pthread_self();
+	open_mock->owned = true;
+	*ops = mock_ops(open_mock);
+	ops->close = m_close;
+	return 0;
+}
+
+static double mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static bool all_settled(const struct qv_stage_bg *b)
+{
+	if (!atomic_load(&b->selected))
+		return false;
+	for (size_t i = 0; i < b->st.nt; i++)
+		if (atomic_load(&b->st.t[i].state) == QV_STAGE_PENDING)
+			return false;
+	return true;
+}
+
+/* The device is opened by the staging thread, not by the caller (which may fork next), and
+ * every device call, freeing and closing included, comes from that one thread. */
+TEST(stage_bg_opens_and_uses_the_device_in_its_thread)
+{
+	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 1, .ep_rank_set = true };
+	struct mock *mk = calloc(1, sizeof(*mk));
+	struct qv_stage_bg *b = calloc(1, sizeof(*b));
+	struct qv_buf js = { 0 };
+	struct ut_capture cap;
+	struct vt v;
+
+	open_mock = mk, open_rc = 0;
+	atomic_store(&open_calls, 0);
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	qv_stage_bg_init(b, 1, mock_open);
+	CHECK(qv_stage_bg_json(b, &js) == 0 && strstr(js.p, "\"device\":1"));
+	CHECK_EQ_INT(atomic_load(&open_calls), 0); /* nothing opened before the start */
+	ut_stderr_begin(&cap);
+	if (!CHECK_EQ_INT(qv_stage_bg_start(b, &v.m), 0)) {
+		free(ut_stderr_end(&cap));
+		goto out;
+	}
+	for (int i = 0; i < 500 && !all_settled(b); i++)
+		usleep(10000);
+	free(ut_stderr_end(&cap));
+	CHECK(all_settled(b));
+	CHECK_EQ_INT(atomic_load(&open_calls), 1);
+	CHECK(mk->owned && !pthread_equal(mk->owner, pthread_self()));
+	for (size_t i = 0; i < b->st.nt; i++)
+		CHECK_EQ_INT(atomic_load(&b->st.t[i].state), QV_STAGE_READY);
+	CHECK_EQ_INT(atomic_load(&mk->closed), 0); /* kept while mounted */
+	qv_stage_bg_stop(b);
+	CHECK_EQ_INT(atomic_load(&mk->closed), 1);
+	CHECK_EQ_INT(atomic_load(&mk->foreign), 0);
+	CHECK_EQ_U64(mk->pinned, 0);
+out:
+	qv_buf_free(&js);
+	vt_fini(&v);
+	free(b);
+	free(mk);
+}
+
+/* Stop while a slow device stages: it returns between two pieces, not at the end. */
+TEST(stage_bg_stop_is_prompt_on_a_slow_device)
+{
+	struct qv_mount_opts o = { 0 };
+	struct mock *mk = calloc(1, sizeof(*mk));
+	struct qv_stage_bg *b = calloc(1, sizeof(*b));
+	struct ut_capture cap;
+	char *log = NULL;
+	struct vt v;
+	double t0;
+
+	mk->wait_ms = 50; /* 2 x 8-byte slots: ~24 pieces, over a second in all */
+	open_mock = mk, open_rc = 0;
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	qv_stage_bg_init(b, 0, mock_open);
+	b->cfg.slots = 2, b->cfg.slot_bytes = 8, b->cfg.streams = 1;
+	ut_stderr_begin(&cap);
+	if (CHECK_EQ_INT(qv_stage_bg_start(b, &v.m), 0)) {
+		for (int i = 0; i < 500 && atomic_load(&b->st.done) == 0; i++)
+			usleep(2000);
+		t0 = mono();
+		qv_stage_bg_stop(b);
+		CHECK_MSG(mono() - t0 < 0.4, "stop took %.2f s", mono() - t0);
+	}
+	log = ut_stderr_end(&cap);
+	CHECK_HAS(log, "stopped at unmount");
+	CHECK_EQ_INT(atomic_load(&mk->closed), 1);
+	CHECK_EQ_INT(atomic_load(&mk->foreign), 0);
+	CHECK_EQ_U64(mk->pinned, 0);
+out:
+	free(log);
+	vt_fini(&v);
+	free(b);
+	free(mk);
+}
+
+/* The early check runs the open in a child process: its verdict and reason come back, and
+ * this process never opened anything (so it may fork and use the device afterwards). */
+TEST(stage_probe_opens_only_in_a_child)
+{
+	struct mock *mk = calloc(1, sizeof(*mk));
+	char err[QV_ERRLEN] = "";
+
+	open_mock = mk;
+	atomic_store(&open_calls, 0);
+	open_rc = -ENODEV;
+	CHECK_EQ_INT(qv_stage_probe(7, mock_open, err, sizeof(err)), -ENODEV);
+	CHECK_HAS(err, "no CUDA device 7 (stand-in)");
+	open_rc = 0;
+	CHECK_EQ_INT(qv_stage_probe(0, mock_open, err, sizeof(err)), 0);
+	CHECK_EQ_INT(atomic_load(&open_calls), 0);
+	CHECK(!mk->owned);
+	/* the stub (a build without CUDA) answers the same way through the child */
+	CHECK_EQ_INT(qv_stage_probe(0, qv_gpu_open, err, sizeof(err)), -ENOSYS);
+	CHECK_HAS(err, "not built");
+	free(mk);
 }

@@ -1,0 +1,215 @@
+/* fake_cudart.c - a stand-in libcudart.so for tests on machines without a GPU: the entry points
+ * gpu_cuda.c resolves, with device memory in host memory, and the two CUDA rules that matter
+ * to a daemon: a process forked after the runtime was initialised cannot use it (every call
+ * then fails with cudaErrorInitializationError), and the current device is per thread (a
+ * thread that never called cudaSetDevice works on device 0).
+ *
+ * Built by the tests (cc -shared -fPIC) and found through LD_LIBRARY_PATH. Environment:
+ * FAKE_CUDA_DEVICES (default 1) devices; FAKE_CUDA_COPY_MS (default 0) how long each
+ * asynchronous copy takes, copies on one stream running one after another;
+ * FAKE_CUDA_LOG a file that gets one line per call: "pid tid function current_device". */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef int cudaError_t;
+enum { OK = 0, INVALID_VALUE = 1, NO_MEMORY = 2, INIT_ERROR = 3, INVALID_DEVICE = 101 };
+
+struct stream {
+	double busy_until; /* when the last copy queued on it completes */
+};
+
+struct event {
+	double at;
+};
+
+static pid_t owner;		     /* the process that initialised the runtime */
+static __thread int current = -1;    /* cudaSetDevice of this thread; -1: never called (0) */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int env_int(const char *name, int dflt)
+{
+	const char *v = getenv(name);
+
+	return v && *v ? atoi(v) : dflt;
+}
+
+/* Log the call; INIT_ERROR in a process forked after another one initialised the runtime. */
+static cudaError_t enter(const char *fn)
+{
+	const char *log = getenv("FAKE_CUDA_LOG");
+	cudaError_t rc = OK;
+
+	pthread_mutex_lock(&mu);
+	if (!owner)
+		owner = getpid();
+	else if (owner != getpid())
+		rc = INIT_ERROR;
+	pthread_mutex_unlock(&mu);
+	if (log) {
+		char line[160];
+		int fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		int n = snprintf(line, sizeof(line), "%d %ld %s %d%s\n", (int)getpid(),
+				 (long)syscall(SYS_gettid), fn, current < 0 ? 0 : current,
+				 rc ? " forked-after-init" : "");
+
+		if (fd >= 0) {
+			if (write(fd, line, (size_t)n) != n)
+				n = 0;
+			close(fd);
+		}
+	}
+	return rc;
+}
+
+#define ENTER()                                     \
+	do {                                        \
+		cudaError_t e_ = enter(__func__);   \
+		if (e_)                             \
+			return e_;                  \
+	} while (0)
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+	ENTER();
+	*n = env_int("FAKE_CUDA_DEVICES", 1);
+	return OK;
+}
+
+cudaError_t cudaSetDevice(int d)
+{
+	ENTER();
+	if (d < 0 || d >= env_int("FAKE_CUDA_DEVICES", 1))
+		return INVALID_DEVICE;
+	current = d;
+	return OK;
+}
+
+cudaError_t cudaHostAlloc(void **p, size_t n, unsigned flags)
+{
+	(void)flags;
+	ENTER();
+	*p = malloc(n ? n : 1);
+	return *p ? OK : NO_MEMORY;
+}
+
+cudaError_t cudaFreeHost(void *p)
+{
+	ENTER();
+	free(p);
+	return OK;
+}
+
+cudaError_t cudaMalloc(void **p, size_t n)
+{
+	ENTER();
+	*p = calloc(1, n ? n : 1);
+	return *p ? OK : NO_MEMORY;
+}
+
+cudaError_t cudaFree(void *p)
+{
+	ENTER();
+	free(p);
+	return OK;
+}
+
+cudaError_t cudaStreamCreateWithFlags(void **s, unsigned flags)
+{
+	(void)flags;
+	ENTER();
+	*s = calloc(1, sizeof(struct stream));
+	return *s ? OK : NO_MEMORY;
+}
+
+cudaError_t cudaStreamDestroy(void *s)
+{
+	ENTER();
+	free(s);
+	return OK;
+}
+
+cudaError_t cudaEventCreateWithFlags(void **e, unsigned flags)
+{
+	(void)flags;
+	ENTER();
+	*e = calloc(1, sizeof(struct event));
+	return *e ? OK : NO_MEMORY;
+}
+
+cudaError_t cudaEventDestroy(void *e)
+{
+	ENTER();
+	free(e);
+	return OK;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, int kind, void *sv)
+{
+	struct stream *s = sv;
+	double t = now();
+
+	(void)kind;
+	ENTER();
+	memcpy(dst, src, n);
+	s->busy_until = (s->busy_until > t ? s->busy_until : t) + env_int("FAKE_CUDA_COPY_MS", 0) / 1e3;
+	return OK;
+}
+
+cudaError_t cudaEventRecord(void *e, void *s)
+{
+	ENTER();
+	((struct event *)e)->at = s ? ((struct stream *)s)->busy_until : now();
+	return OK;
+}
+
+cudaError_t cudaEventSynchronize(void *ev)
+{
+	struct event *e = ev;
+	double left;
+
+	ENTER();
+	left = e->at - now();
+	if (left > 0) {
+		struct timespec ts = { (time_t)left, (long)((left - (double)(time_t)left) * 1e9) };
+
+		nanosleep(&ts, NULL);
+	}
+	return OK;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, int kind)
+{
+	(void)kind;
+	ENTER();
+	memcpy(dst, src, n);
+	return OK;
+}
+
+cudaError_t cudaIpcGetMemHandle(void *handle, void *d)
+{
+	ENTER();
+	memset(handle, 0, 64);
+	memcpy(handle, &d, sizeof(d));
+	return OK;
+}
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+	return e == INIT_ERROR ? "initialization error" : e == INVALID_DEVICE ? "invalid device ordinal" :
+	       e == NO_MEMORY ? "out of memory" : e ? "error" : "no error";
+}
