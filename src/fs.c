@@ -299,16 +299,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
 		return;
 	}
-	if (n->dyn) {
+	rc = thread_get(fs, size, &t);
+	if (!rc && n->dyn) {
 		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
 		size_t o = (uint64_t)off < b->len ? (size_t)off : b->len;
 
-		fuse_reply_buf(req, b->p + o, size < b->len - o ? size : b->len - o);
-		return;
-	}
-	rc = thread_get(fs, size, &t);
-	if (!rc)
+		/* reply from the thread's own buffer: once the kernel has the reply, the file's
+		 * release (on another thread) may free b before fuse_reply_buf has returned */
+		got = size < b->len - o ? size : b->len - o;
+		if (got)
+			memcpy(t->buf, b->p + o, got);
+	} else if (!rc) {
 		rc = qv_mount_read(fs->m, n, (uint64_t)off, size, t->buf, t->io, &t->sc, &got);
+	}
 	if (rc)
 		fuse_reply_err(req, -rc); /* EIO, never a short reply before EOF */
 	else
