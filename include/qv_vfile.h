@@ -73,7 +73,8 @@ struct qv_rdscratch {
 };
 
 /* Take over b's bytes (b is left empty) as vf's memory and append them as a segment at the
- * end of vf (a file's synthesized header or whole generated content); 0 or -ENOMEM. */
+ * end of vf (a file's synthesized header or whole generated content); 0, -ENOMEM, or -EEXIST
+ * when vf already has its memory (b is then left as it was). */
 int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b);
 
 /* Append a segment; contiguous plain runs of one source merge into the previous one. */

@@ -82,7 +82,7 @@ static void fill_entry(const struct qv_fs *fs, const struct qv_node *n, struct f
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = n->ino;
-	e->generation = 1;
+	e->generation = n->fgen; /* a reused inode number is another file */
 	e->attr_timeout = e->entry_timeout = CACHE_TIMEOUT;
 	fill_attr(fs, n, &e->attr);
 }
@@ -341,8 +341,9 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 	(void)ino;
 	sv.f_bsize = sv.f_frsize = 4096;
+	/* totals kept as nodes are published: no walk over nodes still being built */
 	sv.f_blocks = (qv_tree_bytes(&fs->m->tree) + 4095) / 4096;
-	sv.f_files = atomic_load(&fs->m->tree.nnodes);
+	sv.f_files = qv_tree_count(&fs->m->tree);
 	sv.f_namemax = 255;
 	sv.f_flag = ST_RDONLY;
 	fuse_reply_statfs(req, &sv);

@@ -149,7 +149,7 @@ static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, stru
 	int rc = 0;
 
 	for (size_t i = 0; i < dir->nkids && !rc; i++) {
-		struct qv_node *n = qv_tree_node(t, dir->kids[i]);
+		struct qv_node *n = qv_tree_slot(t, dir->kids[i]);
 		char *rel = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
 		const char *json;
 		struct qv_st st;
@@ -182,8 +182,8 @@ static void dedupe(struct qv_tree *t, struct qv_node *dir)
 
 	qv_tree_sort(t, dir);
 	for (size_t i = 0; i < dir->nkids; i++)
-		if (!out || strcmp(qv_tree_node(t, dir->kids[out - 1])->name,
-				   qv_tree_node(t, dir->kids[i])->name))
+		if (!out || strcmp(qv_tree_slot(t, dir->kids[out - 1])->name,
+				   qv_tree_slot(t, dir->kids[i])->name))
 			dir->kids[out++] = dir->kids[i];
 	dir->nkids = out;
 }
@@ -206,15 +206,20 @@ int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan 
 int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_node *h, char *err,
 		    size_t errlen)
 {
-	struct qv_node *dir = qv_tree_node(t, h->parent), *f, *hdrs, *tens;
+	struct qv_node *dir = h->up, *f, *hdrs, *tens;
 	struct qv_buf b = { 0 };
 	int rc = 0;
 
 	if ((f = child(t, h, "stats", false)))
 		f->dyn = QV_DYN_STATS;
-	if (o->gpu_json && (f = child(t, h, "gpu.json", false)))
+	else
+		rc = -ENOMEM;
+	if (!rc && o->gpu_json && (f = child(t, h, "gpu.json", false)))
 		f->dyn = QV_DYN_GPU;
-	rc = view_json(o, h->gen, h->hplan, &b);
+	else if (!rc && o->gpu_json)
+		rc = -ENOMEM;
+	if (!rc)
+		rc = view_json(o, h->gen, h->hplan, &b);
 	if (!rc)
 		rc = mem_file(t, h, "view.json", &b);
 	if (!rc && h->hplan) {

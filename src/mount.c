@@ -70,21 +70,28 @@ static int load_view(struct qv_mount *m, char *err, size_t errlen)
 		free(g);
 		return rc;
 	}
-	/* from here on nodes may point into g: keep it even if the build fails */
-	g->prev = m->gen;
-	m->gen = g;
 	top = qv_tree_new(&m->tree, "", 0, true, &g->scan.n[0].st.st_mtim);
-	if (!top)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	top->ino = top->parent = 1;
-	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
-				   build_root(m, g, &g->plans[0], top, err, errlen);
+	rc = top ? 0 : qv_err(err, errlen, -ENOMEM, "out of memory");
+	if (!rc) {
+		top->ino = top->parent = 1;
+		top->gen = g;
+		rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
+					   build_root(m, g, &g->plans[0], top, err, errlen);
+	}
 	if (!rc)
 		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
 				       errlen);
-	if (!rc)
-		atomic_store(&m->tree.top, top);
-	return rc;
+	if (rc) { /* nothing of a failed build stays: the old view is untouched */
+		qv_tree_abort(&m->tree);
+		qv_gen_free(g);
+		free(g);
+		return rc;
+	}
+	qv_tree_commit(&m->tree); /* every node complete: publish them, then the root */
+	g->prev = m->gen;
+	m->gen = g;
+	atomic_store(&m->tree.top, top);
+	return 0;
 }
 
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
@@ -115,6 +122,20 @@ int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen)
 	return rc;
 }
 
+/* Fill lazy folder dir (a rank's view, or .qvlmoefs/); caller holds m->lock. */
+static int fill(struct qv_mount *m, struct qv_node *dir, char *err, size_t errlen)
+{
+	int rc;
+
+	if (dir->inspect)
+		return qv_inspect_fill(&m->tree, &m->o, dir, err, errlen);
+	rc = build_root(m, dir->gen, &dir->gen->plans[dir->lazy], dir, err, errlen);
+	if (!rc)
+		rc = qv_inspect_folder(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
+				       errlen);
+	return rc;
+}
+
 int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 {
 	char err[QV_ERRLEN] = "";
@@ -124,24 +145,18 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 	    atomic_load_explicit(&dir->ready, memory_order_acquire))
 		return 0;
 	pthread_mutex_lock(&m->lock);
-	if (!atomic_load(&dir->ready) && dir->inspect) {
-		rc = qv_inspect_fill(&m->tree, &m->o, dir, err, sizeof(err));
-		if (rc)
-			qv_log("%s", err);
-		else
-			atomic_store_explicit(&dir->ready, true, memory_order_release);
-	} else if (!atomic_load(&dir->ready)) {
-		rc = build_root(m, dir->gen, &dir->gen->plans[dir->lazy], dir, err, sizeof(err));
+	if (!atomic_load(&dir->ready)) {
+		rc = fill(m, dir, err, sizeof(err));
 		if (rc) {
-			qv_log("%s: %s", dir->name, err);
-			dir->nkids = 0; /* a later call tries again from scratch */
+			qv_log("%s: %s", dir->inspect ? QV_HIDDEN : dir->name, err);
+			/* nothing of the failed build stays, so a later call starts from scratch */
+			qv_tree_abort(&m->tree);
+			free(dir->kids);
+			dir->kids = NULL;
+			dir->nkids = 0;
 		} else {
-			rc = qv_inspect_folder(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
-					       sizeof(err));
-			if (rc)
-				qv_log("%s: %s", dir->name, err);
-			else
-				atomic_store_explicit(&dir->ready, true, memory_order_release);
+			qv_tree_commit(&m->tree); /* the entries are complete: publish, then say so */
+			atomic_store_explicit(&dir->ready, true, memory_order_release);
 		}
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -235,7 +250,7 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 			     (unsigned long long)atomic_load(&s->bytes_pread),
 			     (unsigned long long)atomic_load(&s->errors), (unsigned long long)opens,
 			     (unsigned long long)(opens > releases ? opens - releases : 0),
-			     atomic_load(&m->tree.nnodes),
+			     qv_tree_count(&m->tree),
 			     (double)(now.tv_sec - s->start.tv_sec) +
 				     (double)(now.tv_nsec - s->start.tv_nsec) / 1e9);
 }

@@ -1,0 +1,207 @@
+/* test_tree.c - the node table: batches published whole or freed whole, totals kept as nodes
+ * are published, an owner's nodes freed into tombstones and their slots reused with a new FUSE
+ * generation, unique names, the permission rule; and through the mount context: generations
+ * freed after rescans and released files, failed lazy fills that leave nothing behind. */
+#include "unit.h"
+#include "view_fixture.h"
+
+#include "qv_inspect.h"
+#include "qv_tree.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const struct timespec T0;
+
+/* An owner; the tree only compares the pointers. */
+static struct qv_gen *const OWNER_A = (struct qv_gen *)0x1000;
+
+/* A root (inode 1, owner) with files a (3 bytes) and b (5 bytes), published. */
+static struct qv_node *small_tree(struct qv_tree *t, struct qv_gen *owner)
+{
+	struct qv_node *top = qv_tree_new(t, "", 0, true, &T0), *a, *b;
+
+	if (!top)
+		return NULL;
+	top->gen = owner;
+	a = qv_tree_add(t, top, "a", false, &T0);
+	b = qv_tree_add(t, top, "b", false, &T0);
+	if (!a || !b)
+		return NULL;
+	a->vf.size = 3;
+	b->vf.size = 5;
+	qv_tree_sort(t, top);
+	qv_tree_commit(t);
+	return top;
+}
+
+TEST(tree_batch_published_only_at_commit)
+{
+	struct qv_tree t;
+	struct qv_node *top, *a;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0))
+		return;
+	top = qv_tree_new(&t, "", 0, true, &T0);
+	a = top ? qv_tree_add(&t, top, "a", false, &T0) : NULL;
+	if (!CHECK(top && a))
+		goto out;
+	a->vf.size = 7;
+	/* being built: the builder finds it, readers (by inode number) and the totals do not */
+	CHECK(qv_tree_slot(&t, a->ino) == a);
+	CHECK(qv_tree_node(&t, a->ino) == NULL);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 0);
+	CHECK_EQ_U64(qv_tree_count(&t), 0);
+	qv_tree_commit(&t);
+	CHECK(qv_tree_node(&t, a->ino) == a);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 7);
+	CHECK_EQ_U64(qv_tree_count(&t), 2);
+	CHECK(a->gen == top->gen && a->up == top);
+out:
+	qv_tree_fini(&t);
+}
+
+TEST(tree_abort_frees_the_batch)
+{
+	struct qv_tree t;
+	struct qv_node *top, *c;
+	uint64_t ino, fgen;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0) || !CHECK(top = small_tree(&t, OWNER_A)))
+		goto out;
+	c = qv_tree_add(&t, top, "c", false, &T0);
+	if (!CHECK(c))
+		goto out;
+	c->vf.size = 100;
+	ino = c->ino;
+	fgen = c->fgen;
+	qv_tree_abort(&t);
+	top->nkids--; /* the caller drops the entry it added to a published folder */
+	CHECK(qv_tree_slot(&t, ino) == NULL);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 8);
+	CHECK_EQ_U64(qv_tree_count(&t), 3);
+	/* the slot comes back with a new FUSE generation: (ino, fgen) never names two nodes */
+	c = qv_tree_add(&t, top, "d", false, &T0);
+	if (CHECK(c)) {
+		CHECK_EQ_U64(c->ino, ino);
+		CHECK(c->fgen > fgen);
+	}
+	qv_tree_commit(&t);
+out:
+	qv_tree_fini(&t);
+}
+
+TEST(tree_fault_injection_fails_the_nth_node)
+{
+	struct qv_tree t;
+	struct qv_node *top;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0) || !CHECK(top = small_tree(&t, OWNER_A)))
+		goto out;
+	t.fail_in = 2;
+	CHECK(qv_tree_add(&t, top, "c", false, &T0) != NULL);
+	CHECK(qv_tree_add(&t, top, "d", false, &T0) == NULL);
+	CHECK(qv_tree_add(&t, top, "e", false, &T0) != NULL);
+	qv_tree_abort(&t);
+	top->nkids = 2;
+out:
+	qv_tree_fini(&t);
+}
+
+/* ---------------------------------------------------------------- through the mount */
+
+/* The .qvlmoefs/ folder of the view root, not yet filled. */
+static struct qv_node *hidden(struct vt *v)
+{
+	return qv_tree_lookup(&v->m.tree, qv_tree_node(&v->m.tree, 1), QV_HIDDEN);
+}
+
+TEST(tree_failed_inspection_fill_retries_from_scratch)
+{
+	struct qv_mount_opts o = { 0 };
+	struct ut_capture cap;
+	struct vt v;
+	struct qv_node *h, *vj;
+	size_t count, len, fails = 0;
+	char *text;
+	cJSON *j;
+
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	h = hidden(&v);
+	count = qv_tree_count(&v.m.tree);
+	if (!CHECK(h))
+		goto out;
+	/* fail the fill at every node it makes, one try each, then let it succeed */
+	ut_stderr_begin(&cap);
+	for (size_t k = 1; k < 64; k++) {
+		v.m.tree.fail_in = k;
+		if (qv_mount_ready(&v.m, h) == 0)
+			break;
+		fails++;
+		CHECK_EQ_U64(h->nkids, 0);
+		CHECK_EQ_U64(qv_tree_count(&v.m.tree), count);
+	}
+	free(ut_stderr_end(&cap));
+	v.m.tree.fail_in = 0;
+	CHECK(fails >= 3);
+	CHECK_EQ_INT(qv_mount_ready(&v.m, h), 0);
+	vj = qv_tree_lookup(&v.m.tree, h, "view.json");
+	text = vj ? vt_read_all(&v, vj, &len) : NULL;
+	/* one copy of the file, read from memory that is still its own */
+	j = text ? cJSON_ParseWithLength(text, len) : NULL;
+	CHECK_MSG(j != NULL, "view.json after retries is not one JSON document: %.*s", (int)len,
+		  text ? text : "");
+	CHECK(vj && vj->vf.nseg == 1);
+	cJSON_Delete(j);
+	free(text);
+	CHECK(vt_get(&v, ".qvlmoefs/tensors/lm_head.weight") != NULL);
+out:
+	vt_fini(&v);
+}
+
+TEST(tree_failed_rank_folder_build_retries_from_scratch)
+{
+	struct qv_mount_opts o = { .ep_size = 2 };
+	struct ut_capture cap;
+	struct vt v, ref;
+	struct qv_node *r1, *f, *g;
+	char *a = NULL, *b = NULL;
+	size_t count, la = 0, lb = 1;
+
+	if (!CHECK_MSG(vt_mount(&ref, vt_make_ckpt(), &o) == 0, "%s", ref.err))
+		goto out_ref;
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	r1 = qv_tree_lookup(&v.m.tree, qv_tree_node(&v.m.tree, 1), "ep-rank-1");
+	count = qv_tree_count(&v.m.tree);
+	if (!CHECK(r1))
+		goto out;
+	v.m.tree.fail_in = 4;
+	ut_stderr_begin(&cap);
+	CHECK_EQ_INT(qv_mount_ready(&v.m, r1), -EIO);
+	free(ut_stderr_end(&cap));
+	CHECK_EQ_U64(r1->nkids, 0);
+	CHECK_EQ_U64(qv_tree_count(&v.m.tree), count);
+	v.m.tree.fail_in = 0;
+	CHECK_EQ_INT(qv_mount_ready(&v.m, r1), 0);
+	/* the retry built the same folder a mount without faults builds */
+	f = vt_get(&v, "ep-rank-1/" F2);
+	g = vt_get(&ref, "ep-rank-1/" F2);
+	a = f ? vt_read_all(&v, f, &la) : NULL;
+	b = g ? vt_read_all(&ref, g, &lb) : NULL;
+	CHECK(a && b && la == lb && !memcmp(a, b, la));
+	CHECK_EQ_U64(r1->nkids, qv_tree_lookup(&ref.m.tree, qv_tree_node(&ref.m.tree, 1),
+					       "ep-rank-1")->nkids);
+	free(a);
+	free(b);
+out:
+	vt_fini(&v);
+out_ref:
+	vt_fini(&ref);
+}
