@@ -5,8 +5,9 @@
  * Nodes are made in batches: every node made since the last qv_tree_commit is private to the
  * builder (the owner's lock held) until the commit publishes the batch, complete, or
  * qv_tree_abort frees it. Only published nodes are found by inode number, so a reader never
- * sees a node half filled in. A freed node's slot is reused later with a new FUSE generation
- * number, and until then answers as absent. */
+ * sees a node half filled in. The nodes of one owner (a generation of the source) are freed
+ * together once nothing refers to them; their slots are reused later with a new FUSE
+ * generation number, and until then answer as absent. */
 #ifndef QV_TREE_H
 #define QV_TREE_H
 
@@ -85,6 +86,9 @@ void qv_tree_commit(struct qv_tree *t);
 /* Free the pending batch (a build that failed); entries of published folders that name its
  * nodes are the caller's to drop. */
 void qv_tree_abort(struct qv_tree *t);
+
+/* Free every published node owned by owner; its slots answer as absent until reused. */
+void qv_tree_free_owned(struct qv_tree *t, const struct qv_gen *owner);
 
 /* The published node with inode number ino (1: the current root), or NULL. */
 struct qv_node *qv_tree_node(struct qv_tree *t, uint64_t ino);

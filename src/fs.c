@@ -104,16 +104,25 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 }
 
-/* The folder ino, with its entries built (rank folders are built on first use); 0 or -errno. */
-static int dir_of(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
+/* Handlers hold the generation of the node they work on until they have replied (for the
+ * root, a rescan may otherwise free it under them); read and release need no hold of their
+ * own, the open file has one. */
+static void put(struct qv_fs *fs, struct qv_node *n)
 {
-	struct qv_node *d = qv_tree_node(&fs->m->tree, ino);
+	if (n)
+		qv_mount_drop(fs->m, n, 1);
+}
+
+/* The folder ino, held, with its entries built (rank folders are built on first use); 0 or
+ * -errno. *out is set (and must be put) whenever the node exists. */
+static int dir_get(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
+{
+	struct qv_node *d = *out = qv_mount_get(fs->m, ino);
 
 	if (!d)
 		return -ENOENT;
 	if (!d->dir)
 		return -ENOTDIR;
-	*out = d;
 	return qv_mount_ready(fs->m, d);
 }
 
@@ -122,40 +131,49 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d, *n;
 	struct fuse_entry_param e;
-	int rc = dir_of(fs, parent, &d);
+	int rc = dir_get(fs, parent, &d);
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	n = qv_tree_lookup(&fs->m->tree, d, name);
-	if (!n) {
-		/* a negative entry may be cached too: the tree never changes while mounted */
+	} else if (!(n = qv_tree_lookup(&fs->m->tree, d, name))) {
+		/* a negative entry may be cached too: a generation never changes */
 		memset(&e, 0, sizeof(e));
 		e.entry_timeout = CACHE_TIMEOUT;
 		fuse_reply_entry(req, &e);
-		return;
+	} else {
+		fill_entry(fs, n, &e);
+		qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
+		fuse_reply_entry(req, &e);
 	}
-	fill_entry(fs, n, &e);
-	fuse_reply_entry(req, &e);
+	put(fs, d);
+}
+
+/* The kernel forgets nlookup lookups of ino; the root's are never counted. */
+static void forget_one(struct qv_fs *fs, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct qv_node *n = ino == FUSE_ROOT_ID ? NULL : qv_tree_node(&fs->m->tree, ino);
+
+	if (n)
+		qv_mount_drop(fs->m, n, nlookup);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	(void)ino, (void)nlookup; /* nodes live as long as the mount */
+	forget_one(fs_of(req), ino, nlookup);
 	fuse_reply_none(req);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
-	(void)count, (void)forgets;
+	for (size_t i = 0; i < count; i++)
+		forget_one(fs_of(req), forgets[i].ino, forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
 	struct stat st;
 
 	(void)fi;
@@ -165,63 +183,80 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	fill_attr(fs, n, &st);
 	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+	put(fs, n);
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d;
-	int rc = dir_of(fs_of(req), ino, &d);
+	int rc = dir_get(fs, ino, &d);
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
+	} else {
+		fi->cache_readdir = 1;
+		fi->keep_cache = 1;
+		fuse_reply_open(req, fi);
 	}
-	fi->cache_readdir = 1;
-	fi->keep_cache = 1;
-	fuse_reply_open(req, fi);
+	put(fs, d);
 }
 
-/* Entries at offsets 0 ".", 1 "..", then kids; an entry's offset is the next one's index. */
+/* Entries of d from index off into buf (at most size bytes); *used bytes, *counted entries
+ * that carry a lookup (readdirplus, past "." and ".."). Offsets: 0 ".", 1 "..", then kids;
+ * an entry's offset is the next one's index. */
+static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *buf, size_t size,
+		     off_t off, bool plus, size_t *used, uint64_t *counted)
+{
+	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
+		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
+		const char *name = i == 0 ? "." : i == 1 ? ".." : n ? n->name : NULL;
+		struct fuse_entry_param e;
+		size_t len;
+
+		if (!n)
+			continue;
+		fill_entry(fs, n, &e);
+		if (plus && i >= 2)
+			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e,
+						     (off_t)i + 1);
+		else if (plus) /* no lookup count for "." and "..": the kernel skips them */
+			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name,
+						     &(struct fuse_entry_param){ .attr = e.attr },
+						     (off_t)i + 1);
+		else
+			len = fuse_add_direntry(req, buf + *used, size - *used, name, &e.attr,
+						(off_t)i + 1);
+		if (len > size - *used)
+			break;
+		*used += len;
+		*counted += plus && i >= 2;
+	}
+}
+
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d;
-	char *buf;
+	char *buf = NULL;
 	size_t used = 0;
-	int rc = dir_of(fs, ino, &d);
+	uint64_t counted = 0;
+	int rc = dir_get(fs, ino, &d);
 
+	if (!rc && !(buf = malloc(size)))
+		rc = -ENOMEM;
 	if (rc) {
 		fuse_reply_err(req, -rc);
+		put(fs, d);
 		return;
 	}
-	buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
-		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
-		const char *name = i == 0 ? "." : i == 1 ? ".." : n->name;
-		struct fuse_entry_param e;
-		size_t len;
-
-		fill_entry(fs, n, &e);
-		if (plus && i >= 2)
-			len = fuse_add_direntry_plus(req, buf + used, size - used, name, &e,
-						     (off_t)i + 1);
-		else if (plus) /* no lookup count for "." and "..": the kernel skips them */
-			len = fuse_add_direntry_plus(req, buf + used, size - used, name,
-						     &(struct fuse_entry_param){ .attr = e.attr },
-						     (off_t)i + 1);
-		else
-			len = fuse_add_direntry(req, buf + used, size - used, name, &e.attr,
-						(off_t)i + 1);
-		if (len > size - used)
-			break;
-		used += len;
-	}
+	fill_dir(req, fs, d, buf, size, off, plus, &used, &counted);
+	/* each entry with attributes is a lookup the kernel takes (or forgets at once): entries
+	 * are d's, of d's generation */
+	qv_mount_hold(fs->m, d, counted);
 	fuse_reply_buf(req, buf, used);
 	free(buf);
+	put(fs, d);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -261,29 +296,21 @@ static void open_dyn(fuse_req_t req, struct qv_fs *fs, struct qv_node *n,
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
-	int rc;
+	struct qv_node *n = qv_mount_get(fs->m, ino);
+	int rc = !n ? -ENOENT : n->dir ? -EISDIR : 0;
 
-	if (!n || n->dir) {
-		fuse_reply_err(req, n ? EISDIR : ENOENT);
-		return;
-	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		fuse_reply_err(req, EROFS);
-		return;
-	}
-	if (n->dyn) {
+	if (!rc && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)))
+		rc = -EROFS;
+	if (!rc && n->dyn) {
 		open_dyn(req, fs, n, fi);
-		return;
+	} else if (!rc && !(rc = qv_mount_open_file(fs->m, n))) {
+		fi->keep_cache = 1;
+		fi->direct_io = fs->direct_io;
+		fuse_reply_open(req, fi);
 	}
-	rc = qv_mount_open_file(fs->m, n);
-	if (rc) {
+	if (rc)
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	fi->keep_cache = 1;
-	fi->direct_io = fs->direct_io;
-	fuse_reply_open(req, fi);
+	put(fs, n);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -363,7 +390,7 @@ static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t si
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
 	struct qv_buf b = { 0 };
 	int rc = n ? qv_mount_xattr(fs->m, n, name, &b) : -ENOENT;
 
@@ -372,12 +399,13 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	else
 		reply_xattr(req, b.p ? b.p : "", b.len, size);
 	qv_buf_free(&b);
+	put(fs, n);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
 	struct qv_buf b = { 0 };
 	int rc = n ? qv_mount_xattr_names(fs->m, n, &b) : -ENOENT;
 
@@ -386,6 +414,7 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	else
 		reply_xattr(req, b.p ? b.p : "", b.len, size);
 	qv_buf_free(&b);
+	put(fs, n);
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
@@ -495,31 +524,36 @@ static const struct fuse_lowlevel_ops ops = {
 	.fallocate = op_fallocate,
 };
 
-/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree. */
+/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree; the
+ * kernel then forgets the old tree's nodes that no open file uses, which frees them. */
 static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
 {
-	for (size_t i = 0; i < top->nkids; i++) {
-		const char *name = qv_tree_node(&fs->m->tree, top->kids[i])->name;
+	for (size_t i = 0; top && i < top->nkids; i++) {
+		const struct qv_node *n = qv_tree_node(&fs->m->tree, top->kids[i]);
 
-		fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, name, strlen(name));
+		if (n)
+			fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, n->name, strlen(n->name));
 	}
 }
 
 int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
 {
-	struct qv_node *old = qv_tree_node(&fs->m->tree, FUSE_ROOT_ID);
+	struct qv_node *old = qv_mount_get(fs->m, FUSE_ROOT_ID), *now; /* held while its names go */
 	char err[QV_ERRLEN];
 	int rc = qv_mount_rescan(fs->m, err, sizeof(err));
 
 	if (rc) {
 		qv_log("rescan failed, the view stays as it was: %s", err);
-		return rc;
+	} else {
+		inval_names(fs, se, old);
+		now = qv_mount_get(fs->m, FUSE_ROOT_ID);
+		inval_names(fs, se, now); /* cached negative entries */
+		put(fs, now);
+		fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
+		qv_log("rescanned the source: the view shows it as it is now");
 	}
-	inval_names(fs, se, old);
-	inval_names(fs, se, qv_tree_node(&fs->m->tree, FUSE_ROOT_ID)); /* cached negative entries */
-	fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
-	qv_log("rescanned the source: the view shows it as it is now");
-	return 0;
+	put(fs, old);
+	return rc;
 }
 
 const struct fuse_lowlevel_ops *qv_fs_ops(void)

@@ -79,21 +79,27 @@ static void *gpu_thread(void *arg)
 	struct qv_io *io;
 	char err[QV_ERRLEN];
 	int dev = g->st.device;
+	/* staging reads through the root's files: hold their generation against a rescan */
+	struct qv_node *root = qv_mount_get(g->m, 1);
 
-	if (qv_stage_select(g->m, qv_tree_node(&g->m->tree, 1), false, &g->st, err, sizeof(err))) {
+	if (qv_stage_select(g->m, root, false, &g->st, err, sizeof(err))) {
 		qv_log("gpu: %s", err);
+		qv_mount_drop(g->m, root, 1);
 		return NULL;
 	}
 	g->st.device = dev;
 	atomic_store(&g->selected, true);
-	if (qv_io_new(&g->m->o.io, &io))
+	if (qv_io_new(&g->m->o.io, &io)) {
+		qv_mount_drop(g->m, root, 1);
 		return NULL;
+	}
 	if (qv_stage_run(&g->st, &g->ops, &cfg, io, err, sizeof(err)))
 		qv_log("gpu: staging on cuda:%d failed: %s", dev, err);
 	else
 		qv_log("gpu: %zu tensors (%llu bytes) staged on cuda:%d", g->st.nt,
 		       (unsigned long long)g->st.bytes, dev);
 	qv_io_free(io);
+	qv_mount_drop(g->m, root, 1);
 	return NULL;
 }
 

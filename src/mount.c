@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 static int folder_name(const struct qv_mount *m, const struct qv_plan_opts *po, char *buf,
@@ -55,70 +56,156 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	return rc;
 }
 
-/* Load a generation and build its root folder; the root gets inode 1 whatever its slot. */
-static int load_view(struct qv_mount *m, char *err, size_t errlen)
+/* Build generation g's root folder top (pending): the view or the rank folders, and .qvlmoefs. */
+static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, char *err,
+		     size_t errlen)
+{
+	int rc;
+
+	top->ino = top->parent = 1;
+	top->gen = g;
+	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
+				   build_root(m, g, &g->plans[0], top, err, errlen);
+	if (!rc)
+		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
+				       errlen);
+	return rc;
+}
+
+/* Load a generation, build its root folder and make it the newest (the root gets inode 1
+ * whatever its slot); the generation it replaces into *old. Caller holds m->lock. */
+static int load_view(struct qv_mount *m, struct qv_gen **old, char *err, size_t errlen)
 {
 	struct qv_gen *g = calloc(1, sizeof(*g));
-	struct qv_node *top;
+	struct qv_node *top = NULL;
 	int rc;
 
 	if (!g)
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
 	rc = qv_gen_load(g, m->source, &m->o, err, errlen);
-	if (rc) {
-		qv_gen_free(g);
-		free(g);
-		return rc;
-	}
-	top = qv_tree_new(&m->tree, "", 0, true, &g->scan.n[0].st.st_mtim);
-	rc = top ? 0 : qv_err(err, errlen, -ENOMEM, "out of memory");
-	if (!rc) {
-		top->ino = top->parent = 1;
-		top->gen = g;
-		rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
-					   build_root(m, g, &g->plans[0], top, err, errlen);
-	}
+	if (!rc && !(top = qv_tree_new(&m->tree, "", 0, true, &g->scan.n[0].st.st_mtim)))
+		rc = qv_err(err, errlen, -ENOMEM, "out of memory");
 	if (!rc)
-		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
-				       errlen);
+		rc = build_top(m, g, top, err, errlen);
 	if (rc) { /* nothing of a failed build stays: the old view is untouched */
 		qv_tree_abort(&m->tree);
 		qv_gen_free(g);
 		free(g);
 		return rc;
 	}
-	qv_tree_commit(&m->tree); /* every node complete: publish them, then the root */
+	qv_tree_commit(&m->tree);
+	atomic_init(&g->refs, 1); /* the newest generation's own hold */
 	g->prev = m->gen;
 	m->gen = g;
-	atomic_store(&m->tree.top, top);
+	atomic_fetch_add(&m->ngens, 1);
+	pthread_mutex_lock(&m->root_lock);
+	top = atomic_exchange(&m->tree.top, top);
+	pthread_mutex_unlock(&m->root_lock);
+	*old = top ? top->gen : NULL;
 	return 0;
+}
+
+/* Free generation g, which nothing holds any more: its nodes, sources and plans. */
+static void gen_free(struct qv_mount *m, struct qv_gen *g)
+{
+	pthread_mutex_lock(&m->lock);
+	qv_tree_free_owned(&m->tree, g);
+	for (struct qv_gen **pp = &m->gen; *pp; pp = &(*pp)->prev)
+		if (*pp == g) {
+			*pp = g->prev;
+			break;
+		}
+	pthread_mutex_unlock(&m->lock);
+	atomic_fetch_sub(&m->ngens, 1);
+	qv_gen_free(g);
+	free(g);
+}
+
+static void gen_drop(struct qv_mount *m, struct qv_gen *g, uint64_t count)
+{
+	/* acq_rel: whoever frees sees every other holder's last use of the generation */
+	if (atomic_fetch_sub_explicit(&g->refs, count, memory_order_acq_rel) == count)
+		gen_free(m, g);
+}
+
+struct qv_node *qv_mount_get(struct qv_mount *m, uint64_t ino)
+{
+	struct qv_node *n;
+
+	if (ino != 1) {
+		n = qv_tree_node(&m->tree, ino);
+		if (n)
+			atomic_fetch_add(&n->gen->refs, 1);
+		return n;
+	}
+	/* the newest root holds its generation until a rescan swaps it under this lock */
+	pthread_mutex_lock(&m->root_lock);
+	n = atomic_load(&m->tree.top);
+	if (n)
+		atomic_fetch_add(&n->gen->refs, 1);
+	pthread_mutex_unlock(&m->root_lock);
+	return n;
+}
+
+void qv_mount_hold(struct qv_mount *m, struct qv_node *n, uint64_t count)
+{
+	(void)m;
+	atomic_fetch_add(&n->gen->refs, count);
+}
+
+void qv_mount_drop(struct qv_mount *m, struct qv_node *n, uint64_t count)
+{
+	gen_drop(m, n->gen, count);
+}
+
+/* A daemon holds a descriptor per safetensors source of each generation still in use, so it
+ * may use what the administrator allows (the hard limit), not the shell's default soft one. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 }
 
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
 		  size_t errlen)
 {
+	struct qv_gen *old;
+	int rc;
+
 	memset(m, 0, sizeof(*m));
 	m->o = *o;
 	err[0] = '\0';
 	clock_gettime(CLOCK_MONOTONIC, &m->stats.start);
 	pthread_mutex_init(&m->lock, NULL);
+	pthread_mutex_init(&m->root_lock, NULL);
+	raise_nofile();
 	if (qv_tree_init(&m->tree))
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
 	/* absolute, since the daemon's working folder changes when it detaches */
 	m->source = realpath(src, NULL);
 	if (!m->source)
 		return qv_err(err, errlen, -errno, "%s: %s", src, strerror(errno));
-	return load_view(m, err, errlen);
+	pthread_mutex_lock(&m->lock);
+	rc = load_view(m, &old, err, errlen);
+	pthread_mutex_unlock(&m->lock);
+	return rc;
 }
 
 int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen)
 {
+	struct qv_gen *old = NULL;
 	int rc;
 
 	err[0] = '\0';
 	pthread_mutex_lock(&m->lock);
-	rc = load_view(m, err, errlen);
+	rc = load_view(m, &old, err, errlen);
 	pthread_mutex_unlock(&m->lock);
+	if (old) /* no longer the newest: freed now, or when its last open file or lookup goes */
+		gen_drop(m, old, 1);
 	return rc;
 }
 
@@ -175,6 +262,7 @@ void qv_mount_fini(struct qv_mount *m)
 	}
 	free(m->source);
 	pthread_mutex_destroy(&m->lock);
+	pthread_mutex_destroy(&m->root_lock);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -193,6 +281,7 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 		}
 	}
 	atomic_fetch_add(&m->stats.opens, 1);
+	qv_mount_hold(m, n, 1);
 	return 0;
 }
 
@@ -201,6 +290,7 @@ void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
 	atomic_fetch_add(&m->stats.releases, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++)
 		qv_source_put(&n->vf.base[n->vf.srcs[i]]);
+	qv_mount_drop(m, n, 1);
 }
 
 int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
@@ -242,7 +332,7 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
 			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
 			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%zu,"
-			     "\"uptime_s\":%.3f}\n",
+			     "\"generations\":%zu,\"uptime_s\":%.3f}\n",
 			     (unsigned long long)atomic_load(&s->reads),
 			     (unsigned long long)atomic_load(&s->bytes_served),
 			     (unsigned long long)atomic_load(&s->bytes_src),
@@ -250,7 +340,7 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 			     (unsigned long long)atomic_load(&s->bytes_pread),
 			     (unsigned long long)atomic_load(&s->errors), (unsigned long long)opens,
 			     (unsigned long long)(opens > releases ? opens - releases : 0),
-			     qv_tree_count(&m->tree),
+			     qv_tree_count(&m->tree), atomic_load(&m->ngens),
 			     (double)(now.tv_sec - s->start.tv_sec) +
 				     (double)(now.tv_nsec - s->start.tv_nsec) / 1e9);
 }

@@ -1,7 +1,7 @@
 /* tree.c - the node table of a view: inode numbers are slots in chunks that never move, folders
  * hold sorted arrays of their entries' inode numbers. Nodes are built in private batches and
- * published whole; freed nodes leave tombstones that answer as absent until the slot is
- * reused. */
+ * published whole; an owner's nodes are freed together and leave tombstones that answer as
+ * absent until the slot is reused. */
 #include "qv_tree.h"
 
 #include <errno.h>
@@ -155,6 +155,22 @@ void qv_tree_abort(struct qv_tree *t)
 
 		t->pending = slot(t, i)->link;
 		node_clear(slot(t, i));
+		slot_give(t, i);
+	}
+}
+
+void qv_tree_free_owned(struct qv_tree *t, const struct qv_gen *owner)
+{
+	size_t nn = atomic_load(&t->nnodes);
+
+	for (size_t i = 0; i < nn; i++) {
+		struct qv_node *n = slot(t, i);
+
+		if (atomic_load(&n->state) != QV_NODE_LIVE || n->gen != owner)
+			continue;
+		atomic_fetch_sub(&t->bytes, n->vf.size);
+		atomic_fetch_sub(&t->nlive, 1);
+		node_clear(n); /* state FREE: its inode number now answers as absent */
 		slot_give(t, i);
 	}
 }

@@ -21,6 +21,9 @@ static const struct timespec T0;
 /* An owner; the tree only compares the pointers. */
 static struct qv_gen *const OWNER_A = (struct qv_gen *)0x1000;
 
+/* Another one. */
+static struct qv_gen *const OWNER_B = (struct qv_gen *)0x2000;
+
 /* A root (inode 1, owner) with files a (3 bytes) and b (5 bytes), published. */
 static struct qv_node *small_tree(struct qv_tree *t, struct qv_gen *owner)
 {
@@ -96,6 +99,38 @@ out:
 	qv_tree_fini(&t);
 }
 
+TEST(tree_free_owned_leaves_tombstones_then_reuses)
+{
+	struct qv_tree t;
+	struct qv_node *ta, *tb, *n;
+	uint64_t a_ino, b_ino;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0))
+		return;
+	ta = small_tree(&t, OWNER_A);
+	a_ino = ta ? qv_tree_lookup(&t, ta, "a")->ino : 0;
+	tb = small_tree(&t, OWNER_B);
+	b_ino = tb ? qv_tree_lookup(&t, tb, "a")->ino : 0;
+	if (!CHECK(ta && tb))
+		goto out;
+	CHECK_EQ_U64(qv_tree_count(&t), 6);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 16);
+	qv_tree_free_owned(&t, OWNER_A);
+	/* a freed node's inode number answers as absent, never as memory of something else */
+	CHECK(qv_tree_node(&t, a_ino) == NULL);
+	CHECK(qv_tree_node(&t, b_ino) != NULL);
+	CHECK_EQ_U64(qv_tree_count(&t), 3);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 8);
+	/* new nodes take freed slots (oldest first) before growing the table */
+	n = qv_tree_new(&t, "x", 0, false, &T0);
+	CHECK(n && n->ino <= 3);
+	CHECK(n && n->fgen == 2);
+	CHECK_EQ_U64(atomic_load(&t.nnodes), 6);
+	qv_tree_commit(&t);
+out:
+	qv_tree_fini(&t);
+}
+
 TEST(tree_fault_injection_fails_the_nth_node)
 {
 	struct qv_tree t;
@@ -114,6 +149,71 @@ out:
 }
 
 /* ---------------------------------------------------------------- through the mount */
+
+static size_t open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	size_t n = 0;
+
+	while (d && readdir(d))
+		n++;
+	if (d)
+		closedir(d);
+	return n;
+}
+
+TEST(tree_rescans_free_replaced_generations)
+{
+	struct qv_mount_opts o = { 0 };
+	struct vt v;
+	size_t fds, slots;
+
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	CHECK(qv_mount_rescan(&v.m, v.err, sizeof(v.err)) == 0);
+	fds = open_fds();
+	slots = atomic_load(&v.m.tree.nnodes);
+	for (int i = 0; i < 200; i++)
+		if (!CHECK_MSG(qv_mount_rescan(&v.m, v.err, sizeof(v.err)) == 0, "%s", v.err))
+			break;
+	/* nothing held the old ones: each was freed as the next replaced it */
+	CHECK_EQ_U64(atomic_load(&v.m.ngens), 1);
+	CHECK_EQ_U64(open_fds(), fds);
+	CHECK_EQ_U64(atomic_load(&v.m.tree.nnodes), slots);
+out:
+	vt_fini(&v);
+}
+
+TEST(tree_open_file_keeps_its_generation)
+{
+	struct qv_mount_opts o = { 0 };
+	struct vt v;
+	struct qv_node *n;
+	uint64_t ino;
+	char *before = NULL, *after = NULL;
+	size_t lb, la;
+
+	if (!CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err))
+		goto out;
+	n = qv_mount_get(&v.m, qv_tree_lookup(&v.m.tree, qv_tree_node(&v.m.tree, 1), F2)->ino);
+	if (!CHECK(n) || !CHECK_EQ_INT(qv_mount_open_file(&v.m, n), 0))
+		goto out;
+	ino = n->ino;
+	before = vt_read_all(&v, n, &lb);
+	CHECK(qv_mount_rescan(&v.m, v.err, sizeof(v.err)) == 0);
+	CHECK_EQ_U64(atomic_load(&v.m.ngens), 2);
+	after = vt_read_all(&v, n, &la); /* the open file still reads its generation */
+	CHECK(before && after && la == lb && !memcmp(before, after, la));
+	qv_mount_release_file(&v.m, n);
+	CHECK_EQ_U64(atomic_load(&v.m.ngens), 2); /* the request's own hold is still there */
+	qv_mount_drop(&v.m, n, 1);
+	CHECK_EQ_U64(atomic_load(&v.m.ngens), 1);
+	CHECK(qv_tree_node(&v.m.tree, ino) == NULL || qv_tree_node(&v.m.tree, ino)->gen == v.m.gen);
+out:
+	free(before);
+	free(after);
+	vt_fini(&v);
+}
 
 /* The .qvlmoefs/ folder of the view root, not yet filled. */
 static struct qv_node *hidden(struct vt *v)
