@@ -66,7 +66,8 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir);
  * when a source of the file changed since the mount. */
 int qv_mount_open_file(struct qv_mount *m, struct qv_node *n);
 
-/* Called on release: undo what a successful qv_mount_open_file took. */
+/* Called on release, or when the open could not be replied: undo what a successful
+ * qv_mount_open_file took. */
 void qv_mount_release_file(struct qv_mount *m, struct qv_node *n);
 
 /* Read from a file node into buf; *got short only at EOF; 0 or -errno; counts in stats. */

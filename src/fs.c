@@ -87,6 +87,29 @@ static void fill_entry(const struct qv_fs *fs, const struct qv_node *n, struct f
 	fill_attr(fs, n, &e->attr);
 }
 
+/* Fault injection (tests): the next *left replies of a kind are refused the way the kernel
+ * refuses the reply to a request that was interrupted meanwhile, so the handler must undo.
+ * The caller sees ECANCELED (not EINTR, which libraries retry). */
+static bool refuse_reply(fuse_req_t req, atomic_int *left)
+{
+	if (atomic_load(left) <= 0 || atomic_fetch_sub(left, 1) <= 0)
+		return false;
+	fuse_reply_err(req, ECANCELED);
+	return true;
+}
+
+/* A lookup's reply; nonzero when the kernel did not take it (the lookup then does not count). */
+static int reply_entry(struct qv_fs *fs, fuse_req_t req, const struct fuse_entry_param *e)
+{
+	return refuse_reply(req, &fs->fail_entry) ? -ENOENT : fuse_reply_entry(req, e);
+}
+
+/* An open's reply; nonzero when the kernel did not take it: no release will come. */
+static int reply_open(struct qv_fs *fs, fuse_req_t req, const struct fuse_file_info *fi)
+{
+	return refuse_reply(req, &fs->fail_open) ? -ENOENT : fuse_reply_open(req, fi);
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
@@ -143,7 +166,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	} else {
 		fill_entry(fs, n, &e);
 		qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
-		fuse_reply_entry(req, &e);
+		if (reply_entry(fs, req, &e))
+			qv_mount_drop(fs->m, n, 1);
 	}
 	put(fs, d);
 }
@@ -197,7 +221,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	} else {
 		fi->cache_readdir = 1;
 		fi->keep_cache = 1;
-		fuse_reply_open(req, fi);
+		fuse_reply_open(req, fi); /* nothing to undo: a folder handle holds nothing */
 	}
 	put(fs, d);
 }
@@ -254,7 +278,8 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	/* each entry with attributes is a lookup the kernel takes (or forgets at once): entries
 	 * are d's, of d's generation */
 	qv_mount_hold(fs->m, d, counted);
-	fuse_reply_buf(req, buf, used);
+	if (fuse_reply_buf(req, buf, used) && counted)
+		qv_mount_drop(fs->m, d, counted);
 	free(buf);
 	put(fs, d);
 }
@@ -281,16 +306,17 @@ static void open_dyn(fuse_req_t req, struct qv_fs *fs, struct qv_node *n,
 	struct qv_buf *b = calloc(1, sizeof(*b));
 	int rc = b ? qv_mount_dyn_content(fs->m, n, b) : -ENOMEM;
 
-	if (rc) {
-		if (b)
-			qv_buf_free(b);
-		free(b);
+	if (!rc) {
+		fi->fh = (uint64_t)(uintptr_t)b;
+		fi->direct_io = 1;
+		if (reply_open(fs, req, fi) == 0)
+			return;
+	} else {
 		fuse_reply_err(req, -rc);
-		return;
 	}
-	fi->fh = (uint64_t)(uintptr_t)b;
-	fi->direct_io = 1;
-	fuse_reply_open(req, fi);
+	if (b) /* no release comes for an open that failed or whose reply was not taken */
+		qv_buf_free(b);
+	free(b);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -306,7 +332,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	} else if (!rc && !(rc = qv_mount_open_file(fs->m, n))) {
 		fi->keep_cache = 1;
 		fi->direct_io = fs->direct_io;
-		fuse_reply_open(req, fi);
+		/* an interrupted open gets no release: give back what it took now */
+		if (reply_open(fs, req, fi))
+			qv_mount_release_file(fs->m, n);
 	}
 	if (rc)
 		fuse_reply_err(req, -rc);
@@ -563,10 +591,17 @@ const struct fuse_lowlevel_ops *qv_fs_ops(void)
 
 int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
 {
+	const char *f = getenv("QVLMOEFS_TEST_FAIL_REPLIES"); /* "open=N,entry=N" (tests) */
+	const char *at;
+
 	memset(fs, 0, sizeof(*fs));
 	fs->m = m;
 	fs->uid = getuid();
 	fs->gid = getgid();
+	if (f && (at = strstr(f, "open=")))
+		atomic_init(&fs->fail_open, atoi(at + 5));
+	if (f && (at = strstr(f, "entry=")))
+		atomic_init(&fs->fail_entry, atoi(at + 6));
 	return -pthread_key_create(&fs->tkey, thread_free);
 }
 

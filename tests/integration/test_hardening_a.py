@@ -5,12 +5,15 @@ built, and replies the kernel did not take.
 Each test is one behaviour; the other users' tests need root (to create the test user and to
 mount with allow_other), as test_reliability.py's do.
 """
+import errno
 import json
 import os
 import shutil
 import signal
 import threading
 import time
+
+import pytest
 
 from helpers import QV, check_view, run, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
@@ -200,3 +203,48 @@ def test_statfs_stress_while_rank_folders_build(daemon, ckpt, tmp):
         th.join()
     assert seen == sorted(seen), "statfs totals went down while folders were built"
     print(f"{len(seen)} statfs calls, blocks {seen[0]} -> {seen[-1]}")
+
+
+# ---------------------------------------------------------------------------- 13: replies
+
+
+def test_open_whose_reply_fails_gives_back_its_sources(daemon, ckpt, tmp):
+    """An open whose reply the kernel does not take (interrupted) gets no release: the daemon
+    undoes it at once, so no source descriptor and no open-file count stays behind."""
+    src = tmp / "op"
+    shutil.copytree(ckpt["e10"], src)
+    m = tmp / "m"
+    d = daemon(src, m, env={"QVLMOEFS_TEST_FAIL_REPLIES": "open=3"})
+    for _ in range(3):
+        with pytest.raises(OSError) as e:
+            os.open(m / "config.json", os.O_RDONLY)
+        assert e.value.errno == errno.ECANCELED, e.value
+
+    def held():
+        """Descriptors on config.json and open files by the daemon's count."""
+        return sum(t == str(src / "config.json") for t in fd_targets(d.pid)), \
+            stats(m)["open_files"]
+
+    # the handler undoes right after its refused reply: give it a moment
+    assert wait_for(lambda: held() == (0, 0), timeout=5), f"(descriptors, open files) {held()}"
+    assert (m / "config.json").read_bytes() == (src / "config.json").read_bytes()
+    unmount(m)
+    assert d.wait() == 0
+
+
+def test_lookup_whose_reply_fails_does_not_pin_generation(daemon, ckpt, tmp):
+    """A lookup whose reply the kernel does not take does not count: after a rescan the old
+    generation is freed all the same."""
+    src = tmp / "lk"
+    shutil.copytree(ckpt["e10"], src)
+    m = tmp / "m"
+    d = daemon(src, m, env={"QVLMOEFS_TEST_FAIL_REPLIES": "entry=2"})
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            os.stat(m / "config.json")
+        assert e.value.errno == errno.ECANCELED, e.value
+    os.stat(m / "tokenizer.json")
+    rescan(d, Log(d), 0)
+    assert wait_for(lambda: generations(m) == 1, timeout=10), stats(m)
+    unmount(m)
+    assert d.wait() == 0
