@@ -1,6 +1,6 @@
-/* qv_tree.h - the virtual tree: nodes, folder entries, lookup, sorting, inode numbers. It knows
- * nothing of safetensors: the builders above it (view, view_dcp, inspect) fill a tree they are
- * handed, and the mount context owns it. FUSE-free.
+/* qv_tree.h - the virtual tree: nodes, folder entries, lookup, sorting, inode numbers,
+ * permissions. It knows nothing of safetensors: the builders above it (view, view_dcp, inspect)
+ * fill a tree they are handed, and the mount context owns it. FUSE-free.
  *
  * Nodes are made in batches: every node made since the last qv_tree_commit is private to the
  * builder (the owner's lock held) until the commit publishes the batch, complete, or
@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "qv_vfile.h"
@@ -36,6 +37,10 @@ struct qv_node {
 	atomic_int state;   /* enum qv_node_state; LIVE is stored with release once complete */
 	bool dir;
 	struct timespec mtime;
+	/* owner, group and permission bits (never write bits) as the view shows them */
+	uid_t uid;
+	gid_t gid;
+	mode_t mode;
 	uint64_t *kids; /* directory entries, sorted by name */
 	size_t nkids;
 	struct qv_vfile vf; /* regular files: vf.size is the file size */
@@ -70,13 +75,13 @@ int qv_tree_init(struct qv_tree *t);
 /* Free every node and the tree's tables; safe on a zeroed or half-built tree. */
 void qv_tree_fini(struct qv_tree *t);
 
-/* A new node of the pending batch, filled in, with no owner (the caller's to set); NULL when
- * out of memory or inodes. parent 0 makes the node its own parent. */
+/* A new node of the pending batch, filled in, with no owner and modes 0555 / 0444 (the
+ * caller's to set); NULL when out of memory or inodes. parent 0 makes the node its own parent. */
 struct qv_node *qv_tree_new(struct qv_tree *t, const char *name, uint64_t parent, bool dir,
 			    const struct timespec *mtime);
 
-/* A new entry name of folder dir (a node, added to dir's entries), owned by dir's owner; NULL
- * when out of memory. */
+/* A new entry name of folder dir (a node, added to dir's entries), owned by dir's owner and
+ * with dir's permissions (read bits only for a file); NULL when out of memory. */
 struct qv_node *qv_tree_add(struct qv_tree *t, struct qv_node *dir, const char *name, bool isdir,
 			    const struct timespec *mtime);
 
@@ -108,6 +113,16 @@ struct qv_node *qv_tree_lookup(struct qv_tree *t, const struct qv_node *dir, con
 /* The entry name of folder dir while it is being built (entries not yet sorted), or NULL. */
 struct qv_node *qv_tree_lookup_unsorted(struct qv_tree *t, const struct qv_node *dir,
 					const char *name);
+
+/* Give n the owner, group and permission bits of a source (write, set-id and sticky bits
+ * dropped). */
+void qv_tree_perm_set(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode);
+
+/* Narrow n's permissions to what a source (uid, gid, mode) also allows: n then grants a caller
+ * no more than both did. n keeps its owner and group; when the source's differ, each class of
+ * n keeps only the bits the source grants to every caller that class may hold (whose group
+ * membership the tree cannot know): see tree.c. */
+void qv_tree_perm_and(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode);
 
 /* Sum of the sizes of the published files, for statfs. */
 uint64_t qv_tree_bytes(struct qv_tree *t);

@@ -24,6 +24,9 @@ struct qv_source {
 	ino_t ino;
 	off_t size;
 	struct timespec mtime;
+	uid_t uid; /* owner, group and mode as scanned: what the view lets others read */
+	gid_t gid;
+	mode_t mode;
 	atomic_int stale_logged;
 	pthread_mutex_t mu; /* serializes opening and closing fd (zeroed = initialized) */
 	int users;	    /* open virtual files reading it; the fd closes at the last release */

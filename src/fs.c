@@ -64,27 +64,28 @@ static int thread_get(struct qv_fs *fs, size_t need, struct qv_thread **out)
 	return 0;
 }
 
-static void fill_attr(const struct qv_fs *fs, const struct qv_node *n, struct stat *st)
+static void fill_attr(const struct qv_node *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
-	st->st_mode = n->dir ? S_IFDIR | 0555 : S_IFREG | 0444;
+	/* the sources' owner, group and modes (tree.c): default_permissions checks these */
+	st->st_mode = (n->dir ? S_IFDIR : S_IFREG) | n->mode;
 	st->st_nlink = n->dir ? 2 : 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
+	st->st_uid = n->uid;
+	st->st_gid = n->gid;
 	st->st_size = (off_t)n->vf.size;
 	st->st_blksize = 1 << 20; /* hint: read in large requests */
 	st->st_blocks = (blkcnt_t)((n->vf.size + 511) / 512);
 	st->st_atim = st->st_mtim = st->st_ctim = n->mtime;
 }
 
-static void fill_entry(const struct qv_fs *fs, const struct qv_node *n, struct fuse_entry_param *e)
+static void fill_entry(const struct qv_node *n, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = n->ino;
 	e->generation = n->fgen; /* a reused inode number is another file */
 	e->attr_timeout = e->entry_timeout = CACHE_TIMEOUT;
-	fill_attr(fs, n, &e->attr);
+	fill_attr(n, &e->attr);
 }
 
 /* Fault injection (tests): the next *left replies of a kind are refused the way the kernel
@@ -164,7 +165,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		e.entry_timeout = CACHE_TIMEOUT;
 		fuse_reply_entry(req, &e);
 	} else {
-		fill_entry(fs, n, &e);
+		fill_entry(n, &e);
 		qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
 		if (reply_entry(fs, req, &e))
 			qv_mount_drop(fs->m, n, 1);
@@ -205,7 +206,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	fill_attr(fs, n, &st);
+	fill_attr(n, &st);
 	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
 	put(fs, n);
 }
@@ -240,7 +241,7 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 
 		if (!n)
 			continue;
-		fill_entry(fs, n, &e);
+		fill_entry(n, &e);
 		if (plus && i >= 2)
 			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e,
 						     (off_t)i + 1);
@@ -596,8 +597,6 @@ int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
 
 	memset(fs, 0, sizeof(*fs));
 	fs->m = m;
-	fs->uid = getuid();
-	fs->gid = getgid();
 	if (f && (at = strstr(f, "open=")))
 		atomic_init(&fs->fail_open, atoi(at + 5));
 	if (f && (at = strstr(f, "entry=")))

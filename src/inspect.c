@@ -83,21 +83,26 @@ static int vheader(const struct qv_vfile *vf, struct qv_st *st, const char **jso
 	return qv_st_parse(*json, *n, vf->size, st, why, sizeof(why));
 }
 
-static int header_file(struct qv_tree *t, struct qv_node *dir, const char *name,
+/* headers/<name>.json for virtual file vnode, with vnode's permissions. */
+static int header_file(struct qv_tree *t, struct qv_node *dir, const struct qv_node *vnode,
 		       const char *json, uint64_t n)
 {
 	cJSON *j = cJSON_ParseWithLength(json, n);
 	char *pretty = j ? cJSON_Print(j) : NULL;
-	struct qv_buf b = { 0 };
+	struct qv_buf b = { 0 }, fname = { 0 };
+	struct qv_node *f;
 	int rc = pretty ? qv_buf_adds(&b, pretty) : -ENOMEM;
-	char fname[512];
 
 	if (!rc)
 		rc = qv_buf_adds(&b, "\n");
-	snprintf(fname, sizeof(fname), "%s.json", name);
 	if (!rc)
-		rc = mem_file(t, dir, fname, &b);
+		rc = qv_buf_printf(&fname, "%s.json", vnode->name);
+	if (!rc)
+		rc = (f = child(t, dir, fname.p, false)) ? qv_vfile_add_mem(&f->vf, &b) : -ENOMEM;
+	if (!rc)
+		qv_tree_perm_set(f, vnode->uid, vnode->gid, vnode->mode);
 	qv_buf_free(&b);
+	qv_buf_free(&fname);
 	cJSON_free(pretty);
 	cJSON_Delete(j);
 	return rc;
@@ -132,6 +137,10 @@ static int tensor_file(struct qv_tree *tr, struct qv_node *dir, const struct qv_
 	n = qv_tree_add(tr, dir, t->name, false, &dir->mtime);
 	if (!n)
 		return -ENOMEM;
+	/* its bytes are the virtual file's: so are its permissions; listing tensors/ shows every
+	 * file's keys, so it may be listed only by whom may read every file */
+	qv_tree_perm_set(n, vnode->uid, vnode->gid, vnode->mode);
+	qv_tree_perm_and(dir, vnode->uid, vnode->gid, (vnode->mode & 0444) | 0111);
 	rc = qv_vfile_slice(&n->vf, &vnode->vf, 8 + st->hdr_len + t->begin, t->end - t->begin);
 	for (uint32_t d = 0; d < t->ndim && !rc; d++)
 		rc = qv_buf_printf(&shape, d ? ",%llu" : "[%llu", (unsigned long long)t->shape[d]);
@@ -160,10 +169,12 @@ static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, stru
 		if (n->dir && strcmp(n->name, QV_HIDDEN) && n->lazy < 0) {
 			struct qv_node *sub = child(t, hdrs, n->name, true);
 
+			if (sub)
+				qv_tree_perm_set(sub, n->uid, n->gid, n->mode);
 			rc = sub ? walk(t, n, rel, sub, tens) : -ENOMEM;
 		} else if (!n->dir && qv_ends_with(n->name, ".safetensors") &&
 			   vheader(&n->vf, &st, &json, &len) == 0) {
-			rc = header_file(t, hdrs, n->name, json, len);
+			rc = header_file(t, hdrs, n, json, len);
 			for (size_t k = 0; k < st.nt && !rc; k++)
 				rc = tensor_file(t, tens, n, rel, &st, &st.t[k]);
 			qv_st_free(&st);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int folder_name(const struct qv_mount *m, const struct qv_plan_opts *po, char *buf,
@@ -56,6 +57,34 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	return rc;
 }
 
+/* Only the folders above the source that a caller could search let it reach the source: each
+ * class that one of them denies search to is denied the view root too. */
+static mode_t search_only(mode_t mode)
+{
+	return (mode & S_IXUSR ? 0700 : 0) | (mode & S_IXGRP ? 0070 : 0) | (mode & S_IXOTH ? 0007 : 0);
+}
+
+/* The view root's owner and modes: the source folder's, narrowed by the folders above it. */
+static void root_perm(const char *source, const struct stat *st, struct qv_node *top)
+{
+	char *p = strdup(source), *s;
+	struct stat a;
+
+	qv_tree_perm_set(top, st->st_uid, st->st_gid, st->st_mode);
+	if (!p) { /* unknown ancestors: only the owner and root get in */
+		qv_tree_perm_and(top, st->st_uid, st->st_gid, 0700);
+		return;
+	}
+	while ((s = strrchr(p, '/'))) {
+		s[s == p] = '\0'; /* "/a/b" -> "/a" -> "/" */
+		if (stat(p, &a) == 0)
+			qv_tree_perm_and(top, a.st_uid, a.st_gid, search_only(a.st_mode));
+		if (s == p)
+			break;
+	}
+	free(p);
+}
+
 /* Build generation g's root folder top (pending): the view or the rank folders, and .qvlmoefs. */
 static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, char *err,
 		     size_t errlen)
@@ -64,6 +93,7 @@ static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, 
 
 	top->ino = top->parent = 1;
 	top->gen = g;
+	root_perm(m->source, &g->scan.n[0].st, top);
 	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
 				   build_root(m, g, &g->plans[0], top, err, errlen);
 	if (!rc)

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #define SLOT_MASK ((1u << QV_CHUNK_SHIFT) - 1)
+#define PERM_BITS 0555 /* read and execute/search for owner, group, others */
 
 static struct qv_node *slot(struct qv_tree *t, size_t i)
 {
@@ -129,6 +130,7 @@ struct qv_node *qv_tree_new(struct qv_tree *t, const char *name, uint64_t parent
 	n->dir = dir;
 	n->mtime = *mtime;
 	n->lazy = -1;
+	n->mode = dir ? PERM_BITS : PERM_BITS & 0444;
 	n->link = t->pending;
 	t->pending = i + 1;
 	atomic_store_explicit(&n->state, QV_NODE_PENDING, memory_order_release);
@@ -186,7 +188,8 @@ int qv_tree_add_kid(struct qv_node *dir, uint64_t ino)
 	return 0;
 }
 
-/* A new entry belongs to its folder's owner: a folder's nodes are freed together. */
+/* A new entry starts with its folder's owner and permissions (a file: read bits only), so
+ * generated files and folders derive from the folder they are in unless a builder says more. */
 struct qv_node *qv_tree_add(struct qv_tree *t, struct qv_node *dir, const char *name, bool isdir,
 			    const struct timespec *mtime)
 {
@@ -196,6 +199,9 @@ struct qv_node *qv_tree_add(struct qv_tree *t, struct qv_node *dir, const char *
 		return NULL;
 	n->up = dir;
 	n->gen = dir->gen;
+	n->uid = dir->uid;
+	n->gid = dir->gid;
+	n->mode = isdir ? dir->mode : dir->mode & 0444;
 	return n;
 }
 
@@ -243,6 +249,35 @@ struct qv_node *qv_tree_lookup_unsorted(struct qv_tree *t, const struct qv_node 
 			return n;
 	}
 	return NULL;
+}
+
+void qv_tree_perm_set(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode)
+{
+	n->uid = uid;
+	n->gid = gid;
+	n->mode = mode & PERM_BITS;
+}
+
+/* The three bits of class c (0 owner, 1 group, 2 others) of mode. */
+static unsigned cls(mode_t mode, int c)
+{
+	return (mode >> (6 - 3 * c)) & 7;
+}
+
+/* The rule: a caller is in exactly one class of n (owner if its uid is n's, else group if it is
+ * in n's group, else others) but may be in any class of the source whose membership differs:
+ * a caller in n's group is the source's owner when the owners differ, and in or out of the
+ * source's group when the groups differ. Each class of n keeps the bits that every class of the
+ * source it may fall into grants. With one owner and one group this is a plain AND. */
+void qv_tree_perm_and(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode)
+{
+	unsigned u = cls(mode, 0), g = cls(mode, 1), o = cls(mode, 2);
+	bool su = uid == n->uid, sg = gid == n->gid;
+	unsigned as_owner = su ? u : g & o;
+	unsigned as_group = (su ? 7 : u) & g & (sg ? 7 : o);
+	unsigned as_other = (su ? 7 : u) & (sg ? 7 : g) & o;
+
+	n->mode &= (mode_t)(as_owner << 6 | as_group << 3 | as_other) & PERM_BITS;
 }
 
 uint64_t qv_tree_bytes(struct qv_tree *t)

@@ -119,6 +119,8 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 	for (uint32_t f = 0; f < nfiles; f++)
 		for (size_t i = 0; i < fk[f].n; i++)
 			w[nw++] = (struct qv_wentry){ fk[f].keys[i], fk[f].file };
+	for (uint32_t f = 0; f < nfiles; f++) /* it shows every file's keys */
+		qv_view_perm_and_node(n, fk[f].node);
 	rc = qv_view_index(n, src, sizeof(src) - 1, w, nw, total, err, errlen);
 	free(w);
 	return rc;
@@ -152,6 +154,8 @@ static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *d
 				n->vf.base = g->src;
 				rc = qv_view_passthrough(g, si, n);
 			}
+			if (!rc)
+				qv_view_perm_of_sources(n);
 		}
 	}
 	return rc;
@@ -174,7 +178,10 @@ int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, st
 			break;
 		n->vf.base = g->src;
 		fk[k - 1].file = names[k - 1];
+		fk[k - 1].node = n;
 		rc = build_file(g, p, k, n, &fk[k - 1], err, errlen);
+		if (!rc) /* every rank file that holds one of its chunks */
+			qv_view_perm_of_sources(n);
 	}
 	if (!rc) {
 		n = qv_tree_add(t, dn, "model.safetensors.index.json", false, &dn->mtime);

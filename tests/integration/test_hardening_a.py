@@ -8,8 +8,10 @@ mount with allow_other), as test_reliability.py's do.
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
+import stat
 import threading
 import time
 
@@ -17,13 +19,39 @@ import pytest
 
 from helpers import QV, check_view, run, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
-from support_daemon import fd_targets, rss_kib, unmount
+from support_daemon import fd_targets, rss_kib, run_merged, unmount
 
 
 SECOND = "model-00002-of-00002.safetensors"
+INDEX = "model.safetensors.index.json"
+TEST_USER = "qvlmoefs-test"
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def as_user(cmd):
+    """Run a shell command as TEST_USER; (exit status, output)."""
+    return run_merged("su", TEST_USER, "-s", "/bin/sh", "-c", cmd, timeout=60, cwd="/")
+
+
+def need_test_user():
+    """Skip without root; create TEST_USER when missing; return its gid."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user and mount with allow_other")
+    if run("id", TEST_USER, check=False).returncode != 0:
+        run("useradd", "-M", "-s", "/bin/sh", TEST_USER)
+    return int(run("id", "-g", TEST_USER).stdout)
+
+
+def user_reads(path):
+    """True when TEST_USER can read the whole file at path (cat succeeds)."""
+    return as_user(f"cat {shlex.quote(str(path))} >/dev/null 2>&1")[0] == 0
+
+
+def user_lists(path):
+    """True when TEST_USER can list the folder at path."""
+    return as_user(f"ls {shlex.quote(str(path))} >/dev/null 2>&1")[0] == 0
 
 
 class Log:
@@ -66,6 +94,60 @@ def stats(mnt):
 def generations(mnt):
     """Generations the daemon holds (1 when it does not say: the descriptors tell then)."""
     return stats(mnt).get("generations", 1)
+
+
+# ---------------------------------------------------------------------------- 1: other users
+
+
+def test_other_user_reads_what_the_source_allows(mount, ckpt, tmp):
+    """With allow_other, a second user reads through the mount exactly the files it can read
+    in the source: owners, groups and modes of the sources carry over (less write bits), and
+    the index and the inspection files of an unreadable shard are unreadable too."""
+    gid = need_test_user()
+    src = tmp / "perm"
+    shutil.copytree(ckpt["e10"], src)
+    (src / "secret.txt").write_text("top secret\n")
+    (src / "secret.txt").chmod(0o600)
+    (src / "group.txt").write_text("for the group\n")
+    os.chown(src / "group.txt", 0, gid)
+    (src / "group.txt").chmod(0o640)
+    (src / "private").mkdir()
+    (src / "private/inner.txt").write_text("inside a 0700 folder\n")
+    (src / "private").chmod(0o700)
+    (src / SECOND).chmod(0o600)
+    m = mount(src, None, "-o", "allow_other")
+    files = ["config.json", "secret.txt", "group.txt", "private/inner.txt",
+             "model-00001-of-00002.safetensors", SECOND]
+    got = {f: (user_reads(src / f), user_reads(m / f)) for f in files}
+    print(got)
+    assert {f: s for f, (s, _) in got.items()} == {f: v for f, (_, v) in got.items()}, \
+        f"(source, view) readable by {TEST_USER} differ: {got}"
+    assert got["secret.txt"] == (False, False) and got["group.txt"] == (True, True)
+    assert user_lists(m) and not user_lists(m / "private")
+    st = os.stat(m / "group.txt")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, gid, 0o440), st
+    # generated files show no more than the sources they come from
+    assert user_reads(src / INDEX) and not user_reads(m / INDEX), "index names the 0600 shard's keys"
+    assert user_reads(m / ".qvlmoefs/view.json")
+    h = m / ".qvlmoefs"
+    assert not user_reads(h / "headers" / f"{SECOND}.json")
+    assert user_reads(h / "headers" / "model-00001-of-00002.safetensors.json")
+    assert not user_lists(h / "tensors"), "tensors/ lists the 0600 shard's keys"
+    assert user_reads(h / "tensors/model.visual.pos_embed.weight")  # in shard 1
+    assert not user_reads(h / "tensors/lm_head.weight")  # in the 0600 shard 2
+
+
+def test_other_user_stopped_by_folders_above_the_source(mount, ckpt, tmp):
+    """A source below a folder the user cannot search stays out of reach through the mount."""
+    need_test_user()
+    outer = tmp / "closed"
+    outer.mkdir()
+    shutil.copytree(ckpt["e10"], outer / "src")
+    outer.chmod(0o700)
+    m = mount(outer / "src", None, "-o", "allow_other")
+    assert not user_reads(outer / "src/config.json")
+    assert not user_reads(m / "config.json"), "the mount lets in what the folder above denies"
+    assert not user_lists(m)
 
 
 # ---------------------------------------------------------------------------- 2: generations

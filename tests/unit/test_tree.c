@@ -148,6 +148,47 @@ out:
 	qv_tree_fini(&t);
 }
 
+/* The permissions of a node made with (u1, g1, m1) narrowed by a source (u2, g2, m2). */
+static mode_t combine(uid_t u1, gid_t g1, mode_t m1, uid_t u2, gid_t g2, mode_t m2, uid_t *uid,
+		      gid_t *gid)
+{
+	struct qv_node n = { 0 };
+
+	qv_tree_perm_set(&n, u1, g1, m1);
+	qv_tree_perm_and(&n, u2, g2, m2);
+	*uid = n.uid;
+	*gid = n.gid;
+	return n.mode;
+}
+
+TEST(tree_permission_rule)
+{
+	struct qv_node n = { 0 };
+	uid_t u;
+	gid_t g;
+
+	/* write, set-id and sticky bits never show */
+	qv_tree_perm_set(&n, 5, 6, 07777);
+	CHECK_EQ_INT(n.mode, 0555);
+	/* one owner, one group: a plain AND */
+	CHECK_EQ_INT(combine(5, 6, 0644, 5, 6, 0640, &u, &g), 0440);
+	CHECK(u == 5 && g == 6);
+	CHECK_EQ_INT(combine(5, 6, 0755, 5, 6, 0600, &u, &g), 0400);
+	/* other owner, same group: the owner of n may be anyone to the source (group or others);
+	 * n's group may be the source's owner or in its group */
+	CHECK_EQ_INT(combine(5, 6, 0644, 7, 6, 0640, &u, &g), 0040);
+	CHECK(u == 5 && g == 6);
+	CHECK_EQ_INT(combine(5, 6, 0644, 7, 6, 0644, &u, &g), 0444);
+	/* same owner, other group: n's group and others may or may not be in the source's group */
+	CHECK_EQ_INT(combine(5, 6, 0644, 5, 8, 0640, &u, &g), 0400);
+	CHECK_EQ_INT(combine(5, 6, 0644, 5, 8, 0604, &u, &g), 0400);
+	CHECK_EQ_INT(combine(5, 6, 0644, 5, 8, 0644, &u, &g), 0444);
+	/* nobody but the source's owner may read it: nobody of n may */
+	CHECK_EQ_INT(combine(5, 6, 0644, 7, 8, 0600, &u, &g), 0000);
+	/* a world-readable source never narrows */
+	CHECK_EQ_INT(combine(5, 6, 0555, 7, 8, 0555, &u, &g), 0555);
+}
+
 /* ---------------------------------------------------------------- through the mount */
 
 static size_t open_fds(void)
