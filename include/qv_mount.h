@@ -77,6 +77,10 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 /* The daemon's counters as one line of JSON; 0 or -ENOMEM. */
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
 
+/* A length that the value of xattr name of node n never exceeds, for size queries of values
+ * that change between calls; 0 for a value that does not change. */
+size_t qv_mount_xattr_max(const struct qv_node *n, const char *name);
+
 /* The bytes of a .qvlmoefs/ file, made now (counters change); 0 or -errno. */
 int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out);
 

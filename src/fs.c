@@ -405,11 +405,13 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-/* Reply with value (len bytes) to a get/listxattr call: its size when asked, else the bytes. */
-static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t size)
+/* Reply with value (len bytes) to a get/listxattr call: its size when asked, else the bytes.
+ * A value that changes between calls (max > 0) answers size queries with a bound it never
+ * exceeds, so the buffer a caller sizes by it always holds the value it fetches next. */
+static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t max, size_t size)
 {
 	if (size == 0)
-		fuse_reply_xattr(req, len);
+		fuse_reply_xattr(req, len > max ? len : max);
 	else if (size < len)
 		fuse_reply_err(req, ERANGE);
 	else
@@ -426,7 +428,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		reply_xattr(req, b.p ? b.p : "", b.len, size);
+		reply_xattr(req, b.p ? b.p : "", b.len, qv_mount_xattr_max(n, name), size);
 	qv_buf_free(&b);
 	put(fs, n);
 }
@@ -441,15 +443,58 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		reply_xattr(req, b.p ? b.p : "", b.len, size);
+		reply_xattr(req, b.p ? b.p : "", b.len, 0, size);
 	qv_buf_free(&b);
 	put(fs, n);
 }
 
+/* True when the caller of req is in group gid (its own or a supplementary one). */
+static bool in_group(fuse_req_t req, gid_t gid)
+{
+	gid_t small[64], *list = small;
+	bool found = false;
+	int n;
+
+	if (fuse_req_ctx(req)->gid == gid)
+		return true;
+	n = fuse_req_getgroups(req, 64, small); /* reads /proc: only when the gid is not it */
+	if (n > 64 && (list = malloc((size_t)n * sizeof(*list))))
+		n = fuse_req_getgroups(req, n, list);
+	for (int i = 0; i < n && list && !found; i++)
+		found = list[i] == gid;
+	if (list != small)
+		free(list);
+	return found;
+}
+
+/* What the kernel's default_permissions check decides for the caller of req (only asked
+ * without that option): the class of the caller picks the bits; root reads everything and
+ * executes what anyone may; writes are refused (read-only). */
+static int may_access(fuse_req_t req, const struct qv_node *n, int mask)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	unsigned want = (mask & R_OK ? 4u : 0) | (mask & X_OK ? 1u : 0), have;
+
+	if (mask & W_OK)
+		return -EROFS;
+	if (c->uid == 0)
+		return (mask & X_OK) && !n->dir && !(n->mode & 0111) ? -EACCES : 0;
+	if (c->uid == n->uid)
+		have = (n->mode >> 6) & 7;
+	else if (in_group(req, n->gid))
+		have = (n->mode >> 3) & 7;
+	else
+		have = n->mode & 7;
+	return (have & want) == want ? 0 : -EACCES;
+}
+
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
-	(void)ino;
-	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
+
+	fuse_reply_err(req, n ? -may_access(req, n, mask) : ENOENT);
+	put(fs, n);
 }
 
 /* Every mutating call: the view is read-only by contract. */

@@ -351,28 +351,42 @@ int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_
 	return -ENOENT;
 }
 
+enum { STATS_N = 10 };
+
+/* The counters v (in the order of the names below) and the uptime as one line of JSON. Every
+ * value is an integer, so a line of UINT64_MAX values is the longest there can be. */
+static int stats_format(struct qv_buf *out, const uint64_t v[STATS_N], uint64_t uptime_ms)
+{
+	return qv_buf_printf(out,
+			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
+			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
+			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%llu,"
+			     "\"generations\":%llu,\"uptime_s\":%llu.%03llu}\n",
+			     (unsigned long long)v[0], (unsigned long long)v[1],
+			     (unsigned long long)v[2], (unsigned long long)v[3],
+			     (unsigned long long)v[4], (unsigned long long)v[5],
+			     (unsigned long long)v[6], (unsigned long long)v[7],
+			     (unsigned long long)v[8], (unsigned long long)v[9],
+			     (unsigned long long)(uptime_ms / 1000),
+			     (unsigned long long)(uptime_ms % 1000));
+}
+
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 {
 	struct qv_stats *s = &m->stats;
 	struct timespec now;
 	uint64_t opens = atomic_load(&s->opens), releases = atomic_load(&s->releases);
+	uint64_t v[STATS_N] = { atomic_load(&s->reads),	      atomic_load(&s->bytes_served),
+				atomic_load(&s->bytes_src),   atomic_load(&s->bytes_uring),
+				atomic_load(&s->bytes_pread), atomic_load(&s->errors),
+				opens,			      opens > releases ? opens - releases : 0,
+				qv_tree_count(&m->tree),      atomic_load(&m->ngens) };
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return qv_buf_printf(out,
-			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
-			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
-			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%zu,"
-			     "\"generations\":%zu,\"uptime_s\":%.3f}\n",
-			     (unsigned long long)atomic_load(&s->reads),
-			     (unsigned long long)atomic_load(&s->bytes_served),
-			     (unsigned long long)atomic_load(&s->bytes_src),
-			     (unsigned long long)atomic_load(&s->bytes_uring),
-			     (unsigned long long)atomic_load(&s->bytes_pread),
-			     (unsigned long long)atomic_load(&s->errors), (unsigned long long)opens,
-			     (unsigned long long)(opens > releases ? opens - releases : 0),
-			     qv_tree_count(&m->tree), atomic_load(&m->ngens),
-			     (double)(now.tv_sec - s->start.tv_sec) +
-				     (double)(now.tv_nsec - s->start.tv_nsec) / 1e9);
+	return stats_format(out, v,
+			    (uint64_t)(now.tv_sec - s->start.tv_sec) * 1000 +
+				    (uint64_t)(now.tv_nsec / 1000000) -
+				    (uint64_t)(s->start.tv_nsec / 1000000));
 }
 
 #define X_STATS "user.qvlmoefs.stats"
@@ -384,6 +398,20 @@ int qv_mount_xattr(struct qv_mount *m, const struct qv_node *n, const char *name
 	if (n->ino == 1 && !strcmp(name, X_STATS))
 		return qv_mount_stats_json(m, out);
 	return qv_inspect_xattr(n, name, out);
+}
+
+size_t qv_mount_xattr_max(const struct qv_node *n, const char *name)
+{
+	uint64_t v[STATS_N];
+	struct qv_buf b = { 0 };
+	size_t len;
+
+	if (n->ino != 1 || strcmp(name, X_STATS))
+		return 0; /* the other values are fixed once built */
+	memset(v, 0xff, sizeof(v));
+	len = stats_format(&b, v, UINT64_MAX) ? 4096 : b.len;
+	qv_buf_free(&b);
+	return len;
 }
 
 int qv_mount_xattr_names(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out)

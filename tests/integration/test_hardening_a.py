@@ -5,6 +5,8 @@ built, and replies the kernel did not take.
 Each test is one behaviour; the other users' tests need root (to create the test user and to
 mount with allow_other), as test_reliability.py's do.
 """
+import ctypes
+import ctypes.util
 import errno
 import json
 import os
@@ -12,6 +14,7 @@ import shlex
 import shutil
 import signal
 import stat
+import subprocess
 import threading
 import time
 
@@ -79,6 +82,20 @@ def rescan(d, log, n_before):
                   interval=0.0005)
     assert ok, f"no rescan outcome logged after SIGHUP:\n{d.log()[-2000:]}"
     return sum(log.text.count(w) for w in outcome)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def getxattr_raw(path, name, size):
+    """getxattr(2) with a buffer of size bytes (size 0: the size query); (length, bytes)."""
+    buf = ctypes.create_string_buffer(max(size, 1))
+    n = _libc.getxattr(str(path).encode(), name.encode(), buf if size else None,
+                       ctypes.c_size_t(size))
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+    return n, buf.raw[:n] if size else b""
 
 
 def held_fds(pid):
@@ -256,6 +273,85 @@ def test_file_open_across_rescan(daemon, ckpt, tmp):
     check_view(src, m)
     unmount(m)
     assert d.wait() == 0
+
+
+# ---------------------------------------------------------------------------- 7: xattrs, access
+
+
+def test_stats_xattr_size_query_holds_the_value(mount, ckpt):
+    """The size a caller gets for user.qvlmoefs.stats always fits the value fetched next, even
+    when the counters grow in between (a read between the two calls, or readers under load)."""
+    m = mount(ckpt["e10"])
+    size, _ = getxattr_raw(m, "user.qvlmoefs.stats", 0)
+    (m / SECOND).read_bytes()  # bytes_served goes from one digit to several
+    n, value = getxattr_raw(m, "user.qvlmoefs.stats", size)
+    assert json.loads(value)["bytes_served"] > 0 and n <= size
+    stop, erange = threading.Event(), [0]
+
+    def reader():
+        """Keep the counters moving."""
+        while not stop.is_set():
+            with open(m / "config.json", "rb", buffering=0) as f:
+                f.read()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    try:
+        for _ in range(5000):
+            size, _ = getxattr_raw(m, "user.qvlmoefs.stats", 0)
+            try:
+                getxattr_raw(m, "user.qvlmoefs.stats", size)
+            except OSError as e:
+                assert e.errno == errno.ERANGE, e
+                erange[0] += 1
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert erange[0] == 0, f"{erange[0]} of 5000 fetches got ERANGE"
+
+
+def test_access_checks_execute_bits(mount, ckpt):
+    """access() answers as the modes do: no X_OK on a 0444 file (even for root, which may only
+    execute what someone may), X_OK on folders, R_OK on files, W_OK never."""
+    m = mount(ckpt["e10"])
+    f = m / "config.json"
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o444
+    assert os.access(f, os.R_OK)
+    assert not os.access(f, os.X_OK), "access(X_OK) succeeds on a 0444 file"
+    assert not os.access(f, os.W_OK)
+    assert os.access(m, os.R_OK | os.X_OK) and os.access(m / ".qvlmoefs", os.R_OK | os.X_OK)
+    assert subprocess.run(["test", "-x", str(f)]).returncode != 0
+
+
+def test_access_of_another_users_own_mount(ckpt, tmp):
+    """Without default_permissions (a user's own mount) access() follows the classes: the
+    user may read what its class may, and not what only the owner may."""
+    need_test_user()
+    d = tmp / "own"
+    (d / "m").mkdir(parents=True)
+    shutil.copytree(ckpt["e10"], d / "src")
+    (d / "src/mine.txt").write_text("x\n")
+    (d / "src/rootonly.txt").write_text("y\n")
+    run("chown", "-R", TEST_USER, d)
+    os.chown(d / "src/rootonly.txt", 0, 0)
+    (d / "src/rootonly.txt").chmod(0o600)
+    (d / "src/mine.txt").chmod(0o755)
+    mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+    os.chmod("/dev/fuse", 0o666)
+    q = {k: shlex.quote(str(d / v)) for k, v in {"src": "src", "m": "m"}.items()}
+    try:
+        rc, out = as_user(f"{shlex.quote(str(QV))} {q['src']} {q['m']}")
+        assert rc == 0, out
+        try:
+            rc, out = as_user(f"test -r {q['m']}/mine.txt && test -x {q['m']}/mine.txt && "
+                              f"! test -x {q['m']}/config.json && ! test -r {q['m']}/rootonly.txt")
+            assert rc == 0, f"access() as {TEST_USER} disagrees with the modes: {out}"
+        finally:
+            as_user(f"fusermount3 -u {q['m']}")
+    finally:
+        os.chmod("/dev/fuse", mode)
 
 
 # ---------------------------------------------------------------------------- 8: statfs
