@@ -104,8 +104,9 @@ struct qv_node *qv_tree_slot(struct qv_tree *t, uint64_t ino);
 /* Append entry ino to folder dir; 0 or -ENOMEM. */
 int qv_tree_add_kid(struct qv_node *dir, uint64_t ino);
 
-/* Sort folder dir's entries by name, equal names in creation order (lookups bisect them). */
-void qv_tree_sort(struct qv_tree *t, struct qv_node *dir);
+/* Sort folder dir's entries by name, equal names in creation order (lookups bisect them);
+ * the later of two entries with one name, or NULL when every name is unique. */
+struct qv_node *qv_tree_sort(struct qv_tree *t, struct qv_node *dir);
 
 /* The entry name of folder dir once sorted, or NULL. */
 struct qv_node *qv_tree_lookup(struct qv_tree *t, const struct qv_node *dir, const char *name);

@@ -181,8 +181,9 @@ static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, stru
 		}
 		free(rel);
 	}
-	if (!rc)
-		qv_tree_sort(t, hdrs);
+	/* a folder "x.safetensors.json" beside a file "x.safetensors" would make two entries */
+	if (!rc && qv_tree_sort(t, hdrs))
+		rc = -EEXIST;
 	return rc;
 }
 
@@ -202,15 +203,25 @@ static void dedupe(struct qv_tree *t, struct qv_node *dir)
 int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dir, char *err, size_t errlen)
 {
-	struct qv_node *h = child(t, dir, QV_HIDDEN, true);
+	struct qv_node *h, *dup;
 
+	if (qv_tree_lookup_unsorted(t, dir, QV_HIDDEN))
+		return qv_err(err, errlen, -EEXIST,
+			      "%s%s%s in the source has the name of the inspection folder %s/ the view "
+			      "adds there: rename it", dir->name, dir->name[0] ? "/" : "", QV_HIDDEN,
+			      QV_HIDDEN);
+	h = qv_tree_add(t, dir, QV_HIDDEN, true, &dir->mtime);
 	if (!h)
 		return qv_err(err, errlen, -ENOMEM, "%s: out of memory", QV_HIDDEN);
 	/* filled on first use: a mount whose inspection folder nobody opens pays nothing */
 	h->inspect = true;
 	h->gen = g;
 	h->hplan = p;
-	qv_tree_sort(t, dir);
+	/* the builders below keep names unique: this is the last word on the folder */
+	dup = qv_tree_sort(t, dir);
+	if (dup)
+		return qv_err(err, errlen, -EEXIST, "%s%stwo entries are named %s", dir->name,
+			      dir->name[0] ? ": " : "", dup->name);
 	return 0;
 }
 
@@ -240,8 +251,8 @@ int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_
 		if (!rc)
 			dedupe(t, tens);
 	}
-	if (!rc)
-		qv_tree_sort(t, h);
+	if (!rc && qv_tree_sort(t, h))
+		rc = -EEXIST;
 	qv_buf_free(&b);
 	return rc ? qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc)) : 0;
 }

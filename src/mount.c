@@ -38,6 +38,9 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 {
 	int rc = qv_view_validate(g, &g->plans[0], err, errlen);
 
+	/* the folders are built on first use: a clash of names must stop the mount now */
+	if (!rc && g->sharded)
+		rc = qv_view_dcp_check(g, err, errlen);
 	for (size_t i = 0; !rc && i < g->nplans; i++) {
 		char name[64];
 		struct qv_node *n;

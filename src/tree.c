@@ -214,10 +214,17 @@ static int cmp_node_name(const void *a, const void *b, void *tp)
 	return c ? c : (x > y) - (x < y); /* equal names: the earlier node first */
 }
 
-void qv_tree_sort(struct qv_tree *t, struct qv_node *dir)
+struct qv_node *qv_tree_sort(struct qv_tree *t, struct qv_node *dir)
 {
 	if (dir->nkids > 1) /* an empty folder has no array at all */
 		qsort_r(dir->kids, dir->nkids, sizeof(*dir->kids), cmp_node_name, t);
+	for (size_t i = 1; i < dir->nkids; i++) {
+		struct qv_node *n = qv_tree_slot(t, dir->kids[i]);
+
+		if (!strcmp(qv_tree_slot(t, dir->kids[i - 1])->name, n->name))
+			return n;
+	}
+	return NULL;
 }
 
 struct qv_node *qv_tree_lookup(struct qv_tree *t, const struct qv_node *dir, const char *name)

@@ -161,6 +161,29 @@ static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *d
 	return rc;
 }
 
+/* Consolidated file k (1-based) of nf: its name, into buf (64 bytes). */
+static void file_name(char *buf, uint32_t k, uint32_t nf)
+{
+	snprintf(buf, 64, "model-%05u-of-%05u.safetensors", k, nf);
+}
+
+int qv_view_dcp_check(const struct qv_gen *g, char *err, size_t errlen)
+{
+	const struct qv_snode *root = &g->scan.n[0];
+	char name[64];
+
+	for (uint32_t k = 1; k <= g->dcp.nfiles; k++) {
+		file_name(name, k, g->dcp.nfiles);
+		for (size_t i = 0; i < root->nkids; i++)
+			if (!strcmp(g->scan.n[root->kids[i]].name, name))
+				return qv_err(err, errlen, -EEXIST,
+					      "%s (a file in the sharded save's folder) and the "
+					      "consolidated %s assembled from its rank files would have "
+					      "one name: move the file away", name, name);
+	}
+	return 0;
+}
+
 int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
 		char *err, size_t errlen)
 {
@@ -170,8 +193,10 @@ int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, st
 	struct qv_node *n;
 	int rc = fk && names ? 0 : -ENOMEM;
 
+	if (!rc && (rc = qv_view_dcp_check(g, err, errlen)))
+		goto out;
 	for (uint32_t k = 1; k <= nf && !rc; k++) {
-		snprintf(names[k - 1], sizeof(names[k - 1]), "model-%05u-of-%05u.safetensors", k, nf);
+		file_name(names[k - 1], k, nf);
 		n = qv_tree_add(t, dn, names[k - 1], false, &dn->mtime);
 		rc = n ? 0 : -ENOMEM;
 		if (rc)
@@ -195,6 +220,7 @@ int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, st
 		qv_tree_sort(t, dn);
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "out of memory");
+out:
 	for (uint32_t k = 0; fk && k < nf; k++)
 		qv_fkeys_fini(&fk[k]);
 	free(fk);

@@ -275,6 +275,24 @@ def test_file_open_across_rescan(daemon, ckpt, tmp):
     assert d.wait() == 0
 
 
+# ---------------------------------------------------------------------------- 5, 6: names
+
+
+@pytest.mark.parametrize("opts", [(), ("-o", "ep_size=2")], ids=["view", "rank_folders"])
+def test_stray_file_named_as_consolidated_refuses_mount(mount, ckpt, tmp, opts):
+    """A file beside a sharded save's rank files that has a consolidated file's name stops the
+    mount with one message naming both, instead of a folder with two entries of one name (rank
+    folders, built on first use, included)."""
+    src = tmp / "dcp"
+    shutil.copytree(ckpt.make("dcp-w4", "--sharded-save", "4"), src)
+    shutil.copy(ckpt["hf"] / "model-00001-of-00002.safetensors", src)
+    p = mount.fail(src, tmp / "m", *opts)
+    out = p.stdout + p.stderr
+    print(out, end="")
+    assert "model-00001-of-00002.safetensors (a file in the sharded save's folder)" in out, out
+    assert "consolidated model-00001-of-00002.safetensors" in out, out
+
+
 # ---------------------------------------------------------------------------- 7: xattrs, access
 
 

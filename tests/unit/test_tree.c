@@ -131,6 +131,23 @@ out:
 	qv_tree_fini(&t);
 }
 
+TEST(tree_sort_names_a_duplicate)
+{
+	struct qv_tree t;
+	struct qv_node *top, *dup;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0) || !CHECK(top = small_tree(&t, OWNER_A)))
+		goto out;
+	CHECK(qv_tree_sort(&t, top) == NULL);
+	dup = qv_tree_add(&t, top, "a", false, &T0);
+	if (CHECK(dup)) {
+		CHECK(qv_tree_sort(&t, top) == dup); /* the later of the two */
+		qv_tree_commit(&t);
+	}
+out:
+	qv_tree_fini(&t);
+}
+
 TEST(tree_fault_injection_fails_the_nth_node)
 {
 	struct qv_tree t;
