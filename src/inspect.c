@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,14 @@ static int vheader(const struct qv_vfile *vf, struct qv_st *st, const char **jso
 	return qv_st_parse(*json, *n, vf->size, st, why, sizeof(why));
 }
 
+/* A name a file may have: not empty, "." or "..", at most NAME_MAX bytes, no '/' (NUL cannot
+ * occur: names are C strings). */
+static bool file_name_ok(const char *name)
+{
+	return name[0] && strcmp(name, ".") && strcmp(name, "..") && strlen(name) <= NAME_MAX &&
+	       !strchr(name, '/');
+}
+
 /* headers/<name>.json for virtual file vnode, with vnode's permissions. */
 static int header_file(struct qv_tree *t, struct qv_node *dir, const struct qv_node *vnode,
 		       const char *json, uint64_t n)
@@ -131,8 +140,6 @@ static int tensor_file(struct qv_tree *tr, struct qv_node *dir, const struct qv_
 	struct qv_buf shape = { 0 };
 	int rc = 0;
 
-	if (strchr(t->name, '/'))
-		return 0; /* a key no file name can hold is left out */
 	/* no lookup here (quadratic in tensors): duplicates are dropped once sorted */
 	n = qv_tree_add(tr, dir, t->name, false, &dir->mtime);
 	if (!n)
@@ -151,9 +158,29 @@ static int tensor_file(struct qv_tree *tr, struct qv_node *dir, const struct qv_
 	return rc ? rc : n->ti ? 0 : -ENOMEM;
 }
 
+/* What walk leaves out: names that no file may have, per .qvlmoefs/ folder, for one log line. */
+struct skipped {
+	size_t keys, headers;
+};
+
+/* tensors/<key> for each tensor of virtual file n (header st, at rel) that a file may be named. */
+static int tensor_files(struct qv_tree *t, struct qv_node *tens, const struct qv_node *n,
+			const char *rel, const struct qv_st *st, struct skipped *sk)
+{
+	int rc = 0;
+
+	for (size_t k = 0; k < st->nt && !rc; k++) {
+		if (file_name_ok(st->t[k].name))
+			rc = tensor_file(t, tens, n, rel, st, &st->t[k]);
+		else
+			sk->keys++;
+	}
+	return rc;
+}
+
 /* headers/<rel>.json and tensors/<key> for every virtual safetensors file below dir. */
 static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, struct qv_node *hdrs,
-		struct qv_node *tens)
+		struct qv_node *tens, struct skipped *sk)
 {
 	int rc = 0;
 
@@ -171,12 +198,15 @@ static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, stru
 
 			if (sub)
 				qv_tree_perm_set(sub, n->uid, n->gid, n->mode);
-			rc = sub ? walk(t, n, rel, sub, tens) : -ENOMEM;
+			rc = sub ? walk(t, n, rel, sub, tens, sk) : -ENOMEM;
 		} else if (!n->dir && qv_ends_with(n->name, ".safetensors") &&
 			   vheader(&n->vf, &st, &json, &len) == 0) {
-			rc = header_file(t, hdrs, n, json, len);
-			for (size_t k = 0; k < st.nt && !rc; k++)
-				rc = tensor_file(t, tens, n, rel, &st, &st.t[k]);
+			if (strlen(n->name) + 5 <= NAME_MAX)
+				rc = header_file(t, hdrs, n, json, len);
+			else
+				sk->headers++; /* <name>.json would be longer than a name may be */
+			if (!rc)
+				rc = tensor_files(t, tens, n, rel, &st, sk);
 			qv_st_free(&st);
 		}
 		free(rel);
@@ -229,6 +259,7 @@ int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_
 		    size_t errlen)
 {
 	struct qv_node *dir = h->up, *f, *hdrs, *tens;
+	struct skipped sk = { 0 };
 	struct qv_buf b = { 0 };
 	int rc = 0;
 
@@ -247,14 +278,20 @@ int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_
 	if (!rc && h->hplan) {
 		hdrs = child(t, h, "headers", true);
 		tens = child(t, h, "tensors", true);
-		rc = hdrs && tens ? walk(t, dir, "", hdrs, tens) : -ENOMEM;
+		rc = hdrs && tens ? walk(t, dir, "", hdrs, tens, &sk) : -ENOMEM;
 		if (!rc)
 			dedupe(t, tens);
 	}
 	if (!rc && qv_tree_sort(t, h))
 		rc = -EEXIST;
 	qv_buf_free(&b);
-	return rc ? qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc)) : 0;
+	if (rc)
+		return qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc));
+	if (sk.keys || sk.headers)
+		qv_log("%s%s%s: left out %zu tensor names and %zu header files whose names no file "
+		       "may have (empty, \".\", \"..\", over %d bytes, or with '/')",
+		       dir->name, dir->name[0] ? "/" : "", QV_HIDDEN, sk.keys, sk.headers, NAME_MAX);
+	return 0;
 }
 
 /* One line per run the tensor file's bytes come from: "FILE OFFSET LENGTH", strided runs as

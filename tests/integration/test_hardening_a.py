@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -82,6 +83,17 @@ def rescan(d, log, n_before):
                   interval=0.0005)
     assert ok, f"no rescan outcome logged after SIGHUP:\n{d.log()[-2000:]}"
     return sum(log.text.count(w) for w in outcome)
+
+
+def write_st(path, tensors):
+    """A minimal safetensors file: tensors maps name -> bytes (each a 1-D U8 tensor)."""
+    hdr, off = {"__metadata__": {"format": "pt"}}, 0
+    for name, data in tensors.items():
+        hdr[name] = {"dtype": "U8", "shape": [len(data)], "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    j = json.dumps(hdr, separators=(",", ":")).encode()
+    j += b" " * (-(8 + len(j)) % 8)
+    path.write_bytes(struct.pack("<Q", len(j)) + j + b"".join(tensors.values()))
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -291,6 +303,30 @@ def test_stray_file_named_as_consolidated_refuses_mount(mount, ckpt, tmp, opts):
     print(out, end="")
     assert "model-00001-of-00002.safetensors (a file in the sharded save's folder)" in out, out
     assert "consolidated model-00001-of-00002.safetensors" in out, out
+
+
+def test_tensor_names_that_are_no_file_names(daemon, tmp):
+    """Keys that no file may be named ('.', '..', over 255 bytes, with '/') are left out of
+    .qvlmoefs/tensors/ (logged once with their count); every listed name is one a file may have
+    and the folder has one '.' and one '..'."""
+    src = tmp / "names"
+    src.mkdir()
+    long_key = "k" * 1100
+    write_st(src / "model.safetensors", {"..": b"\1" * 4, ".": b"\2" * 4, long_key: b"\3" * 4,
+                                         "a/b": b"\4" * 4, "x" * 300: b"\5" * 4, "ok": b"\6" * 4})
+    m = tmp / "m"
+    d = daemon(src, m, "-o", "view=hf")
+    t = m / ".qvlmoefs/tensors"
+    names = os.listdir(t)
+    assert names == ["ok"], names
+    p = subprocess.run(["ls", "-a", str(t)], stdout=subprocess.PIPE, text=True, check=True)
+    assert p.stdout.split() == [".", "..", "ok"], p.stdout
+    assert (t / "ok").read_bytes() == b"\6" * 4
+    assert d.wait_log("left out 5 tensor names"), d.log()
+    os.listdir(t)
+    assert d.log().count("left out") == 1, d.log()
+    unmount(m)
+    assert d.wait() == 0
 
 
 # ---------------------------------------------------------------------------- 7: xattrs, access
