@@ -5,15 +5,16 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "qv_mount.h"
 
 struct qv_fs {
 	struct qv_mount *m;
 	pthread_key_t tkey; /* per worker thread: its io_uring, scratch and read buffer */
-	uid_t uid;
-	gid_t gid;
 	int direct_io; /* -o direct_io: read() bypasses the page cache */
+	/* fault injection (QVLMOEFS_TEST_FAIL_REPLIES=open=N,entry=N): replies to refuse */
+	atomic_int fail_open, fail_entry;
 };
 
 /* Prepare the glue for mount m; 0 or -errno. */

@@ -43,7 +43,10 @@ struct qv_gen {
 	struct qv_dcp dcp;     /* ... and these are its consolidated tensors */
 	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */
 	size_t nplans;
-	struct qv_gen *prev; /* older generations stay until unmount: open files read them */
+	struct qv_gen *prev; /* the next older generation still held */
+	/* Holds on this generation: 1 while it is the newest, one per kernel lookup of one of its
+	 * nodes, one per open file, one per request using it; freed (with its nodes) at 0. */
+	atomic_uint_least64_t refs;
 };
 
 /* Scan src, open and strictly parse every safetensors header, detect the naming, make the

@@ -25,9 +25,11 @@ struct qv_stats {
 struct qv_mount {
 	struct qv_mount_opts o;
 	char *source;	     /* realpath of the source, for rescans */
-	struct qv_gen *gen;  /* the newest generation; ->prev the older ones */
-	struct qv_tree tree; /* every generation's nodes; tree.top is the newest root */
-	pthread_mutex_t lock; /* serializes growth of the tree (lazy folders, rescans) */
+	struct qv_gen *gen;  /* the newest generation; ->prev the older ones still held */
+	struct qv_tree tree; /* every held generation's nodes; tree.top is the newest root */
+	pthread_mutex_t lock; /* serializes changes of the tree and of the generations' list */
+	pthread_mutex_t root_lock; /* taking a hold on the newest root vs a rescan replacing it */
+	atomic_size_t ngens;	   /* generations held */
 	struct qv_stats stats;
 	atomic_int fallback_logged;
 };
@@ -38,20 +40,34 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 		  size_t errlen);
 
 /* Scan the source again and switch the root to a view of what is there now; files already
- * open keep reading the generation they came from. 0 or -errno with a reason in err (the old
- * view then stays). */
+ * open keep reading the generation they came from, which is freed once nothing holds it.
+ * 0 or -errno with a reason in err (the old view then stays). */
 int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen);
 
 /* Free everything qv_mount_init built (closes source files). */
 void qv_mount_fini(struct qv_mount *m);
 
+/* The published node with inode number ino and one hold on its generation (ino 1: the newest
+ * root, held against a rescan replacing it), or NULL; give the hold back with qv_mount_drop.
+ * A node other than a root must be held already (the kernel knows it). */
+struct qv_node *qv_mount_get(struct qv_mount *m, uint64_t ino);
+
+/* count more holds on node n's generation (the kernel's lookups of n); n must be held. */
+void qv_mount_hold(struct qv_mount *m, struct qv_node *n, uint64_t count);
+
+/* Give back count holds on n's generation (a forget, a request's end); the last hold on a
+ * replaced generation frees it, its nodes and its source descriptors. */
+void qv_mount_drop(struct qv_mount *m, struct qv_node *n, uint64_t count);
+
 /* Make sure folder dir's entries exist (rank folders are built on first use); 0 or -errno. */
 int qv_mount_ready(struct qv_mount *m, struct qv_node *dir);
 
-/* Called on open: 0, or -EIO when a source of the file changed since the mount. */
+/* Called on open (n held): takes the file's sources and a hold on its generation; 0, or -EIO
+ * when a source of the file changed since the mount. */
 int qv_mount_open_file(struct qv_mount *m, struct qv_node *n);
 
-/* Called on release: undo what a successful qv_mount_open_file took. */
+/* Called on release, or when the open could not be replied: undo what a successful
+ * qv_mount_open_file took. */
 void qv_mount_release_file(struct qv_mount *m, struct qv_node *n);
 
 /* Read from a file node into buf; *got short only at EOF; 0 or -errno; counts in stats. */
@@ -60,6 +76,10 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 
 /* The daemon's counters as one line of JSON; 0 or -ENOMEM. */
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
+
+/* A length that the value of xattr name of node n never exceeds, for size queries of values
+ * that change between calls; 0 for a value that does not change. */
+size_t qv_mount_xattr_max(const struct qv_node *n, const char *name);
 
 /* The bytes of a .qvlmoefs/ file, made now (counters change); 0 or -errno. */
 int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out);

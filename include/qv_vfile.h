@@ -24,6 +24,9 @@ struct qv_source {
 	ino_t ino;
 	off_t size;
 	struct timespec mtime;
+	uid_t uid; /* owner, group and mode as scanned: what the view lets others read */
+	gid_t gid;
+	mode_t mode;
 	atomic_int stale_logged;
 	pthread_mutex_t mu; /* serializes opening and closing fd (zeroed = initialized) */
 	int users;	    /* open virtual files reading it; the fd closes at the last release */
@@ -73,7 +76,8 @@ struct qv_rdscratch {
 };
 
 /* Take over b's bytes (b is left empty) as vf's memory and append them as a segment at the
- * end of vf (a file's synthesized header or whole generated content); 0 or -ENOMEM. */
+ * end of vf (a file's synthesized header or whole generated content); 0, -ENOMEM, or -EEXIST
+ * when vf already has its memory (b is then left as it was). */
 int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b);
 
 /* Append a segment; contiguous plain runs of one source merge into the previous one. */

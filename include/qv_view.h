@@ -16,6 +16,7 @@
 /* The view keys of one virtual safetensors file, kept until its folder's index is made. */
 struct qv_fkeys {
 	const char *file;
+	const struct qv_node *node; /* its node, whose permissions its index must not exceed */
 	char **keys;
 	size_t n;
 	uint64_t total; /* bytes of its tensors */
@@ -49,6 +50,13 @@ const char *qv_view_dup_key(char **keys, size_t n);
  * source index text src; 0 or -errno with the reason in why. */
 int qv_view_index(struct qv_node *n, const char *src, size_t len, struct qv_wentry *w, size_t nw,
 		  uint64_t total, char *why, size_t wl);
+
+/* Give file node n the permissions of the sources it reads: the most restrictive of them (see
+ * qv_tree_perm_and); a file that reads none keeps those it was made with. */
+void qv_view_perm_of_sources(struct qv_node *n);
+
+/* Narrow n's permissions to those of node of (an index to those of the files it names). */
+void qv_view_perm_and_node(struct qv_node *n, const struct qv_node *of);
 
 /* Make node n pass scan node si's file through byte for byte; 0 or -ENOMEM. */
 int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n);

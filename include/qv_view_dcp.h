@@ -14,4 +14,8 @@
 int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
 		char *err, size_t errlen);
 
+/* -EEXIST, naming both, when a file beside the rank files of g's sharded save has the name of
+ * a consolidated file (every folder of a view has unique names); else 0. */
+int qv_view_dcp_check(const struct qv_gen *g, char *err, size_t errlen);
+
 #endif

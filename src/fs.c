@@ -64,27 +64,51 @@ static int thread_get(struct qv_fs *fs, size_t need, struct qv_thread **out)
 	return 0;
 }
 
-static void fill_attr(const struct qv_fs *fs, const struct qv_node *n, struct stat *st)
+static void fill_attr(const struct qv_node *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
-	st->st_mode = n->dir ? S_IFDIR | 0555 : S_IFREG | 0444;
+	/* the sources' owner, group and modes (tree.c): default_permissions checks these */
+	st->st_mode = (n->dir ? S_IFDIR : S_IFREG) | n->mode;
 	st->st_nlink = n->dir ? 2 : 1;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
+	st->st_uid = n->uid;
+	st->st_gid = n->gid;
 	st->st_size = (off_t)n->vf.size;
 	st->st_blksize = 1 << 20; /* hint: read in large requests */
 	st->st_blocks = (blkcnt_t)((n->vf.size + 511) / 512);
 	st->st_atim = st->st_mtim = st->st_ctim = n->mtime;
 }
 
-static void fill_entry(const struct qv_fs *fs, const struct qv_node *n, struct fuse_entry_param *e)
+static void fill_entry(const struct qv_node *n, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = n->ino;
-	e->generation = 1;
+	e->generation = n->fgen; /* a reused inode number is another file */
 	e->attr_timeout = e->entry_timeout = CACHE_TIMEOUT;
-	fill_attr(fs, n, &e->attr);
+	fill_attr(n, &e->attr);
+}
+
+/* Fault injection (tests): the next *left replies of a kind are refused the way the kernel
+ * refuses the reply to a request that was interrupted meanwhile, so the handler must undo.
+ * The caller sees ECANCELED (not EINTR, which libraries retry). */
+static bool refuse_reply(fuse_req_t req, atomic_int *left)
+{
+	if (atomic_load(left) <= 0 || atomic_fetch_sub(left, 1) <= 0)
+		return false;
+	fuse_reply_err(req, ECANCELED);
+	return true;
+}
+
+/* A lookup's reply; nonzero when the kernel did not take it (the lookup then does not count). */
+static int reply_entry(struct qv_fs *fs, fuse_req_t req, const struct fuse_entry_param *e)
+{
+	return refuse_reply(req, &fs->fail_entry) ? -ENOENT : fuse_reply_entry(req, e);
+}
+
+/* An open's reply; nonzero when the kernel did not take it: no release will come. */
+static int reply_open(struct qv_fs *fs, fuse_req_t req, const struct fuse_file_info *fi)
+{
+	return refuse_reply(req, &fs->fail_open) ? -ENOENT : fuse_reply_open(req, fi);
 }
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
@@ -104,16 +128,25 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 }
 
-/* The folder ino, with its entries built (rank folders are built on first use); 0 or -errno. */
-static int dir_of(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
+/* Handlers hold the generation of the node they work on until they have replied (for the
+ * root, a rescan may otherwise free it under them); read and release need no hold of their
+ * own, the open file has one. */
+static void put(struct qv_fs *fs, struct qv_node *n)
 {
-	struct qv_node *d = qv_tree_node(&fs->m->tree, ino);
+	if (n)
+		qv_mount_drop(fs->m, n, 1);
+}
+
+/* The folder ino, held, with its entries built (rank folders are built on first use); 0 or
+ * -errno. *out is set (and must be put) whenever the node exists. */
+static int dir_get(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
+{
+	struct qv_node *d = *out = qv_mount_get(fs->m, ino);
 
 	if (!d)
 		return -ENOENT;
 	if (!d->dir)
 		return -ENOTDIR;
-	*out = d;
 	return qv_mount_ready(fs->m, d);
 }
 
@@ -122,40 +155,50 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d, *n;
 	struct fuse_entry_param e;
-	int rc = dir_of(fs, parent, &d);
+	int rc = dir_get(fs, parent, &d);
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	n = qv_tree_lookup(&fs->m->tree, d, name);
-	if (!n) {
-		/* a negative entry may be cached too: the tree never changes while mounted */
+	} else if (!(n = qv_tree_lookup(&fs->m->tree, d, name))) {
+		/* a negative entry may be cached too: a generation never changes */
 		memset(&e, 0, sizeof(e));
 		e.entry_timeout = CACHE_TIMEOUT;
 		fuse_reply_entry(req, &e);
-		return;
+	} else {
+		fill_entry(n, &e);
+		qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
+		if (reply_entry(fs, req, &e))
+			qv_mount_drop(fs->m, n, 1);
 	}
-	fill_entry(fs, n, &e);
-	fuse_reply_entry(req, &e);
+	put(fs, d);
+}
+
+/* The kernel forgets nlookup lookups of ino; the root's are never counted. */
+static void forget_one(struct qv_fs *fs, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct qv_node *n = ino == FUSE_ROOT_ID ? NULL : qv_tree_node(&fs->m->tree, ino);
+
+	if (n)
+		qv_mount_drop(fs->m, n, nlookup);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	(void)ino, (void)nlookup; /* nodes live as long as the mount */
+	forget_one(fs_of(req), ino, nlookup);
 	fuse_reply_none(req);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
-	(void)count, (void)forgets;
+	for (size_t i = 0; i < count; i++)
+		forget_one(fs_of(req), forgets[i].ino, forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
 	struct stat st;
 
 	(void)fi;
@@ -163,65 +206,83 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	fill_attr(fs, n, &st);
+	fill_attr(n, &st);
 	fuse_reply_attr(req, &st, CACHE_TIMEOUT);
+	put(fs, n);
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d;
-	int rc = dir_of(fs_of(req), ino, &d);
+	int rc = dir_get(fs, ino, &d);
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return;
+	} else {
+		fi->cache_readdir = 1;
+		fi->keep_cache = 1;
+		fuse_reply_open(req, fi); /* nothing to undo: a folder handle holds nothing */
 	}
-	fi->cache_readdir = 1;
-	fi->keep_cache = 1;
-	fuse_reply_open(req, fi);
+	put(fs, d);
 }
 
-/* Entries at offsets 0 ".", 1 "..", then kids; an entry's offset is the next one's index. */
+/* Entries of d from index off into buf (at most size bytes); *used bytes, *counted entries
+ * that carry a lookup (readdirplus, past "." and ".."). Offsets: 0 ".", 1 "..", then kids;
+ * an entry's offset is the next one's index. */
+static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *buf, size_t size,
+		     off_t off, bool plus, size_t *used, uint64_t *counted)
+{
+	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
+		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
+		const char *name = i == 0 ? "." : i == 1 ? ".." : n ? n->name : NULL;
+		struct fuse_entry_param e;
+		size_t len;
+
+		if (!n)
+			continue;
+		fill_entry(n, &e);
+		if (plus && i >= 2)
+			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e,
+						     (off_t)i + 1);
+		else if (plus) /* no lookup count for "." and "..": the kernel skips them */
+			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name,
+						     &(struct fuse_entry_param){ .attr = e.attr },
+						     (off_t)i + 1);
+		else
+			len = fuse_add_direntry(req, buf + *used, size - *used, name, &e.attr,
+						(off_t)i + 1);
+		if (len > size - *used)
+			break;
+		*used += len;
+		*counted += plus && i >= 2;
+	}
+}
+
 static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d;
-	char *buf;
+	char *buf = NULL;
 	size_t used = 0;
-	int rc = dir_of(fs, ino, &d);
+	uint64_t counted = 0;
+	int rc = dir_get(fs, ino, &d);
 
+	if (!rc && !(buf = malloc(size)))
+		rc = -ENOMEM;
 	if (rc) {
 		fuse_reply_err(req, -rc);
+		put(fs, d);
 		return;
 	}
-	buf = malloc(size);
-	if (!buf) {
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
-		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
-		const char *name = i == 0 ? "." : i == 1 ? ".." : n->name;
-		struct fuse_entry_param e;
-		size_t len;
-
-		fill_entry(fs, n, &e);
-		if (plus && i >= 2)
-			len = fuse_add_direntry_plus(req, buf + used, size - used, name, &e,
-						     (off_t)i + 1);
-		else if (plus) /* no lookup count for "." and "..": the kernel skips them */
-			len = fuse_add_direntry_plus(req, buf + used, size - used, name,
-						     &(struct fuse_entry_param){ .attr = e.attr },
-						     (off_t)i + 1);
-		else
-			len = fuse_add_direntry(req, buf + used, size - used, name, &e.attr,
-						(off_t)i + 1);
-		if (len > size - used)
-			break;
-		used += len;
-	}
-	fuse_reply_buf(req, buf, used);
+	fill_dir(req, fs, d, buf, size, off, plus, &used, &counted);
+	/* each entry with attributes is a lookup the kernel takes (or forgets at once): entries
+	 * are d's, of d's generation */
+	qv_mount_hold(fs->m, d, counted);
+	if (fuse_reply_buf(req, buf, used) && counted)
+		qv_mount_drop(fs->m, d, counted);
 	free(buf);
+	put(fs, d);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -246,44 +307,39 @@ static void open_dyn(fuse_req_t req, struct qv_fs *fs, struct qv_node *n,
 	struct qv_buf *b = calloc(1, sizeof(*b));
 	int rc = b ? qv_mount_dyn_content(fs->m, n, b) : -ENOMEM;
 
-	if (rc) {
-		if (b)
-			qv_buf_free(b);
-		free(b);
+	if (!rc) {
+		fi->fh = (uint64_t)(uintptr_t)b;
+		fi->direct_io = 1;
+		if (reply_open(fs, req, fi) == 0)
+			return;
+	} else {
 		fuse_reply_err(req, -rc);
-		return;
 	}
-	fi->fh = (uint64_t)(uintptr_t)b;
-	fi->direct_io = 1;
-	fuse_reply_open(req, fi);
+	if (b) /* no release comes for an open that failed or whose reply was not taken */
+		qv_buf_free(b);
+	free(b);
 }
 
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
-	int rc;
+	struct qv_node *n = qv_mount_get(fs->m, ino);
+	int rc = !n ? -ENOENT : n->dir ? -EISDIR : 0;
 
-	if (!n || n->dir) {
-		fuse_reply_err(req, n ? EISDIR : ENOENT);
-		return;
-	}
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
-		fuse_reply_err(req, EROFS);
-		return;
-	}
-	if (n->dyn) {
+	if (!rc && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)))
+		rc = -EROFS;
+	if (!rc && n->dyn) {
 		open_dyn(req, fs, n, fi);
-		return;
+	} else if (!rc && !(rc = qv_mount_open_file(fs->m, n))) {
+		fi->keep_cache = 1;
+		fi->direct_io = fs->direct_io;
+		/* an interrupted open gets no release: give back what it took now */
+		if (reply_open(fs, req, fi))
+			qv_mount_release_file(fs->m, n);
 	}
-	rc = qv_mount_open_file(fs->m, n);
-	if (rc) {
+	if (rc)
 		fuse_reply_err(req, -rc);
-		return;
-	}
-	fi->keep_cache = 1;
-	fi->direct_io = fs->direct_io;
-	fuse_reply_open(req, fi);
+	put(fs, n);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -299,16 +355,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
 		return;
 	}
-	if (n->dyn) {
+	rc = thread_get(fs, size, &t);
+	if (!rc && n->dyn) {
 		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
 		size_t o = (uint64_t)off < b->len ? (size_t)off : b->len;
 
-		fuse_reply_buf(req, b->p + o, size < b->len - o ? size : b->len - o);
-		return;
-	}
-	rc = thread_get(fs, size, &t);
-	if (!rc)
+		/* reply from the thread's own buffer: once the kernel has the reply, the file's
+		 * release (on another thread) may free b before fuse_reply_buf has returned */
+		got = size < b->len - o ? size : b->len - o;
+		if (got)
+			memcpy(t->buf, b->p + o, got);
+	} else if (!rc) {
 		rc = qv_mount_read(fs->m, n, (uint64_t)off, size, t->buf, t->io, &t->sc, &got);
+	}
 	if (rc)
 		fuse_reply_err(req, -rc); /* EIO, never a short reply before EOF */
 	else
@@ -338,18 +397,21 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 	(void)ino;
 	sv.f_bsize = sv.f_frsize = 4096;
+	/* totals kept as nodes are published: no walk over nodes still being built */
 	sv.f_blocks = (qv_tree_bytes(&fs->m->tree) + 4095) / 4096;
-	sv.f_files = atomic_load(&fs->m->tree.nnodes);
+	sv.f_files = qv_tree_count(&fs->m->tree);
 	sv.f_namemax = 255;
 	sv.f_flag = ST_RDONLY;
 	fuse_reply_statfs(req, &sv);
 }
 
-/* Reply with value (len bytes) to a get/listxattr call: its size when asked, else the bytes. */
-static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t size)
+/* Reply with value (len bytes) to a get/listxattr call: its size when asked, else the bytes.
+ * A value that changes between calls (max > 0) answers size queries with a bound it never
+ * exceeds, so the buffer a caller sizes by it always holds the value it fetches next. */
+static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t max, size_t size)
 {
 	if (size == 0)
-		fuse_reply_xattr(req, len);
+		fuse_reply_xattr(req, len > max ? len : max);
 	else if (size < len)
 		fuse_reply_err(req, ERANGE);
 	else
@@ -359,35 +421,80 @@ static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t si
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
 	struct qv_buf b = { 0 };
 	int rc = n ? qv_mount_xattr(fs->m, n, name, &b) : -ENOENT;
 
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		reply_xattr(req, b.p ? b.p : "", b.len, size);
+		reply_xattr(req, b.p ? b.p : "", b.len, qv_mount_xattr_max(n, name), size);
 	qv_buf_free(&b);
+	put(fs, n);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
 	struct qv_buf b = { 0 };
 	int rc = n ? qv_mount_xattr_names(fs->m, n, &b) : -ENOENT;
 
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		reply_xattr(req, b.p ? b.p : "", b.len, size);
+		reply_xattr(req, b.p ? b.p : "", b.len, 0, size);
 	qv_buf_free(&b);
+	put(fs, n);
+}
+
+/* True when the caller of req is in group gid (its own or a supplementary one). */
+static bool in_group(fuse_req_t req, gid_t gid)
+{
+	gid_t small[64], *list = small;
+	bool found = false;
+	int n;
+
+	if (fuse_req_ctx(req)->gid == gid)
+		return true;
+	n = fuse_req_getgroups(req, 64, small); /* reads /proc: only when the gid is not it */
+	if (n > 64 && (list = malloc((size_t)n * sizeof(*list))))
+		n = fuse_req_getgroups(req, n, list);
+	for (int i = 0; i < n && list && !found; i++)
+		found = list[i] == gid;
+	if (list != small)
+		free(list);
+	return found;
+}
+
+/* What the kernel's default_permissions check decides for the caller of req (only asked
+ * without that option): the class of the caller picks the bits; root reads everything and
+ * executes what anyone may; writes are refused (read-only). */
+static int may_access(fuse_req_t req, const struct qv_node *n, int mask)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+	unsigned want = (mask & R_OK ? 4u : 0) | (mask & X_OK ? 1u : 0), have;
+
+	if (mask & W_OK)
+		return -EROFS;
+	if (c->uid == 0)
+		return (mask & X_OK) && !n->dir && !(n->mode & 0111) ? -EACCES : 0;
+	if (c->uid == n->uid)
+		have = (n->mode >> 6) & 7;
+	else if (in_group(req, n->gid))
+		have = (n->mode >> 3) & 7;
+	else
+		have = n->mode & 7;
+	return (have & want) == want ? 0 : -EACCES;
 }
 
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
-	(void)ino;
-	fuse_reply_err(req, (mask & W_OK) ? EROFS : 0);
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
+
+	fuse_reply_err(req, n ? -may_access(req, n, mask) : ENOENT);
+	put(fs, n);
 }
 
 /* Every mutating call: the view is read-only by contract. */
@@ -491,31 +598,36 @@ static const struct fuse_lowlevel_ops ops = {
 	.fallocate = op_fallocate,
 };
 
-/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree. */
+/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree; the
+ * kernel then forgets the old tree's nodes that no open file uses, which frees them. */
 static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
 {
-	for (size_t i = 0; i < top->nkids; i++) {
-		const char *name = qv_tree_node(&fs->m->tree, top->kids[i])->name;
+	for (size_t i = 0; top && i < top->nkids; i++) {
+		const struct qv_node *n = qv_tree_node(&fs->m->tree, top->kids[i]);
 
-		fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, name, strlen(name));
+		if (n)
+			fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, n->name, strlen(n->name));
 	}
 }
 
 int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
 {
-	struct qv_node *old = qv_tree_node(&fs->m->tree, FUSE_ROOT_ID);
+	struct qv_node *old = qv_mount_get(fs->m, FUSE_ROOT_ID), *now; /* held while its names go */
 	char err[QV_ERRLEN];
 	int rc = qv_mount_rescan(fs->m, err, sizeof(err));
 
 	if (rc) {
 		qv_log("rescan failed, the view stays as it was: %s", err);
-		return rc;
+	} else {
+		inval_names(fs, se, old);
+		now = qv_mount_get(fs->m, FUSE_ROOT_ID);
+		inval_names(fs, se, now); /* cached negative entries */
+		put(fs, now);
+		fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
+		qv_log("rescanned the source: the view shows it as it is now");
 	}
-	inval_names(fs, se, old);
-	inval_names(fs, se, qv_tree_node(&fs->m->tree, FUSE_ROOT_ID)); /* cached negative entries */
-	fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
-	qv_log("rescanned the source: the view shows it as it is now");
-	return 0;
+	put(fs, old);
+	return rc;
 }
 
 const struct fuse_lowlevel_ops *qv_fs_ops(void)
@@ -525,10 +637,15 @@ const struct fuse_lowlevel_ops *qv_fs_ops(void)
 
 int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
 {
+	const char *f = getenv("QVLMOEFS_TEST_FAIL_REPLIES"); /* "open=N,entry=N" (tests) */
+	const char *at;
+
 	memset(fs, 0, sizeof(*fs));
 	fs->m = m;
-	fs->uid = getuid();
-	fs->gid = getgid();
+	if (f && (at = strstr(f, "open=")))
+		atomic_init(&fs->fail_open, atoi(at + 5));
+	if (f && (at = strstr(f, "entry=")))
+		atomic_init(&fs->fail_entry, atoi(at + 6));
 	return -pthread_key_create(&fs->tkey, thread_free);
 }
 

@@ -28,7 +28,8 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		m->src_of[i] = (uint32_t)m->nsrc++;
 		*s = (struct qv_source){ .rel = c->rel, .path = c->path, .dev = c->st.st_dev,
 					 .ino = c->st.st_ino, .size = c->st.st_size,
-					 .mtime = c->st.st_mtim };
+					 .mtime = c->st.st_mtim, .uid = c->st.st_uid,
+					 .gid = c->st.st_gid, .mode = c->st.st_mode };
 		atomic_init(&s->fd, -1);
 		if (!qv_ends_with(c->name, ".safetensors"))
 			continue;
@@ -38,6 +39,7 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		atomic_store(&s->fd, fd);
 		s->pinned = true;
 		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
+		s->uid = st.st_uid, s->gid = st.st_gid, s->mode = st.st_mode;
 		m->st_of[i] = calloc(1, sizeof(struct qv_st));
 		if (!m->st_of[i])
 			return qv_err(err, errlen, -ENOMEM, "%s: out of memory", c->rel);

@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,21 +84,34 @@ static int vheader(const struct qv_vfile *vf, struct qv_st *st, const char **jso
 	return qv_st_parse(*json, *n, vf->size, st, why, sizeof(why));
 }
 
-static int header_file(struct qv_tree *t, struct qv_node *dir, const char *name,
+/* A name a file may have: not empty, "." or "..", at most NAME_MAX bytes, no '/' (NUL cannot
+ * occur: names are C strings). */
+static bool file_name_ok(const char *name)
+{
+	return name[0] && strcmp(name, ".") && strcmp(name, "..") && strlen(name) <= NAME_MAX &&
+	       !strchr(name, '/');
+}
+
+/* headers/<name>.json for virtual file vnode, with vnode's permissions. */
+static int header_file(struct qv_tree *t, struct qv_node *dir, const struct qv_node *vnode,
 		       const char *json, uint64_t n)
 {
 	cJSON *j = cJSON_ParseWithLength(json, n);
 	char *pretty = j ? cJSON_Print(j) : NULL;
-	struct qv_buf b = { 0 };
+	struct qv_buf b = { 0 }, fname = { 0 };
+	struct qv_node *f;
 	int rc = pretty ? qv_buf_adds(&b, pretty) : -ENOMEM;
-	char fname[512];
 
 	if (!rc)
 		rc = qv_buf_adds(&b, "\n");
-	snprintf(fname, sizeof(fname), "%s.json", name);
 	if (!rc)
-		rc = mem_file(t, dir, fname, &b);
+		rc = qv_buf_printf(&fname, "%s.json", vnode->name);
+	if (!rc)
+		rc = (f = child(t, dir, fname.p, false)) ? qv_vfile_add_mem(&f->vf, &b) : -ENOMEM;
+	if (!rc)
+		qv_tree_perm_set(f, vnode->uid, vnode->gid, vnode->mode);
 	qv_buf_free(&b);
+	qv_buf_free(&fname);
 	cJSON_free(pretty);
 	cJSON_Delete(j);
 	return rc;
@@ -126,12 +140,14 @@ static int tensor_file(struct qv_tree *tr, struct qv_node *dir, const struct qv_
 	struct qv_buf shape = { 0 };
 	int rc = 0;
 
-	if (strchr(t->name, '/'))
-		return 0; /* a key no file name can hold is left out */
 	/* no lookup here (quadratic in tensors): duplicates are dropped once sorted */
 	n = qv_tree_add(tr, dir, t->name, false, &dir->mtime);
 	if (!n)
 		return -ENOMEM;
+	/* its bytes are the virtual file's: so are its permissions; listing tensors/ shows every
+	 * file's keys, so it may be listed only by whom may read every file */
+	qv_tree_perm_set(n, vnode->uid, vnode->gid, vnode->mode);
+	qv_tree_perm_and(dir, vnode->uid, vnode->gid, (vnode->mode & 0444) | 0111);
 	rc = qv_vfile_slice(&n->vf, &vnode->vf, 8 + st->hdr_len + t->begin, t->end - t->begin);
 	for (uint32_t d = 0; d < t->ndim && !rc; d++)
 		rc = qv_buf_printf(&shape, d ? ",%llu" : "[%llu", (unsigned long long)t->shape[d]);
@@ -142,14 +158,34 @@ static int tensor_file(struct qv_tree *tr, struct qv_node *dir, const struct qv_
 	return rc ? rc : n->ti ? 0 : -ENOMEM;
 }
 
+/* What walk leaves out: names that no file may have, per .qvlmoefs/ folder, for one log line. */
+struct skipped {
+	size_t keys, headers;
+};
+
+/* tensors/<key> for each tensor of virtual file n (header st, at rel) that a file may be named. */
+static int tensor_files(struct qv_tree *t, struct qv_node *tens, const struct qv_node *n,
+			const char *rel, const struct qv_st *st, struct skipped *sk)
+{
+	int rc = 0;
+
+	for (size_t k = 0; k < st->nt && !rc; k++) {
+		if (file_name_ok(st->t[k].name))
+			rc = tensor_file(t, tens, n, rel, st, &st->t[k]);
+		else
+			sk->keys++;
+	}
+	return rc;
+}
+
 /* headers/<rel>.json and tensors/<key> for every virtual safetensors file below dir. */
 static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, struct qv_node *hdrs,
-		struct qv_node *tens)
+		struct qv_node *tens, struct skipped *sk)
 {
 	int rc = 0;
 
 	for (size_t i = 0; i < dir->nkids && !rc; i++) {
-		struct qv_node *n = qv_tree_node(t, dir->kids[i]);
+		struct qv_node *n = qv_tree_slot(t, dir->kids[i]);
 		char *rel = prefix[0] ? qv_path_join(prefix, n->name) : strdup(n->name);
 		const char *json;
 		struct qv_st st;
@@ -160,18 +196,24 @@ static int walk(struct qv_tree *t, struct qv_node *dir, const char *prefix, stru
 		if (n->dir && strcmp(n->name, QV_HIDDEN) && n->lazy < 0) {
 			struct qv_node *sub = child(t, hdrs, n->name, true);
 
-			rc = sub ? walk(t, n, rel, sub, tens) : -ENOMEM;
+			if (sub)
+				qv_tree_perm_set(sub, n->uid, n->gid, n->mode);
+			rc = sub ? walk(t, n, rel, sub, tens, sk) : -ENOMEM;
 		} else if (!n->dir && qv_ends_with(n->name, ".safetensors") &&
 			   vheader(&n->vf, &st, &json, &len) == 0) {
-			rc = header_file(t, hdrs, n->name, json, len);
-			for (size_t k = 0; k < st.nt && !rc; k++)
-				rc = tensor_file(t, tens, n, rel, &st, &st.t[k]);
+			if (strlen(n->name) + 5 <= NAME_MAX)
+				rc = header_file(t, hdrs, n, json, len);
+			else
+				sk->headers++; /* <name>.json would be longer than a name may be */
+			if (!rc)
+				rc = tensor_files(t, tens, n, rel, &st, sk);
 			qv_st_free(&st);
 		}
 		free(rel);
 	}
-	if (!rc)
-		qv_tree_sort(t, hdrs);
+	/* a folder "x.safetensors.json" beside a file "x.safetensors" would make two entries */
+	if (!rc && qv_tree_sort(t, hdrs))
+		rc = -EEXIST;
 	return rc;
 }
 
@@ -182,8 +224,8 @@ static void dedupe(struct qv_tree *t, struct qv_node *dir)
 
 	qv_tree_sort(t, dir);
 	for (size_t i = 0; i < dir->nkids; i++)
-		if (!out || strcmp(qv_tree_node(t, dir->kids[out - 1])->name,
-				   qv_tree_node(t, dir->kids[i])->name))
+		if (!out || strcmp(qv_tree_slot(t, dir->kids[out - 1])->name,
+				   qv_tree_slot(t, dir->kids[i])->name))
 			dir->kids[out++] = dir->kids[i];
 	dir->nkids = out;
 }
@@ -191,43 +233,65 @@ static void dedupe(struct qv_tree *t, struct qv_node *dir)
 int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dir, char *err, size_t errlen)
 {
-	struct qv_node *h = child(t, dir, QV_HIDDEN, true);
+	struct qv_node *h, *dup;
 
+	if (qv_tree_lookup_unsorted(t, dir, QV_HIDDEN))
+		return qv_err(err, errlen, -EEXIST,
+			      "%s%s%s in the source has the name of the inspection folder %s/ the view "
+			      "adds there: rename it", dir->name, dir->name[0] ? "/" : "", QV_HIDDEN,
+			      QV_HIDDEN);
+	h = qv_tree_add(t, dir, QV_HIDDEN, true, &dir->mtime);
 	if (!h)
 		return qv_err(err, errlen, -ENOMEM, "%s: out of memory", QV_HIDDEN);
 	/* filled on first use: a mount whose inspection folder nobody opens pays nothing */
 	h->inspect = true;
 	h->gen = g;
 	h->hplan = p;
-	qv_tree_sort(t, dir);
+	/* the builders below keep names unique: this is the last word on the folder */
+	dup = qv_tree_sort(t, dir);
+	if (dup)
+		return qv_err(err, errlen, -EEXIST, "%s%stwo entries are named %s", dir->name,
+			      dir->name[0] ? ": " : "", dup->name);
 	return 0;
 }
 
 int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_node *h, char *err,
 		    size_t errlen)
 {
-	struct qv_node *dir = qv_tree_node(t, h->parent), *f, *hdrs, *tens;
+	struct qv_node *dir = h->up, *f, *hdrs, *tens;
+	struct skipped sk = { 0 };
 	struct qv_buf b = { 0 };
 	int rc = 0;
 
 	if ((f = child(t, h, "stats", false)))
 		f->dyn = QV_DYN_STATS;
-	if (o->gpu_json && (f = child(t, h, "gpu.json", false)))
+	else
+		rc = -ENOMEM;
+	if (!rc && o->gpu_json && (f = child(t, h, "gpu.json", false)))
 		f->dyn = QV_DYN_GPU;
-	rc = view_json(o, h->gen, h->hplan, &b);
+	else if (!rc && o->gpu_json)
+		rc = -ENOMEM;
+	if (!rc)
+		rc = view_json(o, h->gen, h->hplan, &b);
 	if (!rc)
 		rc = mem_file(t, h, "view.json", &b);
 	if (!rc && h->hplan) {
 		hdrs = child(t, h, "headers", true);
 		tens = child(t, h, "tensors", true);
-		rc = hdrs && tens ? walk(t, dir, "", hdrs, tens) : -ENOMEM;
+		rc = hdrs && tens ? walk(t, dir, "", hdrs, tens, &sk) : -ENOMEM;
 		if (!rc)
 			dedupe(t, tens);
 	}
-	if (!rc)
-		qv_tree_sort(t, h);
+	if (!rc && qv_tree_sort(t, h))
+		rc = -EEXIST;
 	qv_buf_free(&b);
-	return rc ? qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc)) : 0;
+	if (rc)
+		return qv_err(err, errlen, rc, "%s: %s", QV_HIDDEN, strerror(-rc));
+	if (sk.keys || sk.headers)
+		qv_log("%s%s%s: left out %zu tensor names and %zu header files whose names no file "
+		       "may have (empty, \".\", \"..\", over %d bytes, or with '/')",
+		       dir->name, dir->name[0] ? "/" : "", QV_HIDDEN, sk.keys, sk.headers, NAME_MAX);
+	return 0;
 }
 
 /* One line per run the tensor file's bytes come from: "FILE OFFSET LENGTH", strided runs as

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int folder_name(const struct qv_mount *m, const struct qv_plan_opts *po, char *buf,
@@ -36,6 +38,9 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 {
 	int rc = qv_view_validate(g, &g->plans[0], err, errlen);
 
+	/* the folders are built on first use: a clash of names must stop the mount now */
+	if (!rc && g->sharded)
+		rc = qv_view_dcp_check(g, err, errlen);
 	for (size_t i = 0; !rc && i < g->nplans; i++) {
 		char name[64];
 		struct qv_node *n;
@@ -55,63 +60,199 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	return rc;
 }
 
-/* Load a generation and build its root folder; the root gets inode 1 whatever its slot. */
-static int load_view(struct qv_mount *m, char *err, size_t errlen)
+/* Only the folders above the source that a caller could search let it reach the source: each
+ * class that one of them denies search to is denied the view root too. */
+static mode_t search_only(mode_t mode)
 {
-	struct qv_gen *g = calloc(1, sizeof(*g));
-	struct qv_node *top;
+	return (mode & S_IXUSR ? 0700 : 0) | (mode & S_IXGRP ? 0070 : 0) | (mode & S_IXOTH ? 0007 : 0);
+}
+
+/* The view root's owner and modes: the source folder's, narrowed by the folders above it. */
+static void root_perm(const char *source, const struct stat *st, struct qv_node *top)
+{
+	char *p = strdup(source), *s;
+	struct stat a;
+
+	qv_tree_perm_set(top, st->st_uid, st->st_gid, st->st_mode);
+	if (!p) { /* unknown ancestors: only the owner and root get in */
+		qv_tree_perm_and(top, st->st_uid, st->st_gid, 0700);
+		return;
+	}
+	while ((s = strrchr(p, '/'))) {
+		s[s == p] = '\0'; /* "/a/b" -> "/a" -> "/" */
+		if (stat(p, &a) == 0)
+			qv_tree_perm_and(top, a.st_uid, a.st_gid, search_only(a.st_mode));
+		if (s == p)
+			break;
+	}
+	free(p);
+}
+
+/* Build generation g's root folder top (pending): the view or the rank folders, and .qvlmoefs. */
+static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, char *err,
+		     size_t errlen)
+{
 	int rc;
 
-	if (!g)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	rc = qv_gen_load(g, m->source, &m->o, err, errlen);
-	if (rc) {
-		qv_gen_free(g);
-		free(g);
-		return rc;
-	}
-	/* from here on nodes may point into g: keep it even if the build fails */
-	g->prev = m->gen;
-	m->gen = g;
-	top = qv_tree_new(&m->tree, "", 0, true, &g->scan.n[0].st.st_mtim);
-	if (!top)
-		return qv_err(err, errlen, -ENOMEM, "out of memory");
 	top->ino = top->parent = 1;
+	top->gen = g;
+	root_perm(m->source, &g->scan.n[0].st, top);
 	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
 				   build_root(m, g, &g->plans[0], top, err, errlen);
 	if (!rc)
 		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
 				       errlen);
-	if (!rc)
-		atomic_store(&m->tree.top, top);
 	return rc;
+}
+
+/* Load a generation, build its root folder and make it the newest (the root gets inode 1
+ * whatever its slot); the generation it replaces into *old. Caller holds m->lock. */
+static int load_view(struct qv_mount *m, struct qv_gen **old, char *err, size_t errlen)
+{
+	struct qv_gen *g = calloc(1, sizeof(*g));
+	struct qv_node *top = NULL;
+	int rc;
+
+	if (!g)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	rc = qv_gen_load(g, m->source, &m->o, err, errlen);
+	if (!rc && !(top = qv_tree_new(&m->tree, "", 0, true, &g->scan.n[0].st.st_mtim)))
+		rc = qv_err(err, errlen, -ENOMEM, "out of memory");
+	if (!rc)
+		rc = build_top(m, g, top, err, errlen);
+	if (rc) { /* nothing of a failed build stays: the old view is untouched */
+		qv_tree_abort(&m->tree);
+		qv_gen_free(g);
+		free(g);
+		return rc;
+	}
+	qv_tree_commit(&m->tree);
+	atomic_init(&g->refs, 1); /* the newest generation's own hold */
+	g->prev = m->gen;
+	m->gen = g;
+	atomic_fetch_add(&m->ngens, 1);
+	pthread_mutex_lock(&m->root_lock);
+	top = atomic_exchange(&m->tree.top, top);
+	pthread_mutex_unlock(&m->root_lock);
+	*old = top ? top->gen : NULL;
+	return 0;
+}
+
+/* Free generation g, which nothing holds any more: its nodes, sources and plans. */
+static void gen_free(struct qv_mount *m, struct qv_gen *g)
+{
+	pthread_mutex_lock(&m->lock);
+	qv_tree_free_owned(&m->tree, g);
+	for (struct qv_gen **pp = &m->gen; *pp; pp = &(*pp)->prev)
+		if (*pp == g) {
+			*pp = g->prev;
+			break;
+		}
+	pthread_mutex_unlock(&m->lock);
+	atomic_fetch_sub(&m->ngens, 1);
+	qv_gen_free(g);
+	free(g);
+}
+
+static void gen_drop(struct qv_mount *m, struct qv_gen *g, uint64_t count)
+{
+	/* acq_rel: whoever frees sees every other holder's last use of the generation */
+	if (atomic_fetch_sub_explicit(&g->refs, count, memory_order_acq_rel) == count)
+		gen_free(m, g);
+}
+
+struct qv_node *qv_mount_get(struct qv_mount *m, uint64_t ino)
+{
+	struct qv_node *n;
+
+	if (ino != 1) {
+		n = qv_tree_node(&m->tree, ino);
+		if (n)
+			atomic_fetch_add(&n->gen->refs, 1);
+		return n;
+	}
+	/* the newest root holds its generation until a rescan swaps it under this lock */
+	pthread_mutex_lock(&m->root_lock);
+	n = atomic_load(&m->tree.top);
+	if (n)
+		atomic_fetch_add(&n->gen->refs, 1);
+	pthread_mutex_unlock(&m->root_lock);
+	return n;
+}
+
+void qv_mount_hold(struct qv_mount *m, struct qv_node *n, uint64_t count)
+{
+	(void)m;
+	atomic_fetch_add(&n->gen->refs, count);
+}
+
+void qv_mount_drop(struct qv_mount *m, struct qv_node *n, uint64_t count)
+{
+	gen_drop(m, n->gen, count);
+}
+
+/* A daemon holds a descriptor per safetensors source of each generation still in use, so it
+ * may use what the administrator allows (the hard limit), not the shell's default soft one. */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 }
 
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
 		  size_t errlen)
 {
+	struct qv_gen *old;
+	int rc;
+
 	memset(m, 0, sizeof(*m));
 	m->o = *o;
 	err[0] = '\0';
 	clock_gettime(CLOCK_MONOTONIC, &m->stats.start);
 	pthread_mutex_init(&m->lock, NULL);
+	pthread_mutex_init(&m->root_lock, NULL);
+	raise_nofile();
 	if (qv_tree_init(&m->tree))
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
 	/* absolute, since the daemon's working folder changes when it detaches */
 	m->source = realpath(src, NULL);
 	if (!m->source)
 		return qv_err(err, errlen, -errno, "%s: %s", src, strerror(errno));
-	return load_view(m, err, errlen);
+	pthread_mutex_lock(&m->lock);
+	rc = load_view(m, &old, err, errlen);
+	pthread_mutex_unlock(&m->lock);
+	return rc;
 }
 
 int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen)
 {
+	struct qv_gen *old = NULL;
 	int rc;
 
 	err[0] = '\0';
 	pthread_mutex_lock(&m->lock);
-	rc = load_view(m, err, errlen);
+	rc = load_view(m, &old, err, errlen);
 	pthread_mutex_unlock(&m->lock);
+	if (old) /* no longer the newest: freed now, or when its last open file or lookup goes */
+		gen_drop(m, old, 1);
+	return rc;
+}
+
+/* Fill lazy folder dir (a rank's view, or .qvlmoefs/); caller holds m->lock. */
+static int fill(struct qv_mount *m, struct qv_node *dir, char *err, size_t errlen)
+{
+	int rc;
+
+	if (dir->inspect)
+		return qv_inspect_fill(&m->tree, &m->o, dir, err, errlen);
+	rc = build_root(m, dir->gen, &dir->gen->plans[dir->lazy], dir, err, errlen);
+	if (!rc)
+		rc = qv_inspect_folder(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
+				       errlen);
 	return rc;
 }
 
@@ -124,24 +265,18 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 	    atomic_load_explicit(&dir->ready, memory_order_acquire))
 		return 0;
 	pthread_mutex_lock(&m->lock);
-	if (!atomic_load(&dir->ready) && dir->inspect) {
-		rc = qv_inspect_fill(&m->tree, &m->o, dir, err, sizeof(err));
-		if (rc)
-			qv_log("%s", err);
-		else
-			atomic_store_explicit(&dir->ready, true, memory_order_release);
-	} else if (!atomic_load(&dir->ready)) {
-		rc = build_root(m, dir->gen, &dir->gen->plans[dir->lazy], dir, err, sizeof(err));
+	if (!atomic_load(&dir->ready)) {
+		rc = fill(m, dir, err, sizeof(err));
 		if (rc) {
-			qv_log("%s: %s", dir->name, err);
-			dir->nkids = 0; /* a later call tries again from scratch */
+			qv_log("%s: %s", dir->inspect ? QV_HIDDEN : dir->name, err);
+			/* nothing of the failed build stays, so a later call starts from scratch */
+			qv_tree_abort(&m->tree);
+			free(dir->kids);
+			dir->kids = NULL;
+			dir->nkids = 0;
 		} else {
-			rc = qv_inspect_folder(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
-					       sizeof(err));
-			if (rc)
-				qv_log("%s: %s", dir->name, err);
-			else
-				atomic_store_explicit(&dir->ready, true, memory_order_release);
+			qv_tree_commit(&m->tree); /* the entries are complete: publish, then say so */
+			atomic_store_explicit(&dir->ready, true, memory_order_release);
 		}
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -160,6 +295,7 @@ void qv_mount_fini(struct qv_mount *m)
 	}
 	free(m->source);
 	pthread_mutex_destroy(&m->lock);
+	pthread_mutex_destroy(&m->root_lock);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -178,6 +314,7 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 		}
 	}
 	atomic_fetch_add(&m->stats.opens, 1);
+	qv_mount_hold(m, n, 1);
 	return 0;
 }
 
@@ -186,6 +323,7 @@ void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
 	atomic_fetch_add(&m->stats.releases, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++)
 		qv_source_put(&n->vf.base[n->vf.srcs[i]]);
+	qv_mount_drop(m, n, 1);
 }
 
 int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
@@ -216,28 +354,42 @@ int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_
 	return -ENOENT;
 }
 
+enum { STATS_N = 10 };
+
+/* The counters v (in the order of the names below) and the uptime as one line of JSON. Every
+ * value is an integer, so a line of UINT64_MAX values is the longest there can be. */
+static int stats_format(struct qv_buf *out, const uint64_t v[STATS_N], uint64_t uptime_ms)
+{
+	return qv_buf_printf(out,
+			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
+			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
+			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%llu,"
+			     "\"generations\":%llu,\"uptime_s\":%llu.%03llu}\n",
+			     (unsigned long long)v[0], (unsigned long long)v[1],
+			     (unsigned long long)v[2], (unsigned long long)v[3],
+			     (unsigned long long)v[4], (unsigned long long)v[5],
+			     (unsigned long long)v[6], (unsigned long long)v[7],
+			     (unsigned long long)v[8], (unsigned long long)v[9],
+			     (unsigned long long)(uptime_ms / 1000),
+			     (unsigned long long)(uptime_ms % 1000));
+}
+
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 {
 	struct qv_stats *s = &m->stats;
 	struct timespec now;
 	uint64_t opens = atomic_load(&s->opens), releases = atomic_load(&s->releases);
+	uint64_t v[STATS_N] = { atomic_load(&s->reads),	      atomic_load(&s->bytes_served),
+				atomic_load(&s->bytes_src),   atomic_load(&s->bytes_uring),
+				atomic_load(&s->bytes_pread), atomic_load(&s->errors),
+				opens,			      opens > releases ? opens - releases : 0,
+				qv_tree_count(&m->tree),      atomic_load(&m->ngens) };
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return qv_buf_printf(out,
-			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
-			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
-			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%zu,"
-			     "\"uptime_s\":%.3f}\n",
-			     (unsigned long long)atomic_load(&s->reads),
-			     (unsigned long long)atomic_load(&s->bytes_served),
-			     (unsigned long long)atomic_load(&s->bytes_src),
-			     (unsigned long long)atomic_load(&s->bytes_uring),
-			     (unsigned long long)atomic_load(&s->bytes_pread),
-			     (unsigned long long)atomic_load(&s->errors), (unsigned long long)opens,
-			     (unsigned long long)(opens > releases ? opens - releases : 0),
-			     atomic_load(&m->tree.nnodes),
-			     (double)(now.tv_sec - s->start.tv_sec) +
-				     (double)(now.tv_nsec - s->start.tv_nsec) / 1e9);
+	return stats_format(out, v,
+			    (uint64_t)(now.tv_sec - s->start.tv_sec) * 1000 +
+				    (uint64_t)(now.tv_nsec / 1000000) -
+				    (uint64_t)(s->start.tv_nsec / 1000000));
 }
 
 #define X_STATS "user.qvlmoefs.stats"
@@ -249,6 +401,20 @@ int qv_mount_xattr(struct qv_mount *m, const struct qv_node *n, const char *name
 	if (n->ino == 1 && !strcmp(name, X_STATS))
 		return qv_mount_stats_json(m, out);
 	return qv_inspect_xattr(n, name, out);
+}
+
+size_t qv_mount_xattr_max(const struct qv_node *n, const char *name)
+{
+	uint64_t v[STATS_N];
+	struct qv_buf b = { 0 };
+	size_t len;
+
+	if (n->ino != 1 || strcmp(name, X_STATS))
+		return 0; /* the other values are fixed once built */
+	memset(v, 0xff, sizeof(v));
+	len = stats_format(&b, v, UINT64_MAX) ? 4096 : b.len;
+	qv_buf_free(&b);
+	return len;
 }
 
 int qv_mount_xattr_names(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out)

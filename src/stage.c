@@ -413,6 +413,7 @@ int qv_stage_bg_json(void *arg, struct qv_buf *out)
 static void bg_stage(struct qv_stage_bg *b)
 {
 	struct qv_io *io = NULL;
+	struct qv_node *root;
 	char err[QV_ERRLEN];
 	int rc = b->open(b->device, &b->ops, err, sizeof(err));
 
@@ -421,9 +422,14 @@ static void bg_stage(struct qv_stage_bg *b)
 		return;
 	}
 	b->opened = true;
-	rc = qv_stage_select(b->m, qv_tree_node(&b->m->tree, 1), false, &b->st, err, sizeof(err));
+	/* the selection points into the root's files: hold their generation against a rescan
+	 * until the copies are done (names and sizes are copied, gpu.json needs no hold) */
+	root = qv_mount_get(b->m, 1);
+	rc = root ? qv_stage_select(b->m, root, false, &b->st, err, sizeof(err)) : -ENOENT;
 	if (rc) {
-		qv_log("gpu: %s", err);
+		qv_log("gpu: %s", root ? err : "no root folder");
+		if (root)
+			qv_mount_drop(b->m, root, 1);
 		return;
 	}
 	b->st.device = b->device;
@@ -434,6 +440,7 @@ static void bg_stage(struct qv_stage_bg *b)
 	else
 		rc = qv_stage_run(&b->st, &b->ops, &b->cfg, io, err, sizeof(err));
 	qv_io_free(io);
+	qv_mount_drop(b->m, root, 1);
 	if (rc)
 		qv_log("gpu: staging on cuda:%d %s: %s", b->device,
 		       rc == -ECANCELED ? "stopped at unmount" : "failed", err);

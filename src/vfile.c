@@ -42,7 +42,9 @@ int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b)
 {
 	struct qv_seg s = { .voff = vf->size, .len = b->len, .src = QV_SEG_MEM, .mem = b->p };
 
-	free(vf->mem); /* one owned block per file */
+	/* one owned block per file: freeing an earlier one would leave its segment dangling */
+	if (vf->mem)
+		return -EEXIST;
 	vf->mem = b->p;
 	b->p = NULL;
 	b->len = b->cap = 0;

@@ -155,9 +155,28 @@ out:
 	return rc;
 }
 
-/* Weight-map entries of the files an index names; -EINVAL when one is not in the folder. */
-static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_t nfk,
-			 struct qv_wentry **w, size_t *nw, uint64_t *total, char *why, size_t wl)
+void qv_view_perm_of_sources(struct qv_node *n)
+{
+	for (size_t i = 0; i < n->vf.nsrcs; i++) {
+		const struct qv_source *s = &n->vf.base[n->vf.srcs[i]];
+
+		if (i == 0)
+			qv_tree_perm_set(n, s->uid, s->gid, s->mode);
+		else
+			qv_tree_perm_and(n, s->uid, s->gid, s->mode);
+	}
+}
+
+void qv_view_perm_and_node(struct qv_node *n, const struct qv_node *of)
+{
+	qv_tree_perm_and(n, of->uid, of->gid, of->mode);
+}
+
+/* Weight-map entries of the files an index (node n) names; -EINVAL when one is not in the
+ * folder. The index shows their keys, so it lets read only whom may read them all. */
+static int index_entries(struct qv_node *n, char **files, size_t nfiles, struct qv_fkeys *fk,
+			 size_t nfk, struct qv_wentry **w, size_t *nw, uint64_t *total, char *why,
+			 size_t wl)
 {
 	size_t cap = 0;
 
@@ -169,6 +188,7 @@ static int index_entries(char **files, size_t nfiles, struct qv_fkeys *fk, size_
 		if (k == nfk)
 			return qv_err(why, wl, -EINVAL, "names %s, which is not in the folder",
 				      files[f]);
+		qv_view_perm_and_node(n, fk[k].node);
 		cap += fk[k].n;
 		*total += fk[k].total;
 	}
@@ -197,8 +217,10 @@ static int build_index(struct qv_gen *g, uint32_t si, struct qv_node *n, struct 
 	rc = qv_scan_read(&g->scan.n[si], MAX_INDEX_BYTES, &src, why, sizeof(why));
 	if (!rc)
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
+	qv_tree_perm_set(n, g->scan.n[si].st.st_uid, g->scan.n[si].st.st_gid,
+			 g->scan.n[si].st.st_mode);
 	if (!rc)
-		rc = index_entries(files, nfiles, fk, nfk, &w, &nw, &total, why, sizeof(why));
+		rc = index_entries(n, files, nfiles, fk, nfk, &w, &nw, &total, why, sizeof(why));
 	if (!rc)
 		rc = qv_view_index(n, src.p, src.len, w, nw, total, why, sizeof(why));
 	if (rc)
@@ -277,15 +299,20 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 		if (rc)
 			break;
 		n->vf.base = g->src;
+		/* what the source lets a caller read, the view does too, and no more */
+		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->st.st_mode);
 		if (dir) {
 			rc = qv_view_build(t, g, p, si, n, err, errlen);
 		} else if (g->st_of[si]) {
 			fk[nfk].file = c->name;
+			fk[nfk].node = n;
 			rc = qv_view_file(p, g->st_of[si], g->src_of[si], g->n_experts, c->rel,
 					  &n->vf, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
 			rc = qv_view_passthrough(g, si, n);
 		}
+		if (!rc && !dir)
+			qv_view_perm_of_sources(n);
 	}
 	for (size_t k = 0; k < s->nkids && !rc; k++) {
 		uint32_t si = s->kids[k];

@@ -119,6 +119,8 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 	for (uint32_t f = 0; f < nfiles; f++)
 		for (size_t i = 0; i < fk[f].n; i++)
 			w[nw++] = (struct qv_wentry){ fk[f].keys[i], fk[f].file };
+	for (uint32_t f = 0; f < nfiles; f++) /* it shows every file's keys */
+		qv_view_perm_and_node(n, fk[f].node);
 	rc = qv_view_index(n, src, sizeof(src) - 1, w, nw, total, err, errlen);
 	free(w);
 	return rc;
@@ -152,9 +154,34 @@ static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *d
 				n->vf.base = g->src;
 				rc = qv_view_passthrough(g, si, n);
 			}
+			if (!rc)
+				qv_view_perm_of_sources(n);
 		}
 	}
 	return rc;
+}
+
+/* Consolidated file k (1-based) of nf: its name, into buf (64 bytes). */
+static void file_name(char *buf, uint32_t k, uint32_t nf)
+{
+	snprintf(buf, 64, "model-%05u-of-%05u.safetensors", k, nf);
+}
+
+int qv_view_dcp_check(const struct qv_gen *g, char *err, size_t errlen)
+{
+	const struct qv_snode *root = &g->scan.n[0];
+	char name[64];
+
+	for (uint32_t k = 1; k <= g->dcp.nfiles; k++) {
+		file_name(name, k, g->dcp.nfiles);
+		for (size_t i = 0; i < root->nkids; i++)
+			if (!strcmp(g->scan.n[root->kids[i]].name, name))
+				return qv_err(err, errlen, -EEXIST,
+					      "%s (a file in the sharded save's folder) and the "
+					      "consolidated %s assembled from its rank files would have "
+					      "one name: move the file away", name, name);
+	}
+	return 0;
 }
 
 int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, struct qv_node *dn,
@@ -166,15 +193,20 @@ int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, st
 	struct qv_node *n;
 	int rc = fk && names ? 0 : -ENOMEM;
 
+	if (!rc && (rc = qv_view_dcp_check(g, err, errlen)))
+		goto out;
 	for (uint32_t k = 1; k <= nf && !rc; k++) {
-		snprintf(names[k - 1], sizeof(names[k - 1]), "model-%05u-of-%05u.safetensors", k, nf);
+		file_name(names[k - 1], k, nf);
 		n = qv_tree_add(t, dn, names[k - 1], false, &dn->mtime);
 		rc = n ? 0 : -ENOMEM;
 		if (rc)
 			break;
 		n->vf.base = g->src;
 		fk[k - 1].file = names[k - 1];
+		fk[k - 1].node = n;
 		rc = build_file(g, p, k, n, &fk[k - 1], err, errlen);
+		if (!rc) /* every rank file that holds one of its chunks */
+			qv_view_perm_of_sources(n);
 	}
 	if (!rc) {
 		n = qv_tree_add(t, dn, "model.safetensors.index.json", false, &dn->mtime);
@@ -188,6 +220,7 @@ int qv_view_dcp(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, st
 		qv_tree_sort(t, dn);
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "out of memory");
+out:
 	for (uint32_t k = 0; fk && k < nf; k++)
 		qv_fkeys_fini(&fk[k]);
 	free(fk);

@@ -231,3 +231,23 @@ def daemon_fixture(fuse, tmp):
         yield daemons
     finally:
         daemons.close()
+
+
+def fd_targets(pid):
+    """What each open descriptor of process pid names (readlink of /proc/PID/fd/N), sorted."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def rss_kib(pid):
+    """The resident set size of process pid in KiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
