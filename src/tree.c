@@ -48,29 +48,34 @@ void qv_tree_fini(struct qv_tree *t)
 	memset(t, 0, sizeof(*t));
 }
 
-struct qv_node *qv_tree_slot(struct qv_tree *t, uint64_t ino)
+/* The slot of inode ino (1: the current root), whatever its state, or NULL. */
+static struct qv_node *slot_of(struct qv_tree *t, uint64_t ino)
 {
-	struct qv_node *n;
-
 	if (ino == 1)
 		return atomic_load(&t->top);
 	if (ino == 0 || ino - 1 >= atomic_load(&t->nnodes))
 		return NULL;
-	n = slot(t, ino - 1);
-	return atomic_load_explicit(&n->state, memory_order_acquire) == QV_NODE_FREE ? NULL : n;
+	return slot(t, ino - 1);
+}
+
+/* acquire pairs with the commit's release: a node seen live is seen complete */
+static int state_of(const struct qv_node *n)
+{
+	return atomic_load_explicit(&n->state, memory_order_acquire);
+}
+
+struct qv_node *qv_tree_slot(struct qv_tree *t, uint64_t ino)
+{
+	struct qv_node *n = slot_of(t, ino);
+
+	return n && (ino == 1 || state_of(n) != QV_NODE_FREE) ? n : NULL;
 }
 
 struct qv_node *qv_tree_node(struct qv_tree *t, uint64_t ino)
 {
-	struct qv_node *n;
+	struct qv_node *n = slot_of(t, ino);
 
-	if (ino == 1)
-		return atomic_load(&t->top);
-	if (ino == 0 || ino - 1 >= atomic_load(&t->nnodes))
-		return NULL;
-	n = slot(t, ino - 1);
-	/* acquire pairs with the commit's release: a live node is seen complete */
-	return atomic_load_explicit(&n->state, memory_order_acquire) == QV_NODE_LIVE ? n : NULL;
+	return n && (ino == 1 || state_of(n) == QV_NODE_LIVE) ? n : NULL;
 }
 
 /* A slot for a new node: the oldest freed one, else the next never used; NULL when full. */
