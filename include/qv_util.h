@@ -46,10 +46,6 @@ void qv_buf_free(struct qv_buf *b);
 /* True when s (length n) is well-formed UTF-8 without overlongs or surrogates. */
 bool qv_utf8_valid(const char *s, size_t n);
 
-/* Read the whole regular file at path (at most max bytes) into out; 0, -EFBIG, -EINVAL (not a
- * regular file; a FIFO never blocks the open) or -errno. */
-int qv_read_file(const char *path, size_t max, struct qv_buf *out);
-
 /* Read fd to its end (at most max bytes) into out; 0, -EFBIG or -errno. */
 int qv_read_fd(int fd, size_t max, struct qv_buf *out);
 

@@ -2,11 +2,9 @@
 #include "qv_util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -181,24 +179,6 @@ int qv_read_fd(int fd, size_t max, struct qv_buf *out)
 		else
 			rc = qv_buf_add(out, chunk, (size_t)r);
 	}
-	return rc;
-}
-
-int qv_read_file(const char *path, size_t max, struct qv_buf *out)
-{
-	/* O_NONBLOCK: a FIFO at path must not block the open (nor the caller's locks) */
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	struct stat st;
-	int rc;
-
-	if (fd < 0)
-		return -errno;
-	rc = fstat(fd, &st) ? -errno : !S_ISREG(st.st_mode) ? -EINVAL : 0;
-	if (!rc && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK))
-		rc = -errno;
-	if (!rc)
-		rc = qv_read_fd(fd, max, out);
-	close(fd);
 	return rc;
 }
 
