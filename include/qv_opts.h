@@ -32,6 +32,6 @@ void qv_opts_free(struct qv_options *o);
 void qv_opts_help(void);
 
 /* Apply test-only fault injection from QVLMOEFS_TEST_FAULTS to io. */
-void qv_opts_faults(struct qv_io_cfg *io);
+void qv_opts_faults(struct qv_mount_opts *mo);
 
 #endif

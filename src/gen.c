@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Open and strictly parse every *.safetensors source; the fd stays open for reads. */
@@ -134,6 +135,17 @@ static int check_experts(const struct qv_gen *m, char *err, size_t errlen)
 	return 0;
 }
 
+/* Tests only (-o scan_pause_ms via QVLMOEFS_TEST_FAULTS): a file swapped now lands between
+ * the scan and the opens that follow it, deterministically. */
+static void test_pause(unsigned ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+
+	qv_log("test: scan done, pausing %u ms", ms);
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
 bool qv_gen_multi(const struct qv_mount_opts *o)
 {
 	return o->ep_size && (!o->ep_rank_set || (o->shard_size > 1 && !o->shard_rank_set));
@@ -149,6 +161,8 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 	rc = qv_scan_tree(src, &m->scan, err, errlen);
 	if (rc)
 		return rc;
+	if (o->scan_pause_ms)
+		test_pause(o->scan_pause_ms);
 	m->src = calloc(m->scan.nn, sizeof(*m->src));
 	m->src_of = malloc(m->scan.nn * sizeof(*m->src_of));
 	m->st_of = calloc(m->scan.nn, sizeof(*m->st_of));

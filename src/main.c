@@ -117,7 +117,7 @@ int main(int argc, char *argv[])
 	}
 	if (qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
-	qv_opts_faults(&mo.io);
+	qv_opts_faults(&mo);
 	if (gpu >= 0) {
 		/* fail fast, before mounting, when there is no such device; asked in a child so
 		 * that CUDA is not initialised here: this process forks when it daemonizes */

@@ -150,12 +150,14 @@ void qv_opts_help(void)
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
 }
 
-/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N":
- * refuse the ring as a sandbox would, clamp every read to N bytes (short reads), turn every
- * Nth completion into -EAGAIN, fail each reader's Nth submission with its reads in flight.
- * Tests use it to drive the recovery paths through a real mount. */
-void qv_opts_faults(struct qv_io_cfg *io)
+/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N,
+ * scan_pause_ms=N": refuse the ring as a sandbox would, clamp every read to N bytes (short
+ * reads), turn every Nth completion into -EAGAIN, fail each reader's Nth submission with its
+ * reads in flight, pause after each scan so a file can be swapped before it is opened. Tests
+ * use it to drive the recovery paths through a real mount. */
+void qv_opts_faults(struct qv_mount_opts *mo)
 {
+	struct qv_io_cfg *io = &mo->io;
 	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
 	char *copy, *tok, *save = NULL;
 
@@ -170,6 +172,8 @@ void qv_opts_faults(struct qv_io_cfg *io)
 			io->eagain_every = (unsigned)strtoul(tok + 7, NULL, 0);
 		else if (!strncmp(tok, "submit_fail=", 12))
 			io->fail_submit_nth = (unsigned)strtoul(tok + 12, NULL, 0);
+		else if (!strncmp(tok, "scan_pause_ms=", 14))
+			mo->scan_pause_ms = (unsigned)strtoul(tok + 14, NULL, 10);
 	}
 	free(copy);
 	qv_log("test fault injection on: %s", f);

@@ -8,7 +8,6 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MAX_DEPTH 64
@@ -219,22 +218,6 @@ static int walk(struct qv_scan *s, uint32_t dir, int depth, char *err, size_t er
 	return rc;
 }
 
-/* Test-only: QVLMOEFS_TEST_FAULTS=...,scan_pause_ms=N pauses N ms after each scan (logged),
- * so a test can swap a file between the scan and the opens that follow it, deterministically. */
-static void test_pause(void)
-{
-	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
-	const char *p = f ? strstr(f, "scan_pause_ms=") : NULL;
-	unsigned long ms = p ? strtoul(p + 14, NULL, 10) : 0;
-	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
-
-	if (!ms)
-		return;
-	qv_log("test: scan done, pausing %lu ms", ms);
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen)
 {
 	struct stat st;
@@ -253,10 +236,8 @@ int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen)
 	rc = out->allow_root ? add_node(out, 0, "", out->root, "", &st, &root) : -ENOMEM;
 	if (!rc)
 		rc = walk(out, root, 0, err, errlen);
-	if (!rc) {
-		test_pause();
+	if (!rc)
 		return 0;
-	}
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "%s: out of memory while scanning", src);
 fail:
