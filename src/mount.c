@@ -320,9 +320,10 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n)
 
 void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
 {
-	atomic_fetch_add(&m->stats.releases, 1);
 	for (size_t i = 0; i < n->vf.nsrcs; i++)
 		qv_source_put(&n->vf.base[n->vf.srcs[i]]);
+	/* counted after the puts: open_files 0 in the stats means no source is held by a file */
+	atomic_fetch_add(&m->stats.releases, 1);
 	qv_mount_drop(m, n, 1);
 }
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from helpers import BUILD, QV, ROOT, check_view, run, wait_for
+from helpers import BUILD, QV, ROOT, check_view, run, stat_field, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
 from support_daemon import mount_options, run_merged, source_fds, unmount
 
@@ -56,7 +56,13 @@ def test_stress(daemon, ckpt, tmp):
     check_view(e10n, rank1, "--ep-size", "4", "--ep-rank", "1")
     copy_files(m1, tmp / "ref1")
     copy_files(rank1, tmp / "ref2")
-    # descriptors of source files held by the daemons (rings come and go with worker threads)
+    # descriptors of source files held by the daemons (rings come and go with worker threads),
+    # counted once every file the copies opened is released: releases are asynchronous, and a
+    # source stays open while a file of the view reading it is
+    def idle(mnt):
+        return stat_field(mnt, "open_files") == 0
+
+    assert wait_for(lambda: idle(m1) and idle(m2), timeout=10), "the copies' files were never released"
     fd1, fd2 = source_fds(d1.pid, e10), source_fds(d2.pid, e10n)
     p = run(stress, secs, threads, f"{m1}:{tmp / 'ref1'}", f"{rank1}:{tmp / 'ref2'}",
             timeout=3 * float(secs) + 120)
@@ -66,7 +72,8 @@ def test_stress(daemon, ckpt, tmp):
         """The daemons' source descriptor counts now."""
         return source_fds(d1.pid, e10), source_fds(d2.pid, e10n)
 
-    wait_for(lambda: now() == (fd1, fd2), timeout=5)  # releases are asynchronous
+    assert wait_for(lambda: idle(m1) and idle(m2), timeout=10), "the stress files were never released"
+    wait_for(lambda: now() == (fd1, fd2), timeout=5)
     print(f"daemon source fds: {fd1} -> {now()[0]}, {fd2} -> {now()[1]}")
     assert now() == (fd1, fd2), f"source descriptors before the run {(fd1, fd2)}, after {now()}"
     unmount(m1)
