@@ -169,6 +169,7 @@ int qv_stage_main(int argc, char **argv)
 {
 	struct stage_args a = { .fargs = FUSE_ARGS_INIT(0, NULL) };
 	struct qv_options o = { 0 };
+	struct fuse_cmdline_opts copts = { 0 };
 	struct qv_mount_opts mo;
 	struct qv_gpu_ops ops;
 	static struct qv_mount m;
@@ -179,7 +180,9 @@ int qv_stage_main(int argc, char **argv)
 	rc = parse(argc, argv, &a);
 	if (rc)
 		goto out_args;
-	if (qv_opts_parse(&a.fargs, &o) == -1 || qv_opts_check(&o, &mo, &gpu))
+	/* the mount's parser and checks: an option the mount refuses is refused here too */
+	if (qv_opts_parse(&a.fargs, &o, &copts) || qv_opts_known(&a.fargs) ||
+	    qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
 	if (qv_gen_multi(&mo)) {
 		qv_log("stage: give ep_rank (and ep_shard_rank) with ep_size: one rank's view");
