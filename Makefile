@@ -65,8 +65,8 @@ $(BUILD)/qvlmoefs-mkckpt: $(wildcard tests/mkckpt*.c tests/mkckpt*.h) | $(BUILD)
 $(BUILD)/stress: tests/stress.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
-$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(wildcard tests/unit/*.h)
-	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(LIBS)
+$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUILD)/opts.o $(wildcard tests/unit/*.h)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUILD)/opts.o $(LIBS)
 
 # Install missing Debian packages when root; otherwise say what to install.
 deps:

@@ -212,6 +212,12 @@ static char *take_exclude(const char *g, struct qv_options *o, bool *err)
 			if (qv_buf_adds(&pat, ""))
 				goto oom;
 			for (const char *c = v; c < p; c++) {
+				if (c[0] == '\\' && c[1] == '\\') {
+					qv_log("exclude=%.*s: \"\\\\\" would match a backslash, which no "
+					       "tensor name holds; backslashes here are the regex's own "
+					       "(write \\d, not \\\\d)", (int)(p - v), v);
+					goto fail;
+				}
 				if (c[0] == '\\' && c[1] == ',')
 					c++; /* "\," is the comma; the backslash goes */
 				else if (c[0] == '\\' && c + 1 < p && qv_buf_add(&pat, c++, 1))
