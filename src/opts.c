@@ -6,6 +6,7 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -285,6 +286,14 @@ int qv_opts_parse(struct fuse_args *args, struct qv_options *o, struct fuse_cmdl
 	return fuse_parse_cmdline(args, copts) == 0 ? 0 : -1;
 }
 
+/* libfuse's log during qv_opts_known: its errors as usual, not the debug lines a session
+ * made with -d prints (the real session prints them once). */
+static void errors_only(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	if (level <= FUSE_LOG_WARNING)
+		vfprintf(stderr, fmt, ap);
+}
+
 int qv_opts_known(const struct fuse_args *args)
 {
 	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
@@ -296,8 +305,10 @@ int qv_opts_known(const struct fuse_args *args)
 		;
 	/* the session's parser is what rejects an unknown option at mount: a session is made
 	 * (and nothing opened) only to ask it */
+	fuse_set_log_func(errors_only);
 	if (i == args->argc)
 		se = fuse_session_new(&copy, &none, sizeof(none), NULL);
+	fuse_set_log_func(NULL); /* libfuse's default again */
 	if (se)
 		fuse_session_destroy(se);
 	fuse_opt_free_args(&copy);
@@ -324,7 +335,8 @@ void qv_opts_help(void)
 	printf("Shows a Qwen3-VL-MoE safetensors checkpoint folder with converted key names.\n\n"
 	       "qvlmoefs options:\n"
 	       "    -o view=native|hf      naming of the view (default: the other one than SOURCE's)\n"
-	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*)\n"
+	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*);\n"
+	       "                           backslashes are the regex's (\\d), a comma is \\,\n"
 	       "    -o io=uring|pread      how sources are read (default uring)\n"
 	       "    -o ep_size=W           expert-parallel size; alone: one folder per rank\n"
 	       "    -o ep_rank=R           expert-parallel rank shown (0 <= R < W)\n"
@@ -332,8 +344,15 @@ void qv_opts_help(void)
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
 	       "    -o shard_size=BYTES    files of a consolidated sharded save (default 5 GB)\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
-	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
-	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
+	       "    -o readahead_kb=N      the mount's readahead when run as root, 0 to %u\n"
+	       "                           (default 4096; 0: none)\n"
+	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n"
+	       "    -o log=FILE            append the daemon's messages to FILE\n\n"
+	       "Logs: stderr until the daemon detaches (all along with -f); detached, FILE of\n"
+	       "-o log=, else syslog, else (no /dev/log) stderr when it is a file, else nowhere\n"
+	       "(the mount says so). SIGUSR1 writes the counters there; SIGHUP rescans SOURCE.\n"
+	       "The fsname mount(8) shows is SOURCE's absolute path unless -o fsname= is given.\n\n",
+	       QV_OPTS_MAX_READAHEAD_KB);
 }
 
 /* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N,

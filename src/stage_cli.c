@@ -48,6 +48,7 @@ static int parse(int argc, char **argv, struct stage_args *a)
 		return -ENOMEM;
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		uint64_t n;
 
 		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
 			return stage_usage(), 1;
@@ -55,19 +56,28 @@ static int parse(int argc, char **argv, struct stage_args *a)
 			a->all = true;
 		else if (!strcmp(argv[i], "-o") && v)
 			fuse_opt_add_arg(&a->fargs, "-o"), fuse_opt_add_arg(&a->fargs, v), i++;
-		else if (!strcmp(argv[i], "--device") && v)
-			a->device = atoi(v), i++;
-		else if (!strcmp(argv[i], "--samples") && v)
-			a->samples = (unsigned)strtoul(v, NULL, 0), i++;
-		else if (!strcmp(argv[i], "--slots") && v)
-			a->cfg.slots = (unsigned)strtoul(v, NULL, 0), i++;
-		else if (!strcmp(argv[i], "--slot-mib") && v)
-			a->cfg.slot_bytes = strtoull(v, NULL, 0) << 20, i++;
-		else if (argv[i][0] != '-' && !a->source)
+		else if (!strcmp(argv[i], "--device") && v) {
+			if (qv_opts_number("--device", v, 0, QV_OPTS_MAX_GPU, &n))
+				return -EINVAL;
+			a->device = (int)n, i++;
+		} else if (!strcmp(argv[i], "--samples") && v) {
+			if (qv_opts_number("--samples", v, 0, 1000000000, &n))
+				return -EINVAL;
+			a->samples = (unsigned)n, i++;
+		} else if (!strcmp(argv[i], "--slots") && v) {
+			if (qv_opts_number("--slots", v, 1, 256, &n))
+				return -EINVAL;
+			a->cfg.slots = (unsigned)n, i++;
+		} else if (!strcmp(argv[i], "--slot-mib") && v) {
+			if (qv_opts_number("--slot-mib", v, 1, 4096, &n)) /* pinned host memory */
+				return -EINVAL;
+			a->cfg.slot_bytes = (size_t)n << 20, i++;
+		} else if (argv[i][0] != '-' && !a->source) {
 			a->source = argv[i];
-		else
+		} else {
 			return qv_log("stage: unexpected argument %s (see qvlmoefs stage --help)", argv[i]),
 			       -EINVAL;
+		}
 	}
 	if (!a->source)
 		return qv_log("stage: no SOURCE (see qvlmoefs stage --help)"), -EINVAL;

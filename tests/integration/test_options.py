@@ -247,3 +247,21 @@ def test_fsname_given_is_kept(ckpt, mount):
     """-o fsname=NAME is what mountinfo shows (it was overridden by the source)."""
     m = mount(ckpt["hf"], None, "-o", "fsname=qv-weights")
     assert mountinfo_source(m) == "qv-weights"
+
+
+def test_help_says_where_logs_go():
+    """--help names log=FILE and where a detached daemon's messages go without it."""
+    out = run(QV, "--help").stdout
+    assert "-o log=FILE" in out and "syslog" in out and "Logs:" in out
+
+
+STAGE_NUMBERS = {"--device": ("-1", "from 0 to 1024"), "--samples": ("1e3", "from 0 to 1000000000"),
+                 "--slots": ("0", "from 1 to 256"), "--slot-mib": ("99999", "from 1 to 4096")}
+
+
+@pytest.mark.parametrize("flag", STAGE_NUMBERS, ids=STAGE_NUMBERS.keys())
+def test_stage_numbers_checked(ckpt, flag):
+    """stage's numeric flags are checked like the -o numbers (atoi made --device -1 a device)."""
+    value, rng = STAGE_NUMBERS[flag]
+    p = run(QV, "stage", ckpt["hf"], flag, value, check=False, stderr=subprocess.STDOUT)
+    assert p.returncode != 0 and f"expected a whole number {rng}" in one_line(p), p.stdout
