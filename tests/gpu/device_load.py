@@ -3,6 +3,7 @@
 loader that crashes or hangs costs one row, not the run. Standard library only at import;
 torch and the loaders are imported by the subcommands that need them.
 
+    device_load.py probe                       is there a CUDA runtime with a device?
     device_load.py peak BYTES REPS             pinned cudaMemcpy of BYTES (ctypes, no torch)
     device_load.py load LOADER STATE REPS FILE...   one loader, REPS times, STATE warm|cold
     device_load.py ipc MOUNT                   map every staged tensor of a gpu= mount here
@@ -98,6 +99,14 @@ def cudart():
     if rt.cudaSetDevice(0) != 0:
         raise Skip("no GPU: cudaSetDevice(0) failed")
     return rt
+
+
+def cmd_probe():
+    """The number of CUDA devices; Skip (with why) when there is no runtime or device."""
+    rt = cudart()
+    n = ctypes.c_int(0)
+    rt.cudaGetDeviceCount(ctypes.byref(n))
+    return n.value
 
 
 def cmd_peak(nbytes, reps):
@@ -210,6 +219,7 @@ def fuse_umount(mnt):
 
 def cmd_load(loader, state, reps, files, rank=None, mount=None):
     torch, dev = torch_device()
+    _import_loader(loader)
     secs, total, note = [], 0, ""
     deadline = float(os.environ.get("DEVICE_RUN_DEADLINE", "inf"))
     for _ in range(reps):
@@ -305,7 +315,9 @@ def cmd_ipc(mnt):
 
 def main(argv):
     try:
-        if argv[1] == "peak":
+        if argv[1] == "probe":
+            r = {"devices": cmd_probe()}
+        elif argv[1] == "peak":
             r = cmd_peak(int(argv[2]), int(argv[3]))
         elif argv[1] == "ipc":
             r = cmd_ipc(argv[2])
@@ -317,7 +329,6 @@ def main(argv):
             if rest[:1] == ["--mount"]:
                 mount = (rest[1], rest[2], tuple(map(int, rest[3].split("/"))))
                 rest = rest[4:]
-            _import_loader(loader)
             r = cmd_load(loader, state, reps, rest, rank, mount)
         else:
             raise Skip(f"unknown subcommand {argv[1]}")
