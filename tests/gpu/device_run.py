@@ -190,6 +190,9 @@ class Run:
                 if not st or any(t["state"] != "ready" for t in st["tensors"]):
                     return {"skip": f"staging did not finish: {summary(st)}"}
                 nbytes = st["bytes"]
+                if nbytes != self.rank_bytes:
+                    return {"skip": f"staged {nbytes} bytes, rank {RANK}'s experts are "
+                                    f"{self.rank_bytes}"}
                 if i == 0:
                     r = self.child("ipc", mnt, timeout=120)
                     if "skip" in r:
