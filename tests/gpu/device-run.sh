@@ -9,7 +9,7 @@
 #
 # Environment: OUT; DEVICE_RUN_DIR (work folder, default build/device-run, kept between runs
 # so a second run reuses the checkpoint); DEVICE_RUN_MKCKPT (qvlmoefs-mkckpt options instead
-# of "--preset 30b-a3b --layers 5", for small CPU runs); DEVICE_RUN_BUDGET (seconds, 470);
+# of "--preset 30b-a3b --layers 5", for small CPU runs); DEVICE_RUN_BUDGET (seconds, 450);
 # DEVICE_RUN_REPS (3); PYTHON (python3); DEVICE_RUN_WHEELS (tests/gpu/wheels);
 # DEVICE_RUN_BUILD=prebuilt (tests/gpu/prebuilt/ without trying make). Without a GPU, torch,
 # FUSE or a working DONTNEED, the rows that need it say so and the rest run;
@@ -18,7 +18,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 T0=$(date +%s)
-BUDGET=${DEVICE_RUN_BUDGET:-470}
+BUDGET=${DEVICE_RUN_BUDGET:-450}
 W=${DEVICE_RUN_DIR:-$ROOT/build/device-run}
 OUT=${OUT:-$W/out}
 PY=${PYTHON:-python3}
@@ -36,6 +36,7 @@ for n in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
 sys.exit(1)'
 	if "$PY" -c "$probe" 2>/dev/null; then
 		echo "CUDA runtime: found by the loader as is"
+		unversioned
 		return
 	fi
 	local d
@@ -50,11 +51,32 @@ PY
 			export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 			if "$PY" -c "$probe" 2>/dev/null; then
 				echo "CUDA runtime: $d"
+				unversioned
 				return
 			fi
 		fi
 	done
 	echo "CUDA runtime: none found (no libcudart.so*): the GPU rows will say no GPU"
+}
+
+# fastsafetensors dlopens plain "libcudart.so", which torch's wheels do not ship (only .so.12
+# or .so.13): a link to the runtime found, in a folder of our own, put first on the path.
+unversioned() {
+	local lib
+	"$PY" -c 'import ctypes; ctypes.CDLL("libcudart.so")' 2>/dev/null && return
+	lib=$("$PY" -c 'import ctypes
+for n in ("libcudart.so.13", "libcudart.so.12"):
+    try:
+        ctypes.CDLL(n)
+        break
+    except OSError:
+        pass
+print(next((l.split()[-1] for l in open("/proc/self/maps") if "libcudart.so" in l), ""))' 2>/dev/null)
+	[ -n "$lib" ] || return 0
+	mkdir -p "$W/cudart"
+	ln -sf "$lib" "$W/cudart/libcudart.so"
+	export LD_LIBRARY_PATH="$W/cudart${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+	echo "CUDA runtime: $W/cudart/libcudart.so -> $lib (for loaders that ask for the plain name)"
 }
 
 # The build here, or tests/gpu/prebuilt/ (tests/gpu/prebuild.sh) where this machine cannot.

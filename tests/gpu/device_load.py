@@ -203,7 +203,7 @@ def load_instanttensor(files, dev, state):
 
 def fuse_mount(qv, src, opts, mnt):
     os.makedirs(mnt, exist_ok=True)
-    p = subprocess.run([qv, src, mnt, "-o", opts], capture_output=True, text=True)
+    p = subprocess.run([qv, src, mnt, "-o", opts], capture_output=True, text=True, timeout=120)
     if p.returncode:
         raise Skip(f"mount failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
 

@@ -55,6 +55,8 @@ class Run:
                                capture_output=True, text=True, timeout=timeout, env=self.env)
         except subprocess.TimeoutExpired:
             return {"skip": f"stopped at the time budget ({timeout:.0f} s)"}
+        with open(os.path.join(self.a.out, "children.log"), "a") as f:  # loaders' own words
+            f.write(f"== device_load.py {' '.join(args[:4])}: exit {p.returncode}\n{p.stderr}")
         try:
             return json.loads(p.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
