@@ -205,7 +205,8 @@ def fuse_mount(qv, src, opts, mnt):
     os.makedirs(mnt, exist_ok=True)
     p = subprocess.run([qv, src, mnt, "-o", opts], capture_output=True, text=True, timeout=120)
     if p.returncode:
-        raise Skip(f"mount failed: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+        lines = (p.stderr or p.stdout).strip().splitlines()
+        raise Skip(f"mount failed: {lines[-1] if lines else f'exit {p.returncode}'}")
 
 
 def fuse_umount(mnt):
