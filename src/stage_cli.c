@@ -166,8 +166,9 @@ static int stage_view(struct stage_args *a, struct qv_mount *m, const struct qv_
 	if (rc)
 		qv_log("stage: verify: %s", err);
 	peak = pinned_peak(ops, &st, a->cfg.slot_bytes ? a->cfg.slot_bytes : 16u << 20);
-	printf("staged %.3f GB in %.3f s: %.2f GB/s; pinned cudaMemcpy %.2f GB/s; ratio %.2f\n",
-	       (double)st.bytes / 1e9, secs, (double)st.bytes / secs / 1e9, peak,
+	printf("staged %.3f GB (%llu bytes) in %.6f s: %.2f GB/s; pinned cudaMemcpy %.2f GB/s; "
+	       "ratio %.2f\n", (double)st.bytes / 1e9, (unsigned long long)st.bytes, secs,
+	       (double)st.bytes / secs / 1e9, peak,
 	       peak > 0 ? (double)st.bytes / secs / 1e9 / peak : 0);
 	printf("verified %llu bytes in %s: %s\n", (unsigned long long)checked,
 	       a->samples ? "sampled ranges" : "full", rc ? "MISMATCH" : "equal to the view");
