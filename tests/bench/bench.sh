@@ -1,22 +1,28 @@
 #!/bin/bash
 # make bench: read-path benchmarks of qvlmoefs, each row against a baseline measured in the same
-# run; medians of BENCH_REPS (default 5) repetitions. Prints a table and writes
-# $BENCH_OUT/results.tsv. Needs root only for nothing; uses /dev/fuse.
+# run; medians of BENCH_REPS (default 5) repetitions. Row 7 is the ceiling: qvlmoefs against a
+# null FUSE filesystem (tests/bench/qvnull.c) in BENCH_PAIRS (default 7) interleaved pairs of
+# fresh mounts. Prints a table and writes $BENCH_OUT/results.tsv. Uses /dev/fuse; the 4 MiB
+# readahead window needs root. A quick run: BENCH_LAYERS=1 BENCH_REPS=1 BENCH_PAIRS=3.
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BUILD=${BUILD:-build}
 REPS=${BENCH_REPS:-5}
-ROWS=${BENCH_ROWS:-1 2 3 4 5 6} # a subset, e.g. BENCH_ROWS="1 6"
+ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7} # a subset, e.g. BENCH_ROWS="1 6"
+PAIRS=${BENCH_PAIRS:-7}
+LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of the README's table; 1: 0.3 GB
 OUT=${BENCH_OUT:-$ROOT/$BUILD/bench}
 W=${BENCH_DIR:-/tmp/qvlmoefs-bench}
 QV=$ROOT/$BUILD/qvlmoefs
 MK=$ROOT/$BUILD/qvlmoefs-mkckpt
 QB=$ROOT/$BUILD/qvbench
 PT=$ROOT/$BUILD/passthrough_ll
+QN=$ROOT/$BUILD/qvnull
 EP=$ROOT/tests/ep_check.py
 mkdir -p "$OUT" "$W"
 TSV=$OUT/results.tsv
+want() { case " $ROWS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 unmount_all() {
 	awk -v t="$W/" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
@@ -26,20 +32,23 @@ unmount_all() {
 trap unmount_all EXIT
 unmount_all
 
-# ---- fixtures: ~2.4 GB checkpoint with 64 experts, sparse full-size layouts, 100k tensors
+# ---- fixtures: ~0.3 GB a layer (2.4 GB at the default 8) with 64 experts, sparse full-size
+# layouts, 100k tensors
 SRC=$W/ckpt
+[ "$LAYERS" = 8 ] || SRC=$W/ckpt-$LAYERS
 if [ ! -f "$SRC/.complete" ]; then
 	rm -rf "$SRC"
-	"$MK" --hidden 1024 --moe-inter 768 --experts 64 --layers 8 --shards 4 "$SRC" >/dev/null
+	"$MK" --hidden 1024 --moe-inter 768 --experts 64 --layers "$LAYERS" --shards 4 "$SRC" >/dev/null
 	touch "$SRC/.complete"
 fi
-for p in 30b-a3b 235b-a22b; do
+for p in 30b-a3b 235b-a22b; do # the layouts of row 6
+	want 6 || break
 	[ -f "$W/$p/.complete" ] || { rm -rf "$W/$p"; "$MK" --preset $p --sparse "$W/$p" >/dev/null && touch "$W/$p/.complete"; }
 done
-[ -f "$W/235b-dcp64/.complete" ] || { rm -rf "$W/235b-dcp64"; "$MK" --preset 235b-a22b --sparse \
+! want 6 || [ -f "$W/235b-dcp64/.complete" ] || { rm -rf "$W/235b-dcp64"; "$MK" --preset 235b-a22b --sparse \
 	--sharded-save 64 --save-shard-size 2 --dense-split "$W/235b-dcp64" >/dev/null &&
 	touch "$W/235b-dcp64/.complete"; }
-[ -f "$W/100k/.complete" ] || { rm -rf "$W/100k"; "$MK" --layers 9080 --hidden 16 --moe-inter 8 \
+! want 6 || [ -f "$W/100k/.complete" ] || { rm -rf "$W/100k"; "$MK" --layers 9080 --hidden 16 --moe-inter 8 \
 	--experts 4 --vocab 64 --heads 2 --kv-heads 1 --head-dim 8 --vision-depth 1 \
 	--vision-hidden 8 --vision-inter 8 --shards 64 --sparse "$W/100k" >/dev/null && touch "$W/100k/.complete"; }
 SHARDS=$(ls "$SRC"/*.safetensors)
@@ -141,11 +150,59 @@ mount_ready() {
 	done | sort -g | awk '{v[NR]=$0} END {print v[int((NR+1)/2)]}'
 }
 
+# ---- row 7, the ceiling: the null filesystem shows the view's names and sizes (MANIFEST)
+MANIFEST=$W/manifest-$LAYERS
+mount_null() { "$QN" "$MANIFEST" "$M" ${1:+-o "$1"}; }
+make_manifest() {
+	mount_qv io=uring
+	find "$M" -path "$M/.qvlmoefs" -prune -o -type f -printf '%s %P\n' >"$MANIFEST"
+	fusermount3 -u "$M"
+}
+
+# measure KIND FILES: seconds of one pass (KIND read|mmapcopy)
+measure() {
+	local k=$1
+	shift
+	case $k in
+	read) $QB read 1048576 "$@" | secs ;;
+	mmapcopy) $QB mmapcopy "$@" | secs ;;
+	esac
+}
+
+# pairs KIND QV_OPTS NULL_OPTS: PAIRS lines "qv_seconds null_seconds", each pair on fresh
+# mounts with warm sources, the order alternating (odd pairs: null first)
+pairs() {
+	local i a s q n
+	for i in $(seq $PAIRS); do
+		for a in $( ((i % 2)) && echo null qv || echo qv null); do
+			warm_sources
+			if [ $a = qv ]; then mount_qv "$2"; else mount_null "$3"; fi
+			s=$(measure "$1" $(vshards))
+			fusermount3 -u "$M"
+			if [ $a = qv ]; then q=$s; else n=$s; fi
+		done
+		echo "$q $n"
+	done
+}
+
+# pair_row LABEL KIND QV_OPTS NULL_OPTS: median, min, max of each side and the median of the
+# per-pair ratios (qvlmoefs speed / null speed = null seconds / qvlmoefs seconds)
+pair_row() {
+	local p qm qlo qhi nm nlo nhi rm
+	p=$(pairs "$2" "$3" "$4")
+	set -- "$1" $(echo "$p" | awk '{print $1}' | median) $(echo "$p" | awk '{print $1}' | sort -g | sed -n '1p;$p') \
+		$(echo "$p" | awk '{print $2}' | median) $(echo "$p" | awk '{print $2}' | sort -g | sed -n '1p;$p') \
+		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median)
+	printf '7    %-30s qvlmoefs %6.2f GB/s [%5.2f-%5.2f]  null %6.2f GB/s [%5.2f-%5.2f]  pair ratio %5.3f\n' "$1" \
+		"$(gbps "$2")" "$(gbps "$4")" "$(gbps "$3")" "$(gbps "$5")" "$(gbps "$7")" "$(gbps "$6")" "$8"
+	printf '7\t%s\t%s\t%s\tnull FUSE\t%s\t%s\tqv_min_max=%s,%s null_min_max=%s,%s pairs=%s\n' "$1" "$2" "$(gbps "$2")" \
+		"$5" "$8" "$3" "$4" "$6" "$7" "$PAIRS" >>"$TSV"
+}
+
 gbps() { echo "scale=3; $BYTES / $1 / 1000000000" | bc; }
 ratio() { echo "scale=3; $2 / $1" | bc; } # ratio A B = speed of A relative to B = tB / tA
 
 printf 'row\tcase\tseconds\tGB/s\tbaseline\tbaseline_seconds\tratio\n' >"$TSV"
-want() { case " $ROWS " in *" $1 "*) return 0 ;; esac; return 1; }
 row() { # row ID CASE SECONDS BASELINE_NAME BASELINE_SECONDS [BYTES]
 	local r g
 	r=$(ratio "$3" "$5")
@@ -210,5 +267,12 @@ if want 6; then
 		"$(echo "scale=1; $rss0 / 1024" | bc)" "$(echo "scale=1; $rss1 / 1024" | bc)" \
 		"$(echo "scale=2; $BYTES / 1000000000" | bc)"
 	printf '6\tdaemon RSS KiB after mount / after reads\t%s\t\t\t%s\t\n' "$rss0" "$rss1" >>"$TSV"
+fi
+if want 7; then
+	make_manifest
+	echo "7    ceiling: $PAIRS interleaved pairs of fresh mounts (qvlmoefs, null FUSE), warm sources; medians [min-max]"
+	pair_row "read() 1 MiB, page cache" read io=uring ""
+	pair_row "read() 1 MiB, -o direct_io" read io=uring,direct_io direct_io
+	pair_row "mmap MAP_PRIVATE copy, 1 thr" mmapcopy io=uring ""
 fi
 echo "results: $TSV"

@@ -3,6 +3,8 @@
  *
  *   qvbench read BS FILE...        sequential read() of each file in BS-byte requests
  *   qvbench mmap THREADS FILE...   map each file MAP_PRIVATE, touch every page from THREADS
+ *   qvbench mmapcopy FILE...       map each file MAP_PRIVATE and copy every byte out of the map
+ *                                  from one thread, 64 MiB at a time (as safe_open does)
  *   qvbench evict FILE...          drop the files' pages from the page cache (no root needed)
  *   qvbench ready MNT NAME CMD...  run CMD (a daemon in the foreground), print the ms until
  *                                  MNT lists NAME and NAME reads through, then the CMD's pid
@@ -115,6 +117,47 @@ static int cmd_mmap(int threads, char **files, int n)
 	return 0;
 }
 
+static int cmd_mmapcopy(char **files, int n)
+{
+	const size_t chunk = 64u << 20;
+	static volatile unsigned long sink;
+	char *dst = malloc(chunk);
+	uint64_t total = 0;
+	double t0 = now();
+
+	if (!dst)
+		return die("malloc", "64 MiB");
+	memset(dst, 1, chunk); /* the destination's pages exist before the clock matters */
+	t0 = now();
+	for (int i = 0; i < n; i++) {
+		int fd = open(files[i], O_RDONLY);
+		struct stat st;
+		char *p;
+
+		if (fd < 0 || fstat(fd, &st))
+			return die("open", files[i]);
+		if (st.st_size == 0) {
+			close(fd);
+			continue;
+		}
+		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (p == MAP_FAILED)
+			return die("mmap", files[i]);
+		for (size_t off = 0; off < (size_t)st.st_size; off += chunk) {
+			size_t len = (size_t)st.st_size - off < chunk ? (size_t)st.st_size - off : chunk;
+
+			memcpy(dst, p + off, len);
+			sink += (unsigned char)dst[len - 1]; /* the copy is used: not elided */
+		}
+		munmap(p, (size_t)st.st_size);
+		close(fd);
+		total += (uint64_t)st.st_size;
+	}
+	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
+	free(dst);
+	return 0;
+}
+
 static int cmd_evict(char **files, int n)
 {
 	for (int i = 0; i < n; i++) {
@@ -191,6 +234,8 @@ int main(int argc, char **argv)
 	if (argc >= 4 && !strcmp(argv[1], "mmap"))
 		return cmd_mmap(atoi(argv[2]) < 1 || atoi(argv[2]) > 64 ? 4 : atoi(argv[2]),
 				argv + 3, argc - 3);
+	if (argc >= 3 && !strcmp(argv[1], "mmapcopy"))
+		return cmd_mmapcopy(argv + 2, argc - 2);
 	if (argc >= 3 && !strcmp(argv[1], "evict"))
 		return cmd_evict(argv + 2, argc - 2);
 	if (argc >= 5 && !strcmp(argv[1], "ready"))
