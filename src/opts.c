@@ -30,6 +30,7 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("readahead_kb=", KEY_READAHEAD),
 	FUSE_OPT_KEY("shard_size=", KEY_SHARD_SIZE),
 	OPT("direct_io", direct_io),
+	OPT("ep_shared", ep_shared),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so main adds none */
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
@@ -129,6 +130,8 @@ static int check_slicing(const struct qv_options *o, struct qv_mount_opts *mo)
 /* Turn option strings into the core's options; one-line message and -EINVAL when invalid. */
 int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu)
 {
+	int rc;
+
 	memset(mo, 0, sizeof(*mo));
 	*gpu = -1;
 	mo->exclude = o->exclude;
@@ -152,7 +155,12 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 		*gpu = (int)dev;
 	}
 	mo->max_file = o->max_file;
-	return check_slicing(o, mo);
+	mo->ep_shared = o->ep_shared;
+	rc = check_slicing(o, mo);
+	if (!rc && mo->ep_shared && !qv_gen_multi(mo))
+		return qv_log("ep_shared needs ep_size without ep_rank: it is a layout of the rank "
+			      "folders"), -EINVAL;
+	return rc;
 }
 
 /* Whether the regex text t (n bytes) leaves a bracket, group or brace open, skipping "\x"
@@ -343,6 +351,8 @@ void qv_opts_help(void)
 	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
 	       "    -o shard_size=BYTES    files of a consolidated sharded save (default 5 GB)\n"
+	       "    -o ep_shared           rank folders share one inode per file of bytes every rank\n"
+	       "                           sees: shards split into dense and -experts files\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
 	       "    -o readahead_kb=N      the mount's readahead when run as root, 0 to %u\n"
 	       "                           (default 4096; 0: none)\n"
