@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BUILD=${BUILD:-build}
 REPS=${BENCH_REPS:-5}
-ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7} # a subset, e.g. BENCH_ROWS="1 6"
+ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8} # a subset, e.g. BENCH_ROWS="1 6"
 PAIRS=${BENCH_PAIRS:-7}
 LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of the README's table; 1: 0.3 GB
 OUT=${BENCH_OUT:-$ROOT/$BUILD/bench}
@@ -199,6 +199,46 @@ pair_row() {
 		"$5" "$8" "$3" "$4" "$6" "$7" "$PAIRS" >>"$TSV"
 }
 
+# ---- row 8, the EP node: ranks 0-7 of ep_size=32 read at once from evicted sources
+RANKS8="0 1 2 3 4 5 6 7"
+ep_lists() {
+	for r in $RANKS8; do
+		[ -s "$W/extents-$LAYERS-$r" ] || python3 "$EP" extents "$SRC" 32 $r >"$W/extents-$LAYERS-$r"
+	done
+}
+
+# eight readers pread()ing exactly their rank's source bytes (experts slices, dense, the rest)
+ep_slice_readers() {
+	local t0 t1
+	for _ in $(seq $REPS); do
+		evict_sources
+		t0=$(date +%s.%N)
+		for r in $RANKS8; do $QB extents "$W/extents-$LAYERS-$r" >/dev/null & done
+		wait
+		t1=$(date +%s.%N)
+		echo "$t1 - $t0" | bc
+	done | median
+}
+
+# ep_node OPTS: the median repetition's "seconds bytes_served wchar" of a fresh mount (its
+# daemon's writes to /dev/fuse, from /proc/PID/io) whose ranks 0-7 are read by 8 readers
+ep_node() {
+	local t0 t1 out pid served wchar
+	for _ in $(seq $REPS); do
+		evict_sources
+		out=$($QB ready "$M" ep-rank-0 "$QV" -f "$SRC" "$M" -o "ep_size=32,$1")
+		pid=${out#* }
+		t0=$(date +%s.%N)
+		for r in $RANKS8; do $QB read 1048576 "$M/ep-rank-$r"/* >/dev/null & done
+		wait
+		t1=$(date +%s.%N)
+		served=$(stat_field "$M" bytes_served)
+		wchar=$(awk '/^wchar/ {print $2}' /proc/$pid/io)
+		fusermount3 -u "$M"
+		echo "$(echo "$t1 - $t0" | bc) $served $wchar"
+	done | sort -g | awk '{v[NR]=$0} END {print v[int((NR+1)/2)]}'
+}
+
 gbps() { echo "scale=3; $BYTES / $1 / 1000000000" | bc; }
 ratio() { echo "scale=3; $2 / $1" | bc; } # ratio A B = speed of A relative to B = tB / tA
 
@@ -274,5 +314,20 @@ if want 7; then
 	pair_row "read() 1 MiB, page cache" read io=uring ""
 	pair_row "read() 1 MiB, -o direct_io" read io=uring,direct_io direct_io
 	pair_row "mmap MAP_PRIVATE copy, 1 thr" mmapcopy io=uring ""
+fi
+if want 8; then
+	ep_lists
+	node=$(python3 "$EP" nodebytes "$SRC" 32 0,1,2,3,4,5,6,7)
+	slices=$(ep_slice_readers)
+	[ -n "${full:-}" ] || full=$(ep_full_readers)
+	echo "8    EP node: ranks 0-7 of ep_size=32 at once, evicted sources; node bytes (their experts + the rest once) $node"
+	for o in io=uring io=uring,ep_shared; do
+		set -- $(ep_node "$o")
+		printf '8    %-22s %7.3f s  vs 8 slice readers %7.3f s ratio %5.3f  vs 8 full readers %7.3f s ratio %5.3f  carried %s (wchar %s) = %5.3f x node bytes\n' \
+			"$o" "$1" "$slices" "$(ratio "$1" "$slices")" "$full" "$(ratio "$1" "$full")" "$2" "$3" \
+			"$(echo "scale=4; $2 / $node" | bc)"
+		printf '8\tEP node %s\t%s\t\t8 slice readers\t%s\t%s\tfull=%s served=%s wchar=%s node_bytes=%s\n' "$o" "$1" "$slices" \
+			"$(ratio "$1" "$slices")" "$full" "$2" "$3" "$node" >>"$TSV"
+	done
 fi
 echo "results: $TSV"

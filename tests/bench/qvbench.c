@@ -5,6 +5,8 @@
  *   qvbench mmap THREADS FILE...   map each file MAP_PRIVATE, touch every page from THREADS
  *   qvbench mmapcopy FILE...       map each file MAP_PRIVATE and copy every byte out of the map
  *                                  from one thread, 64 MiB at a time (as safe_open does)
+ *   qvbench extents LIST           pread() every "PATH OFFSET LENGTH" line of LIST in 1 MiB
+ *                                  requests (a loader reading only its slices of the sources)
  *   qvbench evict FILE...          drop the files' pages from the page cache (no root needed)
  *   qvbench ready MNT NAME CMD...  run CMD (a daemon in the foreground), print the ms until
  *                                  MNT lists NAME and NAME reads through, then the CMD's pid
@@ -158,6 +160,46 @@ static int cmd_mmapcopy(char **files, int n)
 	return 0;
 }
 
+static int cmd_extents(const char *list)
+{
+	FILE *f = fopen(list, "r");
+	char path[4096], open_path[4096] = "";
+	unsigned long long off, len;
+	const size_t bs = 1u << 20;
+	char *buf = aligned_alloc(4096, bs);
+	uint64_t total = 0;
+	int fd = -1;
+	double t0 = now();
+
+	if (!f || !buf)
+		return die("open", list);
+	while (fscanf(f, "%4095s %llu %llu", path, &off, &len) == 3) {
+		if (strcmp(path, open_path)) { /* one open per file, as a loader keeps it open */
+			if (fd >= 0)
+				close(fd);
+			fd = open(path, O_RDONLY);
+			if (fd < 0)
+				return die("open", path);
+			snprintf(open_path, sizeof(open_path), "%s", path);
+		}
+		while (len) {
+			ssize_t r = pread(fd, buf, len < bs ? len : bs, (off_t)off);
+
+			if (r <= 0)
+				return die("pread", path);
+			off += (unsigned long long)r;
+			len -= (unsigned long long)r;
+			total += (uint64_t)r;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	fclose(f);
+	free(buf);
+	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
+	return 0;
+}
+
 static int cmd_evict(char **files, int n)
 {
 	for (int i = 0; i < n; i++) {
@@ -236,6 +278,8 @@ int main(int argc, char **argv)
 				argv + 3, argc - 3);
 	if (argc >= 3 && !strcmp(argv[1], "mmapcopy"))
 		return cmd_mmapcopy(argv + 2, argc - 2);
+	if (argc == 3 && !strcmp(argv[1], "extents"))
+		return cmd_extents(argv[2]);
 	if (argc >= 3 && !strcmp(argv[1], "evict"))
 		return cmd_evict(argv + 2, argc - 2);
 	if (argc >= 5 && !strcmp(argv[1], "ready"))

@@ -10,6 +10,11 @@ ep_check.py shared MNT PLAIN  -- MNT is a mount with -o ep_shared, PLAIN the sam
     every folder one inode, nlink = the folder count) or in NAME-experts.safetensors (expert
     tensors only, this rank's __metadata__); every other file is one inode with PLAIN's bytes;
     the index names each key's file and the right total_size; nothing else is there.
+ep_check.py nodebytes SRC W R1,R2,...  -- print the fewest bytes one node holding those ranks
+    needs from a view: their expert slices, and every dense tensor and pass-through file once.
+ep_check.py extents SRC W R  -- print "PATH OFFSET LENGTH" of every source byte rank R of W
+    reads (its expert slices, every dense tensor, every pass-through file): what a loader that
+    read the sources directly would read (make bench's slice readers).
 ep_check.py minbytes SRC W R1,R2,... [K S]  -- print the fewest source bytes that reading
     those ranks' views can take: their expert slices, plus, per rank, every dense tensor and
     every pass-through file (the index is generated, headers are synthesized).
@@ -187,6 +192,40 @@ def shared(mnt, plain):
     return len(bad)
 
 
+def rank_extents(src, w, r):
+    """(path, offset, length) of the source bytes rank r of w needs."""
+    for rel, h, base in shards(src):
+        p = os.path.join(src, rel)
+        for key, t in sorted(h.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            a, b = t["data_offsets"]
+            if is_expert(key):
+                e = t["shape"][0]
+                start, count = ep_range(e, w, r)
+                a, b = a + (b - a) // e * start, a + (b - a) // e * (start + count)
+            if b > a:
+                yield p, base + a, b - a
+    for d, _, files in os.walk(src, followlinks=True):
+        for f in sorted(files):
+            if not f.endswith((".safetensors", ".safetensors.index.json")) and not f.startswith("."):
+                p = os.path.join(d, f)
+                yield p, 0, os.path.getsize(p)
+
+
+def nodebytes(src, w, ranks):
+    """Bytes one node holding ranks needs: their expert slices, everything else once."""
+    total = 0
+    for rel, h, base in shards(src):
+        for key, t in h.items():
+            n = t["data_offsets"][1] - t["data_offsets"][0]
+            total += sum(n // t["shape"][0] * ep_range(t["shape"][0], w, r)[1] for r in ranks) \
+                if is_expert(key) else n
+    for d, _, files in os.walk(src, followlinks=True):
+        for f in files:
+            if not f.endswith((".safetensors", ".safetensors.index.json")) and not f.startswith("."):
+                total += os.path.getsize(os.path.join(d, f))
+    return total
+
+
 def minbytes(src, w, ranks, k, s):
     """Fewest source bytes for reading the views of ranks (shard s of k)."""
     total = 0
@@ -217,6 +256,13 @@ def main(argv):
         bad = shared(argv[2], argv[3])
         print("shared: " + ("OK" if not bad else f"{bad} mismatches"))
         return 1 if bad else 0
+    if len(argv) >= 5 and argv[1] == "nodebytes":
+        print(nodebytes(argv[2], int(argv[3]), [int(x) for x in argv[4].split(",")]))
+        return 0
+    if len(argv) >= 5 and argv[1] == "extents":
+        for p, off, n in rank_extents(argv[2], int(argv[3]), int(argv[4])):
+            print(f"{p} {off} {n}")
+        return 0
     if len(argv) >= 5 and argv[1] == "minbytes":
         k, s = (int(argv[5]), int(argv[6])) if len(argv) > 6 else (1, 0)
         print(minbytes(argv[2], int(argv[3]), [int(x) for x in argv[4].split(",")], k, s))
