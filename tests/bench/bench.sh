@@ -190,6 +190,8 @@ pairs() {
 pair_row() {
 	local p qm qlo qhi nm nlo nhi rm
 	p=$(pairs "$2" "$3" "$4")
+	# every pair as measured (odd pairs: null first), for whoever doubts a median
+	echo "$p" | awk -v l="$1" '{printf "7\tpair %d %s\t%s\t\tnull FUSE\t%s\t%.4f\t%s first\n", NR, l, $1, $2, $2 / $1, NR % 2 ? "null" : "qvlmoefs"}' >>"$TSV"
 	set -- "$1" $(echo "$p" | awk '{print $1}' | median) $(echo "$p" | awk '{print $1}' | sort -g | sed -n '1p;$p') \
 		$(echo "$p" | awk '{print $2}' | median) $(echo "$p" | awk '{print $2}' | sort -g | sed -n '1p;$p') \
 		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median)
