@@ -59,7 +59,8 @@ secs() { awk '{print $2}'; }
 
 M=$W/mnt
 mkdir -p "$M"
-mount_qv() { "$QV" "$SRC" "$M" -o "$1"; }
+# the daemon's lines (there is no syslog on every machine) go to a log beside the fixtures
+mount_qv() { "$QV" "$SRC" "$M" -o "$1,log=$W/qvlmoefs.log"; }
 stat_field() {
 	python3 -c 'import json,os,sys; print(json.loads(os.getxattr(sys.argv[1], "user.qvlmoefs.stats"))[sys.argv[2]])' "$1" "$2"
 }
