@@ -42,6 +42,19 @@ enum qv_io_backend qv_io_backend_of(const struct qv_io *io);
 /* Perform all n reads completely; 0, or -EIO when a source ends early, or -errno. */
 int qv_io_run(struct qv_io *io, struct qv_iop *ops, size_t n);
 
+/* Put exactly bytes [off, off+len) of fd into the thread's pipe, by reference to fd's page
+ * cache: 0 and *rd its read end, holding just those bytes for the caller to pass on (or
+ * qv_io_splice_reset); -EAGAIN when the pipe cannot hold them or fd cannot splice (read
+ * instead); -EIO when fd ends before off+len; or -errno. On failure the pipe is empty. */
+int qv_io_splice(struct qv_io *io, int fd, uint64_t off, size_t len, int *rd);
+
+/* The largest request (a multiple of 4 KiB) qv_io_splice takes in this process: what a pipe
+ * can be grown to here, less the room libfuse's own pipe needs for the reply header; 0: none. */
+size_t qv_io_splice_max(void);
+
+/* Drop whatever the thread's pipe holds (a reply that did not take it); it is remade on use. */
+void qv_io_splice_reset(struct qv_io *io);
+
 /* Tear down the reader. */
 void qv_io_free(struct qv_io *io);
 

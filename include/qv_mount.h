@@ -19,6 +19,7 @@
 struct qv_stats {
 	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens, releases;
 	atomic_uint_least64_t bytes_uring, bytes_pread; /* bytes_src by backend */
+	atomic_uint_least64_t bytes_spliced;		/* bytes_src handed on by splice */
 	struct timespec start;
 };
 
@@ -78,6 +79,12 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got);
 
 /* The daemon's counters as one line of JSON; 0 or -ENOMEM. */
+/* Serve [off, off+len) of file node n as a pipe holding the source's bytes, when they are one
+ * run of one source: 0 with *rd (exactly *got bytes, the whole reply); -EAGAIN when they are not
+ * (qv_mount_read them instead); -EIO when the source changed or shrank. Counts in stats. */
+int qv_mount_splice(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len,
+		    struct qv_io *io, int *rd, size_t *got);
+
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
 
 /* A length that the value of xattr name of node n never exceeds, for size queries of values

@@ -15,8 +15,10 @@ struct qv_options {
 	char *view, *exclude, *io, *gpu, *log;
 	char *ep_size, *ep_rank, *shard_size, *shard_rank; /* NULL when not given */
 	unsigned readahead_kb;	      /* checked when parsed: from 0 to QV_OPTS_MAX_READAHEAD_KB */
+	unsigned max_read;	      /* libfuse's max_read=, 0 when not given */
 	unsigned long long max_file;  /* shard_size=, checked when parsed; 0 when not given */
 	int direct_io;
+	int splice, nosplice; /* -o splice / -o nosplice given */
 	int ep_shared;
 	int allow_other;
 	int fsname_set, readahead_set; /* the user gave fsname=, readahead_kb= */

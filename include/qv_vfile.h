@@ -111,6 +111,12 @@ int qv_source_check(struct qv_source *s);
 /* After a read: 0 when the open source's size and mtime are still the scanned ones, else -EIO. */
 int qv_source_unchanged(struct qv_source *s);
 
+/* Where [off, off+len) of vf lies when it is one run of one source (cut at EOF): 0 with the
+ * source index *src, its offset *soff and *n bytes; -EINVAL when it is anything else (memory,
+ * a tiled tensor, several runs, or past EOF). */
+int qv_vfile_run(const struct qv_vfile *vf, uint64_t off, size_t len, uint32_t *src,
+		 uint64_t *soff, size_t *n);
+
 /* Read [off, off+len) of vf into buf: *got bytes (short only at EOF), *src_bytes read from
  * sources; 0 or -errno. */
 int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,

@@ -12,6 +12,7 @@
 
 #define CACHE_TIMEOUT 86400.0
 #define READ_BUF_MIN (1u << 20)
+#define SPLICE_MIN (2u * 4096)
 
 /* What a worker thread keeps between requests: nothing is allocated per read. */
 struct qv_thread {
@@ -113,7 +114,9 @@ static int reply_open(struct qv_fs *fs, fuse_req_t req, const struct fuse_file_i
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct qv_fs *fs = userdata;
+
+	conn->max_read = fs->max_read; /* libfuse wants the mount option's value again here */
 	/* INIT may only lower the mount's readahead, which main() has already set (as root):
 	 * do not cap it here */
 	conn->max_readahead = 1u << 30;
@@ -342,6 +345,31 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	put(fs, n);
 }
 
+/* Reply to a read of file n with the source's pages themselves when the request is one run of
+ * one source: 0 when replied (the bytes, or the error), -EAGAIN when it must be copied. */
+static int reply_splice(struct qv_fs *fs, fuse_req_t req, struct qv_node *n, size_t size,
+			off_t off, struct qv_thread *t)
+{
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
+	size_t got;
+	int rd, rc = qv_mount_splice(fs->m, n, (uint64_t)off, size, t->io, &rd, &got);
+
+	if (rc == -EAGAIN)
+		return rc;
+	if (rc) {
+		fuse_reply_err(req, -rc);
+		return 0;
+	}
+	bv.buf[0].size = got;
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY;
+	bv.buf[0].fd = rd;
+	/* libfuse moves the pipe's pages on to /dev/fuse after the reply header (its
+	 * FUSE_CAP_SPLICE_WRITE path), or reads them back and writes them when it cannot */
+	if (fuse_reply_data(req, &bv, 0))
+		qv_io_splice_reset(t->io); /* not taken (an interrupted request): drop the rest */
+	return 0;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -354,6 +382,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (!n || n->dir) {
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
 		return;
+	}
+	/* below two pages libfuse copies a spliced reply anyway, through a buffer of its own */
+	if (fs->splice && !n->dyn && size >= SPLICE_MIN) {
+		rc = thread_get(fs, 0, &t);
+		if (!rc && reply_splice(fs, req, n, size, off, t) == 0)
+			return;
 	}
 	rc = thread_get(fs, size, &t);
 	if (!rc && n->dyn) {

@@ -1,13 +1,17 @@
 /* io.c - reads for one worker thread: every extent of a request goes out as one io_uring batch;
- * short reads and -EAGAIN/-EINTR are resubmitted for the rest; pread when no ring can be had. */
+ * short reads and -EAGAIN/-EINTR are resubmitted for the rest; pread when no ring can be had.
+ * And a pipe per thread that a single-run request is spliced into, so its bytes reach the
+ * reader without a copy through this process. */
 #include "qv_io.h"
 #include "qv_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 /* The kernel fills io_uring buffers behind valgrind's back; tell it those bytes are defined. */
@@ -24,6 +28,8 @@ struct qv_io {
 	struct io_uring ring;
 	unsigned completions; /* for the eagain_every test knob */
 	unsigned submits;     /* for the fail_submit_nth test knob */
+	int pipe[2];	      /* for qv_io_splice, made on first use; -1 when none */
+	size_t pipe_cap;      /* its size in bytes */
 };
 
 static uint64_t clamp_len(const struct qv_io *io, uint64_t len)
@@ -47,6 +53,7 @@ int qv_io_new(const struct qv_io_cfg *cfg, struct qv_io **out)
 	if (!io->cfg.entries)
 		io->cfg.entries = 64;
 	io->backend = cfg->backend;
+	io->pipe[0] = io->pipe[1] = -1;
 	if (io->backend == QV_IO_URING) {
 		rc = cfg->fail_setup_errno ? -cfg->fail_setup_errno :
 					     io_uring_queue_init(io->cfg.entries, &io->ring, 0);
@@ -77,6 +84,7 @@ void qv_io_free(struct qv_io *io)
 		return;
 	if (io->backend == QV_IO_URING)
 		io_uring_queue_exit(&io->ring);
+	qv_io_splice_reset(io);
 	free(io);
 }
 
@@ -225,4 +233,93 @@ int qv_io_run(struct qv_io *io, struct qv_iop *ops, size_t n)
 	for (size_t i = 0; i < n; i++)
 		ops[i].done = 0;
 	return io->backend == QV_IO_PREAD ? run_pread(io, ops, n) : run_uring(io, ops, n);
+}
+
+/* The largest request one splice reply may carry: the pipe less libfuse's margin (its own pipe
+ * takes a page for the reply header and two of slack besides the bytes, and grows only as far
+ * as ours did, under the same limits), so its pipe takes all of ours in one move. */
+#define SPLICE_SLACK (3 * 4096 + 64)
+
+/* Make pipe p as large as the process may (2 MiB holds a 1 MiB request at any alignment;
+ * without CAP_SYS_RESOURCE, fs.pipe-max-size caps it, 1 MiB by default); its size in bytes,
+ * or -errno. */
+static int pipe_make(int p[2])
+{
+	int sz;
+
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK))
+		return p[0] = p[1] = -1, -errno;
+	if (fcntl(p[1], F_SETPIPE_SZ, 2 << 20) < 0)
+		fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+	sz = fcntl(p[1], F_GETPIPE_SZ);
+	return sz > 0 ? sz : 0;
+}
+
+/* The thread's pipe, made now; 0 or -EAGAIN (no descriptor left: copy instead) or -errno. */
+static int io_pipe(struct qv_io *io)
+{
+	int sz = pipe_make(io->pipe);
+
+	if (sz < 0)
+		return sz == -EMFILE || sz == -ENFILE ? -EAGAIN : sz;
+	io->pipe_cap = (size_t)sz;
+	return 0;
+}
+
+size_t qv_io_splice_max(void)
+{
+	int p[2], sz = pipe_make(p);
+
+	if (sz < 0)
+		return 0;
+	close(p[0]);
+	close(p[1]);
+	return (size_t)sz > SPLICE_SLACK + 4096 ? ((size_t)sz - SPLICE_SLACK) & ~(size_t)4095 : 0;
+}
+
+void qv_io_splice_reset(struct qv_io *io)
+{
+	/* closing is simpler than draining and costs only on the rare failure */
+	if (io->pipe[0] >= 0) {
+		close(io->pipe[0]);
+		close(io->pipe[1]);
+	}
+	io->pipe[0] = io->pipe[1] = -1;
+	io->pipe_cap = 0;
+}
+
+int qv_io_splice(struct qv_io *io, int fd, uint64_t off, size_t len, int *rd)
+{
+	uint64_t pages = ((off & 4095) + len + 4095) / 4096, done = 0;
+	int left = 0, rc;
+
+	if (io->pipe[0] < 0 && (rc = io_pipe(io)))
+		return rc;
+	/* never append to bytes a failed reply left: they would go out as this request's */
+	if (ioctl(io->pipe[0], FIONREAD, &left) || left) {
+		qv_io_splice_reset(io);
+		if ((rc = io_pipe(io)))
+			return rc;
+	}
+	/* one pipe slot per source page touched: a request the pipe cannot hold whole is copied */
+	if (len == 0 || len + SPLICE_SLACK > io->pipe_cap || pages > io->pipe_cap / 4096)
+		return -EAGAIN;
+	while (done < len) {
+		loff_t pos = (loff_t)(off + done);
+		/* non-blocking on the pipe only: a full pipe must not hang this worker */
+		ssize_t r = splice(fd, &pos, io->pipe[1], NULL, clamp_len(io, len - done),
+				   SPLICE_F_NONBLOCK);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			/* EOF: the source shrank; EINVAL: a source that cannot splice (copied) */
+			rc = r == 0 ? -EIO : errno == EINVAL || errno == EAGAIN ? -EAGAIN : -errno;
+			qv_io_splice_reset(io);
+			return rc;
+		}
+		done += (uint64_t)r;
+	}
+	*rd = io->pipe[0];
+	return 0;
 }

@@ -71,6 +71,21 @@ static int add_fsname(struct fuse_args *args, const char *source)
 	return rc;
 }
 
+/* Requests a splice reply can carry whole: 1 MiB ones need a 2 MiB pipe, which takes
+ * CAP_SYS_RESOURCE (or a raised fs.pipe-max-size); short of that, cap the kernel's requests
+ * (max_read) to what the pipe holds rather than copy them all. *max_read: 0 when uncapped. */
+static int splice_max_read(struct fuse_args *args, unsigned *max_read)
+{
+	size_t max = qv_io_splice_max();
+	char opt[64];
+
+	if (max >= (1u << 20) || max < 2 * 4096)
+		return 0; /* room enough, or no splice at all: reads are copied */
+	*max_read = (unsigned)max;
+	snprintf(opt, sizeof(opt), "-omax_read=%u", *max_read);
+	return fuse_opt_add_arg(args, opt);
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -144,6 +159,10 @@ int main(int argc, char *argv[])
 	if (qv_fs_init(&fs, &m))
 		goto out_mount_ctx;
 	fs.direct_io = o.direct_io;
+	fs.splice = o.splice && !o.nosplice;
+	fs.max_read = o.max_read;
+	if (fs.splice && !fs.max_read && splice_max_read(&args, &fs.max_read))
+		goto out_fs;
 	se = fuse_session_new(&args, qv_fs_ops(), sizeof(*qv_fs_ops()), &fs);
 	if (!se)
 		goto out_fs;

@@ -353,26 +353,69 @@ void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
 	qv_mount_drop(m, n, 1);
 }
 
+/* A request of node n served: got bytes, from_src of them from sources, counted in by (the
+ * backend's counter). */
+static void count_served(struct qv_mount *m, const struct qv_node *n, size_t got,
+			 uint64_t from_src, atomic_uint_least64_t *by)
+{
+	atomic_fetch_add(&m->stats.reads, 1);
+	atomic_fetch_add(&m->stats.bytes_served, got);
+	if (m->folder_bytes && n->folder >= 0 && (size_t)n->folder < m->nfolders)
+		atomic_fetch_add(&m->folder_bytes[n->folder], got);
+	else if (m->folder_bytes && n->nlink)
+		atomic_fetch_add(&m->folder_bytes[m->nfolders], got);
+	atomic_fetch_add(&m->stats.bytes_src, from_src);
+	atomic_fetch_add(by, from_src);
+}
+
 int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
 		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got)
 {
 	uint64_t from_src = 0;
 	int rc = qv_vfile_read(&n->vf, n->vf.base, off, len, buf, io, sc, got, &from_src);
 
-	atomic_fetch_add(&m->stats.reads, 1);
 	if (rc) {
+		atomic_fetch_add(&m->stats.reads, 1);
 		atomic_fetch_add(&m->stats.errors, 1);
 		return rc;
 	}
-	atomic_fetch_add(&m->stats.bytes_served, *got);
-	if (m->folder_bytes && n->folder >= 0 && (size_t)n->folder < m->nfolders)
-		atomic_fetch_add(&m->folder_bytes[n->folder], *got);
-	else if (m->folder_bytes && n->nlink)
-		atomic_fetch_add(&m->folder_bytes[m->nfolders], *got);
-	atomic_fetch_add(&m->stats.bytes_src, from_src);
-	atomic_fetch_add(qv_io_backend_of(io) == QV_IO_URING ? &m->stats.bytes_uring :
-							       &m->stats.bytes_pread,
-			 from_src);
+	count_served(m, n, *got, from_src,
+		     qv_io_backend_of(io) == QV_IO_URING ? &m->stats.bytes_uring :
+							   &m->stats.bytes_pread);
+	return 0;
+}
+
+int qv_mount_splice(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len,
+		    struct qv_io *io, int *rd, size_t *got)
+{
+	struct qv_source *s;
+	uint64_t soff;
+	uint32_t src;
+	int rc = qv_vfile_run(&n->vf, off, len, &src, &soff, got);
+
+	if (rc)
+		return -EAGAIN;
+	s = &n->vf.base[src];
+	rc = qv_source_open(s);
+	/* the pipe holds the whole run or nothing (EIO on a source that ends early, which a
+	 * short reply would have the kernel take for the end of the file) */
+	if (!rc)
+		rc = qv_io_splice(io, atomic_load(&s->fd), soff, *got, rd);
+	if (rc == -EAGAIN)
+		return rc;
+	/* after the splice, as qv_vfile_read checks after its reads: a write that began before
+	 * this has moved mtime already. The pipe refers to the source's pages rather than holding
+	 * a copy, so a write landing between here and the reply's copy could still reach it:
+	 * sources must not be written while mounted, and the copy path (-o nosplice) closes even
+	 * that window. */
+	if (!rc && (rc = qv_source_unchanged(s)))
+		qv_io_splice_reset(io);
+	if (rc) {
+		atomic_fetch_add(&m->stats.reads, 1);
+		atomic_fetch_add(&m->stats.errors, 1);
+		return rc;
+	}
+	count_served(m, n, *got, *got, &m->stats.bytes_spliced);
 	return 0;
 }
 
@@ -385,7 +428,7 @@ int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_
 	return -ENOENT;
 }
 
-enum { STATS_N = 10 };
+enum { STATS_N = 11 };
 
 /* The counters v (in the order of the names below) and the uptime as one line of JSON. Every
  * value is an integer, so a line of UINT64_MAX values is the longest there can be. */
@@ -395,6 +438,7 @@ static int stats_format(const struct qv_mount *m, bool max, struct qv_buf *out,
 	int rc = qv_buf_printf(out,
 			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
 			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
+			     "\"bytes_spliced\":%llu,"
 			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%llu,"
 			     "\"generations\":%llu,\"uptime_s\":%llu.%03llu",
 			     (unsigned long long)v[0], (unsigned long long)v[1],
@@ -402,7 +446,7 @@ static int stats_format(const struct qv_mount *m, bool max, struct qv_buf *out,
 			     (unsigned long long)v[4], (unsigned long long)v[5],
 			     (unsigned long long)v[6], (unsigned long long)v[7],
 			     (unsigned long long)v[8], (unsigned long long)v[9],
-			     (unsigned long long)(uptime_ms / 1000),
+			     (unsigned long long)v[10], (unsigned long long)(uptime_ms / 1000),
 			     (unsigned long long)(uptime_ms % 1000));
 
 	/* rank folders: the bytes each served ("shared": the files all of them list) */
@@ -423,7 +467,8 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 	uint64_t opens = atomic_load(&s->opens), releases = atomic_load(&s->releases);
 	uint64_t v[STATS_N] = { atomic_load(&s->reads),	      atomic_load(&s->bytes_served),
 				atomic_load(&s->bytes_src),   atomic_load(&s->bytes_uring),
-				atomic_load(&s->bytes_pread), atomic_load(&s->errors),
+				atomic_load(&s->bytes_pread), atomic_load(&s->bytes_spliced),
+				atomic_load(&s->errors),
 				opens,			      opens > releases ? opens - releases : 0,
 				qv_tree_count(&m->tree),      atomic_load(&m->ngens) };
 

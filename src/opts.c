@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { KEY_ALLOW_OTHER, KEY_DROP, KEY_FSNAME, KEY_READAHEAD, KEY_SHARD_SIZE };
+enum { KEY_ALLOW_OTHER, KEY_DROP, KEY_FSNAME, KEY_MAX_READ, KEY_READAHEAD, KEY_SHARD_SIZE };
 
 #define OPT(t, p) { t, offsetof(struct qv_options, p), 1 }
 static const struct fuse_opt opt_spec[] = {
@@ -30,9 +30,12 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_KEY("readahead_kb=", KEY_READAHEAD),
 	FUSE_OPT_KEY("shard_size=", KEY_SHARD_SIZE),
 	OPT("direct_io", direct_io),
+	OPT("splice", splice),
+	OPT("nosplice", nosplice),
 	OPT("ep_shared", ep_shared),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so main adds none */
+	FUSE_OPT_KEY("max_read=", KEY_MAX_READ), /* kept for libfuse; init must repeat it */
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
 	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
 	FUSE_OPT_KEY("_netdev", KEY_DROP),   /* fstab-only */
@@ -86,6 +89,12 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outa
 			return -1;
 		o->max_file = n;
 		return 0;
+	}
+	if (key == KEY_MAX_READ) {
+		if (qv_opts_number("max_read", v + 1, 4096, UINT32_MAX, &n))
+			return -1;
+		o->max_read = (unsigned)n;
+		return 1;
 	}
 	if (key == KEY_ALLOW_OTHER)
 		o->allow_other = 1;
@@ -354,6 +363,8 @@ void qv_opts_help(void)
 	       "    -o ep_shared           rank folders share one inode per file of bytes every rank\n"
 	       "                           sees: shards split into dense and -experts files\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
+	       "    -o splice              reply to a read of one run of one source with its\n"
+	       "                           pages (splice), not a copy (default off; nosplice)\n"
 	       "    -o readahead_kb=N      the mount's readahead when run as root, 0 to %u\n"
 	       "                           (default 4096; 0: none)\n"
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n"

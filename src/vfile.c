@@ -229,6 +229,29 @@ static size_t seg_find(const struct qv_vfile *vf, uint64_t off)
 	return lo;
 }
 
+int qv_vfile_run(const struct qv_vfile *vf, uint64_t off, size_t len, uint32_t *src,
+		 uint64_t *soff, size_t *n)
+{
+	const struct qv_seg *s;
+	uint64_t end, a, in;
+
+	if (off >= vf->size || len == 0)
+		return -EINVAL;
+	end = len < vf->size - off ? off + len : vf->size;
+	s = &vf->seg[seg_find(vf, off)]; /* off < size: some segment holds it */
+	if (s->voff > off || s->src == QV_SEG_MEM || s->src == QV_SEG_TILED ||
+	    end > s->voff + s->len)
+		return -EINVAL;
+	a = off - s->voff;
+	in = a % s->run;
+	if (end - off > s->run - in) /* crosses into the next strided run */
+		return -EINVAL;
+	*src = s->src;
+	*soff = s->soff + a / s->run * s->stride + in;
+	*n = (size_t)(end - off);
+	return 0;
+}
+
 static int push_op(struct qv_rdscratch *sc, size_t *n, uint32_t src, int fd, uint64_t off,
 		   uint64_t len, char *dst)
 {
