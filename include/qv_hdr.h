@@ -26,6 +26,10 @@ int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta 
 		 size_t nextra, const struct qv_vtensor *t, size_t nt, struct qv_buf *out,
 		 char *err, size_t errlen);
 
+/* Lengthen a header qv_hdr_build made by add spaces (a multiple of 8 keeps its data 8-byte
+ * aligned), its length prefix rewritten; 0 or -ENOMEM. */
+int qv_hdr_pad(struct qv_buf *hdr, size_t add);
+
 /* One weight_map entry. */
 struct qv_wentry {
 	const char *key, *file;

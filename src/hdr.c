@@ -98,6 +98,22 @@ int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta 
 	return self_check(out, off, err, errlen);
 }
 
+int qv_hdr_pad(struct qv_buf *hdr, size_t add)
+{
+	uint64_t n;
+	int rc = 0;
+
+	/* trailing spaces are part of the header by the format (as the 8-byte padding is) */
+	for (size_t i = 0; i < add && !rc; i++)
+		rc = qv_buf_add(hdr, " ", 1);
+	if (rc)
+		return rc;
+	n = hdr->len - 8;
+	for (int i = 0; i < 8; i++)
+		hdr->p[i] = (char)(n >> (8 * i));
+	return 0;
+}
+
 static int cmp_wentry(const void *a, const void *b)
 {
 	return strcmp(((const struct qv_wentry *)a)->key, ((const struct qv_wentry *)b)->key);

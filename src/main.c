@@ -171,7 +171,10 @@ int main(int argc, char *argv[])
 	if (fuse_session_mount(se, copts.mountpoint))
 		goto out_signals;
 	/* best effort: without root the kernel's 128 KiB window stays, and reads are smaller */
-	qv_bdi_set_readahead(copts.mountpoint, o.readahead_set ? o.readahead_kb : 4096);
+	/* (a whole number of requests when splice caps their size: 4 of 1008 KiB, not 4 and a
+	 * 64 KiB one) */
+	qv_bdi_set_readahead(copts.mountpoint, o.readahead_set ? o.readahead_kb :
+					       fs.max_read ? 4 * (fs.max_read / 1024) : 4096);
 	if (!copts.foreground && !qv_log_before_detach())
 		qv_log("no syslog (/dev/log) and no -o log=FILE: the detached daemon's messages "
 		       "(and SIGUSR1's counters) go nowhere");

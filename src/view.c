@@ -34,6 +34,34 @@ const char *qv_view_dup_key(char **keys, size_t n)
 	return dup;
 }
 
+/* Spaces to add to a header of hdr_len bytes (a multiple of 8, under 4096) that put the most
+ * bytes of the segments sg (laid out after it in order) at the same offset within a page as in
+ * their source. The kernel copies a read's reply into the reader's pages: page to page, one
+ * copy per page, when the offsets agree; two, and up to three times slower, when the view runs
+ * a few bytes ahead of the source (measured on x86: the copy's loads wait on its own stores to
+ * the same offsets in another page). */
+static size_t page_pad(const struct qv_seg *sg, size_t n, uint64_t hdr_len)
+{
+	uint64_t bytes[4096 / 8] = { 0 }, voff = hdr_len, best = 0;
+	size_t pad = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		uint64_t shift = (sg[i].soff - voff) % 4096;
+
+		/* every run of a strided segment keeps the first one's shift only when the stride
+		 * moves the source by whole pages more than the view */
+		if (shift % 8 == 0 && (sg[i].stride - sg[i].run) % 4096 == 0)
+			bytes[shift / 8] += sg[i].len;
+		voff += sg[i].len;
+	}
+	for (size_t k = 0; k < 4096 / 8; k++)
+		if (bytes[k] > best) {
+			best = bytes[k];
+			pad = k * 8;
+		}
+	return pad;
+}
+
 /* The extent of tensor t under cut c: one run (dim 0) or one strided run per expert (dim 1). */
 static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, const struct qv_cut *c,
 			  struct qv_vtensor *vt, struct qv_seg *s)
@@ -144,7 +172,9 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		qv_err(err, errlen, rc, "%s: %s", rel, why);
 		goto out;
 	}
-	rc = qv_vfile_add_mem(vf, &hdr);
+	rc = qv_hdr_pad(&hdr, page_pad(sg, fk->n, hdr.len));
+	if (!rc)
+		rc = qv_vfile_add_mem(vf, &hdr);
 	voff = vf->size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
 		sg[i].voff = voff;
