@@ -31,6 +31,8 @@ CHECKPOINTS = {
     "noprefix": ["--no-prefix", "--data-order", "name", "--shards", "1"],
     "e10": ["--experts", "10"],
     "e10n": ["--experts", "10", "--naming", "native", "--shards", "3"],
+    # files of several 1 MiB requests, most of them inside one tensor (-o splice replies)
+    "big": ["--experts", "16", "--hidden", "512", "--layers", "2"],
 }
 SANITIZERS = {"ASAN_OPTIONS": "log_path={}/san:", "UBSAN_OPTIONS": "log_path={}/san:print_stacktrace=1:",
               "TSAN_OPTIONS": "log_path={}/san:"}

@@ -107,7 +107,8 @@ def mutate(path, how):
 
 
 @pytest.mark.parametrize("how", MUTATIONS)
-@pytest.mark.parametrize("opts", [(), ("-o", "direct_io")], ids=["page_cache", "direct_io"])
+@pytest.mark.parametrize("opts", [(), ("-o", "direct_io"), ("-o", "splice"), ("-o", "splice,direct_io")],
+                         ids=["page_cache", "direct_io", "splice", "splice_direct_io"])
 def test_sources_change_under_mount(mount, ckpt, tmp, opts, how):
     """A source file changes under an open view file: every read is right or EIO, never short,
     a reopen gives the old bytes or EIO, and the daemon still serves other files."""
@@ -145,6 +146,57 @@ def test_sources_change_under_mount(mount, ckpt, tmp, opts, how):
     assert (m / "config.json").read_bytes(), "the daemon no longer serves"
     print(f"{how}: {eio} reads gave EIO, reopen: {reopen}")
     mount.umount(m)
+
+
+def daemon_wchar(pid):
+    """Bytes process pid has written with write() and its kin (splice does not count)."""
+    with open(f"/proc/{pid}/io") as f:
+        return int(next(line for line in f if line.startswith("wchar:")).split()[1])
+
+
+@pytest.mark.parametrize("opts", ["splice", "splice,direct_io"])
+def test_splice_replies(daemon, ckpt, tmp, opts):
+    """-o splice: the view checks byte for byte, most bytes go out as spliced replies, and the
+    daemon writes far fewer bytes to /dev/fuse than it serves (libfuse really spliced them
+    rather than falling back to copying: a spliced reply is no write())."""
+    m = tmp / "m"
+    d = daemon(ckpt["big"], m, "-o", opts)
+    w0 = daemon_wchar(d.pid)
+    check_view(ckpt["big"], m, *(["--mmap", "private"] if "direct_io" in opts else []))
+    served, spliced = stat_field(m, "bytes_served"), stat_field(m, "bytes_spliced")
+    written = daemon_wchar(d.pid) - w0
+    print(f"served {served}, spliced {spliced}, written to /dev/fuse {written}")
+    assert spliced > served // 3, f"only {spliced} of {served} bytes spliced"
+    assert written < served - spliced + served // 10, f"{written} bytes written for {served} served"
+    unmount(m)
+    assert d.wait() == 0
+
+
+def test_splice_truncated_source_is_eio(daemon, ckpt, tmp):
+    """A source cut short under a spliced read gives EIO, never a short reply (which the kernel
+    would take for the end of the file); the rest of the view still splices."""
+    src = tmp / "chg"
+    shutil.copytree(ckpt["big"], src)
+    m = tmp / "m"
+    d = daemon(src, m, "-o", "splice,direct_io")
+    size = (m / SECOND).stat().st_size
+    f = os.open(m / SECOND, os.O_RDONLY)
+    try:
+        assert len(os.pread(f, 1 << 16, size // 2)) == 1 << 16
+        before = stat_field(m, "bytes_spliced")
+        assert before > 0, "the read was not spliced"
+        os.truncate(src / SECOND, (src / SECOND).stat().st_size // 2)
+        for off in (size // 2, size * 3 // 4, size - (1 << 16)):
+            with pytest.raises(OSError) as e:
+                got = os.pread(f, 1 << 16, off)
+                print(f"at {off}: {len(got)} bytes")
+            assert e.value.errno == errno.EIO, e.value
+        assert stat_field(m, "bytes_spliced") == before
+    finally:
+        os.close(f)
+    assert (m / "config.json").read_bytes(), "the daemon no longer serves"
+    unmount(m)
+    assert d.wait() == 0
 
 
 FAULTS = ["setup=EPERM", "chunk=4096,eagain=3", "setup=EPERM,chunk=1000"]

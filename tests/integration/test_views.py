@@ -8,6 +8,7 @@ mmap works (README), so the checker compares mmap with read() through a private 
 import errno
 import filecmp
 import hashlib
+import json
 import mmap
 import os
 import re
@@ -24,9 +25,9 @@ from helpers import PY, check_view, run
 INDEX = "model.safetensors.index.json"
 
 
-@pytest.fixture(params=["uring", "pread"])
+@pytest.fixture(params=["uring", "pread", "splice"])
 def io_mode(request):
-    """How the daemon reads its sources."""
+    """How the daemon reads its sources (splice: io_uring, and -o splice for single runs)."""
     return request.param
 
 
@@ -38,7 +39,8 @@ def direct_io(request):
 
 def options(io_mode, direct_io, *more):
     """The -o argument for a reader, direct_io or not, and further options."""
-    return ["-o", ",".join([f"io={io_mode}"] + (["direct_io"] if direct_io else []) + list(more))]
+    io = ["io=uring", "splice"] if io_mode == "splice" else [f"io={io_mode}"]
+    return ["-o", ",".join(io + (["direct_io"] if direct_io else []) + list(more))]
 
 
 def mmap_args(direct_io):
@@ -79,6 +81,34 @@ def test_identity_view(ckpt, mount, io_mode, direct_io, naming):
     """view= the source's own naming is allowed and changes no name."""
     m = mount(ckpt[naming], None, *options(io_mode, direct_io, f"view={naming}"))
     check_view(ckpt[naming], m, "--view", naming, *mmap_args(direct_io))
+
+
+def data_starts(path):
+    """{key: offset in the file of its first byte} of a safetensors file."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        hdr = json.loads(f.read(n))
+    hdr.pop("__metadata__", None)
+    return {k: 8 + n + v["data_offsets"][0] for k, v in hdr.items()}
+
+
+def test_tensors_keep_their_page_offsets(ckpt, mount):
+    """A converted file's header is padded so its tensors lie at the same offset within a page
+    as in the source (the kernel then copies a spliced reply page to page), and stays 8-byte
+    aligned; files whose names do not change keep their header as it was."""
+    m = mount(ckpt["hf"], None)
+    padded = 0
+    for src in sorted(ckpt["hf"].glob("*.safetensors")):
+        s, v = data_starts(src), data_starts(m / src.name)
+        # the native names of the HF keys, matched by size and order: the view keeps the order
+        s_order = sorted(s.values())
+        v_order = sorted(v.values())
+        assert len(s_order) == len(v_order), src.name
+        shifts = {(b - a) % 4096 for a, b in zip(s_order, v_order)}
+        assert shifts == {0}, f"{src.name}: tensors moved within their pages by {sorted(shifts)}"
+        assert all(o % 8 == 0 for o in v_order), f"{src.name}: data not 8-byte aligned"
+        padded += min(v_order) != min(s_order)
+    print(f"{padded} files got a longer header")
 
 
 def test_direct_io_mmap(ckpt, mount):
