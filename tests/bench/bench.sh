@@ -2,8 +2,9 @@
 # make bench: read-path benchmarks of qvlmoefs, each row against a baseline measured in the same
 # run; medians of BENCH_REPS (default 5) repetitions. Row 7 is the ceiling: qvlmoefs against a
 # null FUSE filesystem (tests/bench/qvnull.c) in BENCH_PAIRS (default 7) interleaved pairs of
-# fresh mounts. Prints a table and writes $BENCH_OUT/results.tsv. Uses /dev/fuse; the 4 MiB
-# readahead window needs root. A quick run: BENCH_LAYERS=1 BENCH_REPS=1 BENCH_PAIRS=3.
+# fresh mounts (BENCH_QV_OPTS: more qvlmoefs options there). Prints a table and writes
+# $BENCH_OUT/results.tsv. Uses /dev/fuse; the 4 MiB readahead window needs root. A quick run:
+# BENCH_LAYERS=1 BENCH_REPS=1 BENCH_PAIRS=3.
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -11,6 +12,7 @@ BUILD=${BUILD:-build}
 REPS=${BENCH_REPS:-5}
 ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8} # a subset, e.g. BENCH_ROWS="1 6"
 PAIRS=${BENCH_PAIRS:-7}
+QVX=${BENCH_QV_OPTS:+,$BENCH_QV_OPTS} # more -o options of qvlmoefs in row 7, e.g. nosplice
 LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of the README's table; 1: 0.3 GB
 OUT=${BENCH_OUT:-$ROOT/$BUILD/bench}
 W=${BENCH_DIR:-/tmp/qvlmoefs-bench}
@@ -314,9 +316,9 @@ fi
 if want 7; then
 	make_manifest
 	echo "7    ceiling: $PAIRS interleaved pairs of fresh mounts (qvlmoefs, null FUSE), warm sources; medians [min-max]"
-	pair_row "read() 1 MiB, page cache" read io=uring ""
-	pair_row "read() 1 MiB, -o direct_io" read io=uring,direct_io direct_io
-	pair_row "mmap MAP_PRIVATE copy, 1 thr" mmapcopy io=uring ""
+	pair_row "read() 1 MiB, page cache" read io=uring$QVX ""
+	pair_row "read() 1 MiB, -o direct_io" read io=uring,direct_io$QVX direct_io
+	pair_row "mmap MAP_PRIVATE copy, 1 thr" mmapcopy io=uring$QVX ""
 fi
 if want 8; then
 	ep_lists
