@@ -16,6 +16,7 @@ struct qv_options {
 	unsigned long long max_file;
 	int direct_io;
 	int allow_other;
+	char *inspect_dir; /* hidden (default) or visible: .qvlmoefs/ in folder listings */
 };
 
 /* Parse our -o options out of args (libfuse's parser; the first non-option argument becomes

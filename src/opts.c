@@ -25,6 +25,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("readahead_kb=%u", readahead_kb),
 	OPT("shard_size=%llu", max_file),
 	OPT("direct_io", direct_io),
+	OPT("inspect_dir=%s", inspect_dir),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
 	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
@@ -110,6 +111,11 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 			return qv_log("gpu=%s: expected a CUDA device number", o->gpu), -EINVAL;
 		*gpu = (int)dev;
 	}
+	/* like ZFS's snapdir=hidden: reachable by path, but du, cp -r and rsync, which walk
+	 * listings, do not count the raw tensors twice */
+	if (o->inspect_dir && strcmp(o->inspect_dir, "hidden") && strcmp(o->inspect_dir, "visible"))
+		return qv_log("inspect_dir=%s: expected hidden or visible", o->inspect_dir), -EINVAL;
+	mo->inspect_visible = o->inspect_dir && !strcmp(o->inspect_dir, "visible");
 	mo->max_file = o->max_file;
 	return check_slicing(o, mo);
 }
@@ -130,6 +136,7 @@ void qv_opts_free(struct qv_options *o)
 	free(o->ep_rank);
 	free(o->shard_size);
 	free(o->shard_rank);
+	free(o->inspect_dir);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -146,6 +153,8 @@ void qv_opts_help(void)
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
 	       "    -o shard_size=BYTES    files of a consolidated sharded save (default 5 GB)\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
+	       "    -o inspect_dir=visible list .qvlmoefs/ in folder listings (default hidden:\n"
+	       "                           reachable by path only, so du and cp -r skip it)\n"
 	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
 }
