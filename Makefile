@@ -55,7 +55,7 @@ $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 $(BUILD)/gpu_cuda.o: src/gpu_cuda.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 	$(CC) $(ALL_CFLAGS) $(GPU_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
+$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/mntpt.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
 		$(BUILD)/fs.o $(BUILD)/main.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS) -ldl
 

@@ -25,6 +25,7 @@ struct qv_mount_opts {
 	uint32_t shard_size, shard_rank;
 	bool shard_rank_set;
 	uint64_t max_file; /* -o shard_size: consolidated files of a sharded save (0: 5 GB) */
+	bool allow_empty;     /* -o allow_empty: a source without *.safetensors is no mistake */
 	bool inspect_visible; /* -o inspect_dir=visible: folder listings show .qvlmoefs/ */
 	unsigned scan_pause_ms; /* tests only: a pause after each scan, to swap files meanwhile */
 	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */

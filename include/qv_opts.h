@@ -17,6 +17,8 @@ struct qv_options {
 	int direct_io;
 	int allow_other;
 	char *inspect_dir; /* hidden (default) or visible: .qvlmoefs/ in folder listings */
+	int allow_empty;   /* mount a source without *.safetensors files */
+	int overmount;	   /* mount on a folder that is already a mount point */
 };
 
 /* Parse our -o options out of args (libfuse's parser; the first non-option argument becomes

@@ -52,6 +52,15 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 }
 
 /* Naming, the {P} prefix and the expert count, from all keys of the checkpoint (DESIGN §1). */
+/* Does the scan hold a safetensors file (a header was parsed)? */
+static bool has_safetensors(const struct qv_gen *m)
+{
+	for (size_t i = 0; i < m->scan.nn; i++)
+		if (m->st_of[i])
+			return true;
+	return false;
+}
+
 static void detect(struct qv_gen *m)
 {
 	for (size_t i = 0; i < m->scan.nn; i++) {
@@ -172,6 +181,10 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 	rc = parse_sources(m, err, errlen);
 	if (rc)
 		return rc;
+	if (!o->allow_empty && !has_safetensors(m))
+		return qv_err(err, errlen, -ENOENT,
+			      "%s: no *.safetensors file (an empty folder, or not the checkpoint?): "
+			      "pass -o allow_empty to mount it anyway", src);
 	detect(m);
 	if (qv_dcp_detect(&m->scan, m->st_of)) {
 		rc = qv_dcp_build(&m->scan, m->st_of, m->src_of, o->max_file ? o->max_file : 5000000000ULL,
@@ -198,10 +211,6 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 	if (o->ep_size && !m->n_experts)
 		return qv_err(err, errlen, -EINVAL, "%s: ep_size given but no expert tensors found",
 			      src);
-	if (o->ep_size && m->n_experts % o->ep_size)
-		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
-		       (unsigned long long)m->n_experts, o->ep_size,
-		       (unsigned long long)(m->n_experts % o->ep_size));
 	rc = qv_plan_count(o->ep_size, !o->ep_rank_set, o->shard_size, !o->shard_rank_set,
 			   &m->nplans, err, errlen);
 	if (rc)
@@ -215,6 +224,11 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 		if (rc)
 			return rc;
 	}
+	/* more ranks than experts is refused when the view is built: no warning before that */
+	if (o->ep_size && o->ep_size <= m->n_experts && m->n_experts % o->ep_size)
+		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
+		       (unsigned long long)m->n_experts, o->ep_size,
+		       (unsigned long long)(m->n_experts % o->ep_size));
 	return 0;
 }
 

@@ -4,6 +4,7 @@
 #include "qv_fs.h"
 #include "qv_gpu.h"
 #include "qv_inspect_cli.h"
+#include "qv_mntpt.h"
 #include "qv_opts.h"
 #include "qv_stage.h"
 #include "qv_stage_cli.h"
@@ -117,6 +118,10 @@ int main(int argc, char *argv[])
 	}
 	if (qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
+	if (qv_mntpt_check(o.source, copts.mountpoint, o.overmount, err, sizeof(err))) {
+		qv_log("%s", err);
+		goto out_opts;
+	}
 	qv_opts_faults(&mo);
 	if (gpu >= 0) {
 		/* fail fast, before mounting, when there is no such device; asked in a child so

@@ -26,6 +26,8 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("shard_size=%llu", max_file),
 	OPT("direct_io", direct_io),
 	OPT("inspect_dir=%s", inspect_dir),
+	OPT("allow_empty", allow_empty),
+	OPT("overmount", overmount),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
 	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
@@ -116,6 +118,7 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 	if (o->inspect_dir && strcmp(o->inspect_dir, "hidden") && strcmp(o->inspect_dir, "visible"))
 		return qv_log("inspect_dir=%s: expected hidden or visible", o->inspect_dir), -EINVAL;
 	mo->inspect_visible = o->inspect_dir && !strcmp(o->inspect_dir, "visible");
+	mo->allow_empty = o->allow_empty;
 	mo->max_file = o->max_file;
 	return check_slicing(o, mo);
 }
@@ -155,6 +158,8 @@ void qv_opts_help(void)
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
 	       "    -o inspect_dir=visible list .qvlmoefs/ in folder listings (default hidden:\n"
 	       "                           reachable by path only, so du and cp -r skip it)\n"
+	       "    -o allow_empty         mount a source that has no *.safetensors file\n"
+	       "    -o overmount           mount on a folder that is already a mount point\n"
 	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
 }

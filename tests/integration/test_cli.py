@@ -130,3 +130,54 @@ def test_node_mount_script(ckpt, fuse, tmp):
     run(script, ckpt["e10"], m, 4, "view=native", env=env)
     assert "already mounted" in run(script, ckpt["e10"], m, 4, env=env).stdout
     check_view(ckpt["e10"], m / "ep-rank-2", "--ep-size", 4, "--ep-rank", 2)
+
+
+# ---------------------------------------------------------------- mistakes refused before mounting
+
+def _copy_source(ckpt, tmp):
+    """A writable copy of the HF checkpoint under tmp (tests that put folders into it)."""
+    src = tmp / "src"
+    run("cp", "-r", ckpt["hf"], src)
+    return src
+
+
+# name: (make (source, mount point) in tmp, part of the message, option that allows it or None)
+MISTAKES = {
+    "empty_folder": (lambda c, t: (t / "empty", t / "m"), "no *.safetensors file", "allow_empty"),
+    "no_safetensors": (lambda c, t: (t / "cfg", t / "m"), "no *.safetensors file", "allow_empty"),
+    "mounted_twice": (lambda c, t: (c["hf"], t / "m"), "already a mount point", "overmount"),
+    "inside_source": (lambda c, t: (_copy_source(c, t), t / "src" / "sub"), "inside the source",
+                      None),
+    "source_itself": (lambda c, t: (_copy_source(c, t), t / "src"), "the source folder itself",
+                      None),
+    "holds_source": (lambda c, t: (_copy_source(c, t), t), "holds the source", None),
+    "regular_file": (lambda c, t: (c["hf"], t / "file"), "is not a folder", None),
+}
+
+
+@pytest.mark.parametrize("case", MISTAKES.values(), ids=MISTAKES.keys())
+def test_mount_mistake_refused(ckpt, mount, tmp, case):
+    """Mistakes that used to mount with exit 0 and fail later are refused before mounting with
+    one line (exit non-zero); the option named in the line mounts anyway where that can work."""
+    make, want, allow = case
+    (tmp / "empty").mkdir()
+    (tmp / "cfg").mkdir()
+    (tmp / "cfg" / "config.json").write_text("{}")
+    (tmp / "file").write_text("")
+    src, mnt = make(ckpt, tmp)
+    if not mnt.exists():
+        mnt.mkdir()
+    if want == "already a mount point":
+        mount(src, mnt)
+    before = helpers.mounts_below(tmp)
+    p = run(QV, src, mnt, check=False, stderr=subprocess.STDOUT, timeout=60)
+    out = p.stdout.rstrip("\n")
+    assert p.returncode != 0, f"exit 0 for the mistake {want!r}; output: {out}"
+    assert "\n" not in out and want in out, f"not one line saying {want!r}: {out}"
+    assert helpers.mounts_below(tmp) == before, f"something got mounted: {helpers.mounts_below(tmp)}"
+    if allow:
+        assert f"-o {allow}" in out, f"the message does not name -o {allow}: {out}"
+        run(QV, src, mnt, "-o", allow, timeout=60)
+        assert len(helpers.mounts_below(tmp)) == len(before) + 1
+        if allow == "allow_empty":
+            assert sorted(os.listdir(mnt)) == sorted(os.listdir(src))
