@@ -123,13 +123,35 @@ def test_help_and_version():
     assert "qvlmoefs version" in run(QV, "-V", check=False).stdout
 
 
-def test_node_mount_script(ckpt, fuse, tmp):
-    """qvlmoefs-node-mount mounts all ranks, is idempotent, and rank folders are right."""
-    script, m = ROOT / "mount-scripts" / "qvlmoefs-node-mount", tmp / "m"
+NODE_MOUNT = ROOT / "mount-scripts" / "qvlmoefs-node-mount"
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_node_mount_script(ckpt, fuse, tmp, relative):
+    """qvlmoefs-node-mount mounts all ranks and is idempotent, also when the mount point is
+    given relative to the current folder (it used to mount a second time), and rank folders
+    are right."""
+    m = tmp / "m"
+    arg = "m" if relative else m
     env = dict(os.environ, QVLMOEFS=str(QV))
-    run(script, ckpt["e10"], m, 4, "view=native", env=env)
-    assert "already mounted" in run(script, ckpt["e10"], m, 4, env=env).stdout
+    run(NODE_MOUNT, ckpt["e10"], arg, 4, "view=native", env=env, cwd=tmp)
+    assert "already mounted" in run(NODE_MOUNT, ckpt["e10"], arg, 4, env=env, cwd=tmp).stdout
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
     check_view(ckpt["e10"], m / "ep-rank-2", "--ep-size", 4, "--ep-rank", 2)
+
+
+@pytest.mark.parametrize("change", ["ep_size", "source"])
+def test_node_mount_script_refuses_another_view(ckpt, fuse, tmp, change):
+    """Run again with another EP size (or source), the script fails naming what is mounted,
+    instead of saying "already mounted", exiting 0 and keeping the old view."""
+    m, env = tmp / "m", dict(os.environ, QVLMOEFS=str(QV))
+    run(NODE_MOUNT, ckpt["e10"], m, 4, env=env)
+    again = (ckpt["e10"], 2) if change == "ep_size" else (ckpt["hf"], 4)
+    p = run(NODE_MOUNT, again[0], m, again[1], env=env, check=False)
+    assert p.returncode != 0, f"exit 0 with {change} changed: {p.stdout}{p.stderr}"
+    assert "already mounted with ep_size=4" in p.stderr and "fusermount3 -u" in p.stderr, p.stderr
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
+    assert sorted(os.listdir(m)) == [f"ep-rank-{r}" for r in range(4)]
 
 
 # ---------------------------------------------------------------- mistakes refused before mounting
