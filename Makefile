@@ -1,6 +1,13 @@
 # qvlmoefs - see README.md. `make`, `make check`, `make demo`, `make install`, `make clean`.
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+# mount(8) looks for mount.fuse.TYPE helpers in /sbin only: the system prefixes put it there,
+# any other PREFIX keeps everything below itself (link the helper into /sbin to use mount -t)
+ifneq ($(filter /usr /usr/local,$(PREFIX)),)
 SBINDIR ?= /sbin
+else
+SBINDIR ?= $(PREFIX)/sbin
+endif
 BUILD ?= build
 CC ?= cc
 PKG_CONFIG ?= pkg-config
@@ -152,17 +159,21 @@ demo: deps
 	$(MAKE) all
 	tests/demo.sh
 
-install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
-	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/qvlmoefs
-	sed 's|@BIN@|$(PREFIX)/bin/qvlmoefs|' mount-scripts/mount.fuse.qvlmoefs \
+install: $(BIN) $(BUILD)/qvlmoefs-mkckpt
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/qvlmoefs
+	install -m 0755 $(BUILD)/qvlmoefs-mkckpt $(DESTDIR)$(BINDIR)/qvlmoefs-mkckpt
+	sed 's|@BIN@|$(BINDIR)/qvlmoefs|' mount-scripts/qvlmoefs-node-mount \
+		>$(DESTDIR)$(BINDIR)/qvlmoefs-node-mount
+	chmod 0755 $(DESTDIR)$(BINDIR)/qvlmoefs-node-mount
+	sed 's|@BIN@|$(BINDIR)/qvlmoefs|' mount-scripts/mount.fuse.qvlmoefs \
 		>$(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
 	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
-	install -d $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0644 mount-scripts/qvlmoefs.8 $(DESTDIR)$(PREFIX)/share/man/man8/qvlmoefs.8
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/qvlmoefs $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs \
+	rm -f $(DESTDIR)$(BINDIR)/qvlmoefs $(DESTDIR)$(BINDIR)/qvlmoefs-mkckpt \
+		$(DESTDIR)$(BINDIR)/qvlmoefs-node-mount $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs \
 		$(DESTDIR)$(PREFIX)/share/man/man8/qvlmoefs.8
 
 clean:

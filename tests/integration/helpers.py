@@ -185,3 +185,41 @@ def fuse_missing():
     if shutil.which("fusermount3") is None:
         return "no /dev/fuse or fusermount3 on this machine"
     return None
+
+
+# What `make install` writes to (mount(8) finds helpers in /sbin only); the tests that install
+# for real do it in a private mount namespace where each of these is an overlay.
+SYSTEM_DIRS = ("/usr/local", "/sbin")
+
+
+def private_ns_missing():
+    """Why a private mount namespace with overlays cannot be made here, or None when it can."""
+    if os.getuid() != 0:
+        return "a private mount namespace with overlays needs root"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is missing"
+    return None
+
+
+def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
+    """Run bash script in a private mount namespace (unshare -m --propagation private) in which
+    /usr/local and /sbin are overlays whose writes land under tmp/ns: `make install` and
+    `mount -t fuse.qvlmoefs` then work as on a machine where it was installed, and the machine
+    itself is never changed. Every qvlmoefs mount made inside is unmounted when the script ends
+    (the daemons exit), so nothing outlives the namespace. Returns the CompletedProcess."""
+    __tracebackhide__ = True
+    setup = ["set -e"]
+    for i, d in enumerate(SYSTEM_DIRS):
+        real = os.path.realpath(d)
+        up, work = tmp / "ns" / f"upper{i}", tmp / "ns" / f"work{i}"
+        up.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        setup.append(f"mount -t overlay overlay -o lowerdir={shlex.quote(real)},"
+                     f"upperdir={shlex.quote(str(up))},workdir={shlex.quote(str(work))} "
+                     f"{shlex.quote(real)}")
+    cleanup = ("qv_cleanup() { awk '$3 == \"fuse.qvlmoefs\" {print $2}' /proc/self/mounts | "
+               "sort -r | while read -r m; do fusermount3 -u \"$m\" 2>/dev/null || "
+               "umount -l \"$m\"; done; }\ntrap qv_cleanup EXIT")
+    body = "\n".join(setup + ["set +e", cleanup, "set -e", script])
+    return run("unshare", "-m", "--propagation", "private", "bash", "-c", body, check=False,
+               cwd=cwd, env=env, timeout=timeout)

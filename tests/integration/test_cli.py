@@ -4,13 +4,14 @@ and the node mount script.
 import json
 import os
 import re
+import shlex
 import struct
 import subprocess
 
 import pytest
 
 import helpers
-from helpers import BUILD, QV, ROOT, check_view, run, wait_for
+from helpers import BUILD, PY, QV, ROOT, check_view, run, wait_for
 
 
 def start_foreground(src, mnt, log):
@@ -42,22 +43,30 @@ def test_clean_unmount_exit_code(ckpt, fuse, tmp):
 
 
 def test_mount_t_fuse(ckpt, fuse, tmp):
-    """`mount -t fuse.qvlmoefs` works after make install (mount(8)-only options are dropped)."""
-    if os.getuid() != 0:
-        pytest.skip("mount -t needs root")
-    had = os.path.exists("/sbin/mount.fuse.qvlmoefs")
-    run("make", "-s", "-C", ROOT, "install", f"BUILD={BUILD}", "PREFIX=/usr/local", timeout=600)
-    try:
-        m = tmp / "m"
-        m.mkdir()
-        run("mount", "-t", "fuse.qvlmoefs", ckpt["hf"], m, "-o", "ro,view=native,nofail")
-        check_view(ckpt["hf"], m, "--view", "native")
-        with open("/proc/mounts") as f:
-            assert "fuse.qvlmoefs" in f.read()
-        run("umount", m, timeout=30)
-    finally:
-        if not had:
-            run("make", "-s", "-C", ROOT, "uninstall", "PREFIX=/usr/local")
+    """`mount -t fuse.qvlmoefs` works after make install (mount(8)-only options are dropped).
+    Installed and mounted in a private mount namespace whose /usr/local and /sbin are overlays,
+    so the machine's own folders are never written (the test used to install there)."""
+    why = helpers.private_ns_missing()
+    if why:
+        pytest.skip(why)
+    m = tmp / "m"
+    m.mkdir()
+    script = f"""
+make -s -C {shlex.quote(str(ROOT))} install BUILD={shlex.quote(BUILD)} >&2
+mount -t fuse.qvlmoefs {shlex.quote(str(ckpt["hf"]))} {shlex.quote(str(m))} -o ro,view=native,nofail
+grep -c " {m} fuse.qvlmoefs " /proc/mounts
+{shlex.quote(PY)} {shlex.quote(str(ROOT / "tests" / "check_view.py"))} {shlex.quote(str(ckpt["hf"]))} \
+    {shlex.quote(str(m))} --view native
+umount {shlex.quote(str(m))}
+"""
+    p = helpers.in_private_ns(tmp, script, timeout=600)
+    assert p.returncode == 0, helpers._show(["in_private_ns", script], p.returncode, p.stdout, p.stderr)
+    assert p.stdout.split()[0] == "1", p.stdout
+    assert not helpers.mountpoint(m), "the namespace's mount is visible outside it"
+    for d in helpers.SYSTEM_DIRS:
+        assert not os.path.exists(f"{d}/mount.fuse.qvlmoefs") and \
+            not os.path.exists(f"{d}/bin/qvlmoefs"), f"make install wrote to the real {d}"
+    assert (tmp / "ns" / "upper1" / "mount.fuse.qvlmoefs").is_file()
 
 
 # ---------------------------------------------------------------- malformed sources
