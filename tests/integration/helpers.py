@@ -221,5 +221,8 @@ def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
                "sort -r | while read -r m; do fusermount3 -u \"$m\" 2>/dev/null || "
                "umount -l \"$m\"; done; }\ntrap qv_cleanup EXIT")
     body = "\n".join(setup + ["set +e", cleanup, "set -e", script])
-    return run("unshare", "-m", "--propagation", "private", "bash", "-c", body, check=False,
+    # from a file, not bash -c: `pgrep -f` in a script must not find the shell running it
+    f = tmp / "ns" / "script.sh"
+    f.write_text(body + "\n")
+    return run("unshare", "-m", "--propagation", "private", "bash", f, check=False,
                cwd=cwd, env=env, timeout=timeout)
