@@ -214,9 +214,16 @@ def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
         up, work = tmp / "ns" / f"upper{i}", tmp / "ns" / f"work{i}"
         up.mkdir(parents=True, exist_ok=True)
         work.mkdir(parents=True, exist_ok=True)
-        setup.append(f"mount -t overlay overlay -o lowerdir={shlex.quote(real)},"
-                     f"upperdir={shlex.quote(str(up))},workdir={shlex.quote(str(work))} "
-                     f"{shlex.quote(real)}")
+        # a mount below the folder (a bind-mounted /usr/local/cuda) would vanish under the
+        # overlay, and a `make` inside would build without it: park it, then move it back
+        park = shlex.quote(str(tmp / "ns" / f"sub{i}"))
+        q = shlex.quote(real)
+        setup.append(f"subs{i}=$(findmnt -rn -o TARGET | grep '^'{q}/ | sort || true)")
+        setup.append(f"n=0; for s in $subs{i}; do n=$((n+1)); mkdir -p {park}/$n; "
+                     f"mount --rbind \"$s\" {park}/$n; done")
+        setup.append(f"mount -t overlay overlay -o lowerdir={q},"
+                     f"upperdir={shlex.quote(str(up))},workdir={shlex.quote(str(work))} {q}")
+        setup.append(f"n=0; for s in $subs{i}; do n=$((n+1)); mount --move {park}/$n \"$s\"; done")
     cleanup = ("qv_cleanup() { awk '$3 == \"fuse.qvlmoefs\" {print $2}' /proc/self/mounts | "
                "sort -r | while read -r m; do fusermount3 -u \"$m\" 2>/dev/null || "
                "umount -l \"$m\"; done; }\ntrap qv_cleanup EXIT")

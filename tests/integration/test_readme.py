@@ -8,6 +8,7 @@ and `mount -t` work as on a machine where it was installed, and the machine is n
 The demo folder is made by tests/demo.sh (what `make demo` runs) with DEMO_DIR in the test's
 own folder, so paths like hf-checkpoint/ mean what they mean in /tmp/qvlmoefs-demo.
 """
+import os
 import re
 import shlex
 
@@ -50,8 +51,8 @@ def test_readme_examples_run_on_the_demo_sample(fuse, tmp):
     if why:
         pytest.skip(why)
     demo = tmp / "demo"
-    run(ROOT / "tests" / "demo.sh", env={**__import__("os").environ, "DEMO_DIR": str(demo),
-                                          "BUILD": BUILD}, timeout=300)
+    run(ROOT / "tests" / "demo.sh", env={**os.environ, "DEMO_DIR": str(demo), "BUILD": BUILD},
+        timeout=300)
     parts = [f"export BUILD={shlex.quote(BUILD)}", "set -x"]
     for n, mark, code in blocks(README.read_text()):
         if not mark.startswith("run"):
