@@ -212,3 +212,18 @@ def test_mount_mistake_refused(ckpt, mount, tmp, case):
         assert len(helpers.mounts_below(tmp)) == len(before) + 1
         if allow == "allow_empty":
             assert sorted(os.listdir(mnt)) == sorted(os.listdir(src))
+
+
+@pytest.mark.parametrize("opts", ["ep_size=16", "ep_size=16,ep_rank=5"])
+def test_ep_size_over_experts_is_one_line(ckpt, mount, tmp, opts):
+    """ep_size above the expert count (16 on the 8-expert sample) fails with the one line that
+    gives the accepted range, without the "do not divide" warning before it (which said that
+    the first 8 ranks would hold one more expert)."""
+    for args in ([QV, "inspect", ckpt["hf"], "-o", opts], None):
+        if args is None:
+            p = mount.fail(ckpt["hf"], None, "-o", opts, stderr=subprocess.STDOUT)
+        else:
+            p = run(*args, check=False, stderr=subprocess.STDOUT)
+            assert p.returncode != 0
+        out = p.stdout.rstrip("\n")
+        assert "\n" not in out and "give ep_size from 1 to 8" in out, out
