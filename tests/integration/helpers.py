@@ -203,7 +203,8 @@ def private_ns_missing():
 
 def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
     """Run bash script in a private mount namespace (unshare -m --propagation private) in which
-    /usr/local and /sbin are overlays whose writes land under tmp/ns: `make install` and
+    /usr/local and /sbin are overlays whose writes land under tmp/ns (and /run/mount, libmount's
+    utab, a tmpfs): `make install` and
     `mount -t fuse.qvlmoefs` then work as on a machine where it was installed, and the machine
     itself is never changed. Every qvlmoefs mount made inside is unmounted when the script ends
     (the daemons exit), so nothing outlives the namespace. Returns the CompletedProcess."""
@@ -224,6 +225,8 @@ def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
         setup.append(f"mount -t overlay overlay -o lowerdir={q},"
                      f"upperdir={shlex.quote(str(up))},workdir={shlex.quote(str(work))} {q}")
         setup.append(f"n=0; for s in $subs{i}; do n=$((n+1)); mount --move {park}/$n \"$s\"; done")
+    # libmount records helper mounts in /run/mount/utab: a tmpfs there keeps that in here too
+    setup.append("if [ -d /run/mount ]; then mount -t tmpfs qvtest /run/mount; fi")
     cleanup = ("qv_cleanup() { awk '$3 == \"fuse.qvlmoefs\" {print $2}' /proc/self/mounts | "
                "sort -r | while read -r m; do fusermount3 -u \"$m\" 2>/dev/null || "
                "umount -l \"$m\"; done; }\ntrap qv_cleanup EXIT")

@@ -55,7 +55,7 @@ def test_readme_examples_run_on_the_demo_sample(fuse, tmp):
         timeout=300)
     parts = [f"export BUILD={shlex.quote(BUILD)}", "set -x"]
     for n, mark, code in blocks(README.read_text()):
-        if not mark.startswith("run"):
+        if not mark or not mark.startswith("run"):  # unmarked: test_every_sh_block_is_marked
             continue
         where = ROOT if mark == "run in the checkout" else demo
         parts += [f": README.md line {n}", f"cd {shlex.quote(str(where))}", code]
