@@ -101,6 +101,10 @@ check-valgrind: deps
 $(BUILD)/qvbench: tests/bench/qvbench.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
+# the null FUSE filesystem: the ceiling of `make bench` (tuned as qvlmoefs, no source I/O)
+$(BUILD)/qvnull: tests/bench/qvnull.c $(BUILD)/bdi.o | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
+
 # libfuse's own passthrough_ll example, the baseline of `make bench`
 $(BUILD)/passthrough_ll: | $(BUILD)
 	$(CC) -O2 -w -o $@ /usr/share/doc/libfuse3-dev/examples/passthrough_ll.c \
@@ -108,7 +112,7 @@ $(BUILD)/passthrough_ll: | $(BUILD)
 
 bench: deps
 	@tests/deps.sh bc
-	$(MAKE) all $(BUILD)/qvbench $(BUILD)/passthrough_ll
+	$(MAKE) all $(BUILD)/qvbench $(BUILD)/qvnull $(BUILD)/passthrough_ll
 	tests/bench/bench.sh
 
 # libFuzzer targets (clang, address + undefined sanitizers); FUZZ_SECONDS per target

@@ -17,6 +17,7 @@ struct qv_options {
 	unsigned readahead_kb;	      /* checked when parsed: from 0 to QV_OPTS_MAX_READAHEAD_KB */
 	unsigned long long max_file;  /* shard_size=, checked when parsed; 0 when not given */
 	int direct_io;
+	int ep_shared;
 	int allow_other;
 	char *inspect_dir; /* hidden (default) or visible: .qvlmoefs/ in folder listings */
 	int allow_empty;   /* mount a source without *.safetensors files */

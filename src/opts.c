@@ -33,6 +33,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("inspect_dir=%s", inspect_dir),
 	OPT("allow_empty", allow_empty),
 	OPT("overmount", overmount),
+	OPT("ep_shared", ep_shared),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so main adds none */
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
@@ -132,6 +133,8 @@ static int check_slicing(const struct qv_options *o, struct qv_mount_opts *mo)
 /* Turn option strings into the core's options; one-line message and -EINVAL when invalid. */
 int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu)
 {
+	int rc;
+
 	memset(mo, 0, sizeof(*mo));
 	*gpu = -1;
 	mo->exclude = o->exclude;
@@ -161,7 +164,12 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 	mo->inspect_visible = o->inspect_dir && !strcmp(o->inspect_dir, "visible");
 	mo->allow_empty = o->allow_empty;
 	mo->max_file = o->max_file;
-	return check_slicing(o, mo);
+	mo->ep_shared = o->ep_shared;
+	rc = check_slicing(o, mo);
+	if (!rc && mo->ep_shared && !qv_gen_multi(mo))
+		return qv_log("ep_shared needs ep_size without ep_rank: it is a layout of the rank "
+			      "folders"), -EINVAL;
+	return rc;
 }
 
 /* Whether the regex text t (n bytes) leaves a bracket, group or brace open, skipping "\x"
@@ -353,6 +361,8 @@ void qv_opts_help(void)
 	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
 	       "    -o shard_size=BYTES    files of a consolidated sharded save (default 5 GB)\n"
+	       "    -o ep_shared           rank folders share one inode per file of bytes every rank\n"
+	       "                           sees: shards split into dense and -experts files\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
 	       "    -o inspect_dir=visible list .qvlmoefs/ in folder listings (default hidden:\n"
 	       "                           reachable by path only, so du and cp -r skip it)\n"
