@@ -24,7 +24,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util io st scan hdr plan dcp vfile gen tree view view_dcp inspect mount stage
+CORE := util io st scan hdr plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
 # GPU staging: built against the CUDA runtime headers when present, loaded with dlopen
 CUDA_HOME ?= /usr/local/cuda
 ifneq ($(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h),)

@@ -108,7 +108,7 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		char *key;
 		bool expert;
 
-		rc = qv_plan_map_key(p, t->name, &key, &expert);
+		rc = qv_plan_map_tensor(p, t, &key, &expert);
 		if (rc <= 0)
 			continue; /* dropped, or out of memory */
 		rc = expert ? qv_plan_cut(p, t, &cut, why, sizeof(why)) : 0;
@@ -337,10 +337,11 @@ int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_
 		struct qv_cut cut;
 		char *key, why[QV_ERRLEN];
 		bool expert;
-		int rc = qv_plan_map_key(p, x->name, &key, &expert);
+		int rc;
 
-		free(key);
 		memcpy(t.shape, x->shape, sizeof(t.shape));
+		rc = qv_plan_map_tensor(p, &t, &key, &expert);
+		free(key);
 		if (rc < 0)
 			return qv_err(err, errlen, rc, "out of memory");
 		if (rc == 1 && expert && qv_plan_cut(p, &t, &cut, why, sizeof(why)))
@@ -354,7 +355,7 @@ int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_
 			struct qv_cut cut;
 			char *key, why[QV_ERRLEN];
 			bool expert;
-			int rc = qv_plan_map_key(p, st->t[k].name, &key, &expert);
+			int rc = qv_plan_map_tensor(p, &st->t[k], &key, &expert);
 
 			free(key);
 			if (rc < 0)

@@ -65,10 +65,10 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 
 		if (x->file != k)
 			continue;
-		rc = qv_plan_map_key(p, x->name, &key, &expert);
+		memcpy(t.shape, x->shape, sizeof(t.shape));
+		rc = qv_plan_map_tensor(p, &t, &key, &expert);
 		if (rc <= 0)
 			continue;
-		memcpy(t.shape, x->shape, sizeof(t.shape));
 		rc = expert ? qv_plan_cut(p, &t, &cut, why, sizeof(why)) : 0;
 		if (rc) {
 			free(key);
