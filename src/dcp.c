@@ -219,8 +219,8 @@ static int merge(struct qv_dcp *d, const struct qv_scan *sc, const uint32_t *nod
 		for (j = i + 1; j < d->nt && strcmp(d->t[j].name, x->name) == 0; j++)
 			if (d->t[j].dtype != x->dtype || d->t[j].ndim != x->ndim)
 				return qv_err(err, errlen, -EINVAL,
-					      "tensor \"%s\": chunks disagree on dtype or rank (%s, %u "
-					      "dimensions, in %s; %s, %u dimensions, in %s)",
+					      "tensor \"%s\": chunks disagree on dtype or rank (%s %u-D "
+					      "in %s, %s %u-D in %s)",
 					      x->name, qv_dtype_name(x->dtype), x->ndim,
 					      sc->n[node_of_src[x->c[0].src]].rel,
 					      qv_dtype_name(d->t[j].dtype), d->t[j].ndim,
@@ -419,8 +419,8 @@ static int coverage(struct qv_dtensor *x, const struct qv_scan *sc, const uint32
 		else
 			snprintf(where, sizeof(where), "some elements");
 		return qv_err(err, errlen, -EINVAL,
-			      "tensor \"%s\": no chunk covers %s of its %s: a rank file is "
-			      "missing, likely %s", x->name, where, shape, next);
+			      "tensor \"%s\": no chunk covers %s of its %s: %s is likely "
+			      "missing", x->name, where, shape, next);
 	}
 	return rc;
 }

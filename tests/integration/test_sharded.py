@@ -141,10 +141,11 @@ def gap(ckpt, tmp):
 # (builder, the pieces the one-line message holds, in this order)
 COVERAGE = [
     (hole, ["shard-00002-model-00001-of-00001.safetensors is missing"]),
-    (tail, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
-    (tail_local_experts, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
-    (tail_routed_experts, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
-    (duplicate, ["overlap"]),
+    (tail, ["dim 0 is 6, expected 8", "text_config.num_experts", "likely missing"]),
+    (tail_local_experts, ["dim 0 is 6, expected 8", "text_config.num_local_experts", "likely missing"]),
+    (tail_routed_experts, ["dim 0 is 6, expected 8", "'s n_routed_experts", "likely missing"]),
+    (duplicate, ["chunks overlap in dim 0 [4, 6)", "offsets [4, 0, 0] in shard-00003",
+                 "offsets [4, 0, 0] in shard-00004"]),
     (dtype_clash, ['tensor "w": chunks disagree on dtype']),
     (gap, ['tensor "w": no chunk covers dim 0 [2, 4)']),
 ]
@@ -157,5 +158,111 @@ def test_dcp_coverage_errors(mount, ckpt, tmp, build, pieces):
     p = mount.fail(build(ckpt, tmp), tmp / "m")
     out = p.stdout + p.stderr
     print(out, end="")
+    pattern = ".*".join(re.escape(piece) for piece in pieces)
+    assert re.search(pattern, out, re.S), f"message lacks {pieces}: {out}"
+
+
+# ------------------------------------------------------------------- any model Automodel saves
+#
+# (name, mkckpt flags of the plain checkpoint, extra flags of its sharded save, W). Each layout
+# is mounted whole (byte-identical to the plain checkpoint), then broken four ways.
+ANY = [
+    ("dense-d0", ["--arch", "llama"], ["--dense-split"], 4),
+    ("dense-d1", ["--arch", "llama"], ["--dense-split", "--dense-dim", "1"], 4),
+    ("dense-empty", ["--arch", "llama", "--hidden", "20"], ["--dense-split", "--empty-chunks"], 8),
+    ("per-expert", ["--arch", "moe"], ["--dense-split"], 4),
+    ("per-expert-k2", ["--arch", "moe"], ["--dense-split", "--save-shard-size", "2"], 4),
+    ("stacked", ["--arch", "gptoss"], ["--dense-split", "--empty-chunks"], 4),
+    ("qwen-ep-k2", [], ["--dense-split", "--save-shard-size", "2"], 8),
+]
+ANY_IDS = [a[0] for a in ANY]
+RANK = "shard-{:05}-model-00001-of-00001.safetensors"
+
+
+def _any_save(ckpt, name, plain, extra, w, *more):
+    return ckpt.make(f"any-{name}" + "".join(more).replace("-", "_"), *plain, *extra,
+                     "--sharded-save", str(w), *more)
+
+
+@pytest.mark.parametrize("name,plain,extra,w", ANY, ids=ANY_IDS)
+def test_any_model_consolidated_equals_original(mount, ckpt, name, plain, extra, w):
+    """Dense (dim-0, dim-1 cuts, FSDP2's empty trailing chunks), per-expert MoE, GPT-OSS-style
+    stacked experts and Qwen3-VL-MoE with EP x expert shards: the mount is the checkpoint the
+    save was cut from, byte for byte."""
+    ref = ckpt.make(f"any-{name}-plain", *plain)
+    m = mount(_any_save(ckpt, name, plain, extra, w))
+    check_view(ref, m, "--view", "hf")
+
+
+def _header(path):
+    b = path.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    return b, n, json.loads(b[8:8 + n])
+
+
+def _rewrite_header(path, change):
+    """Apply change(header) to a rank file's header, keeping its length (the data stays put)."""
+    b, n, h = _header(path)
+    change(h)
+    new = json.dumps(h, separators=(",", ":")).encode()
+    assert len(new) <= n, "the rewritten header does not fit"
+    path.write_bytes(b[:8] + new + b" " * (n - len(new)) + b[8 + n:])
+
+
+def _shared_key(d, r, pred=lambda k, v: True):
+    """A tensor of rank r's file that rank r-1's file also holds a chunk of."""
+    _, _, mine = _header(d / RANK.format(r + 1))
+    _, _, prev = _header(d / RANK.format(r))
+    keys = [k for k, v in mine.items() if k != "__metadata__" and k in prev and pred(k, v)]
+    assert keys, f"no tensor both in rank {r} and rank {r - 1}"
+    return keys[0]
+
+
+def _broken(ckpt, tmp, name, plain, extra, w, how):
+    """The layout's save, broken one way; returns (folder, pieces of the expected message)."""
+    if how == "last":
+        return (_any_save(ckpt, name, plain, extra, w, "--sharded-drop-rank", str(w - 1)),
+                [RANK.format(w) + f" (rank {w - 1})", "likely missing"])
+    if how == "middle":
+        return (_any_save(ckpt, name, plain, extra, w, "--sharded-drop-rank", "1"),
+                [RANK.format(2) + " is missing"])
+    d = tmp / f"{name}-{how}"
+    shutil.copytree(_any_save(ckpt, name, plain, extra, w), d)
+    r = w - 1 if how == "overlap" else 2
+    if how == "dtype":
+        key = _shared_key(d, r)
+
+        def change(h):
+            h[key]["dtype"] = "F16"  # as many bytes as BF16: only the dtype disagrees
+        _rewrite_header(d / RANK.format(r + 1), change)
+        return d, [f'tensor "{key}": chunks disagree on dtype', RANK.format(r + 1)]
+    # overlap: one chunk moved one row back along the dimension it is cut on
+    info_of = lambda h: json.loads(h["__metadata__"]["DCP_SHARDING_INFO"])
+    _, _, h = _header(d / RANK.format(r + 1))
+    info = info_of(h)
+    key = _shared_key(d, r, lambda k, v: any(info[k]["saved_offsets"]) and all(v["shape"]))
+    dim = next(i for i, o in enumerate(info[key]["saved_offsets"]) if o)
+
+    def move(h):
+        inf = info_of(h)
+        inf[key]["saved_offsets"][dim] -= 1
+        h["__metadata__"]["DCP_SHARDING_INFO"] = json.dumps(inf)
+    _rewrite_header(d / RANK.format(r + 1), move)
+    return d, [f'tensor "{key}": chunks overlap in', f"dim {dim} [", RANK.format(r + 1)]
+
+
+BROKEN = ["last", "middle", "dtype", "overlap"]
+
+
+@pytest.mark.parametrize("how", BROKEN)
+@pytest.mark.parametrize("name,plain,extra,w", ANY, ids=ANY_IDS)
+def test_any_model_broken_save_refused(mount, ckpt, tmp, name, plain, extra, w, how):
+    """Its last rank file missing, a middle one missing, a dtype clash, an overlap: each
+    refuses to mount with one line naming the tensor or the rank file."""
+    src, pieces = _broken(ckpt, tmp, name, plain, extra, w, how)
+    p = mount.fail(src, tmp / "m")
+    out = (p.stdout + p.stderr).strip()
+    print(out)
+    assert len(out.splitlines()) == 1, f"more than one line: {out}"
     pattern = ".*".join(re.escape(piece) for piece in pieces)
     assert re.search(pattern, out, re.S), f"message lacks {pieces}: {out}"
