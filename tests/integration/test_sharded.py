@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from helpers import check_view
+from helpers import QV, check_view, run
 
 # (name, mkckpt flags of the plain checkpoint, mkckpt flags of the sharded save)
 LAYOUTS = [
@@ -266,3 +266,91 @@ def test_any_model_broken_save_refused(mount, ckpt, tmp, name, plain, extra, w, 
     assert len(out.splitlines()) == 1, f"more than one line: {out}"
     pattern = ".*".join(re.escape(piece) for piece in pieces)
     assert re.search(pattern, out, re.S), f"message lacks {pieces}: {out}"
+
+
+# ------------------------------------------------------------- expert slicing of any model
+
+def _tensors(folder):
+    """{key: (dtype, shape, bytes)} of every *.safetensors file directly in folder."""
+    out = {}
+    for p in sorted(folder.glob("*.safetensors")):
+        b, n, h = _header(p)
+        for k, v in h.items():
+            if k != "__metadata__":
+                a, e = v["data_offsets"]
+                out[k] = (v["dtype"], v["shape"], b[8 + n + a:8 + n + e])
+    return out
+
+
+def _ep_range(n, w, r):
+    q, m = divmod(n, w)
+    return r * q + min(r, m), q + (r < m)
+
+
+def _expected_rank(ref, experts, w, r, k=1, s=0):
+    """ref's tensors as EP rank r of w (shard s of k) holds them: ".mlp.experts.NAME" tensors
+    whose dim 0 is the expert count cut on dim 0 (and dim 1 into k), the rest whole."""
+    import numpy as np
+    out = {}
+    for key, (dt, shape, raw) in ref.items():
+        stacked = ".mlp.experts." in key and not key.split(".mlp.experts.")[1][0].isdigit()
+        if not (stacked and len(shape) >= 2 and shape[0] == experts):
+            out[key] = (dt, shape, raw)
+            continue
+        a = np.frombuffer(raw, dtype=np.uint16).reshape(shape)  # BF16: two bytes an element
+        start, count = _ep_range(shape[0], w, r)
+        d1 = shape[1] // k
+        part = a[start:start + count, s * d1:(s + 1) * d1]
+        out[key] = (dt, list(part.shape), part.tobytes())
+    return out
+
+
+GPTOSS = ["--arch", "gptoss", "--experts", "10"]
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["checkpoint", "sharded-save"])
+@pytest.mark.parametrize("w,k", [(4, 1), (3, 1), (2, 2)])
+def test_ep_slices_stacked_experts_of_any_model(mount, ckpt, sharded, w, k):
+    """GPT-OSS-style stacked experts (model.layers.N.mlp.experts.gate_up_proj, no
+    language_model.), dim 0 = config.json's num_local_experts: -o ep_size slices them (and
+    their biases) for every rank, as a plain checkpoint and as a sharded save; the router and
+    every other tensor stay whole."""
+    ref_dir = ckpt.make("gptoss-e10", *GPTOSS)
+    src = ckpt.make("gptoss-e10-w4", *GPTOSS, "--sharded-save", "4", "--dense-split") \
+        if sharded else ref_dir
+    opts = f"ep_size={w}" + (f",ep_shard_size={k}" if k > 1 else "")
+    m = mount(src, None, "-o", opts)
+    ref = _tensors(ref_dir)
+    for r in range(w):
+        for s in range(k):
+            folder = m / (f"ep-rank-{r}" + (f"-shard-{s}" if k > 1 else ""))
+            got, want = _tensors(folder), _expected_rank(ref, 10, w, r, k, s)
+            assert sorted(got) == sorted(want), f"{folder.name}: other keys"
+            bad = [key for key in want if got[key] != want[key]]
+            assert not bad, f"{folder.name}: {len(bad)} tensors differ, e.g. {bad[:3]}"
+            sliced = [key for key in want if want[key] != ref[key]]
+            assert len(sliced) == 4 * 2, f"{folder.name}: sliced {sliced}"
+
+
+def test_ep_per_expert_keys_refused(mount, ckpt, tmp):
+    """Per-expert keys (experts.J.gate_proj.weight) have no expert dim to cut: ep_size is
+    refused with one line that says so."""
+    p = mount.fail(ckpt.make("any-per-expert-plain", "--arch", "moe"), tmp / "m", "-o", "ep_size=2")
+    out = (p.stdout + p.stderr).strip()
+    assert len(out.splitlines()) == 1 and "one tensor per expert" in out and \
+        ".mlp.experts.0." in out, out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gptoss"])
+def test_view_native_on_other_model_says_nothing_to_rename(mount, ckpt, tmp, arch):
+    """view=native on a model that is not Qwen3-VL-MoE mounts the source's names unchanged and
+    says at mount that there is nothing to rename."""
+    src = ckpt.make(f"any-{arch}-plain-v", "--arch", arch)
+    (tmp / "m").mkdir()
+    p = run(QV, src, tmp / "m", "-o", "view=native", check=False)
+    try:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "nothing to rename" in p.stdout + p.stderr, p.stdout + p.stderr
+        check_view(src, tmp / "m", "--view", "hf")
+    finally:
+        run("fusermount3", "-u", tmp / "m", check=False)
