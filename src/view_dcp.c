@@ -126,7 +126,8 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 	return rc;
 }
 
-/* .hf_metadata's files (not the mapping) appear at the root, as a consolidated save has them. */
+/* .hf_metadata's files appear at the root, as Automodel's consolidated/ has them: all but its
+ * two helper mappings (file indexes, original dtypes), which it leaves out too. */
 static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *dn)
 {
 	const struct qv_snode *root = &g->scan.n[0];
@@ -142,7 +143,8 @@ static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *d
 			const struct qv_snode *f = &g->scan.n[si];
 			struct qv_node *n;
 
-			if (S_ISDIR(f->st.st_mode) || si == g->dcp.map_node)
+			if (S_ISDIR(f->st.st_mode) || si == g->dcp.map_node ||
+			    !strcmp(f->name, "fqn_to_dtype_mapping.json"))
 				continue;
 			if (qv_tree_lookup_unsorted(t, dn, f->name)) {
 				qv_log("%s: the root has a file of that name; it wins", f->rel);

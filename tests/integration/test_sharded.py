@@ -354,3 +354,15 @@ def test_view_native_on_other_model_says_nothing_to_rename(mount, ckpt, tmp, arc
         check_view(src, tmp / "m", "--view", "hf")
     finally:
         run("fusermount3", "-u", tmp / "m", check=False)
+
+
+def test_dcp_helper_mappings_not_shown(mount, ckpt, tmp):
+    """Automodel's consolidated/ has .hf_metadata's files but its two helper mappings
+    (fqn_to_file_index_mapping.json, fqn_to_dtype_mapping.json): the mount's root likewise."""
+    d = tmp / "save"
+    shutil.copytree(ckpt.make("dcp-w4", "--sharded-save", "4"), d)
+    (d / ".hf_metadata" / "fqn_to_dtype_mapping.json").write_text('{"lm_head.weight": "BF16"}')
+    m = mount(d)
+    names = {p.name for p in m.iterdir()}
+    assert "config.json" in names and not names & {"fqn_to_file_index_mapping.json",
+                                                     "fqn_to_dtype_mapping.json"}, names
