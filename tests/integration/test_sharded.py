@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from helpers import QV, check_view, run
+from helpers import MK, QV, check_view, run
 
 # (name, mkckpt flags of the plain checkpoint, mkckpt flags of the sharded save)
 LAYOUTS = [
@@ -366,3 +366,9 @@ def test_dcp_helper_mappings_not_shown(mount, ckpt, tmp):
     names = {p.name for p in m.iterdir()}
     assert "config.json" in names and not names & {"fqn_to_file_index_mapping.json",
                                                      "fqn_to_dtype_mapping.json"}, names
+
+
+def test_mkckpt_drop_rank_counts_files_written(tmp):
+    """qvlmoefs-mkckpt --sharded-drop-rank says how many rank files it wrote (3 of 4)."""
+    out = run(MK, "--sharded-save", "4", "--sharded-drop-rank", "3", tmp / "s").stdout
+    assert "in 3 rank files" in out and len(list((tmp / "s").glob("shard-*"))) == 3, out
