@@ -1,7 +1,8 @@
 /* qv_dcpcheck.h - is a consolidated sharded save complete? The chunks' tiling (qv_dcp_build)
  * cannot see a missing last rank: its tensors just look smaller. These are the other signals a
- * save carries: the tensors .hf_metadata/fqn_to_file_index_mapping.json names, and the
- * dimensions .hf_metadata/config.json fixes. FUSE-free. */
+ * save carries: the tensors .hf_metadata/fqn_to_file_index_mapping.json and
+ * fqn_to_dtype_mapping.json name, and the dimensions .hf_metadata/config.json fixes.
+ * FUSE-free. */
 #ifndef QV_DCPCHECK_H
 #define QV_DCPCHECK_H
 

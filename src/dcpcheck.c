@@ -8,11 +8,13 @@
 #include "qv_dcpcheck.h"
 #include "qv_util.h"
 
+#include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The language model's prefixes, longest first: Qwen3-VL, text models, LLaVA-style, bare. */
 static const char *const lm_prefixes[] = { "model.language_model.", "model.text_model.",
@@ -219,6 +221,41 @@ static int check_mapping(const struct qv_dcp *d, const struct qv_scan *sc, const
 	return 0;
 }
 
+static int cmp_dt(const void *a, const void *b)
+{
+	return strcmp(((const struct qv_dtensor *)a)->name, ((const struct qv_dtensor *)b)->name);
+}
+
+#define DTYPE_MAP_REL ".hf_metadata/fqn_to_dtype_mapping.json"
+#define MAX_MAP_BYTES (256u << 20)
+
+/* fqn_to_dtype_mapping.json, when Automodel wrote one, holds only keys of the state dict it
+ * saved (it is aligned to them before it is written): each must be in some rank file too. */
+static int check_dtype_mapping(const struct qv_dcp *d, const struct qv_scan *sc,
+			       const char *next, char *err, size_t errlen)
+{
+	uint32_t node = qv_scan_find(sc, DTYPE_MAP_REL);
+	struct qv_buf b = { 0 };
+	cJSON *j = NULL;
+	int rc = 0;
+
+	if (node && !S_ISDIR(sc->n[node].st.st_mode) &&
+	    qv_scan_read(&sc->n[node], MAX_MAP_BYTES, &b, NULL, 0) == 0 && b.p)
+		j = cJSON_ParseWithLength(b.p, b.len);
+	for (cJSON *k = cJSON_IsObject(j) ? j->child : NULL; k && !rc; k = k->next) {
+		struct qv_dtensor key = { .name = k->string };
+
+		if (!bsearch(&key, d->t, d->nt, sizeof(*d->t), cmp_dt))
+			rc = qv_err(err, errlen, -EINVAL,
+				    "tensor \"%s\": %s names it, but no rank file holds any of it "
+				    "(expected its chunks, found none): %s is likely missing",
+				    k->string, DTYPE_MAP_REL, next);
+	}
+	cJSON_Delete(j);
+	qv_buf_free(&b);
+	return rc;
+}
+
 int qv_dcpcheck(const struct qv_dcp *d, const struct qv_scan *sc, const struct qv_cfg *c,
 		char *err, size_t errlen)
 {
@@ -227,6 +264,8 @@ int qv_dcpcheck(const struct qv_dcp *d, const struct qv_scan *sc, const struct q
 
 	qv_dcp_rank_files(sc, next, sizeof(next));
 	rc = check_mapping(d, sc, c, next, err, errlen);
+	if (!rc)
+		rc = check_dtype_mapping(d, sc, next, err, errlen);
 	for (size_t i = 0; !rc && c->present && i < d->nt; i++)
 		rc = check_dims(&d->t[i], c, next, err, errlen);
 	if (!rc && c->present)

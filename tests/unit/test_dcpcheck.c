@@ -96,6 +96,19 @@ TEST(dcpcheck_mapping_names_absent_tensor)
 	expect(dir, NULL, NULL);
 }
 
+TEST(dcpcheck_dtype_mapping_names_absent_tensor)
+{
+	char *dir = embed_save("{}");
+
+	vt_put(dir, ".hf_metadata/fqn_to_dtype_mapping.json",
+	       "{\"model.embed_tokens.weight\": \"BF16\", \"model.norm.weight\": \"F32\"}");
+	expect(dir, "tensor \"model.norm.weight\": .hf_metadata/fqn_to_dtype_mapping.json names it",
+	       "(rank 2) is likely missing");
+	dir = embed_save("{}");
+	vt_put(dir, ".hf_metadata/fqn_to_dtype_mapping.json", "{\"model.embed_tokens.weight\": \"BF16\"}");
+	expect(dir, NULL, NULL);
+}
+
 TEST(dcpcheck_per_expert_count)
 {
 	char *dir = ut_tmpdir();
