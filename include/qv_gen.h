@@ -26,6 +26,7 @@ struct qv_mount_opts {
 	uint32_t shard_size, shard_rank;
 	bool shard_rank_set;
 	uint64_t max_file; /* -o shard_size: consolidated files of a sharded save (0: 5 GB) */
+	bool ep_shared; /* rank folders list the bytes all ranks share as one inode each */
 	unsigned scan_pause_ms; /* tests only: a pause after each scan, to swap files meanwhile */
 	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
 	int (*gpu_json)(void *arg, struct qv_buf *out);
@@ -47,6 +48,8 @@ struct qv_gen {
 	bool sharded;	       /* the root is an Automodel per-rank sharded save ... */
 	struct qv_dcp dcp;     /* ... and these are its consolidated tensors */
 	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */
+	uint64_t *shared; /* -o ep_shared: scan node -> inode of the file every rank folder lists
+			   * (a pass-through file, the dense part of a safetensors file), else 0 */
 	size_t nplans;
 	struct qv_gen *prev; /* the next older generation still held */
 	/* Holds on this generation: 1 while it is the newest, one per kernel lookup of one of its

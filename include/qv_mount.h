@@ -31,6 +31,9 @@ struct qv_mount {
 	pthread_mutex_t root_lock; /* taking a hold on the newest root vs a rescan replacing it */
 	atomic_size_t ngens;	   /* generations held */
 	struct qv_stats stats;
+	size_t nfolders;	      /* rank folders (one per plan), 0 for one view */
+	char (*folder_names)[64];     /* their names */
+	atomic_uint_least64_t *folder_bytes; /* bytes served per folder; [nfolders]: shared files */
 	atomic_int fallback_logged;
 };
 
@@ -79,7 +82,7 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
 
 /* A length that the value of xattr name of node n never exceeds, for size queries of values
  * that change between calls; 0 for a value that does not change. */
-size_t qv_mount_xattr_max(const struct qv_node *n, const char *name);
+size_t qv_mount_xattr_max(const struct qv_mount *m, const struct qv_node *n, const char *name);
 
 /* The bytes of a .qvlmoefs/ file, made now (counters change); 0 or -errno. */
 int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out);

@@ -47,6 +47,8 @@ struct qv_node {
 	/* What the builders above keep in a node for later: the tree only stores these. */
 	struct qv_gen *gen; /* owner: the generation that built it (an entry takes its folder's) */
 	int32_t lazy;	    /* folder of one rank's view, built on first use: its plan, else -1 */
+	int32_t folder;	    /* the rank folder (plan) it lies in, else -1: whom its reads count for */
+	uint32_t nlink;	    /* a file listed in several folders (one inode: a hard link), else 0 */
 	atomic_bool ready;  /* a lazy folder's entries exist */
 	int dyn;	    /* a file of .qvlmoefs/ made when opened (QV_DYN_* of qv_inspect.h), else 0 */
 	bool inspect;	    /* a .qvlmoefs/ folder, filled on first use (from gen, hplan) */

@@ -13,11 +13,23 @@
 #define QV_VERSION "0.1.0"
 #endif
 
-/* Log one line "qvlmoefs: ..." to stderr (or syslog once qv_log_use_syslog() was called). */
+/* Log one line: "qvlmoefs: ..." to stderr until the daemon detaches, to the file of
+ * qv_log_open() (with a UTC time and the pid) whenever one is open, else, detached, to syslog
+ * (or to the stderr of before detaching, see qv_log_before_detach). */
 void qv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Route later qv_log() lines to syslog (daemon mode). */
-void qv_log_use_syslog(void);
+/* Append every later line to path too (opened now: a relative path is resolved before the
+ * daemon changes folder); 0 or -errno. */
+int qv_log_open(const char *path);
+
+/* Just before detaching: where lines will go once detached ("the log file", "syslog" when
+ * /dev/log accepts them, else "stderr" when stderr is a regular file, kept), or NULL when
+ * nowhere. */
+const char *qv_log_before_detach(void);
+
+/* Just after detaching: stop writing to stderr (now /dev/null), switch to what
+ * qv_log_before_detach() chose. */
+void qv_log_detached(void);
 
 /* Format into a caller's error buffer; always NUL-terminates. Returns err_code unchanged. */
 int qv_err(char *err, size_t errlen, int err_code, const char *fmt, ...)

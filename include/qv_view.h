@@ -16,18 +16,30 @@
 /* The view keys of one virtual safetensors file, kept until its folder's index is made. */
 struct qv_fkeys {
 	const char *file;
+	const char *src; /* the source file whose index entries it takes (NULL: file itself) */
 	const struct qv_node *node; /* its node, whose permissions its index must not exceed */
 	char **keys;
 	size_t n;
 	uint64_t total; /* bytes of its tensors */
 };
 
-/* Build the virtual file of parsed source st (source index src, named rel in messages) under
- * plan p into vf (zeroed), its keys into fk (file left to the caller); 0 or -errno with one
- * line in err. Every extent lies inside st's data section. */
+/* Which tensors of a source a virtual file holds: all, or (-o ep_shared) those every rank
+ * sees alike, or the rank's expert slices. Which is which is the plan's expert rule. */
+enum qv_part { QV_PART_ALL, QV_PART_DENSE, QV_PART_EXPERTS };
+
+/* Build the virtual file of part of parsed source st (source index src, named rel in messages)
+ * under plan p into vf (zeroed), its keys into fk (file left to the caller); 0 or -errno with
+ * one line in err. Every extent lies inside st's data section. */
 int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, uint64_t n_experts,
-		 const char *rel, struct qv_vfile *vf, struct qv_fkeys *fk, char *err,
-		 size_t errlen);
+		 const char *rel, enum qv_part part, struct qv_vfile *vf, struct qv_fkeys *fk,
+		 char *err, size_t errlen);
+
+/* -o ep_shared: build, outside any folder, one node per file of generation g whose bytes are
+ * the same in every rank folder (pass-through files, the dense part of each safetensors file,
+ * under plan p), listed later by each of the nlink rank folders; their inodes into g->shared.
+ * 0 or -errno with one line in err. */
+int qv_view_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
+		   struct qv_node *top, uint32_t nlink, char *err, size_t errlen);
 
 /* Free the keys of fk. */
 void qv_fkeys_fini(struct qv_fkeys *fk);

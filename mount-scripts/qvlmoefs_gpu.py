@@ -8,7 +8,8 @@ The daemon lists each staged tensor in MOUNT/.qvlmoefs/gpu.json with its state, 
 and its offset and size in one device allocation whose CUDA IPC handle is given; this module
 opens that handle with the CUDA runtime (ctypes) and returns a torch tensor (if torch is
 installed), else a cupy array (if cupy is), else a (device pointer, bytes) pair. Standard
-library only otherwise. `python3 qvlmoefs_gpu.py MOUNT [NAME]` prints the entries or one tensor.
+library only otherwise. `python3 qvlmoefs_gpu.py MOUNT [NAME]` prints the entries or one tensor;
+a mount without `gpu=`, a tensor not staged or no CUDA runtime gives one line and exit status 1.
 """
 import ctypes
 import json
@@ -27,10 +28,20 @@ DTYPES = {
 _opened = {}  # (device, handle) -> base pointer: a handle may be opened once per process
 
 
+class NotStaged(FileNotFoundError):
+    """The mount has no .qvlmoefs/gpu.json: not a qvlmoefs mount, or mounted without gpu=N."""
+
+
 def status(mount):
-    """The parsed .qvlmoefs/gpu.json of a mount."""
-    with open(os.path.join(mount, ".qvlmoefs", "gpu.json")) as f:
-        return json.load(f)
+    """The parsed .qvlmoefs/gpu.json of a mount; NotStaged when the mount stages nothing."""
+    path = os.path.join(mount, ".qvlmoefs", "gpu.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        why = ("not a qvlmoefs mount" if not os.path.isdir(os.path.join(mount, ".qvlmoefs"))
+               else "mounted without -o gpu=N")
+        raise NotStaged(f"{mount}: no GPU staging here ({why}; {path} does not exist)") from None
 
 
 def entry(mount, name):
@@ -53,6 +64,12 @@ def _cudart():
     raise OSError("no CUDA runtime (libcudart.so) found")
 
 
+class _IpcHandle(ctypes.Structure):
+    """cudaIpcMemHandle_t: the runtime takes it by value (a 64-byte struct, passed in memory on
+    x86-64), so it must be a Structure with argtypes set, not a char array (a pointer)."""
+    _fields_ = [("reserved", ctypes.c_char * 64)]
+
+
 def device_pointer(st):
     """Open the allocation's IPC handle on its device; the base device pointer."""
     key = (st["device"], st["ipc_handle"])
@@ -60,8 +77,12 @@ def device_pointer(st):
         rt = _cudart()
         if rt.cudaSetDevice(ctypes.c_int(st["device"])) != 0:
             raise OSError(f"cudaSetDevice({st['device']}) failed")
-        handle = (ctypes.c_char * 64).from_buffer_copy(bytes.fromhex(st["ipc_handle"]))
+        if len(st["ipc_handle"]) != 128:
+            raise OSError("gpu.json has no IPC handle (the runtime gave none)")
+        handle = _IpcHandle.from_buffer_copy(bytes.fromhex(st["ipc_handle"]))
         ptr = ctypes.c_void_p()
+        rt.cudaIpcOpenMemHandle.argtypes = [ctypes.POINTER(ctypes.c_void_p), _IpcHandle,
+                                            ctypes.c_uint]
         rc = rt.cudaIpcOpenMemHandle(ctypes.byref(ptr), handle, ctypes.c_uint(1))
         if rc != 0:
             raise OSError(f"cudaIpcOpenMemHandle failed with CUDA error {rc}")
@@ -85,8 +106,10 @@ def tensor(mount, name):
     arr = _CudaArray(ptr, t["shape"], typestr)
     try:
         import torch
-        x = torch.as_tensor(arr, device=f"cuda:{st['device']}")
-        return x.view(getattr(torch, tname)) if tname in ("bfloat16",) or tname.startswith("float8") else x
+        if torch.cuda.is_available():  # a CPU-only torch cannot hold a device pointer
+            x = torch.as_tensor(arr, device=f"cuda:{st['device']}")
+            return (x.view(getattr(torch, tname)) if tname in ("bfloat16",) or tname.startswith("float8")
+                    else x)
     except ImportError:
         pass
     try:
@@ -100,12 +123,18 @@ def main(argv):
     if len(argv) < 2:
         print(__doc__)
         return 2
-    if len(argv) == 2:
-        for t in status(argv[1])["tensors"]:
-            print(f"{t['state']:8} {t['dtype']:5} {str(t['shape']):20} {t['name']}")
+    try:
+        if len(argv) == 2:
+            for t in status(argv[1])["tensors"]:
+                print(f"{t['state']:8} {t['dtype']:5} {str(t['shape']):20} {t['name']}")
+            return 0
+        print(tensor(argv[1], argv[2]))
         return 0
-    print(tensor(argv[1], argv[2]))
-    return 0
+    except KeyError as e:
+        print(f"qvlmoefs_gpu: {argv[1]}: no staged tensor {e}", file=sys.stderr)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"qvlmoefs_gpu: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

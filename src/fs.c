@@ -70,7 +70,7 @@ static void fill_attr(const struct qv_node *n, struct stat *st)
 	st->st_ino = n->ino;
 	/* the sources' owner, group and modes (tree.c): default_permissions checks these */
 	st->st_mode = (n->dir ? S_IFDIR : S_IFREG) | n->mode;
-	st->st_nlink = n->dir ? 2 : 1;
+	st->st_nlink = n->dir ? 2 : n->nlink ? n->nlink : 1;
 	st->st_uid = n->uid;
 	st->st_gid = n->gid;
 	st->st_size = (off_t)n->vf.size;
@@ -428,7 +428,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	if (rc)
 		fuse_reply_err(req, -rc);
 	else
-		reply_xattr(req, b.p ? b.p : "", b.len, qv_mount_xattr_max(n, name), size);
+		reply_xattr(req, b.p ? b.p : "", b.len, qv_mount_xattr_max(fs->m, n, name), size);
 	qv_buf_free(&b);
 	put(fs, n);
 }

@@ -250,6 +250,7 @@ void qv_gen_free(struct qv_gen *m)
 	for (size_t i = 0; m->plans && i < m->nplans; i++)
 		qv_plan_free(&m->plans[i]);
 	free(m->plans);
+	free(m->shared);
 	qv_scan_free(&m->scan);
 	qv_dcp_free(&m->dcp);
 	memset(m, 0, sizeof(*m));

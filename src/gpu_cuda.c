@@ -1,15 +1,28 @@
-/* gpu_cuda.c - the CUDA runtime, loaded with dlopen at run time: built against the headers,
- * but a machine without libcudart (or without a GPU) still runs the binary, and a request for
- * a device fails with one clear line instead of at load time. */
+/* gpu_cuda.c - the CUDA runtime, loaded with dlopen at run time: a machine without libcudart
+ * (or without a GPU) still runs the binary, and a request for a device fails with one clear
+ * line instead of at load time. Needs no CUDA headers to build: the few types and constants
+ * used are declared below as the runtime's stable C ABI has them, so the binary that a GPU
+ * machine builds without the CUDA toolkit still stages. */
 #include "qv_gpu.h"
 #include "qv_util.h"
 
-#include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* From cuda_runtime_api.h / driver_types.h; these values have not changed since CUDA 4. */
+typedef int cudaError_t;
+typedef struct qv_cuda_stream *cudaStream_t;
+typedef struct qv_cuda_event *cudaEvent_t;
+typedef struct {
+	char reserved[64];
+} cudaIpcMemHandle_t;
+enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
+enum { cudaSuccess = 0, cudaHostAllocDefault = 0, cudaStreamNonBlocking = 1,
+       cudaEventDisableTiming = 2 };
+_Static_assert(sizeof(cudaIpcMemHandle_t) == QV_GPU_IPC_BYTES, "IPC handle size");
 
 /* The runtime entry points we use, resolved by name. */
 struct cuda {

@@ -234,6 +234,7 @@ int qv_inspect_main(int argc, char **argv)
 {
 	struct inspect_args a = { .fargs = FUSE_ARGS_INIT(0, NULL) };
 	struct qv_options o = { 0 };
+	struct fuse_cmdline_opts copts = { 0 };
 	struct qv_mount_opts mo;
 	static struct qv_mount m;
 	char err[QV_ERRLEN];
@@ -241,7 +242,9 @@ int qv_inspect_main(int argc, char **argv)
 
 	if (rc)
 		goto out;
-	if (qv_opts_parse(&a.fargs, &o) == -1 || qv_opts_check(&o, &mo, &gpu))
+	/* the mount's parser and checks: an option the mount refuses is refused here too */
+	if (qv_opts_parse(&a.fargs, &o, &copts) || qv_opts_known(&a.fargs) ||
+	    qv_opts_check(&o, &mo, &gpu))
 		goto out;
 	if (qv_mount_init(&m, o.source, &mo, err, sizeof(err)))
 		qv_log("%s", err);
@@ -249,6 +252,7 @@ int qv_inspect_main(int argc, char **argv)
 		report(&m, &a), ret = 0;
 	qv_mount_fini(&m);
 out:
+	free(copts.mountpoint);
 	qv_opts_free(&o);
 	fuse_opt_free_args(&a.fargs);
 	return rc == 1 ? 0 : ret;

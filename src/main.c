@@ -52,13 +52,14 @@ static void *rescan_thread(void *arg)
 	return NULL;
 }
 
-/* fsname=SOURCE for mount(8) and /proc/mounts; commas and backslashes must be escaped. */
+/* subtype=qvlmoefs, and fsname=source (the source's absolute path) for mount(8) and
+ * /proc/mounts unless the user gave one (source NULL); escaped for libfuse's -o parser. */
 static int add_fsname(struct fuse_args *args, const char *source)
 {
 	struct qv_buf b = { 0 };
-	int rc = qv_buf_adds(&b, "-osubtype=qvlmoefs,fsname=");
+	int rc = qv_buf_adds(&b, source ? "-osubtype=qvlmoefs,fsname=" : "-osubtype=qvlmoefs");
 
-	for (const char *s = source; *s && !rc; s++) {
+	for (const char *s = source; s && *s && !rc; s++) {
 		if (*s == ',' || *s == '\\')
 			rc = qv_buf_add(&b, "\\", 1);
 		if (!rc)
@@ -84,16 +85,14 @@ int main(int argc, char *argv[])
 	static struct qv_stage_bg gs;
 	sigset_t hup;
 	char err[QV_ERRLEN];
-	int ret = 1, gpu;
+	int ret = 1, rc, gpu;
 
 	if (argc > 1 && !strcmp(argv[1], "stage"))
 		return qv_stage_main(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "inspect"))
 		return qv_inspect_main(argc - 1, argv + 1);
-	if (qv_opts_parse(&args, &o) == -1)
-		goto out_args;
-	if (fuse_parse_cmdline(&args, &copts) != 0)
-		goto out_args;
+	if (qv_opts_parse(&args, &o, &copts))
+		goto out_opts;
 	if (copts.show_help) {
 		printf("usage: %s [options] SOURCE MOUNTPOINT\n"
 		       "       %s inspect SOURCE [-o options] [--keys] [--json]\n"
@@ -115,8 +114,13 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "usage: %s [options] SOURCE MOUNTPOINT (see --help)\n", argv[0]);
 		goto out_opts;
 	}
-	if (qv_opts_check(&o, &mo, &gpu))
+	/* every option checked before the source is scanned, which may take a while */
+	if (qv_opts_known(&args) || qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
+	if (o.log && (rc = qv_log_open(o.log))) {
+		qv_log("log=%s: %s", o.log, strerror(-rc));
+		goto out_opts;
+	}
 	qv_opts_faults(&mo);
 	if (gpu >= 0) {
 		/* fail fast, before mounting, when there is no such device; asked in a child so
@@ -134,7 +138,7 @@ int main(int argc, char *argv[])
 		goto out_mount_ctx;
 	}
 	m.o.io.fallback_logged = &m.fallback_logged;
-	if (fuse_opt_add_arg(&args, "-oro") || add_fsname(&args, o.source) ||
+	if (fuse_opt_add_arg(&args, "-oro") || add_fsname(&args, o.fsname_set ? NULL : m.source) ||
 	    (o.allow_other && fuse_opt_add_arg(&args, "-odefault_permissions")))
 		goto out_mount_ctx;
 	if (qv_fs_init(&fs, &m))
@@ -148,11 +152,14 @@ int main(int argc, char *argv[])
 	if (fuse_session_mount(se, copts.mountpoint))
 		goto out_signals;
 	/* best effort: without root the kernel's 128 KiB window stays, and reads are smaller */
-	qv_bdi_set_readahead(copts.mountpoint, o.readahead_kb ? o.readahead_kb : 4096);
+	qv_bdi_set_readahead(copts.mountpoint, o.readahead_set ? o.readahead_kb : 4096);
+	if (!copts.foreground && !qv_log_before_detach())
+		qv_log("no syslog (/dev/log) and no -o log=FILE: the detached daemon's messages "
+		       "(and SIGUSR1's counters) go nowhere");
 	if (fuse_daemonize(copts.foreground))
 		goto out_unmount;
 	if (!copts.foreground)
-		qv_log_use_syslog();
+		qv_log_detached();
 	/* after daemonizing: threads do not survive the fork */
 	sigemptyset(&hup);
 	sigaddset(&hup, SIGHUP);
@@ -200,7 +207,6 @@ out_mount_ctx:
 out_opts:
 	free(copts.mountpoint);
 	qv_opts_free(&o);
-out_args:
 	fuse_opt_free_args(&args);
 	return ret;
 }

@@ -41,6 +41,14 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	/* the folders are built on first use: a clash of names must stop the mount now */
 	if (!rc && g->sharded)
 		rc = qv_view_dcp_check(g, err, errlen);
+	if (!rc && m->o.ep_shared && g->sharded)
+		rc = qv_err(err, errlen, -EINVAL, "%s: -o ep_shared: a sharded save is shown "
+			    "consolidated, and its rank folders cannot share files yet", m->source);
+	/* built once, before the folders that list them (with plan 0: the dense part is alike
+	 * under every rank's plan) */
+	if (!rc && m->o.ep_shared)
+		rc = qv_view_shared(&m->tree, g, &g->plans[0], root, (uint32_t)g->nplans, err,
+				    errlen);
 	for (size_t i = 0; !rc && i < g->nplans; i++) {
 		char name[64];
 		struct qv_node *n;
@@ -203,6 +211,20 @@ static void raise_nofile(void)
 	}
 }
 
+/* Bytes served per rank folder, and for the files every folder lists (-o ep_shared). The
+ * folders are the same in every generation (they follow from the options alone). */
+static int folder_counters(struct qv_mount *m, char *err, size_t errlen)
+{
+	m->nfolders = m->gen->nplans;
+	m->folder_names = calloc(m->nfolders, sizeof(*m->folder_names));
+	m->folder_bytes = calloc(m->nfolders + 1, sizeof(*m->folder_bytes));
+	if (!m->folder_names || !m->folder_bytes)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < m->nfolders; i++)
+		folder_name(m, &m->gen->plans[i].o, m->folder_names[i], sizeof(m->folder_names[i]));
+	return 0;
+}
+
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
 		  size_t errlen)
 {
@@ -225,6 +247,8 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 	pthread_mutex_lock(&m->lock);
 	rc = load_view(m, &old, err, errlen);
 	pthread_mutex_unlock(&m->lock);
+	if (!rc && qv_gen_multi(&m->o))
+		rc = folder_counters(m, err, errlen);
 	return rc;
 }
 
@@ -294,6 +318,8 @@ void qv_mount_fini(struct qv_mount *m)
 		free(g);
 	}
 	free(m->source);
+	free(m->folder_names);
+	free(m->folder_bytes);
 	pthread_mutex_destroy(&m->lock);
 	pthread_mutex_destroy(&m->root_lock);
 	memset(m, 0, sizeof(*m));
@@ -339,6 +365,10 @@ int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t le
 		return rc;
 	}
 	atomic_fetch_add(&m->stats.bytes_served, *got);
+	if (m->folder_bytes && n->folder >= 0 && (size_t)n->folder < m->nfolders)
+		atomic_fetch_add(&m->folder_bytes[n->folder], *got);
+	else if (m->folder_bytes && n->nlink)
+		atomic_fetch_add(&m->folder_bytes[m->nfolders], *got);
 	atomic_fetch_add(&m->stats.bytes_src, from_src);
 	atomic_fetch_add(qv_io_backend_of(io) == QV_IO_URING ? &m->stats.bytes_uring :
 							       &m->stats.bytes_pread,
@@ -359,13 +389,14 @@ enum { STATS_N = 10 };
 
 /* The counters v (in the order of the names below) and the uptime as one line of JSON. Every
  * value is an integer, so a line of UINT64_MAX values is the longest there can be. */
-static int stats_format(struct qv_buf *out, const uint64_t v[STATS_N], uint64_t uptime_ms)
+static int stats_format(const struct qv_mount *m, bool max, struct qv_buf *out,
+			const uint64_t v[STATS_N], uint64_t uptime_ms)
 {
-	return qv_buf_printf(out,
+	int rc = qv_buf_printf(out,
 			     "{\"requests\":%llu,\"bytes_served\":%llu,\"bytes_from_sources\":%llu,"
 			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
 			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%llu,"
-			     "\"generations\":%llu,\"uptime_s\":%llu.%03llu}\n",
+			     "\"generations\":%llu,\"uptime_s\":%llu.%03llu",
 			     (unsigned long long)v[0], (unsigned long long)v[1],
 			     (unsigned long long)v[2], (unsigned long long)v[3],
 			     (unsigned long long)v[4], (unsigned long long)v[5],
@@ -373,6 +404,16 @@ static int stats_format(struct qv_buf *out, const uint64_t v[STATS_N], uint64_t 
 			     (unsigned long long)v[8], (unsigned long long)v[9],
 			     (unsigned long long)(uptime_ms / 1000),
 			     (unsigned long long)(uptime_ms % 1000));
+
+	/* rank folders: the bytes each served ("shared": the files all of them list) */
+	for (size_t i = 0; !rc && m->folder_bytes && i <= m->nfolders; i++)
+		rc = qv_buf_printf(out, "%s\"%s\":%llu", i ? "," : ",\"bytes_served_by_folder\":{",
+				   i < m->nfolders ? m->folder_names[i] : "shared",
+				   (unsigned long long)(max ? UINT64_MAX :
+							      atomic_load(&m->folder_bytes[i])));
+	if (!rc && m->folder_bytes)
+		rc = qv_buf_adds(out, "}");
+	return rc ? rc : qv_buf_adds(out, "}\n");
 }
 
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
@@ -387,7 +428,7 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 				qv_tree_count(&m->tree),      atomic_load(&m->ngens) };
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	return stats_format(out, v,
+	return stats_format(m, false, out, v,
 			    (uint64_t)(now.tv_sec - s->start.tv_sec) * 1000 +
 				    (uint64_t)(now.tv_nsec / 1000000) -
 				    (uint64_t)(s->start.tv_nsec / 1000000));
@@ -404,7 +445,7 @@ int qv_mount_xattr(struct qv_mount *m, const struct qv_node *n, const char *name
 	return qv_inspect_xattr(n, name, out);
 }
 
-size_t qv_mount_xattr_max(const struct qv_node *n, const char *name)
+size_t qv_mount_xattr_max(const struct qv_mount *m, const struct qv_node *n, const char *name)
 {
 	uint64_t v[STATS_N];
 	struct qv_buf b = { 0 };
@@ -413,7 +454,7 @@ size_t qv_mount_xattr_max(const struct qv_node *n, const char *name)
 	if (n->ino != 1 || strcmp(name, X_STATS))
 		return 0; /* the other values are fixed once built */
 	memset(v, 0xff, sizeof(v));
-	len = stats_format(&b, v, UINT64_MAX) ? 4096 : b.len;
+	len = stats_format(m, true, &b, v, UINT64_MAX) ? 4096 : b.len;
 	qv_buf_free(&b);
 	return len;
 }

@@ -3,29 +3,36 @@
 #include "qv_opts.h"
 #include "qv_util.h"
 
+#include <fuse_lowlevel.h>
+
 #include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { KEY_ALLOW_OTHER, KEY_DROP };
+enum { KEY_ALLOW_OTHER, KEY_DROP, KEY_FSNAME, KEY_READAHEAD, KEY_SHARD_SIZE };
 
 #define OPT(t, p) { t, offsetof(struct qv_options, p), 1 }
 static const struct fuse_opt opt_spec[] = {
 	OPT("view=%s", view),
-	OPT("exclude=%s", exclude),
+	/* no exclude=: take_exclude() has it out of every -o before libfuse could unescape it */
 	OPT("io=%s", io),
+	OPT("log=%s", log),
 	OPT("gpu=%s", gpu),
 	/* as text, checked below: %u would read "-1" as 4294967295 and "2x" as 2 */
 	OPT("ep_size=%s", ep_size),
 	OPT("ep_rank=%s", ep_rank),
 	OPT("ep_shard_size=%s", shard_size),
 	OPT("ep_shard_rank=%s", shard_rank),
-	OPT("readahead_kb=%u", readahead_kb),
-	OPT("shard_size=%llu", max_file),
+	FUSE_OPT_KEY("readahead_kb=", KEY_READAHEAD),
+	FUSE_OPT_KEY("shard_size=", KEY_SHARD_SIZE),
 	OPT("direct_io", direct_io),
+	OPT("ep_shared", ep_shared),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
+	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so main adds none */
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
 	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
 	FUSE_OPT_KEY("_netdev", KEY_DROP),   /* fstab-only */
@@ -33,33 +40,69 @@ static const struct fuse_opt opt_spec[] = {
 	FUSE_OPT_END
 };
 
+int qv_opts_number(const char *name, const char *s, uint64_t lo, uint64_t hi, uint64_t *out)
+{
+	uint64_t v = 0;
+	bool big = false;
+	const char *p;
+
+	/* digits only, so a sign or trailing junk is refused rather than wrapped or ignored */
+	for (p = s; *p >= '0' && *p <= '9'; p++) {
+		uint64_t d = (uint64_t)(*p - '0');
+
+		if (v > (UINT64_MAX - d) / 10)
+			big = true; /* past 2^64: out of any range, never wrapped */
+		else
+			v = v * 10 + d;
+	}
+	if (p == s || *p || big || v < lo || v > hi)
+		return qv_log("%s=%s: expected a whole number from %llu to %llu", name, s,
+			      (unsigned long long)lo, (unsigned long long)hi),
+		       -EINVAL;
+	*out = v;
+	return 0;
+}
+
 static int opt_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
 	struct qv_options *o = data;
+	const char *v = strchr(arg, '=');
+	uint64_t n;
 
 	(void)outargs;
 	if (key == FUSE_OPT_KEY_NONOPT && !o->source) {
 		o->source = strdup(arg);
 		return o->source ? 0 : -1;
 	}
+	if (key == KEY_READAHEAD) {
+		if (qv_opts_number("readahead_kb", v + 1, 0, QV_OPTS_MAX_READAHEAD_KB, &n))
+			return -1;
+		o->readahead_kb = (unsigned)n;
+		o->readahead_set = 1;
+		return 0;
+	}
+	if (key == KEY_SHARD_SIZE) {
+		if (qv_opts_number("shard_size", v + 1, 1, UINT64_MAX, &n))
+			return -1;
+		o->max_file = n;
+		return 0;
+	}
 	if (key == KEY_ALLOW_OTHER)
 		o->allow_other = 1;
+	if (key == KEY_FSNAME)
+		o->fsname_set = 1;
 	return key == KEY_DROP ? 0 : 1;
 }
 
-/* name=s as a whole number from lo to hi: digits only, so a sign or trailing junk is refused
- * rather than wrapped or ignored; 0 or -EINVAL, logged with the accepted range. */
+/* name=s as a number from lo to hi into a uint32_t; 0 or -EINVAL, logged with the range. */
 static int parse_count(const char *name, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
-	uint64_t v = 0;
-	const char *p;
+	uint64_t v;
+	int rc = qv_opts_number(name, s, lo, hi, &v);
 
-	for (p = s; *p >= '0' && *p <= '9' && v <= hi; p++) /* stops before v can overflow */
-		v = v * 10 + (uint64_t)(*p - '0');
-	if (p == s || *p || v < lo || v > hi)
-		return qv_log("%s=%s: expected a whole number from %u to %u", name, s, lo, hi), -EINVAL;
-	*out = (uint32_t)v;
-	return 0;
+	if (!rc)
+		*out = (uint32_t)v;
+	return rc;
 }
 
 /* The slicing options, each bounded here; plan and gen bound them further by the checkpoint
@@ -87,6 +130,8 @@ static int check_slicing(const struct qv_options *o, struct qv_mount_opts *mo)
 /* Turn option strings into the core's options; one-line message and -EINVAL when invalid. */
 int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu)
 {
+	int rc;
+
 	memset(mo, 0, sizeof(*mo));
 	*gpu = -1;
 	mo->exclude = o->exclude;
@@ -103,20 +148,179 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 		return qv_log("io=%s: expected uring or pread", o->io), -EINVAL;
 	mo->io.backend = o->io && !strcmp(o->io, "pread") ? QV_IO_PREAD : QV_IO_URING;
 	if (o->gpu) {
-		char *end;
-		long dev = strtol(o->gpu, &end, 10);
+		uint32_t dev;
 
-		if (end == o->gpu || *end || dev < 0 || dev > 1024)
-			return qv_log("gpu=%s: expected a CUDA device number", o->gpu), -EINVAL;
+		if (parse_count("gpu", o->gpu, 0, QV_OPTS_MAX_GPU, &dev))
+			return -EINVAL;
 		*gpu = (int)dev;
 	}
 	mo->max_file = o->max_file;
-	return check_slicing(o, mo);
+	mo->ep_shared = o->ep_shared;
+	rc = check_slicing(o, mo);
+	if (!rc && mo->ep_shared && !qv_gen_multi(mo))
+		return qv_log("ep_shared needs ep_size without ep_rank: it is a layout of the rank "
+			      "folders"), -EINVAL;
+	return rc;
 }
 
-int qv_opts_parse(struct fuse_args *args, struct qv_options *o)
+/* Whether the regex text t (n bytes) leaves a bracket, group or brace open, skipping "\x"
+ * pairs: then the comma that ended exclude= was most likely meant as part of it. */
+static bool regex_open(const char *t, size_t n)
 {
-	return fuse_opt_parse(args, o, opt_spec, opt_proc);
+	int paren = 0, brace = 0;
+	bool cls = false;
+
+	for (size_t i = 0; i < n; i++) {
+		if (t[i] == '\\' && i + 1 < n)
+			i++;
+		else if (cls)
+			cls = t[i] != ']' || (i > 0 && t[i - 1] == '[');
+		else if (t[i] == '[')
+			cls = true;
+		else
+			paren += (t[i] == '(') - (t[i] == ')'), brace += (t[i] == '{') - (t[i] == '}');
+	}
+	return cls || paren > 0 || brace > 0;
+}
+
+/* The option group g (one -o argument) without its exclude= options, whose value goes to
+ * o->exclude as written: libfuse's parser would drop every backslash of it (`\d` would reach
+ * the regex as `d`). An option runs to the next comma not preceded by a backslash; in the
+ * value of exclude= the pair "\," stands for a comma and every other backslash stays, with
+ * the character after it. Returns the rest of the group (malloc'd, maybe empty) or NULL,
+ * with *err set when the pattern was cut at a comma (logged) or on out of memory. */
+static char *take_exclude(const char *g, struct qv_options *o, bool *err)
+{
+	struct qv_buf rest = { 0 }, pat = { 0 };
+	bool first = true;
+
+	*err = false;
+	if (qv_buf_adds(&rest, ""))
+		return *err = true, NULL;
+	for (const char *p = g, *opt = g;; opt = ++p) {
+		while (*p && *p != ',')
+			p += p[0] == '\\' && p[1] ? 2 : 1;
+		if (strncmp(opt, "exclude=", 8)) { /* another option: libfuse's, unchanged */
+			if ((!first && qv_buf_add(&rest, ",", 1)) || qv_buf_add(&rest, opt, (size_t)(p - opt)))
+				goto oom;
+			first = false;
+		} else {
+			const char *v = opt + 8;
+
+			if (*p && regex_open(v, (size_t)(p - v))) {
+				const char *next = p + 1, *e = next;
+
+				while (*e && *e != ',')
+					e += e[0] == '\\' && e[1] ? 2 : 1;
+				qv_log("exclude=%.*s: the comma after it ends the option; write a comma "
+				       "that belongs to the pattern as \\, (exclude=%.*s\\,%.*s)",
+				       (int)(p - v), v, (int)(p - v), v, (int)(e - next), next);
+				goto fail;
+			}
+			pat.len = 0;
+			if (qv_buf_adds(&pat, ""))
+				goto oom;
+			for (const char *c = v; c < p; c++) {
+				if (c[0] == '\\' && c[1] == '\\') {
+					qv_log("exclude=%.*s: \"\\\\\" would match a backslash, which no "
+					       "tensor name holds; backslashes here are the regex's own "
+					       "(write \\d, not \\\\d)", (int)(p - v), v);
+					goto fail;
+				}
+				if (c[0] == '\\' && c[1] == ',')
+					c++; /* "\," is the comma; the backslash goes */
+				else if (c[0] == '\\' && c + 1 < p && qv_buf_add(&pat, c++, 1))
+					goto oom; /* "\x": both stay, x is never an option's end */
+				if (qv_buf_add(&pat, c, 1))
+					goto oom;
+			}
+			free(o->exclude);
+			o->exclude = pat.p; /* the last exclude= wins, as for every option */
+			pat = (struct qv_buf){ 0 };
+		}
+		if (!*p)
+			break;
+	}
+	qv_buf_free(&pat);
+	return rest.p;
+oom:
+	qv_log("out of memory parsing options");
+fail:
+	qv_buf_free(&pat);
+	qv_buf_free(&rest);
+	*err = true;
+	return NULL;
+}
+
+/* args with exclude= out of every -o (as "-o X" or "-oX"); the rest unchanged. 0 or -1. */
+static int take_excludes(struct fuse_args *args, struct qv_options *o)
+{
+	struct fuse_args out = FUSE_ARGS_INIT(0, NULL);
+	bool opts = true, err = false;
+
+	for (int i = 0; i < args->argc && !err; i++) {
+		const char *a = args->argv[i], *g = NULL;
+		char *rest = NULL;
+		int rc = 0;
+
+		if (opts && !strcmp(a, "--"))
+			opts = false; /* libfuse takes no options after it either */
+		else if (opts && i > 0 && !strcmp(a, "-o") && i + 1 < args->argc)
+			g = args->argv[++i];
+		else if (opts && i > 0 && !strncmp(a, "-o", 2) && a[2])
+			g = a + 2;
+		if (!g) {
+			rc = fuse_opt_add_arg(&out, a);
+		} else if (!strstr(g, "exclude=")) {
+			rc = fuse_opt_add_arg(&out, "-o") || fuse_opt_add_arg(&out, g);
+		} else if ((rest = take_exclude(g, o, &err)) && *rest) {
+			rc = fuse_opt_add_arg(&out, "-o") || fuse_opt_add_arg(&out, rest);
+		}
+		free(rest);
+		if (rc)
+			err = true, qv_log("out of memory parsing options");
+	}
+	if (err)
+		return fuse_opt_free_args(&out), -1;
+	fuse_opt_free_args(args);
+	*args = out;
+	return 0;
+}
+
+int qv_opts_parse(struct fuse_args *args, struct qv_options *o, struct fuse_cmdline_opts *copts)
+{
+	if (take_excludes(args, o) || fuse_opt_parse(args, o, opt_spec, opt_proc) == -1)
+		return -1;
+	return fuse_parse_cmdline(args, copts) == 0 ? 0 : -1;
+}
+
+/* libfuse's log during qv_opts_known: its errors as usual, not the debug lines a session
+ * made with -d prints (the real session prints them once). */
+static void errors_only(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	if (level <= FUSE_LOG_WARNING)
+		vfprintf(stderr, fmt, ap);
+}
+
+int qv_opts_known(const struct fuse_args *args)
+{
+	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_lowlevel_ops none = { 0 };
+	struct fuse_session *se = NULL;
+	int i;
+
+	for (i = 0; i < args->argc && !fuse_opt_add_arg(&copy, args->argv[i]); i++)
+		;
+	/* the session's parser is what rejects an unknown option at mount: a session is made
+	 * (and nothing opened) only to ask it */
+	fuse_set_log_func(errors_only);
+	if (i == args->argc)
+		se = fuse_session_new(&copy, &none, sizeof(none), NULL);
+	fuse_set_log_func(NULL); /* libfuse's default again */
+	if (se)
+		fuse_session_destroy(se);
+	fuse_opt_free_args(&copy);
+	return se ? 0 : -1;
 }
 
 void qv_opts_free(struct qv_options *o)
@@ -126,6 +330,7 @@ void qv_opts_free(struct qv_options *o)
 	free(o->exclude);
 	free(o->io);
 	free(o->gpu);
+	free(o->log);
 	free(o->ep_size);
 	free(o->ep_rank);
 	free(o->shard_size);
@@ -138,16 +343,26 @@ void qv_opts_help(void)
 	printf("Shows a Qwen3-VL-MoE safetensors checkpoint folder with converted key names.\n\n"
 	       "qvlmoefs options:\n"
 	       "    -o view=native|hf      naming of the view (default: the other one than SOURCE's)\n"
-	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*)\n"
+	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*);\n"
+	       "                           backslashes are the regex's (\\d), a comma is \\,\n"
 	       "    -o io=uring|pread      how sources are read (default uring)\n"
 	       "    -o ep_size=W           expert-parallel size; alone: one folder per rank\n"
 	       "    -o ep_rank=R           expert-parallel rank shown (0 <= R < W)\n"
 	       "    -o ep_shard_size=K     cut expert tensors on dim 1 into K parts\n"
 	       "    -o ep_shard_rank=S     the part shown (0 <= S < K)\n"
 	       "    -o shard_size=BYTES    files of a consolidated sharded save (default 5 GB)\n"
+	       "    -o ep_shared           rank folders share one inode per file of bytes every rank\n"
+	       "                           sees: shards split into dense and -experts files\n"
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
-	       "    -o readahead_kb=N      the mount's readahead when run as root (default 4096)\n"
-	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n\n");
+	       "    -o readahead_kb=N      the mount's readahead when run as root, 0 to %u\n"
+	       "                           (default 4096; 0: none)\n"
+	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n"
+	       "    -o log=FILE            append the daemon's messages to FILE\n\n"
+	       "Logs: stderr until the daemon detaches (all along with -f); detached, FILE of\n"
+	       "-o log=, else syslog, else (no /dev/log) stderr when it is a file, else nowhere\n"
+	       "(the mount says so). SIGUSR1 writes the counters there; SIGHUP rescans SOURCE.\n"
+	       "The fsname mount(8) shows is SOURCE's absolute path unless -o fsname= is given.\n\n",
+	       QV_OPTS_MAX_READAHEAD_KB);
 }
 
 /* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N,

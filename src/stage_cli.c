@@ -48,6 +48,7 @@ static int parse(int argc, char **argv, struct stage_args *a)
 		return -ENOMEM;
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+		uint64_t n;
 
 		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
 			return stage_usage(), 1;
@@ -55,19 +56,28 @@ static int parse(int argc, char **argv, struct stage_args *a)
 			a->all = true;
 		else if (!strcmp(argv[i], "-o") && v)
 			fuse_opt_add_arg(&a->fargs, "-o"), fuse_opt_add_arg(&a->fargs, v), i++;
-		else if (!strcmp(argv[i], "--device") && v)
-			a->device = atoi(v), i++;
-		else if (!strcmp(argv[i], "--samples") && v)
-			a->samples = (unsigned)strtoul(v, NULL, 0), i++;
-		else if (!strcmp(argv[i], "--slots") && v)
-			a->cfg.slots = (unsigned)strtoul(v, NULL, 0), i++;
-		else if (!strcmp(argv[i], "--slot-mib") && v)
-			a->cfg.slot_bytes = strtoull(v, NULL, 0) << 20, i++;
-		else if (argv[i][0] != '-' && !a->source)
+		else if (!strcmp(argv[i], "--device") && v) {
+			if (qv_opts_number("--device", v, 0, QV_OPTS_MAX_GPU, &n))
+				return -EINVAL;
+			a->device = (int)n, i++;
+		} else if (!strcmp(argv[i], "--samples") && v) {
+			if (qv_opts_number("--samples", v, 0, 1000000000, &n))
+				return -EINVAL;
+			a->samples = (unsigned)n, i++;
+		} else if (!strcmp(argv[i], "--slots") && v) {
+			if (qv_opts_number("--slots", v, 1, 256, &n))
+				return -EINVAL;
+			a->cfg.slots = (unsigned)n, i++;
+		} else if (!strcmp(argv[i], "--slot-mib") && v) {
+			if (qv_opts_number("--slot-mib", v, 1, 4096, &n)) /* pinned host memory */
+				return -EINVAL;
+			a->cfg.slot_bytes = (size_t)n << 20, i++;
+		} else if (argv[i][0] != '-' && !a->source) {
 			a->source = argv[i];
-		else
+		} else {
 			return qv_log("stage: unexpected argument %s (see qvlmoefs stage --help)", argv[i]),
 			       -EINVAL;
+		}
 	}
 	if (!a->source)
 		return qv_log("stage: no SOURCE (see qvlmoefs stage --help)"), -EINVAL;
@@ -156,8 +166,9 @@ static int stage_view(struct stage_args *a, struct qv_mount *m, const struct qv_
 	if (rc)
 		qv_log("stage: verify: %s", err);
 	peak = pinned_peak(ops, &st, a->cfg.slot_bytes ? a->cfg.slot_bytes : 16u << 20);
-	printf("staged %.3f GB in %.3f s: %.2f GB/s; pinned cudaMemcpy %.2f GB/s; ratio %.2f\n",
-	       (double)st.bytes / 1e9, secs, (double)st.bytes / secs / 1e9, peak,
+	printf("staged %.3f GB (%llu bytes) in %.6f s: %.2f GB/s; pinned cudaMemcpy %.2f GB/s; "
+	       "ratio %.2f\n", (double)st.bytes / 1e9, (unsigned long long)st.bytes, secs,
+	       (double)st.bytes / secs / 1e9, peak,
 	       peak > 0 ? (double)st.bytes / secs / 1e9 / peak : 0);
 	printf("verified %llu bytes in %s: %s\n", (unsigned long long)checked,
 	       a->samples ? "sampled ranges" : "full", rc ? "MISMATCH" : "equal to the view");
@@ -169,6 +180,7 @@ int qv_stage_main(int argc, char **argv)
 {
 	struct stage_args a = { .fargs = FUSE_ARGS_INIT(0, NULL) };
 	struct qv_options o = { 0 };
+	struct fuse_cmdline_opts copts = { 0 };
 	struct qv_mount_opts mo;
 	struct qv_gpu_ops ops;
 	static struct qv_mount m;
@@ -179,7 +191,9 @@ int qv_stage_main(int argc, char **argv)
 	rc = parse(argc, argv, &a);
 	if (rc)
 		goto out_args;
-	if (qv_opts_parse(&a.fargs, &o) == -1 || qv_opts_check(&o, &mo, &gpu))
+	/* the mount's parser and checks: an option the mount refuses is refused here too */
+	if (qv_opts_parse(&a.fargs, &o, &copts) || qv_opts_known(&a.fargs) ||
+	    qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
 	if (qv_gen_multi(&mo)) {
 		qv_log("stage: give ep_rank (and ep_shard_rank) with ep_size: one rank's view");

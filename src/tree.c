@@ -135,6 +135,8 @@ struct qv_node *qv_tree_new(struct qv_tree *t, const char *name, uint64_t parent
 	n->dir = dir;
 	n->mtime = *mtime;
 	n->lazy = -1;
+	n->folder = -1;
+	n->nlink = 0;
 	n->mode = dir ? PERM_BITS : PERM_BITS & 0444;
 	n->link = t->pending;
 	t->pending = i + 1;
@@ -203,6 +205,7 @@ struct qv_node *qv_tree_add(struct qv_tree *t, struct qv_node *dir, const char *
 	if (!n || qv_tree_add_kid(dir, n->ino))
 		return NULL;
 	n->up = dir;
+	n->folder = dir->lazy >= 0 ? dir->lazy : dir->folder;
 	n->gen = dir->gen;
 	n->uid = dir->uid;
 	n->gid = dir->gid;

@@ -2,19 +2,110 @@
 #include "qv_util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
-/* Process-wide by nature: stderr and syslog are process-wide too. */
-static bool log_syslog;
+/* Process-wide by nature: stderr, syslog and the log file are process-wide too. Lines go to
+ * stderr while the process has one, to log_fd whenever it is open, and to syslog only when
+ * the detached daemon has no log_fd. */
+static bool log_stderr = true, log_syslog;
+static int log_fd = -1;
 
-void qv_log_use_syslog(void)
+int qv_log_open(const char *path)
 {
-	openlog("qvlmoefs", LOG_PID, LOG_DAEMON);
-	log_syslog = true;
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+	if (fd < 0)
+		return -errno;
+	if (log_fd >= 0)
+		close(log_fd);
+	log_fd = fd;
+	return 0;
+}
+
+/* Whether a syslog daemon listens on /dev/log: glibc's syslog() drops lines silently when
+ * none does (containers), so the daemon must know before it relies on it. */
+static bool syslog_listens(void)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX, .sun_path = "/dev/log" };
+	int types[] = { SOCK_DGRAM, SOCK_STREAM };
+
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		int fd = socket(AF_UNIX, types[i] | SOCK_CLOEXEC, 0), ok;
+
+		if (fd < 0)
+			continue;
+		ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(fd);
+		if (ok)
+			return true;
+	}
+	return false;
+}
+
+/* The stderr of before detaching, kept when it is a regular file (a `2>>file` redirect):
+ * a terminal or pipe is not kept, since holding it open would hold up whoever reads it. */
+static int saved_stderr = -1;
+
+const char *qv_log_before_detach(void)
+{
+	struct stat st;
+
+	if (log_fd >= 0)
+		return "the log file";
+	if (syslog_listens())
+		return "syslog";
+	if (fstat(STDERR_FILENO, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (saved_stderr = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3)) >= 0)
+		return "stderr";
+	return NULL;
+}
+
+void qv_log_detached(void)
+{
+	log_stderr = false;
+	if (log_fd >= 0) {
+		if (saved_stderr >= 0)
+			close(saved_stderr);
+	} else if (saved_stderr >= 0) {
+		log_fd = saved_stderr;
+	} else {
+		openlog("qvlmoefs", LOG_PID, LOG_DAEMON);
+		log_syslog = true;
+	}
+	saved_stderr = -1;
+}
+
+/* One line to the log file in one write(), so lines of several threads (and of several
+ * daemons sharing the file, O_APPEND) never interleave. */
+static void log_file_line(const char *line)
+{
+	char buf[1200], stamp[32];
+	struct timespec ts;
+	struct tm tm;
+	int n;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	n = snprintf(buf, sizeof(buf), "%s qvlmoefs[%d]: %s\n", stamp, (int)getpid(), line);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(buf)) { /* a cut line still ends with its newline */
+		n = sizeof(buf) - 1;
+		buf[n - 1] = '\n';
+	}
+	if (write(log_fd, buf, (size_t)n) < 0) {
+		/* nowhere left to say so: the line is lost */
+	}
 }
 
 void qv_log(const char *fmt, ...)
@@ -25,9 +116,11 @@ void qv_log(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	if (log_syslog)
+	if (log_fd >= 0)
+		log_file_line(line);
+	if (log_syslog && log_fd < 0)
 		syslog(LOG_NOTICE, "%s", line);
-	else
+	if (log_stderr)
 		fprintf(stderr, "qvlmoefs: %s\n", line);
 }
 

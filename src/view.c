@@ -5,6 +5,7 @@
 #include "qv_util.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +86,8 @@ size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_me
 }
 
 int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, uint64_t n_experts,
-		 const char *rel, struct qv_vfile *vf, struct qv_fkeys *fk, char *err, size_t errlen)
+		 const char *rel, enum qv_part part, struct qv_vfile *vf, struct qv_fkeys *fk,
+		 char *err, size_t errlen)
 {
 	struct qv_vtensor *vt = calloc(st->nt ? st->nt : 1, sizeof(*vt));
 	struct qv_seg *sg = calloc(st->nt ? st->nt : 1, sizeof(*sg));
@@ -111,6 +113,11 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		rc = qv_plan_map_tensor(p, t, &key, &expert);
 		if (rc <= 0)
 			continue; /* dropped, or out of memory */
+		if ((part == QV_PART_DENSE && expert) || (part == QV_PART_EXPERTS && !expert)) {
+			free(key); /* in the other part's file */
+			rc = 0;
+			continue;
+		}
 		rc = expert ? qv_plan_cut(p, t, &cut, why, sizeof(why)) : 0;
 		if (rc) {
 			qv_err(err, errlen, rc, "%s: %s", rel, why);
@@ -130,7 +137,8 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 			    dup);
 		goto out;
 	}
-	nextra = qv_view_ep_meta(n_experts, p, extra, ebuf);
+	/* the dense part is every rank's: it names none */
+	nextra = part == QV_PART_DENSE ? 0 : qv_view_ep_meta(n_experts, p, extra, ebuf);
 	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr, why, sizeof(why));
 	if (rc) {
 		qv_err(err, errlen, rc, "%s: %s", rel, why);
@@ -180,24 +188,29 @@ static int index_entries(struct qv_node *n, char **files, size_t nfiles, struct 
 {
 	size_t cap = 0;
 
+	/* a source file may be shown as two (-o ep_shared): each takes its keys */
 	for (size_t f = 0; f < nfiles; f++) {
-		size_t k;
+		bool found = false;
 
-		for (k = 0; k < nfk && strcmp(fk[k].file, files[f]); k++)
-			;
-		if (k == nfk)
+		for (size_t k = 0; k < nfk; k++) {
+			if (strcmp(fk[k].src ? fk[k].src : fk[k].file, files[f]))
+				continue;
+			found = true;
+			qv_view_perm_and_node(n, fk[k].node);
+			cap += fk[k].n;
+			*total += fk[k].total;
+		}
+		if (!found)
 			return qv_err(why, wl, -EINVAL, "names %s, which is not in the folder",
 				      files[f]);
-		qv_view_perm_and_node(n, fk[k].node);
-		cap += fk[k].n;
-		*total += fk[k].total;
 	}
 	*w = calloc(cap ? cap : 1, sizeof(**w));
 	if (!*w)
 		return -ENOMEM;
 	for (size_t f = 0; f < nfiles; f++)
 		for (size_t k = 0; k < nfk; k++)
-			for (size_t i = 0; !strcmp(fk[k].file, files[f]) && i < fk[k].n; i++)
+			for (size_t i = 0; !strcmp(fk[k].src ? fk[k].src : fk[k].file, files[f]) &&
+					   i < fk[k].n; i++)
 				(*w)[(*nw)++] = (struct qv_wentry){ fk[k].keys[i], fk[k].file };
 	return 0;
 }
@@ -277,11 +290,120 @@ static bool consolidated_away(const struct qv_gen *g, uint32_t sd, const struct 
 		is_index_name(c->name));
 }
 
+/* Whether source st has a tensor of part under plan p (a key kept by the view); 0/1 or -ENOMEM. */
+static int has_part(const struct qv_plan *p, const struct qv_st *st, enum qv_part part)
+{
+	for (size_t i = 0; i < st->nt; i++) {
+		char *key;
+		bool expert;
+		int rc = qv_plan_map_tensor(p, &st->t[i], &key, &expert);
+
+		free(key);
+		if (rc < 0)
+			return rc;
+		if (rc == 1 && expert == (part == QV_PART_EXPERTS))
+			return 1;
+	}
+	return 0;
+}
+
+int qv_view_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
+		   struct qv_node *top, uint32_t nlink, char *err, size_t errlen)
+{
+	int rc = 0;
+
+	g->shared = calloc(g->scan.nn ? g->scan.nn : 1, sizeof(*g->shared));
+	if (!g->shared)
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	for (uint32_t si = 1; si < g->scan.nn && !rc; si++) {
+		const struct qv_snode *c = &g->scan.n[si];
+		const struct qv_st *st = g->st_of[si];
+		struct qv_fkeys fk = { 0 };
+		struct qv_node *n;
+
+		if (S_ISDIR(c->st.st_mode) || (!st && is_index_name(c->name)))
+			continue; /* folders are per rank; an index names the rank's files */
+		rc = st ? has_part(p, st, QV_PART_DENSE) : 1;
+		if (rc <= 0)
+			continue;
+		n = qv_tree_new(t, c->name, top->ino, false, &c->st.st_mtim);
+		if (!n)
+			return qv_err(err, errlen, -ENOMEM, "out of memory");
+		n->up = top;
+		n->gen = g;
+		n->nlink = nlink;
+		n->vf.base = g->src;
+		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->st.st_mode);
+		rc = st ? qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_DENSE,
+				       &n->vf, &fk, err, errlen) :
+			  qv_view_passthrough(g, si, n);
+		qv_fkeys_fini(&fk);
+		if (!rc)
+			qv_view_perm_of_sources(n);
+		g->shared[si] = n->ino;
+	}
+	if (rc == -ENOMEM)
+		qv_err(err, errlen, rc, "out of memory");
+	return rc;
+}
+
+/* "NAME.safetensors" -> "NAME-experts.safetensors", or NULL when out of memory. */
+static char *experts_name(const char *name)
+{
+	size_t stem = strlen(name) - strlen(".safetensors");
+	char *s = malloc(stem + sizeof("-experts.safetensors"));
+
+	if (s)
+		sprintf(s, "%.*s-experts.safetensors", (int)stem, name);
+	return s;
+}
+
+/* -o ep_shared: list source file si in rank folder dn as the node every rank folder lists
+ * (pass-through, or the dense part) and, for a safetensors file with expert tensors, a file of
+ * this rank's expert slices beside it; their keys into fk[*nfk...] for the folder's index. */
+static int link_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, uint32_t si,
+		       struct qv_node *dn, struct qv_fkeys *fk, size_t *nfk, char *err,
+		       size_t errlen)
+{
+	const struct qv_snode *c = &g->scan.n[si];
+	const struct qv_st *st = g->st_of[si];
+	struct qv_node *sh = g->shared[si] ? qv_tree_slot(t, g->shared[si]) : NULL, *n;
+	char *name;
+	int rc = sh ? qv_tree_add_kid(dn, sh->ino) : 0;
+
+	if (!rc && sh && st) { /* the dense keys again, for the index; the file is built */
+		struct qv_vfile vf = { .base = g->src };
+
+		fk[*nfk] = (struct qv_fkeys){ .file = c->name, .src = c->name, .node = sh };
+		rc = qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_DENSE, &vf,
+				  &fk[(*nfk)++], err, errlen);
+		qv_vfile_fini(&vf);
+	}
+	if (!rc && st)
+		rc = has_part(p, st, QV_PART_EXPERTS);
+	if (rc <= 0)
+		return rc;
+	name = experts_name(c->name);
+	n = name ? qv_tree_add(t, dn, name, false, &c->st.st_mtim) : NULL;
+	free(name);
+	if (!n)
+		return -ENOMEM;
+	n->vf.base = g->src;
+	qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->st.st_mode);
+	fk[*nfk] = (struct qv_fkeys){ .file = n->name, .src = c->name, .node = n };
+	rc = qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_EXPERTS, &n->vf,
+			  &fk[(*nfk)++], err, errlen);
+	if (!rc)
+		qv_view_perm_of_sources(n);
+	return rc;
+}
+
 int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, uint32_t sd,
 		  struct qv_node *dn, char *err, size_t errlen)
 {
 	const struct qv_snode *s = &g->scan.n[sd];
-	struct qv_fkeys *fk = calloc(s->nkids ? s->nkids : 1, sizeof(*fk));
+	/* two per file: -o ep_shared shows a safetensors file as a dense and an experts file */
+	struct qv_fkeys *fk = calloc(s->nkids ? 2 * s->nkids : 1, sizeof(*fk));
 	struct qv_node **made = calloc(s->nkids ? s->nkids : 1, sizeof(*made));
 	size_t nfk = 0;
 	int rc = fk && made ? 0 : -ENOMEM;
@@ -294,6 +416,10 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 
 		if (consolidated_away(g, sd, c))
 			continue;
+		if (g->shared && !dir && (g->st_of[si] || !is_index_name(c->name))) {
+			rc = link_shared(t, g, p, si, dn, fk, &nfk, err, errlen);
+			continue;
+		}
 		n = made[k] = qv_tree_add(t, dn, c->name, dir, &c->st.st_mtim);
 		rc = n ? 0 : -ENOMEM;
 		if (rc)
@@ -307,7 +433,7 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 			fk[nfk].file = c->name;
 			fk[nfk].node = n;
 			rc = qv_view_file(p, g->st_of[si], g->src_of[si], g->n_experts, c->rel,
-					  &n->vf, &fk[nfk++], err, errlen);
+					  QV_PART_ALL, &n->vf, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
 			rc = qv_view_passthrough(g, si, n);
 		}

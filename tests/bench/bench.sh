@@ -1,22 +1,28 @@
 #!/bin/bash
 # make bench: read-path benchmarks of qvlmoefs, each row against a baseline measured in the same
-# run; medians of BENCH_REPS (default 5) repetitions. Prints a table and writes
-# $BENCH_OUT/results.tsv. Needs root only for nothing; uses /dev/fuse.
+# run; medians of BENCH_REPS (default 5) repetitions. Row 7 is the ceiling: qvlmoefs against a
+# null FUSE filesystem (tests/bench/qvnull.c) in BENCH_PAIRS (default 7) interleaved pairs of
+# fresh mounts. Prints a table and writes $BENCH_OUT/results.tsv. Uses /dev/fuse; the 4 MiB
+# readahead window needs root. A quick run: BENCH_LAYERS=1 BENCH_REPS=1 BENCH_PAIRS=3.
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BUILD=${BUILD:-build}
 REPS=${BENCH_REPS:-5}
-ROWS=${BENCH_ROWS:-1 2 3 4 5 6} # a subset, e.g. BENCH_ROWS="1 6"
+ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8} # a subset, e.g. BENCH_ROWS="1 6"
+PAIRS=${BENCH_PAIRS:-7}
+LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of the README's table; 1: 0.3 GB
 OUT=${BENCH_OUT:-$ROOT/$BUILD/bench}
 W=${BENCH_DIR:-/tmp/qvlmoefs-bench}
 QV=$ROOT/$BUILD/qvlmoefs
 MK=$ROOT/$BUILD/qvlmoefs-mkckpt
 QB=$ROOT/$BUILD/qvbench
 PT=$ROOT/$BUILD/passthrough_ll
+QN=$ROOT/$BUILD/qvnull
 EP=$ROOT/tests/ep_check.py
 mkdir -p "$OUT" "$W"
 TSV=$OUT/results.tsv
+want() { case " $ROWS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 unmount_all() {
 	awk -v t="$W/" 'index($2, t) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
@@ -26,20 +32,23 @@ unmount_all() {
 trap unmount_all EXIT
 unmount_all
 
-# ---- fixtures: ~2.4 GB checkpoint with 64 experts, sparse full-size layouts, 100k tensors
+# ---- fixtures: ~0.3 GB a layer (2.4 GB at the default 8) with 64 experts, sparse full-size
+# layouts, 100k tensors
 SRC=$W/ckpt
+[ "$LAYERS" = 8 ] || SRC=$W/ckpt-$LAYERS
 if [ ! -f "$SRC/.complete" ]; then
 	rm -rf "$SRC"
-	"$MK" --hidden 1024 --moe-inter 768 --experts 64 --layers 8 --shards 4 "$SRC" >/dev/null
+	"$MK" --hidden 1024 --moe-inter 768 --experts 64 --layers "$LAYERS" --shards 4 "$SRC" >/dev/null
 	touch "$SRC/.complete"
 fi
-for p in 30b-a3b 235b-a22b; do
+for p in 30b-a3b 235b-a22b; do # the layouts of row 6
+	want 6 || break
 	[ -f "$W/$p/.complete" ] || { rm -rf "$W/$p"; "$MK" --preset $p --sparse "$W/$p" >/dev/null && touch "$W/$p/.complete"; }
 done
-[ -f "$W/235b-dcp64/.complete" ] || { rm -rf "$W/235b-dcp64"; "$MK" --preset 235b-a22b --sparse \
+! want 6 || [ -f "$W/235b-dcp64/.complete" ] || { rm -rf "$W/235b-dcp64"; "$MK" --preset 235b-a22b --sparse \
 	--sharded-save 64 --save-shard-size 2 --dense-split "$W/235b-dcp64" >/dev/null &&
 	touch "$W/235b-dcp64/.complete"; }
-[ -f "$W/100k/.complete" ] || { rm -rf "$W/100k"; "$MK" --layers 9080 --hidden 16 --moe-inter 8 \
+! want 6 || [ -f "$W/100k/.complete" ] || { rm -rf "$W/100k"; "$MK" --layers 9080 --hidden 16 --moe-inter 8 \
 	--experts 4 --vocab 64 --heads 2 --kv-heads 1 --head-dim 8 --vision-depth 1 \
 	--vision-hidden 8 --vision-inter 8 --shards 64 --sparse "$W/100k" >/dev/null && touch "$W/100k/.complete"; }
 SHARDS=$(ls "$SRC"/*.safetensors)
@@ -50,7 +59,8 @@ secs() { awk '{print $2}'; }
 
 M=$W/mnt
 mkdir -p "$M"
-mount_qv() { "$QV" "$SRC" "$M" -o "$1"; }
+# the daemon's lines (there is no syslog on every machine) go to a log beside the fixtures
+mount_qv() { "$QV" "$SRC" "$M" -o "$1,log=$W/qvlmoefs.log"; }
 stat_field() {
 	python3 -c 'import json,os,sys; print(json.loads(os.getxattr(sys.argv[1], "user.qvlmoefs.stats"))[sys.argv[2]])' "$1" "$2"
 }
@@ -141,11 +151,101 @@ mount_ready() {
 	done | sort -g | awk '{v[NR]=$0} END {print v[int((NR+1)/2)]}'
 }
 
+# ---- row 7, the ceiling: the null filesystem shows the view's names and sizes (MANIFEST)
+MANIFEST=$W/manifest-$LAYERS
+mount_null() { "$QN" "$MANIFEST" "$M" ${1:+-o "$1"}; }
+make_manifest() {
+	mount_qv io=uring
+	find "$M" -path "$M/.qvlmoefs" -prune -o -type f -printf '%s %P\n' >"$MANIFEST"
+	fusermount3 -u "$M"
+}
+
+# measure KIND FILES: seconds of one pass (KIND read|mmapcopy)
+measure() {
+	local k=$1
+	shift
+	case $k in
+	read) $QB read 1048576 "$@" | secs ;;
+	mmapcopy) $QB mmapcopy "$@" | secs ;;
+	esac
+}
+
+# pairs KIND QV_OPTS NULL_OPTS: PAIRS lines "qv_seconds null_seconds", each pair on fresh
+# mounts with warm sources, the order alternating (odd pairs: null first)
+pairs() {
+	local i a s q n
+	for i in $(seq $PAIRS); do
+		for a in $( ((i % 2)) && echo null qv || echo qv null); do
+			warm_sources
+			if [ $a = qv ]; then mount_qv "$2"; else mount_null "$3"; fi
+			s=$(measure "$1" $(vshards))
+			fusermount3 -u "$M"
+			if [ $a = qv ]; then q=$s; else n=$s; fi
+		done
+		echo "$q $n"
+	done
+}
+
+# pair_row LABEL KIND QV_OPTS NULL_OPTS: median, min, max of each side and the median of the
+# per-pair ratios (qvlmoefs speed / null speed = null seconds / qvlmoefs seconds)
+pair_row() {
+	local p qm qlo qhi nm nlo nhi rm
+	p=$(pairs "$2" "$3" "$4")
+	# every pair as measured (odd pairs: null first), for whoever doubts a median
+	echo "$p" | awk -v l="$1" '{printf "7\tpair %d %s\t%s\t\tnull FUSE\t%s\t%.4f\t%s first\n", NR, l, $1, $2, $2 / $1, NR % 2 ? "null" : "qvlmoefs"}' >>"$TSV"
+	set -- "$1" $(echo "$p" | awk '{print $1}' | median) $(echo "$p" | awk '{print $1}' | sort -g | sed -n '1p;$p') \
+		$(echo "$p" | awk '{print $2}' | median) $(echo "$p" | awk '{print $2}' | sort -g | sed -n '1p;$p') \
+		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median)
+	printf '7    %-30s qvlmoefs %6.2f GB/s [%5.2f-%5.2f]  null %6.2f GB/s [%5.2f-%5.2f]  pair ratio %5.3f\n' "$1" \
+		"$(gbps "$2")" "$(gbps "$4")" "$(gbps "$3")" "$(gbps "$5")" "$(gbps "$7")" "$(gbps "$6")" "$8"
+	printf '7\t%s\t%s\t%s\tnull FUSE\t%s\t%s\tqv_min_max=%s,%s null_min_max=%s,%s pairs=%s\n' "$1" "$2" "$(gbps "$2")" \
+		"$5" "$8" "$3" "$4" "$6" "$7" "$PAIRS" >>"$TSV"
+}
+
+# ---- row 8, the EP node: ranks 0-7 of ep_size=32 read at once from evicted sources
+RANKS8="0 1 2 3 4 5 6 7"
+ep_lists() {
+	for r in $RANKS8; do
+		[ -s "$W/extents-$LAYERS-$r" ] || python3 "$EP" extents "$SRC" 32 $r >"$W/extents-$LAYERS-$r"
+	done
+}
+
+# eight readers pread()ing exactly their rank's source bytes (experts slices, dense, the rest)
+ep_slice_readers() {
+	local t0 t1
+	for _ in $(seq $REPS); do
+		evict_sources
+		t0=$(date +%s.%N)
+		for r in $RANKS8; do $QB extents "$W/extents-$LAYERS-$r" >/dev/null & done
+		wait
+		t1=$(date +%s.%N)
+		echo "$t1 - $t0" | bc
+	done | median
+}
+
+# ep_node OPTS: the median repetition's "seconds bytes_served wchar" of a fresh mount (its
+# daemon's writes to /dev/fuse, from /proc/PID/io) whose ranks 0-7 are read by 8 readers
+ep_node() {
+	local t0 t1 out pid served wchar
+	for _ in $(seq $REPS); do
+		evict_sources
+		out=$($QB ready "$M" ep-rank-0 "$QV" -f "$SRC" "$M" -o "ep_size=32,$1")
+		pid=${out#* }
+		t0=$(date +%s.%N)
+		for r in $RANKS8; do $QB read 1048576 "$M/ep-rank-$r"/* >/dev/null & done
+		wait
+		t1=$(date +%s.%N)
+		served=$(stat_field "$M" bytes_served)
+		wchar=$(awk '/^wchar/ {print $2}' /proc/$pid/io)
+		fusermount3 -u "$M"
+		echo "$(echo "$t1 - $t0" | bc) $served $wchar"
+	done | sort -g | awk '{v[NR]=$0} END {print v[int((NR+1)/2)]}'
+}
+
 gbps() { echo "scale=3; $BYTES / $1 / 1000000000" | bc; }
 ratio() { echo "scale=3; $2 / $1" | bc; } # ratio A B = speed of A relative to B = tB / tA
 
 printf 'row\tcase\tseconds\tGB/s\tbaseline\tbaseline_seconds\tratio\n' >"$TSV"
-want() { case " $ROWS " in *" $1 "*) return 0 ;; esac; return 1; }
 row() { # row ID CASE SECONDS BASELINE_NAME BASELINE_SECONDS [BYTES]
 	local r g
 	r=$(ratio "$3" "$5")
@@ -210,5 +310,27 @@ if want 6; then
 		"$(echo "scale=1; $rss0 / 1024" | bc)" "$(echo "scale=1; $rss1 / 1024" | bc)" \
 		"$(echo "scale=2; $BYTES / 1000000000" | bc)"
 	printf '6\tdaemon RSS KiB after mount / after reads\t%s\t\t\t%s\t\n' "$rss0" "$rss1" >>"$TSV"
+fi
+if want 7; then
+	make_manifest
+	echo "7    ceiling: $PAIRS interleaved pairs of fresh mounts (qvlmoefs, null FUSE), warm sources; medians [min-max]"
+	pair_row "read() 1 MiB, page cache" read io=uring ""
+	pair_row "read() 1 MiB, -o direct_io" read io=uring,direct_io direct_io
+	pair_row "mmap MAP_PRIVATE copy, 1 thr" mmapcopy io=uring ""
+fi
+if want 8; then
+	ep_lists
+	node=$(python3 "$EP" nodebytes "$SRC" 32 0,1,2,3,4,5,6,7)
+	slices=$(ep_slice_readers)
+	[ -n "${full:-}" ] || full=$(ep_full_readers)
+	echo "8    EP node: ranks 0-7 of ep_size=32 at once, evicted sources; node bytes (their experts + the rest once) $node"
+	for o in io=uring io=uring,ep_shared; do
+		set -- $(ep_node "$o")
+		printf '8    %-22s %7.3f s  vs 8 slice readers %7.3f s ratio %5.3f  vs 8 full readers %7.3f s ratio %5.3f  carried %s (wchar %s) = %5.3f x node bytes\n' \
+			"$o" "$1" "$slices" "$(ratio "$1" "$slices")" "$full" "$(ratio "$1" "$full")" "$2" "$3" \
+			"$(echo "scale=4; $2 / $node" | bc)"
+		printf '8\tEP node %s\t%s\t\t8 slice readers\t%s\t%s\tfull=%s served=%s wchar=%s node_bytes=%s\n' "$o" "$1" "$slices" \
+			"$(ratio "$1" "$slices")" "$full" "$2" "$3" "$node" >>"$TSV"
+	done
 fi
 echo "results: $TSV"

@@ -3,6 +3,10 @@
  *
  *   qvbench read BS FILE...        sequential read() of each file in BS-byte requests
  *   qvbench mmap THREADS FILE...   map each file MAP_PRIVATE, touch every page from THREADS
+ *   qvbench mmapcopy FILE...       map each file MAP_PRIVATE and copy every byte out of the map
+ *                                  from one thread, 64 MiB at a time (as safe_open does)
+ *   qvbench extents LIST           pread() every "PATH OFFSET LENGTH" line of LIST in 1 MiB
+ *                                  requests (a loader reading only its slices of the sources)
  *   qvbench evict FILE...          drop the files' pages from the page cache (no root needed)
  *   qvbench ready MNT NAME CMD...  run CMD (a daemon in the foreground), print the ms until
  *                                  MNT lists NAME and NAME reads through, then the CMD's pid
@@ -115,6 +119,87 @@ static int cmd_mmap(int threads, char **files, int n)
 	return 0;
 }
 
+static int cmd_mmapcopy(char **files, int n)
+{
+	const size_t chunk = 64u << 20;
+	static volatile unsigned long sink;
+	char *dst = malloc(chunk);
+	uint64_t total = 0;
+	double t0 = now();
+
+	if (!dst)
+		return die("malloc", "64 MiB");
+	memset(dst, 1, chunk); /* the destination's pages exist before the clock matters */
+	t0 = now();
+	for (int i = 0; i < n; i++) {
+		int fd = open(files[i], O_RDONLY);
+		struct stat st;
+		char *p;
+
+		if (fd < 0 || fstat(fd, &st))
+			return die("open", files[i]);
+		if (st.st_size == 0) {
+			close(fd);
+			continue;
+		}
+		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (p == MAP_FAILED)
+			return die("mmap", files[i]);
+		for (size_t off = 0; off < (size_t)st.st_size; off += chunk) {
+			size_t len = (size_t)st.st_size - off < chunk ? (size_t)st.st_size - off : chunk;
+
+			memcpy(dst, p + off, len);
+			sink += (unsigned char)dst[len - 1]; /* the copy is used: not elided */
+		}
+		munmap(p, (size_t)st.st_size);
+		close(fd);
+		total += (uint64_t)st.st_size;
+	}
+	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
+	free(dst);
+	return 0;
+}
+
+static int cmd_extents(const char *list)
+{
+	FILE *f = fopen(list, "r");
+	char path[4096], open_path[4096] = "";
+	unsigned long long off, len;
+	const size_t bs = 1u << 20;
+	char *buf = aligned_alloc(4096, bs);
+	uint64_t total = 0;
+	int fd = -1;
+	double t0 = now();
+
+	if (!f || !buf)
+		return die("open", list);
+	while (fscanf(f, "%4095s %llu %llu", path, &off, &len) == 3) {
+		if (strcmp(path, open_path)) { /* one open per file, as a loader keeps it open */
+			if (fd >= 0)
+				close(fd);
+			fd = open(path, O_RDONLY);
+			if (fd < 0)
+				return die("open", path);
+			snprintf(open_path, sizeof(open_path), "%s", path);
+		}
+		while (len) {
+			ssize_t r = pread(fd, buf, len < bs ? len : bs, (off_t)off);
+
+			if (r <= 0)
+				return die("pread", path);
+			off += (unsigned long long)r;
+			len -= (unsigned long long)r;
+			total += (uint64_t)r;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	fclose(f);
+	free(buf);
+	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
+	return 0;
+}
+
 static int cmd_evict(char **files, int n)
 {
 	for (int i = 0; i < n; i++) {
@@ -191,6 +276,10 @@ int main(int argc, char **argv)
 	if (argc >= 4 && !strcmp(argv[1], "mmap"))
 		return cmd_mmap(atoi(argv[2]) < 1 || atoi(argv[2]) > 64 ? 4 : atoi(argv[2]),
 				argv + 3, argc - 3);
+	if (argc >= 3 && !strcmp(argv[1], "mmapcopy"))
+		return cmd_mmapcopy(argv + 2, argc - 2);
+	if (argc == 3 && !strcmp(argv[1], "extents"))
+		return cmd_extents(argv[2]);
 	if (argc >= 3 && !strcmp(argv[1], "evict"))
 		return cmd_evict(argv + 2, argc - 2);
 	if (argc >= 5 && !strcmp(argv[1], "ready"))

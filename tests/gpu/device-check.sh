@@ -3,11 +3,27 @@
 # checkpoint, stage one rank's experts and then every tensor with `qvlmoefs stage` (bytes
 # verified, GB/s against a pinned cudaMemcpy measured in the same run), and, where /dev/fuse
 # exists, mount with -o gpu=0 and map a staged tensor from another process through its IPC
-# handle, comparing it with the file's bytes. Finishes in well under 5 minutes.
+# handle, comparing it with the file's bytes. Finishes in well under 5 minutes. Without a CUDA
+# device it says so in one line before building or writing anything. tests/gpu/device-run.sh
+# is the fuller measurement (8.6 GB, third-party loaders, warm and cold).
 set -eu
 cd "$(dirname "$0")/../.."
 W=${DEVICE_DIR:-/tmp/qvlmoefs-device}
 echo "== $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi')"
+# the GPU first: without a CUDA runtime and device nothing below can run, so write nothing
+probe=$(python3 tests/gpu/device_load.py probe 2>&1 | tail -n 1)
+case $probe in
+'{"devices"'*) ;;
+*)
+	why=$(printf '%s' "$probe" | python3 -c 'import json, sys
+try:
+    print(json.loads(sys.stdin.read())["skip"])
+except Exception as e:
+    print("the GPU check failed:", e)')
+	echo "device-check.sh: $why: this check needs a CUDA device; nothing was written" >&2
+	exit 1
+	;;
+esac
 tests/deps.sh fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 >/dev/null || true
 make -s all
 ./build/qvlmoefs -V | tail -n 1

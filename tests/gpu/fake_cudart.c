@@ -7,13 +7,17 @@
  * Built by the tests (cc -shared -fPIC) and found through LD_LIBRARY_PATH. Environment:
  * FAKE_CUDA_DEVICES (default 1) devices; FAKE_CUDA_COPY_MS (default 0) how long each
  * asynchronous copy takes, copies on one stream running one after another;
- * FAKE_CUDA_LOG a file that gets one line per call: "pid tid function current_device". */
+ * FAKE_CUDA_LOG a file that gets one line per call: "pid tid function current_device".
+ * Device memory is a shared memory file (memfd) per allocation, so that an IPC handle (the
+ * owner's pid and descriptor) can be opened by another process through /proc, as CUDA's
+ * cudaIpcOpenMemHandle maps another process's allocation. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -114,17 +118,87 @@ cudaError_t cudaFreeHost(void *p)
 	return OK;
 }
 
+/* One allocation: its memory file and where it is mapped here. */
+struct alloc {
+	struct alloc *next;
+	void *p;
+	size_t n;
+	int fd; /* -1: opened from another process's handle */
+};
+
+static struct alloc *allocs;
+
+/* A fake IPC handle: whose allocation, by descriptor. */
+struct ipc {
+	char magic[8];
+	int pid, fd;
+	size_t n;
+};
+
+static cudaError_t map_alloc(void **p, size_t n, int fd, int own)
+{
+	struct alloc *a = calloc(1, sizeof(*a));
+	void *m = a ? mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+
+	if (m == MAP_FAILED) {
+		free(a);
+		return NO_MEMORY;
+	}
+	*a = (struct alloc){ .p = m, .n = n ? n : 1, .fd = own ? fd : -1 };
+	pthread_mutex_lock(&mu);
+	a->next = allocs;
+	allocs = a;
+	pthread_mutex_unlock(&mu);
+	*p = m;
+	return OK;
+}
+
+/* Unlink and return the allocation mapped at p, or NULL. */
+static struct alloc *take_alloc(void *p)
+{
+	struct alloc **pp, *a = NULL;
+
+	pthread_mutex_lock(&mu);
+	for (pp = &allocs; *pp; pp = &(*pp)->next)
+		if ((*pp)->p == p) {
+			a = *pp;
+			*pp = a->next;
+			break;
+		}
+	pthread_mutex_unlock(&mu);
+	return a;
+}
+
 cudaError_t cudaMalloc(void **p, size_t n)
 {
+	int fd;
+	cudaError_t rc;
+
 	ENTER();
-	*p = calloc(1, n ? n : 1);
-	return *p ? OK : NO_MEMORY;
+	fd = memfd_create("fake-cuda", MFD_CLOEXEC);
+	if (fd < 0 || ftruncate(fd, (off_t)(n ? n : 1))) {
+		if (fd >= 0)
+			close(fd);
+		return NO_MEMORY;
+	}
+	rc = map_alloc(p, n, fd, 1);
+	if (rc)
+		close(fd);
+	return rc;
 }
 
 cudaError_t cudaFree(void *p)
 {
+	struct alloc *a;
+
 	ENTER();
-	free(p);
+	a = take_alloc(p);
+	if (!a)
+		return INVALID_VALUE;
+	munmap(a->p, a->n);
+	if (a->fd >= 0)
+		close(a->fd);
+	free(a);
 	return OK;
 }
 
@@ -202,9 +276,59 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, int kind)
 
 cudaError_t cudaIpcGetMemHandle(void *handle, void *d)
 {
+	struct ipc h = { "qvfake", (int)getpid(), -1, 0 };
+
 	ENTER();
+	pthread_mutex_lock(&mu);
+	for (struct alloc *a = allocs; a; a = a->next)
+		if (a->p == d && a->fd >= 0)
+			h.fd = a->fd, h.n = a->n;
+	pthread_mutex_unlock(&mu);
+	if (h.fd < 0)
+		return INVALID_VALUE;
 	memset(handle, 0, 64);
-	memcpy(handle, &d, sizeof(d));
+	memcpy(handle, &h, sizeof(h));
+	return OK;
+}
+
+/* cudaIpcMemHandle_t: passed by value, as the real runtime takes it (on x86-64, in memory on
+ * the stack: a caller that passes a pointer instead is read as garbage here, as there). */
+struct handle64 {
+	char reserved[64];
+};
+
+/* Another process's allocation, mapped here through its descriptor in /proc. */
+cudaError_t cudaIpcOpenMemHandle(void **p, struct handle64 handle, unsigned flags)
+{
+	struct ipc h;
+	char path[64];
+	int fd;
+	cudaError_t rc;
+
+	(void)flags;
+	ENTER();
+	memcpy(&h, handle.reserved, sizeof(h));
+	if (memcmp(h.magic, "qvfake", 7))
+		return INVALID_VALUE;
+	snprintf(path, sizeof(path), "/proc/%d/fd/%d", h.pid, h.fd);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return INVALID_VALUE;
+	rc = map_alloc(p, h.n, fd, 0);
+	close(fd);
+	return rc;
+}
+
+cudaError_t cudaIpcCloseMemHandle(void *p)
+{
+	struct alloc *a;
+
+	ENTER();
+	a = take_alloc(p);
+	if (!a)
+		return INVALID_VALUE;
+	munmap(a->p, a->n);
+	free(a);
 	return OK;
 }
 

@@ -163,3 +163,55 @@ def test_ep_e128_w8_reads_only_its_slices(ckpt, mount):
         f"8 ranks read {got} source bytes; experts {experts}, dense {dense}, limit {limit:.0f}"
     for r in (0, 5):
         check_view(src, m / f"ep-rank-{r}", "--ep-size", 8, "--ep-rank", r)
+
+
+SHARED = {  # id: (source, -o options of the plain mount)
+    "e10_w4": ("e10", "ep_size=4"),
+    "e10n_w3": ("e10n", "ep_size=3"),
+    "hf_w8": ("hf", "ep_size=8"),
+    "e10_w2_k2": ("e10", "ep_size=2,ep_shard_size=2"),
+}
+
+
+@pytest.mark.parametrize("case", SHARED.values(), ids=SHARED.keys())
+def test_ep_shared_layout(ckpt, mount, case):
+    """-o ep_shared: the dense part of each shard and every pass-through file is one inode that
+    every rank folder lists (nlink = the folders), the rank's expert slices are in
+    NAME-experts.safetensors, the index names both; the keys and bytes are the plain rank
+    folders', which check_view holds to the contract."""
+    src, opts = case
+    plain = mount(ckpt[src], None, "-o", opts)
+    m = mount(ckpt[src], None, "-o", opts + ",ep_shared")
+    for f in rank_folders(plain)[:2]:
+        w = opts.split(",")
+        args = ["--ep-size", w[0].split("=")[1], "--ep-rank", f.split("-")[2]]
+        if "shard" in f:
+            args += ["--ep-shard-size", 2, "--ep-shard-rank", f.split("-")[4]]
+        check_view(ckpt[src], plain / f, *args)
+    assert rank_folders(m) == rank_folders(plain)
+    ep_check("shared", m, plain)
+
+
+def test_ep_shared_bytes_once(ckpt, mount):
+    """Every rank folder read whole: the shared files are served once for all of them, each
+    folder's own files are counted for it, and the folders' counts add up to bytes_served."""
+    m = mount(ckpt["e10"], None, "-o", "ep_size=4,ep_shared")
+    read_all(m)
+    by = stat_field(m, "bytes_served_by_folder")
+    assert sorted(by) == sorted(rank_folders(m) + ["shared"])
+    shared = sum(os.path.getsize(m / "ep-rank-0" / n) for n in os.listdir(m / "ep-rank-0")
+                 if not n.startswith(".") and os.stat(m / "ep-rank-0" / n).st_nlink == 4)
+    own = {f: sum(os.path.getsize(m / f / n) for n in os.listdir(m / f)
+                  if not n.startswith(".") and os.stat(m / f / n).st_nlink == 1)
+           for f in rank_folders(m)}
+    assert by["shared"] == shared and all(by[f] == own[f] for f in own), (by, shared, own)
+    assert sum(by.values()) == stat_field(m, "bytes_served")
+    with open(m / ".qvlmoefs" / "stats") as f:
+        assert json.load(f)["bytes_served_by_folder"]["shared"] == shared
+
+
+@pytest.mark.parametrize("opts", ["ep_shared", "ep_size=4,ep_rank=1,ep_shared"])
+def test_ep_shared_needs_rank_folders(ckpt, mount, tmp, opts):
+    """-o ep_shared is a layout of the rank folders: without them it does not mount."""
+    out = mount.fail(ckpt["e10"], tmp / "m", "-o", opts, stderr=subprocess.STDOUT).stdout
+    assert "ep_shared needs ep_size without ep_rank" in out, out

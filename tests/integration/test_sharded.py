@@ -372,3 +372,22 @@ def test_mkckpt_drop_rank_counts_files_written(tmp):
     """qvlmoefs-mkckpt --sharded-drop-rank says how many rank files it wrote (3 of 4)."""
     out = run(MK, "--sharded-save", "4", "--sharded-drop-rank", "3", tmp / "s").stdout
     assert "in 3 rank files" in out and len(list((tmp / "s").glob("shard-*"))) == 3, out
+
+
+def test_ep_shared_splits_stacked_experts_of_any_model(mount, ckpt):
+    """-o ep_shared on GPT-OSS-style stacked experts: each rank folder's NAME-experts files hold
+    exactly its expert slices, the shared files every other tensor whole."""
+    ref_dir = ckpt.make("gptoss-e10", *GPTOSS)
+    m = mount(ref_dir, None, "-o", "ep_size=4,ep_shared")
+    ref = _tensors(ref_dir)
+    for r in range(4):
+        folder = m / f"ep-rank-{r}"
+        want = _expected_rank(ref, 10, 4, r)
+        experts = {k for p in folder.glob("*-experts.safetensors") for k in _tensors_of(p)}
+        assert experts == {k for k in want if want[k] != ref[k]}, f"{folder.name}: {experts}"
+        assert _tensors(folder) == want, f"{folder.name}: tensors differ"
+
+
+def _tensors_of(path):
+    _, _, h = _header(path)
+    return [k for k in h if k != "__metadata__"]

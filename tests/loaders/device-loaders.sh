@@ -5,12 +5,29 @@
 # checkpoint reverse-mounted and loaded with from_pretrained, every parameter equal, (3) a rank
 # view read with get_slice and, if present, torch.distributed.checkpoint's HF reader, (4)
 # safe_open of a ~2 GB checkpoint timed through the mount against the source. Without
-# /dev/fuse it says so and runs only what needs no mount. Under 5 minutes.
+# /dev/fuse it says so and runs only what needs no mount. Without torch, safetensors or
+# transformers it says which in one line and exits 1. Under 5 minutes.
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 W=${LOADERS_DIR:-/tmp/qvlmoefs-loaders-dev}
 PY=${PYTHON:-python3}
+# what it needs, before anything is built or written: one line naming what is missing
+missing=$("$PY" - <<'CHECK' 2>&1
+import importlib
+gone = []
+for m in ("torch", "safetensors", "transformers"):
+    try:
+        importlib.import_module(m)
+    except Exception as e:  # a broken install fails with more than ImportError
+        gone.append(f"{m} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+print("; ".join(gone))
+CHECK
+) || missing="$PY does not run: $missing"
+if [ -n "$missing" ]; then
+	echo "device-loaders.sh: needs torch, safetensors and transformers in $PY; missing: $missing" >&2
+	exit 1
+fi
 make -s all
 mkdir -p "$W"
 FUSE=1

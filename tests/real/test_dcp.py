@@ -219,3 +219,25 @@ def test_dcp_expert_sharded_dtensors(ckpt, mount, tmp, world):
            f"({g / need:.4f}x; the whole checkpoint is {whole})"
            for r, g, need in report if not need <= g <= need * MARGIN]
     assert not bad, "source reads outside [minimum, minimum x %.2f]:\n" % MARGIN + "\n".join(bad)
+
+
+def test_dcp_reads_ep_shared_rank_folder(ckpt, mount):
+    """-o ep_shared: DCP's HF reader, one process, loads a rank folder (the dense part of each
+    shard in a file every rank folder shares, the rank's experts in NAME-experts.safetensors)
+    into exactly the state dict of the same rank folder without the option."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    src = ckpt["hf"]
+    plain = mount(src, None, "-o", "ep_size=4")
+    view = mount(src, None, "-o", "ep_size=4,ep_shared")
+    want = {}
+    for p in sorted((plain / "ep-rank-2").glob("*.safetensors")):
+        want.update(load_file(str(p)))
+    sd = {k: torch.zeros_like(t) for k, t in want.items()}
+    assert any(p.name.endswith("-experts.safetensors") for p in (view / "ep-rank-2").iterdir())
+    reader = HuggingFaceStorageReader(str(view / "ep-rank-2"))
+    dcp.load(sd, storage_reader=reader)
+    md = {k: (m.size, str(m.properties.dtype))
+          for k, m in reader.read_metadata().state_dict_metadata.items()}
+    check_reader_metadata(md, sd, view)
+    fail_if([e for k in want if (e := compare(sd[k], want[k], k))], f"dcp.load from {view}")

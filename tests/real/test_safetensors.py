@@ -81,6 +81,11 @@ VIEWS = {
     "direct_io-one-rank-shard": Case("e10", "direct_io,ep_size=4,ep_rank=0,ep_shard_size=2,ep_shard_rank=0"),
     "pread": Case("native", "io=pread"),
     "pread-ranks": Case("e10", "io=pread,ep_size=4"),
+    # -o ep_shared: each shard's dense part shared by all rank folders, the experts beside it
+    "shared-ranks": Case("e10", "ep_size=4,ep_shared"),
+    "shared-ranks-e10n-w3-hf": Case("e10n", "ep_size=3,ep_shared"),
+    "shared-rank-shard-folders": Case("e10", "ep_size=2,ep_shard_size=2,ep_shared"),
+    "shared-direct_io": Case("hf", "direct_io,ep_size=8,ep_shared"),
 }
 VIEW_PARAMS = [pytest.param(c, id=name) for name, c in VIEWS.items()]
 
@@ -102,6 +107,22 @@ def source(ckpt, name):
     return src, ckpt.make(f"st-{name}-plain", *plain), True
 
 
+def shared_layout(exp):
+    """The folder exp in the -o ep_shared layout: NAME.safetensors keeps the tensors every rank
+    has alike (its __metadata__ without the rank's qvlmoefs.* entries), NAME-experts.safetensors
+    the rank's expert tensors (with them); a part with no tensor is not there."""
+    files = {}
+    for rel, (meta, tensors) in exp.files.items():
+        dense = {k: t for k, t in tensors.items() if not sx.view_expert(k)}
+        experts = {k: t for k, t in tensors.items() if sx.view_expert(k)}
+        if dense:
+            files[rel] = ({k: v for k, v in (meta or {}).items() if not k.startswith("qvlmoefs.")}
+                          or None, dense)
+        if experts:
+            files[rel.removesuffix(".safetensors") + "-experts.safetensors"] = (meta, experts)
+    return sx.Expected(exp.where, files, exp.has_index, exp.index_meta)
+
+
 def expectations(ref, opts, sharded):
     """[(folder below the mount, st_expect.Expected)] that -o opts must give, per DESIGN.md §2."""
     o = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in opts.split(",") if kv)
@@ -116,7 +137,8 @@ def expectations(ref, opts, sharded):
     for r in range(w):
         for s in range(k):
             folder = f"ep-rank-{r}" + (f"-shard-{s}" if k > 1 else "")
-            out.append((folder, sx.expect(ref, view, exclude, (w, r, k, s), folder, sharded)))
+            e = sx.expect(ref, view, exclude, (w, r, k, s), folder, sharded)
+            out.append((folder, shared_layout(e) if "ep_shared" in o else e))
     return out
 
 

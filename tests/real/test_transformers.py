@@ -232,6 +232,18 @@ def test_reverse_view_of_automodel_native_copy(saved, natives, original, mount, 
     assert tf_model.index_weight_map(view) == tf_model.index_weight_map(saved[layout])
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ep_shared_rank_folder(saved, original, mount, layout):
+    """-o ep_shared (ep_size=1: one rank folder holds every expert, so the config fits): the
+    index names each shard's dense part and its -experts file, and from_pretrained of the rank
+    folder gives the original model."""
+    view = mount(saved[layout], None, "-o", "view=hf,ep_size=1,ep_shared") / "ep-rank-0"
+    files = set(tf_model.index_weight_map(view).values())
+    assert any(f.endswith("-experts.safetensors") for f in files), files
+    assert any(not f.endswith("-experts.safetensors") for f in files), files
+    assert_same_model(load(view), original, view)
+
+
 def test_consolidated_view_of_automodel_sharded_save(automodel_save, original, mount):
     """The consolidated view of Automodel's per-rank save (SAVE_WORLD ranks, experts cut on dim 0
     between the rank files) loads as the saved model."""

@@ -1,0 +1,267 @@
+"""Options as users write them: exclude= patterns by every route (command line, mount -t,
+fstab), one parser for the mount, inspect and stage, numbers checked with their range, the log
+of a detached daemon, and the fsname mount(8) shows.
+
+The mount(8) routes run in a private mount namespace (`unshare -m`): a tmpfs over /sbin
+there holds the mount helper, so nothing is installed on the machine and the mount itself
+is seen, checked and unmounted inside the namespace only.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from helpers import QV, ROOT, check_view, run, wait_for
+
+# A regex that means something else once a backslash is lost (\d would become d and match
+# nothing) and that holds a comma: the input layernorms go, with the default's _extra_state.
+PATTERN = r".*(_extra_state|layers\.\d{1,3}\.input_layernorm).*"
+ESCAPED = PATTERN.replace(",", "\\,")  # the one escape: a comma of the pattern is "\,"
+QUOTED = f'"{PATTERN}"'  # or, through mount(8) and fstab, libmount's double quotes
+HELPER = ROOT / "mount-scripts" / "mount.fuse.qvlmoefs"
+CHECK_VIEW = ROOT / "tests" / "check_view.py"
+
+
+def index_keys(view_index_text):
+    """The weight_map keys of an index's text."""
+    return json.loads(view_index_text)["weight_map"].keys()
+
+
+def assert_pattern_applied(keys):
+    """The view left out exactly what PATTERN matches: input layernorms gone, others kept."""
+    __tracebackhide__ = True
+    assert not [k for k in keys if ".input_layernorm" in k or "_extra_state" in k], sorted(keys)
+    assert [k for k in keys if ".post_attention_layernorm" in k], "too much left out"
+
+
+def test_exclude_as_written_on_the_command_line(ckpt, mount):
+    """`-o exclude=REGEX` gives the regex its backslashes (libfuse's parser dropped them, so
+    `\\d` became `d` and excluded nothing); `\\,` is the comma of the pattern."""
+    m = mount(ckpt["native"], None, "-o", f"ro,exclude={ESCAPED},allow_other")
+    check_view(ckpt["native"], m, "--view", "hf", "--exclude", PATTERN)
+    assert_pattern_applied(index_keys((m / "model.safetensors.index.json").read_text()))
+
+
+def in_private_ns(tmp, script, **env):
+    """Run sh script as root in a private mount namespace whose /sbin (a tmpfs there) holds
+    the mount helper made for this build, and whose /run/mount (libmount's utab) is a tmpfs
+    too: nothing outside tmp changes. $MNT is unmounted when the script ends, however."""
+    if os.getuid() != 0:
+        pytest.skip("mount -t and a private mount namespace need root")
+    preamble = r"""
+sbin=$(readlink -f /sbin)
+mount -t tmpfs -o mode=0755 qvtest "$sbin"
+sed "s|@BIN@|$QV|" "$HELPER" > "$sbin/mount.fuse.qvlmoefs"
+chmod 755 "$sbin/mount.fuse.qvlmoefs"
+if [ -d /run/mount ]; then mount -t tmpfs qvtest /run/mount; else mount -t tmpfs qvtest /run; fi
+trap 'umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true' EXIT
+"""
+    mnt = tmp / "m"
+    mnt.mkdir(exist_ok=True)
+    env = {**os.environ, "QV": str(QV), "HELPER": str(HELPER), "MNT": str(mnt),
+           "CHECK_VIEW": str(CHECK_VIEW), **{k: str(v) for k, v in env.items()}}
+    return run("unshare", "-m", "--propagation", "private", "sh", "-euc", preamble + script,
+               env=env, cwd=tmp, timeout=120)
+
+
+# mount(8) with the pattern in -o, or an fstab line (mount -T FILE), escaped or quoted
+CHECK_AND_PRINT = r"""
+/usr/bin/python3 "$CHECK_VIEW" "$SRC" "$MNT" --view hf --exclude "$PATTERN" >&2
+cat "$MNT/model.safetensors.index.json"
+umount "$MNT"
+"""
+ROUTES = {
+    "mount_t-escaped": ("mount_t", ESCAPED), "mount_t-quoted": ("mount_t", QUOTED),
+    "fstab-escaped": ("fstab", ESCAPED), "fstab-quoted": ("fstab", QUOTED),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES.values(), ids=ROUTES.keys())
+def test_exclude_as_written_through_mount(ckpt, fuse, tmp, route):
+    """Through mount(8) and the helper (`mount -t fuse.qvlmoefs ... -o`, and an fstab line),
+    the pattern reaches the regex as written, backslashes and comma included."""
+    how, written = route
+    opts = f"ro,exclude={written},nofail"
+    if how == "mount_t":
+        cmd = 'mount -t fuse.qvlmoefs "$SRC" "$MNT" -o "$OPTS"\n'
+    else:
+        (tmp / "fstab").write_text(f"{ckpt['native']} {tmp / 'm'} fuse.qvlmoefs {opts} 0 0\n")
+        cmd = 'mount -T "$PWD/fstab" "$MNT"\n'
+    out = in_private_ns(tmp, cmd + CHECK_AND_PRINT, SRC=ckpt["native"], OPTS=opts,
+                        PATTERN=PATTERN).stdout
+    assert_pattern_applied(index_keys(out))
+
+
+def one_line(p):
+    """The output of a failed command: one line (asserted), without its newline."""
+    __tracebackhide__ = True
+    out = (p.stdout + (p.stderr or "")).rstrip("\n")
+    assert out and "\n" not in out, f"not one line: {out!r}"
+    return out
+
+
+def test_exclude_cut_at_a_comma_is_refused(ckpt, mount, tmp):
+    """An unescaped comma inside {m,n} ends the option: the mount refuses, showing how to
+    write the comma (before, libfuse said only `unknown option(s): -o 3}.*`)."""
+    p = mount.fail(ckpt["native"], tmp / "m", "-o", f"exclude={PATTERN}", stderr=subprocess.STDOUT)
+    assert "(exclude=" + PATTERN.split(",")[0] + "\\," in one_line(p)
+
+
+# options the mount refuses: inspect and stage refuse them with the same message
+REFUSED = {"typo": "veiw=hf", "ep_size": "ep_size=-1", "readahead": "readahead_kb=-5",
+           "exclude_cut": "exclude=x{1,3}", "unknown_fuse": "max_reed=4"}
+
+
+@pytest.mark.parametrize("opt", REFUSED.values(), ids=REFUSED.keys())
+def test_inspect_and_stage_refuse_what_the_mount_refuses(ckpt, mount, tmp, opt):
+    """One parser for the mount and its subcommands: `inspect -o veiw=hf` exited 0 with the
+    default view while the mount failed."""
+    want = one_line(mount.fail(ckpt["hf"], tmp / "m", "-o", opt, stderr=subprocess.STDOUT))
+    for sub in ("inspect", "stage"):
+        p = run(QV, sub, ckpt["hf"], "-o", opt, check=False, stderr=subprocess.STDOUT)
+        assert p.returncode != 0, f"{sub} -o {opt} exited 0"
+        assert one_line(p) == want, f"{sub}: {p.stdout!r}, the mount: {want!r}"
+
+
+NUMBERS = {  # option: the accepted range the message must give
+    "ep_size=-1": "from 1 to 65536", "ep_size=4294967297": "from 1 to 65536",
+    "ep_size=4,ep_rank=-1": "from 0 to 65535", "ep_size=2,ep_shard_size=-2": "from 1 to 65536",
+    "readahead_kb=-5": "from 0 to 1048576", "readahead_kb=2097152": "from 0 to 1048576",
+    "shard_size=-1": "from 1 to 18446744073709551615", "gpu=-1": "from 0 to 1024",
+}
+
+
+@pytest.mark.parametrize("opt, rng", NUMBERS.items(), ids=NUMBERS.keys())
+def test_numeric_option_out_of_range_refused(ckpt, mount, tmp, opt, rng):
+    """A negative or too large number fails before mounting with one line giving the range
+    (before, ep_size=-1 became 4294967295 and readahead_kb=-5 a 1 GiB readahead)."""
+    out = one_line(mount.fail(ckpt["hf"], tmp / "m", "-o", opt, stderr=subprocess.STDOUT))
+    assert f"expected a whole number {rng}" in out, out
+
+
+def bdi_readahead_kb(view):
+    """The mount's readahead (its bdi's read_ahead_kb), or None where sysfs does not say."""
+    d = os.stat(view).st_dev
+    try:
+        with open(f"/sys/class/bdi/{os.major(d)}:{os.minor(d)}/read_ahead_kb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def test_readahead_kb_zero_means_none(ckpt, mount):
+    """readahead_kb=0 is no readahead, as the number says (it used to mean the 4096 default)."""
+    m = mount(ckpt["hf"], None, "-o", "readahead_kb=0")
+    ra = bdi_readahead_kb(m)
+    if os.getuid() != 0 or ra is None:
+        pytest.skip("only a daemon run as root sets the readahead, read back through sysfs")
+    assert ra == 0
+
+
+def daemon_pid(mnt):
+    """The pid of the qvlmoefs daemon serving mnt (named by its command line)."""
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]) == "qvlmoefs" and str(mnt) in argv:
+            return int(d)
+    raise AssertionError(f"no daemon serves {mnt}")
+
+
+def test_detached_daemon_logs_to_log_file(ckpt, mount, tmp):
+    """-o log=FILE (relative: the daemon resolves it before it changes folder) gets a
+    detached daemon's messages, SIGUSR1's counters among them (with no /dev/log, as here,
+    they went nowhere)."""
+    m = tmp / "m"
+    m.mkdir()
+    p = run(QV, ckpt["hf"], m, "-o", "log=daemon.log", cwd=tmp)
+    try:
+        assert "go nowhere" not in p.stderr
+        (m / "config.json").read_bytes()
+        os.kill(daemon_pid(m), signal.SIGUSR1)
+        log = tmp / "daemon.log"
+        assert wait_for(lambda: "stats {" in log.read_text(), timeout=10), log.read_text()
+        line = next(x for x in log.read_text().splitlines() if "stats {" in x)
+        assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ qvlmoefs\[\d+\]: stats \{", line), line
+        assert json.loads(line.split("stats ", 1)[1])["requests"] > 0
+    finally:
+        mount.umount(m)
+
+
+def test_log_file_that_cannot_be_opened_is_refused(ckpt, mount, tmp):
+    """log=FILE in a missing folder fails before mounting, naming the file."""
+    out = one_line(mount.fail(ckpt["hf"], tmp / "m", "-o", f"log={tmp}/no/such.log",
+                              stderr=subprocess.STDOUT))
+    assert "no/such.log" in out and "No such file" in out, out
+
+
+def test_detached_daemon_without_syslog_falls_back_to_stderr(ckpt, fuse, tmp):
+    """With no syslog listening (/dev/log covered in a private namespace, wherever the machine
+    has one) and no log=, a detached daemon keeps writing to its stderr when that is a file;
+    when it is a pipe, the mount says, before detaching, that its messages go nowhere."""
+    script = r"""
+if [ -e /dev/log ]; then mount --bind /dev/null /dev/log; fi
+"$QV" "$SRC" "$MNT" 2>>stderr.log
+pid=$(pgrep -f -x "$QV $SRC $MNT")
+kill -USR1 "$pid"
+for i in $(seq 100); do grep -q 'stats {' stderr.log && break; sleep 0.1; done
+umount "$MNT"
+"$QV" "$SRC" "$MNT" 2>&1 | cat > pipe.log
+umount "$MNT"
+"""
+    in_private_ns(tmp, script, SRC=ckpt["hf"])
+    assert "stats {" in (tmp / "stderr.log").read_text()
+    assert "go nowhere" in (tmp / "pipe.log").read_text()
+
+
+def mountinfo_source(mnt):
+    """The source field /proc/self/mountinfo shows for the mount at mnt."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            if left.split()[4] == str(mnt):
+                return right.split()[1]
+    raise AssertionError(f"{mnt} not in /proc/self/mountinfo")
+
+
+def test_fsname_default_is_the_absolute_source(ckpt, mount, tmp):
+    """The source mount(8) and /proc/mounts show is the source's absolute path, also when the
+    command named it relative to the current folder."""
+    src = ckpt["hf"]
+    m = tmp / "m"
+    m.mkdir()
+    run(QV, src.name, m, cwd=src.parent)
+    try:
+        assert mountinfo_source(m) == str(src.resolve())
+    finally:
+        mount.umount(m)
+
+
+def test_fsname_given_is_kept(ckpt, mount):
+    """-o fsname=NAME is what mountinfo shows (it was overridden by the source)."""
+    m = mount(ckpt["hf"], None, "-o", "fsname=qv-weights")
+    assert mountinfo_source(m) == "qv-weights"
+
+
+def test_help_says_where_logs_go():
+    """--help names log=FILE and where a detached daemon's messages go without it."""
+    out = run(QV, "--help").stdout
+    assert "-o log=FILE" in out and "syslog" in out and "Logs:" in out
+
+
+STAGE_NUMBERS = {"--device": ("-1", "from 0 to 1024"), "--samples": ("1e3", "from 0 to 1000000000"),
+                 "--slots": ("0", "from 1 to 256"), "--slot-mib": ("99999", "from 1 to 4096")}
+
+
+@pytest.mark.parametrize("flag", STAGE_NUMBERS, ids=STAGE_NUMBERS.keys())
+def test_stage_numbers_checked(ckpt, flag):
+    """stage's numeric flags are checked like the -o numbers (atoi made --device -1 a device)."""
+    value, rng = STAGE_NUMBERS[flag]
+    p = run(QV, "stage", ckpt["hf"], flag, value, check=False, stderr=subprocess.STDOUT)
+    assert p.returncode != 0 and f"expected a whole number {rng}" in one_line(p), p.stdout
