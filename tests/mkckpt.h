@@ -95,6 +95,8 @@ extern const struct model presets[];
 void check_model(struct model *m);
 /* Append every tensor of the checkpoint to tl in module order; 0 or tl->err. */
 int build_tensors(struct tlist *tl, const struct opts *o);
+/* Attention and norms of decoder layer b, in module order (every architecture's layers). */
+void add_attention(struct tlist *tl, const struct model *m, const char *b);
 /* Write config.json for o's model into dirfd; failures are reported. */
 int write_config(int dirfd, const struct opts *o);
 /* Append a tensor with a printf-built name; shape x dtype size must fit in 64 bits. */

@@ -15,19 +15,6 @@
 
 #include "mkckpt.h"
 
-/* Attention and norms of one decoder layer b ("model.layers.N"), in module order. */
-static void add_attention(struct tlist *tl, const struct model *m, const char *b)
-{
-	uint64_t h = m->hidden, q = m->heads * m->head_dim, kv = m->kv_heads * m->head_dim;
-
-	tl_add(tl, DT_BF16, SHAPE(h), "%s.input_layernorm.weight", b);
-	tl_add(tl, DT_BF16, SHAPE(h), "%s.post_attention_layernorm.weight", b);
-	tl_add(tl, DT_BF16, SHAPE(q, h), "%s.self_attn.q_proj.weight", b);
-	tl_add(tl, DT_BF16, SHAPE(kv, h), "%s.self_attn.k_proj.weight", b);
-	tl_add(tl, DT_BF16, SHAPE(kv, h), "%s.self_attn.v_proj.weight", b);
-	tl_add(tl, DT_BF16, SHAPE(h, q), "%s.self_attn.o_proj.weight", b);
-}
-
 /* One layer's feed-forward part for arch a. */
 static void add_mlp(struct tlist *tl, const struct model *m, enum arch a, const char *b)
 {

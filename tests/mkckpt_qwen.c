@@ -130,21 +130,29 @@ static void add_vision(struct tlist *tl, const struct model *m, const char *p)
 	}
 }
 
-/* One decoder layer, in module order, plus the optional quirk tensors. */
-static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uint64_t l)
+/* Attention and norms of one decoder layer b ("model.layers.N"), in module order; every
+ * architecture starts its layers with them. */
+void add_attention(struct tlist *tl, const struct model *m, const char *b)
 {
-	const struct model *m = &o->m;
 	uint64_t h = m->hidden, q = m->heads * m->head_dim, kv = m->kv_heads * m->head_dim;
-	uint64_t e = m->experts, in = m->moe_inter, hd = m->head_dim;
-	char b[NAME_MAX_LEN];
 
-	snprintf(b, sizeof(b), "%slanguage_model.layers.%" PRIu64, p, l);
 	tl_add(tl, DT_BF16, SHAPE(h), "%s.input_layernorm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(h), "%s.post_attention_layernorm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(q, h), "%s.self_attn.q_proj.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(kv, h), "%s.self_attn.k_proj.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(kv, h), "%s.self_attn.v_proj.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(h, q), "%s.self_attn.o_proj.weight", b);
+}
+
+/* One decoder layer, in module order, plus the optional quirk tensors. */
+static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uint64_t l)
+{
+	const struct model *m = &o->m;
+	uint64_t h = m->hidden, e = m->experts, in = m->moe_inter, hd = m->head_dim;
+	char b[NAME_MAX_LEN];
+
+	snprintf(b, sizeof(b), "%slanguage_model.layers.%" PRIu64, p, l);
+	add_attention(tl, m, b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.q_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.k_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(e, h), "%s.mlp.gate.weight", b);
