@@ -67,3 +67,13 @@ def test_no_build_output_tracked():
     for d in ("build", "build-san", "build-tsan", "build-valgrind"):
         assert run("git", "-C", ROOT, "check-ignore", "-q", f"{d}/qvlmoefs",
                    check=False).returncode == 0, f"{d}/ is not ignored by .gitignore"
+
+
+@pytest.mark.parametrize("harness", sorted(p.name for p in (ROOT / "tests" / "fuzz").glob("*.c")))
+def test_fuzz_harness_compiles(harness):
+    """Each fuzz harness still compiles against today's headers (make fuzz builds them with
+    clang's libFuzzer, which make check does not run), with the project's warnings as errors."""
+    flags = run("pkg-config", "--cflags", "fuse3", "libcjson").stdout.split()
+    p = run("cc", "-std=gnu11", "-D_GNU_SOURCE", f"-I{ROOT / 'include'}", "-Wall", "-Wextra",
+            "-Werror", *flags, "-fsyntax-only", str(ROOT / "tests" / "fuzz" / harness), check=False)
+    assert p.returncode == 0, f"tests/fuzz/{harness} does not compile:\n{p.stderr}"
