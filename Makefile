@@ -1,6 +1,13 @@
 # qvlmoefs - see README.md. `make`, `make check`, `make demo`, `make install`, `make clean`.
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+# mount(8) looks for mount.fuse.TYPE helpers in /sbin only: the system prefixes put it there,
+# any other PREFIX keeps everything below itself (link the helper into /sbin to use mount -t)
+ifneq ($(filter /usr /usr/local,$(PREFIX)),)
 SBINDIR ?= /sbin
+else
+SBINDIR ?= $(PREFIX)/sbin
+endif
 BUILD ?= build
 CC ?= cc
 PKG_CONFIG ?= pkg-config
@@ -24,7 +31,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util io st scan hdr plan dcp vfile gen tree view view_dcp inspect mount stage
+CORE := util io st scan hdr plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
 # GPU staging: the CUDA runtime loaded with dlopen, no CUDA headers or toolkit needed to build;
 # GPU=gpu_stub builds a binary whose -o gpu and stage fail at once
 GPU ?= gpu_cuda
@@ -47,7 +54,7 @@ have-pkgs:
 $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
+$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/mntpt.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
 		$(BUILD)/fs.o $(BUILD)/main.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS) -ldl
 
@@ -148,17 +155,21 @@ demo: deps
 	$(MAKE) all
 	tests/demo.sh
 
-install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SBINDIR)
-	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/qvlmoefs
-	sed 's|@BIN@|$(PREFIX)/bin/qvlmoefs|' mount-scripts/mount.fuse.qvlmoefs \
+install: $(BIN) $(BUILD)/qvlmoefs-mkckpt
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/qvlmoefs
+	install -m 0755 $(BUILD)/qvlmoefs-mkckpt $(DESTDIR)$(BINDIR)/qvlmoefs-mkckpt
+	sed 's|@BIN@|$(BINDIR)/qvlmoefs|' mount-scripts/qvlmoefs-node-mount \
+		>$(DESTDIR)$(BINDIR)/qvlmoefs-node-mount
+	chmod 0755 $(DESTDIR)$(BINDIR)/qvlmoefs-node-mount
+	sed 's|@BIN@|$(BINDIR)/qvlmoefs|' mount-scripts/mount.fuse.qvlmoefs \
 		>$(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
 	chmod 0755 $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs
-	install -d $(DESTDIR)$(PREFIX)/share/man/man8
 	install -m 0644 mount-scripts/qvlmoefs.8 $(DESTDIR)$(PREFIX)/share/man/man8/qvlmoefs.8
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/qvlmoefs $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs \
+	rm -f $(DESTDIR)$(BINDIR)/qvlmoefs $(DESTDIR)$(BINDIR)/qvlmoefs-mkckpt \
+		$(DESTDIR)$(BINDIR)/qvlmoefs-node-mount $(DESTDIR)$(SBINDIR)/mount.fuse.qvlmoefs \
 		$(DESTDIR)$(PREFIX)/share/man/man8/qvlmoefs.8
 
 clean:

@@ -34,10 +34,16 @@ struct qv_dcp {
 	size_t nt;
 	uint32_t nfiles;
 	uint32_t map_node; /* scan node of .hf_metadata/fqn_to_file_index_mapping.json, or 0 */
+	char **absent;	   /* names the mapping has and no rank file holds (for qv_dcpcheck) */
+	size_t nabsent;
 };
 
 /* True when file name (no folder) is a rank file: shard-NNNNN-model-NNNNN-of-NNNNN.safetensors. */
 bool qv_dcp_is_rank_file(const char *name);
+
+/* The highest rank file number at the scan's root (0: none); into next (when not NULL) the
+ * name of the rank file that would come after it, for "likely missing" messages. */
+unsigned qv_dcp_rank_files(const struct qv_scan *sc, char *next, size_t len);
 
 /* Whether the scan's root holds a sharded save (a rank file whose metadata has
  * DCP_SHARDING_INFO). */

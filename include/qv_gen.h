@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "qv_cfg.h"
 #include "qv_dcp.h"
 #include "qv_io.h"
 #include "qv_plan.h"
@@ -25,6 +26,8 @@ struct qv_mount_opts {
 	uint32_t shard_size, shard_rank;
 	bool shard_rank_set;
 	uint64_t max_file; /* -o shard_size: consolidated files of a sharded save (0: 5 GB) */
+	bool allow_empty;     /* -o allow_empty: a source without *.safetensors is no mistake */
+	bool inspect_visible; /* -o inspect_dir=visible: folder listings show .qvlmoefs/ */
 	bool ep_shared; /* rank folders list the bytes all ranks share as one inode each */
 	unsigned scan_pause_ms; /* tests only: a pause after each scan, to swap files meanwhile */
 	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
@@ -41,6 +44,9 @@ struct qv_gen {
 	enum qv_naming src_naming;
 	bool model_prefix;
 	uint64_t n_experts;    /* dim 0 of the first expert tensor: the checkpoint's expert count */
+	bool qwen_experts;     /* ... found by the Qwen3-VL-MoE rule */
+	bool generic;	       /* ... found by the generic stacked-expert rule (config's count) */
+	struct qv_cfg cfg;     /* config.json (.hf_metadata/'s for a sharded save) */
 	bool sharded;	       /* the root is an Automodel per-rank sharded save ... */
 	struct qv_dcp dcp;     /* ... and these are its consolidated tensors */
 	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */

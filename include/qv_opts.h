@@ -21,6 +21,9 @@ struct qv_options {
 	int splice, nosplice; /* -o splice / -o nosplice given */
 	int ep_shared;
 	int allow_other;
+	char *inspect_dir; /* hidden (default) or visible: .qvlmoefs/ in folder listings */
+	int allow_empty;   /* mount a source without *.safetensors files */
+	int overmount;	   /* mount on a folder that is already a mount point */
 	int fsname_set, readahead_set; /* the user gave fsname=, readahead_kb= */
 };
 

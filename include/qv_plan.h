@@ -21,6 +21,10 @@ struct qv_plan_opts {
 	const char *exclude; /* Python-style regex, re.match semantics; NULL = default */
 	uint32_t ep_size, ep_rank;
 	uint32_t shard_size, shard_rank; /* shard_size 0 or 1: no dim-1 cut */
+	/* a model other than Qwen3-VL-MoE with stacked experts: its config's expert count E, and
+	 * every tensor of 2 or more dimensions named ".mlp.experts.X" (X not an index) whose dim 0
+	 * is E is an expert tensor; 0: only the Qwen3-VL-MoE rule */
+	uint64_t generic_experts;
 };
 
 struct qv_plan {
@@ -54,6 +58,14 @@ void qv_plan_free(struct qv_plan *p);
 /* Map one source key: 1 = kept (*out is a malloc'd view key), 0 = dropped, -ENOMEM.
  * *expert tells whether the tensor is one of a layer's two expert tensors. */
 int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *expert);
+
+/* qv_plan_map_key for tensor t, with the generic stacked-expert rule (generic_experts) too. */
+int qv_plan_map_tensor(const struct qv_plan *p, const struct qv_tensor *t, char **out,
+		       bool *expert);
+
+/* True when key is a stacked expert tensor's name under the generic rule: it holds
+ * ".mlp.experts." followed by a name, not by an expert index. */
+bool qv_plan_generic_name(const char *key);
 
 /* NeMo Automodel's expert range of rank r out of w for n experts. */
 void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count);

@@ -52,6 +52,8 @@ struct qv_node {
 	atomic_bool ready;  /* a lazy folder's entries exist */
 	int dyn;	    /* a file of .qvlmoefs/ made when opened (QV_DYN_* of qv_inspect.h), else 0 */
 	bool inspect;	    /* a .qvlmoefs/ folder, filled on first use (from gen, hplan) */
+	bool uncounted;	    /* its bytes repeat others' (inspection files): not in the totals;
+			     * an entry added to such a folder is uncounted too */
 	const struct qv_plan *hplan;
 	struct qv_tinfo *ti; /* .qvlmoefs/tensors/ files: one allocation, freed with the node */
 	uint64_t link;	     /* slot + 1 of the next node in the pending batch or the free list */
@@ -127,7 +129,7 @@ void qv_tree_perm_set(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode);
  * membership the tree cannot know): see tree.c. */
 void qv_tree_perm_and(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode);
 
-/* Sum of the sizes of the published files, for statfs. */
+/* Sum of the sizes of the published files that are not uncounted, for statfs. */
 uint64_t qv_tree_bytes(struct qv_tree *t);
 
 /* Number of published nodes. */

@@ -47,19 +47,44 @@ static int cmp_dt(const void *a, const void *b)
 	return strcmp(((const struct qv_dtensor *)a)->name, ((const struct qv_dtensor *)b)->name);
 }
 
-/* Rank files must be numbered 1..n without holes: a hole is a missing rank's file. */
-static int check_ranks(const struct qv_scan *sc, char *err, size_t errlen)
+/* The "-model-MMMMM-of-NNNNN.safetensors" part of the root's first rank file, into tail. */
+static void rank_tail(const struct qv_scan *sc, char *tail, size_t len)
 {
 	const struct qv_snode *root = &sc->n[0];
-	unsigned max = 0, have = 0, r, m, n;
+
+	snprintf(tail, len, "-model-00001-of-00001.safetensors");
+	for (size_t k = 0; k < root->nkids; k++)
+		if (qv_dcp_is_rank_file(sc->n[root->kids[k]].name)) {
+			snprintf(tail, len, "%s", sc->n[root->kids[k]].name + strlen("shard-00000"));
+			return;
+		}
+}
+
+unsigned qv_dcp_rank_files(const struct qv_scan *sc, char *next, size_t len)
+{
+	const struct qv_snode *root = &sc->n[0];
+	unsigned max = 0, r, m, n;
+	char tail[64];
 
 	for (size_t k = 0; k < root->nkids; k++)
 		if (qv_dcp_is_rank_file(sc->n[root->kids[k]].name) &&
 		    sscanf(sc->n[root->kids[k]].name, "shard-%5u-model-%5u-of-%5u", &r, &m, &n) == 3)
-			max = r > max ? r : max, have++;
-	if (have == max)
-		return 0;
-	for (r = 1; r <= max; r++) {
+			max = r > max ? r : max;
+	rank_tail(sc, tail, sizeof(tail));
+	if (next)
+		snprintf(next, len, "shard-%05u%s (rank %u)", max + 1, tail, max);
+	return max;
+}
+
+/* Rank files must be numbered 1..n without holes: a hole is a missing rank's file. */
+static int check_ranks(const struct qv_scan *sc, char *err, size_t errlen)
+{
+	const struct qv_snode *root = &sc->n[0];
+	unsigned max = qv_dcp_rank_files(sc, NULL, 0), m;
+	char tail[64];
+
+	rank_tail(sc, tail, sizeof(tail));
+	for (unsigned r = 1; r <= max; r++) {
 		bool found = false;
 
 		for (size_t k = 0; k < root->nkids && !found; k++)
@@ -67,9 +92,8 @@ static int check_ranks(const struct qv_scan *sc, char *err, size_t errlen)
 				qv_dcp_is_rank_file(sc->n[root->kids[k]].name);
 		if (!found)
 			return qv_err(err, errlen, -EINVAL,
-				      "shard-%05u-model-00001-of-00001.safetensors is missing: rank %u's "
-				      "chunks are not in the save",
-				      r, r - 1);
+				      "shard-%05u%s is missing: rank %u's chunks are not in the save",
+				      r, tail, r - 1);
 	}
 	return 0;
 }
@@ -181,7 +205,8 @@ static int cmp_entry(const void *a, const void *b)
 /* Entries come one per chunk; merge each name's run into one tensor with all its chunks.
  * Everything that can fail happens before the array is compacted, so a failure leaves it
  * consistent for qv_dcp_free. */
-static int merge(struct qv_dcp *d, char *err, size_t errlen)
+static int merge(struct qv_dcp *d, const struct qv_scan *sc, const uint32_t *node_of_src,
+		 char *err, size_t errlen)
 {
 	size_t out = 0, i, j;
 
@@ -194,10 +219,12 @@ static int merge(struct qv_dcp *d, char *err, size_t errlen)
 		for (j = i + 1; j < d->nt && strcmp(d->t[j].name, x->name) == 0; j++)
 			if (d->t[j].dtype != x->dtype || d->t[j].ndim != x->ndim)
 				return qv_err(err, errlen, -EINVAL,
-					      "tensor \"%s\": chunks disagree on dtype or rank (%s in "
-					      "one file, %s in another)",
-					      x->name, qv_dtype_name(x->dtype),
-					      qv_dtype_name(d->t[j].dtype));
+					      "tensor \"%s\": chunks disagree on dtype or rank (%s %u-D "
+					      "in %s, %s %u-D in %s)",
+					      x->name, qv_dtype_name(x->dtype), x->ndim,
+					      sc->n[node_of_src[x->c[0].src]].rel,
+					      qv_dtype_name(d->t[j].dtype), d->t[j].ndim,
+					      sc->n[node_of_src[d->t[j].c[0].src]].rel);
 		c = realloc(x->c, (j - i) * sizeof(*c));
 		if (!c)
 			return -ENOMEM;
@@ -226,31 +253,99 @@ static bool overlap(const struct qv_chunk *a, const struct qv_chunk *b, uint32_t
 	return n > 0;
 }
 
-/* The first gap along the one dimension the chunks are cut on, for the message. */
-static void gap_region(const struct qv_dtensor *x, char *out, size_t len)
+/* "[a, b, ...]" of n values into out. */
+static void fmt_dims(char *out, size_t len, const uint64_t *v, uint32_t n)
 {
-	snprintf(out, len, "somewhere in the tensor");
-	for (uint32_t d = 0; d < x->ndim; d++) {
-		uint64_t pos = 0;
-		bool progress = true;
+	size_t at = 0;
 
-		while (progress && pos < x->shape[d]) {
-			progress = false;
-			for (size_t i = 0; i < x->nc; i++)
-				if (x->c[i].off[d] == pos && x->c[i].shape[d])
-					pos += x->c[i].shape[d], progress = true;
+	at += (size_t)snprintf(out, len, "[");
+	for (uint32_t k = 0; k < n && at < len; k++)
+		at += (size_t)snprintf(out + at, len - at, "%s%llu", k ? ", " : "",
+				       (unsigned long long)v[k]);
+	if (at < len)
+		snprintf(out + at, len - at, "]");
+}
+
+/* "dim 0 [a, b) x dim 1 [c, d)" for the box lo..hi, naming only the dimensions it does not
+ * span whole (all of them when it spans every one). */
+static void fmt_box(char *out, size_t len, const uint64_t *lo, const uint64_t *hi,
+		    const uint64_t *shape, uint32_t n)
+{
+	size_t at = 0;
+	bool any = false;
+
+	out[0] = '\0';
+	for (uint32_t pass = 0; pass < 2 && !any; pass++)
+		for (uint32_t k = 0; k < n && at < len; k++)
+			if (pass || lo[k] || hi[k] != shape[k]) {
+				at += (size_t)snprintf(out + at, len - at, "%sdim %u [%llu, %llu)",
+						       any ? " x " : "", k, (unsigned long long)lo[k],
+						       (unsigned long long)hi[k]);
+				any = true;
+			}
+}
+
+static bool covers(const struct qv_chunk *c, const uint64_t *p, uint32_t n)
+{
+	for (uint32_t k = 0; k < n; k++)
+		if (p[k] < c->off[k] || p[k] >= c->off[k] + c->shape[k])
+			return false;
+	return true;
+}
+
+#define GAP_SEARCH_MAX 50000000ull /* candidate points x chunks: bounded work on a bad save */
+
+/* An element no chunk covers, and the box around it that no chunk touches: the cell of the
+ * grid that every chunk's boundaries draw (a chunk holds a cell whole or not at all). An
+ * uncovered region's lowest corner has each coordinate 0 or some chunk's end, so only those
+ * points are tried. false when none is found within GAP_SEARCH_MAX steps. */
+static bool find_gap(const struct qv_dtensor *x, uint64_t *lo, uint64_t *hi)
+{
+	uint64_t *cand[QV_ST_MAX_DIMS] = { 0 }, work = x->nc ? x->nc : 1;
+	size_t nc[QV_ST_MAX_DIMS] = { 0 }, at[QV_ST_MAX_DIMS] = { 0 };
+	bool found = false, ok = true;
+
+	for (uint32_t k = 0; k < x->ndim && ok; k++) {
+		cand[k] = malloc((x->nc + 1) * sizeof(**cand));
+		ok = cand[k] != NULL;
+		for (size_t i = 0; ok && i <= x->nc; i++) {
+			uint64_t v = i < x->nc ? x->c[i].off[k] + x->c[i].shape[k] : 0;
+
+			if (v < x->shape[k])
+				cand[k][nc[k]++] = v;
 		}
-		if (pos < x->shape[d]) {
-			uint64_t next = x->shape[d];
+		ok = ok && nc[k] && !__builtin_mul_overflow(work, nc[k], &work) && work <= GAP_SEARCH_MAX;
+	}
+	while (ok && !found) {
+		size_t i;
 
-			for (size_t i = 0; i < x->nc; i++)
-				if (x->c[i].off[d] > pos && x->c[i].off[d] < next)
-					next = x->c[i].off[d];
-			snprintf(out, len, "dim %u [%llu, %llu)", d, (unsigned long long)pos,
-				 (unsigned long long)next);
-			return;
+		for (uint32_t k = 0; k < x->ndim; k++)
+			lo[k] = cand[k][at[k]];
+		for (i = 0; i < x->nc && !covers(&x->c[i], lo, x->ndim); i++)
+			;
+		found = i == x->nc;
+		for (uint32_t k = 0; !found && k <= x->ndim; k++) { /* next point, odometer-wise */
+			if (k == x->ndim) {
+				ok = false;
+				break;
+			}
+			if (++at[k] < nc[k])
+				break;
+			at[k] = 0;
 		}
 	}
+	for (uint32_t k = 0; found && k < x->ndim; k++) {
+		hi[k] = x->shape[k];
+		for (size_t i = 0; i < x->nc; i++) {
+			uint64_t b = x->c[i].off[k], e = b + x->c[i].shape[k];
+
+			hi[k] = b > lo[k] && b < hi[k] ? b : hi[k];
+			hi[k] = e > lo[k] && e < hi[k] ? e : hi[k];
+		}
+	}
+	for (uint32_t k = 0; k < x->ndim; k++)
+		free(cand[k]);
+	return found;
 }
 
 /* The global shape (max of offset + chunk shape per dimension) and its size in bytes, every
@@ -279,10 +374,10 @@ overflow:
 
 /* Global shape, then exact tiling: no two chunks overlap and their volumes add up. */
 static int coverage(struct qv_dtensor *x, const struct qv_scan *sc, const uint32_t *node_of_src,
-		    char *err, size_t errlen)
+		    const char *next, char *err, size_t errlen)
 {
-	uint64_t vol, sum = 0;
-	char where[96];
+	uint64_t vol, sum = 0, lo[QV_ST_MAX_DIMS], hi[QV_ST_MAX_DIMS];
+	char where[256], oa[96], ob[96];
 	int rc = global_shape(x, &vol, err, errlen);
 
 	for (size_t i = 0; i < x->nc && !rc; i++) {
@@ -295,21 +390,37 @@ static int coverage(struct qv_dtensor *x, const struct qv_scan *sc, const uint32
 		if (rc || __builtin_add_overflow(sum, v, &sum))
 			return qv_err(err, errlen, -EINVAL, "tensor \"%s\": its chunks' sizes overflow "
 				      "64 bits", x->name);
-		for (size_t j = i + 1; j < x->nc; j++)
-			if (overlap(&x->c[i], &x->c[j], x->ndim))
-				return qv_err(err, errlen, -EINVAL,
-					      "tensor \"%s\": chunks in %s and %s overlap at dim 0 offsets "
-					      "%llu and %llu",
-					      x->name, sc->n[node_of_src[x->c[i].src]].rel,
-					      sc->n[node_of_src[x->c[j].src]].rel,
-					      (unsigned long long)x->c[i].off[0],
-					      (unsigned long long)x->c[j].off[0]);
+		for (size_t j = i + 1; j < x->nc; j++) {
+			const struct qv_chunk *a = &x->c[i], *b = &x->c[j];
+
+			if (!overlap(a, b, x->ndim))
+				continue;
+			for (uint32_t k = 0; k < x->ndim; k++) {
+				lo[k] = a->off[k] > b->off[k] ? a->off[k] : b->off[k];
+				hi[k] = a->off[k] + a->shape[k] < b->off[k] + b->shape[k] ?
+						a->off[k] + a->shape[k] : b->off[k] + b->shape[k];
+			}
+			fmt_box(where, sizeof(where), lo, hi, x->shape, x->ndim);
+			fmt_dims(oa, sizeof(oa), a->off, x->ndim);
+			fmt_dims(ob, sizeof(ob), b->off, x->ndim);
+			return qv_err(err, errlen, -EINVAL,
+				      "tensor \"%s\": chunks overlap in %s: the chunk at offsets %s in "
+				      "%s and the chunk at offsets %s in %s",
+				      x->name, where, oa, sc->n[node_of_src[a->src]].rel, ob,
+				      sc->n[node_of_src[b->src]].rel);
+		}
 	}
 	if (!rc && sum != vol) {
-		gap_region(x, where, sizeof(where));
+		char shape[96];
+
+		fmt_dims(shape, sizeof(shape), x->shape, x->ndim);
+		if (find_gap(x, lo, hi))
+			fmt_box(where, sizeof(where), lo, hi, x->shape, x->ndim);
+		else
+			snprintf(where, sizeof(where), "some elements");
 		return qv_err(err, errlen, -EINVAL,
-			      "tensor \"%s\": no chunk covers %s (a rank file may be missing)",
-			      x->name, where);
+			      "tensor \"%s\": no chunk covers %s of its %s: %s is likely "
+			      "missing", x->name, where, shape, next);
 	}
 	return rc;
 }
@@ -333,6 +444,20 @@ static int assign_files(struct qv_dcp *d, const struct qv_scan *sc, uint64_t max
 			qv_err(err, errlen, rc, "%s: %s", sc->n[d->map_node].rel, why);
 		else if (!cJSON_IsObject(j))
 			rc = qv_err(err, errlen, -EINVAL, "%s: not a JSON object", sc->n[d->map_node].rel);
+	}
+	for (cJSON *k = j ? j->child : NULL; k && !rc; k = k->next) { /* named, never saved */
+		struct qv_dtensor key = { .name = k->string };
+		char **v;
+
+		if (bsearch(&key, d->t, d->nt, sizeof(*d->t), cmp_dt))
+			continue;
+		v = realloc(d->absent, (d->nabsent + 1) * sizeof(*v));
+		rc = v ? 0 : -ENOMEM;
+		if (v)
+			d->absent = v;
+		if (v && !(v[d->nabsent] = strdup(k->string)))
+			rc = -ENOMEM;
+		d->nabsent += v && v[d->nabsent];
 	}
 	for (size_t i = 0; i < d->nt && !rc; i++) {
 		cJSON *k = j ? cJSON_GetObjectItemCaseSensitive(j, d->t[i].name) : NULL;
@@ -373,6 +498,7 @@ int qv_dcp_build(const struct qv_scan *sc, struct qv_st *const *st_of, const uin
 	const struct qv_snode *root = &sc->n[0];
 	uint32_t *node_of_src = NULL;
 	size_t cap = 0, nsrc = 0;
+	char next[128];
 	int rc;
 
 	memset(out, 0, sizeof(*out));
@@ -393,9 +519,10 @@ int qv_dcp_build(const struct qv_scan *sc, struct qv_st *const *st_of, const uin
 			rc = add_file(out, &cap, &sc->n[si], st_of[si], src_of[si], err, errlen);
 	}
 	if (!rc)
-		rc = merge(out, err, errlen);
+		rc = merge(out, sc, node_of_src, err, errlen);
+	qv_dcp_rank_files(sc, next, sizeof(next));
 	for (size_t i = 0; !rc && i < out->nt; i++)
-		rc = coverage(&out->t[i], sc, node_of_src, err, errlen);
+		rc = coverage(&out->t[i], sc, node_of_src, next, err, errlen);
 	if (!rc)
 		rc = assign_files(out, sc, max_file, err, errlen);
 	if (rc == -ENOMEM)
@@ -413,5 +540,8 @@ void qv_dcp_free(struct qv_dcp *d)
 		free(d->t[i].c);
 	}
 	free(d->t);
+	for (size_t i = 0; i < d->nabsent; i++)
+		free(d->absent[i]);
+	free(d->absent);
 	memset(d, 0, sizeof(*d));
 }

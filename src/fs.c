@@ -242,7 +242,8 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 		struct fuse_entry_param e;
 		size_t len;
 
-		if (!n)
+		/* .qvlmoefs/ is found by name, not listed (unless asked): walkers see each byte once */
+		if (!n || (i >= 2 && n->inspect && !fs->m->o.inspect_visible))
 			continue;
 		fill_entry(n, &e);
 		if (plus && i >= 2)

@@ -1,6 +1,8 @@
 /* gen.c - one generation of the source: scan, strict parse of every header, naming detection
  * and the plans of the view. A rescan (SIGHUP) loads a new one beside the old. */
 #include "qv_gen.h"
+#include "qv_cfg.h"
+#include "qv_dcpcheck.h"
 #include "qv_plan.h"
 #include "qv_util.h"
 
@@ -52,6 +54,15 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 }
 
 /* Naming, the {P} prefix and the expert count, from all keys of the checkpoint (DESIGN §1). */
+/* Does the scan hold a safetensors file (a header was parsed)? */
+static bool has_safetensors(const struct qv_gen *m)
+{
+	for (size_t i = 0; i < m->scan.nn; i++)
+		if (m->st_of[i])
+			return true;
+	return false;
+}
+
 static void detect(struct qv_gen *m)
 {
 	for (size_t i = 0; i < m->scan.nn; i++) {
@@ -86,53 +97,46 @@ static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, siz
 				     .view = o->view_set ? o->view :
 					     m->sharded ? m->src_naming : !m->src_naming,
 				     .model_prefix = m->model_prefix, .exclude = o->exclude,
-				     .ep_size = o->ep_size, .shard_size = o->shard_size };
+				     .ep_size = o->ep_size, .shard_size = o->shard_size,
+				     .generic_experts = m->generic ? m->n_experts : 0 };
+	if (o->view_set && po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF &&
+	    !m->qwen_experts)
+		po->view = QV_NAMING_HF; /* nothing to rename (logged once at load) */
 	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
 	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
 }
 
-/* num_experts of .hf_metadata/config.json (top level or text_config), or 0. */
-/* The expert count a config states, at its top level or in text_config, under any of the
- * names writers use: transformers 5 writes Qwen3-VL-MoE's as num_local_experts. 0: none. */
-static uint64_t config_experts(const struct qv_gen *m)
+/* Any model but Qwen3-VL-MoE: stacked expert tensors are the ones named ".mlp.experts.X"
+ * whose dim 0 is the expert count the config states (GPT-OSS: model.layers.N.mlp.experts.
+ * gate_up_proj). Sets n_experts and generic when one is found. */
+static void generic_experts(struct qv_gen *m)
 {
-	static const char *const names[] = { "num_experts", "num_local_experts", "n_routed_experts" };
-	uint32_t node = qv_scan_find(&m->scan, ".hf_metadata/config.json");
-	struct qv_buf b = { 0 };
-	cJSON *j = NULL, *e = NULL, *where[2];
-	uint64_t n;
+	uint64_t e = m->cfg.experts.v;
 
-	if (node && !S_ISDIR(m->scan.n[node].st.st_mode) &&
-	    qv_scan_read(&m->scan.n[node], 16u << 20, &b, NULL, 0) == 0 && b.p)
-		j = cJSON_ParseWithLength(b.p, b.len);
-	where[0] = j;
-	where[1] = cJSON_GetObjectItemCaseSensitive(j, "text_config");
-	for (size_t w = 0; w < 2 && !e; w++)
-		for (size_t k = 0; k < sizeof(names) / sizeof(names[0]) && !e; k++)
-			e = cJSON_GetObjectItemCaseSensitive(where[w], names[k]);
-	n = cJSON_IsNumber(e) && e->valuedouble > 0 ? (uint64_t)e->valuedouble : 0;
-	cJSON_Delete(j);
-	qv_buf_free(&b);
-	return n;
+	for (size_t i = 0; e && m->sharded && i < m->dcp.nt && !m->generic; i++)
+		m->generic = m->dcp.t[i].ndim >= 2 && m->dcp.t[i].shape[0] == e &&
+			     qv_plan_generic_name(m->dcp.t[i].name);
+	for (size_t i = 0; e && !m->sharded && i < m->scan.nn && !m->generic; i++)
+		for (size_t k = 0; m->st_of[i] && k < m->st_of[i]->nt && !m->generic; k++)
+			m->generic = m->st_of[i]->t[k].ndim >= 2 && m->st_of[i]->t[k].shape[0] == e &&
+				     qv_plan_generic_name(m->st_of[i]->t[k].name);
+	if (m->generic)
+		m->n_experts = e;
 }
 
-/* Chunks alone cannot show that the last ranks' files are missing (the tensor just looks
- * smaller): the expert count config.json states must match the assembled expert tensors. */
-static int check_experts(const struct qv_gen *m, char *err, size_t errlen)
+/* Per-expert keys (...mlp.experts.J...) are whole experts, one tensor each: slicing would pick
+ * files' keys, not cut tensors. The first such key, or NULL. */
+static const char *per_expert_key(const struct qv_gen *m)
 {
-	uint64_t want = config_experts(m);
-
-	for (size_t i = 0; want && i < m->dcp.nt; i++) {
-		const struct qv_dtensor *x = &m->dcp.t[i];
-
-		if (qv_plan_key_is_expert(x->name) && x->ndim && x->shape[0] != want)
-			return qv_err(err, errlen, -EINVAL,
-				      "tensor \"%s\": chunks cover experts [0, %llu) of the %llu that "
-				      ".hf_metadata/config.json names: a rank file may be missing",
-				      x->name, (unsigned long long)x->shape[0],
-				      (unsigned long long)want);
-	}
-	return 0;
+	for (size_t i = 0; m->sharded && i < m->dcp.nt; i++)
+		if (strstr(m->dcp.t[i].name, ".mlp.experts.") && !qv_plan_generic_name(m->dcp.t[i].name))
+			return m->dcp.t[i].name;
+	for (size_t i = 0; !m->sharded && i < m->scan.nn; i++)
+		for (size_t k = 0; m->st_of[i] && k < m->st_of[i]->nt; k++)
+			if (strstr(m->st_of[i]->t[k].name, ".mlp.experts.") &&
+			    !qv_plan_generic_name(m->st_of[i]->t[k].name))
+				return m->st_of[i]->t[k].name;
+	return NULL;
 }
 
 /* Tests only (-o scan_pause_ms via QVLMOEFS_TEST_FAULTS): a file swapped now lands between
@@ -172,14 +176,22 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 	rc = parse_sources(m, err, errlen);
 	if (rc)
 		return rc;
+	if (!o->allow_empty && !has_safetensors(m))
+		return qv_err(err, errlen, -ENOENT,
+			      "%s: no *.safetensors file (an empty folder, or not the checkpoint?): "
+			      "pass -o allow_empty to mount it anyway", src);
 	detect(m);
+	m->qwen_experts = m->n_experts != 0;
+	/* a sharded save keeps its config in .hf_metadata/, a checkpoint at its root */
+	qv_cfg_load(&m->scan, qv_dcp_detect(&m->scan, m->st_of) ? ".hf_metadata/config.json" :
+		    "config.json", &m->cfg);
 	if (qv_dcp_detect(&m->scan, m->st_of)) {
 		rc = qv_dcp_build(&m->scan, m->st_of, m->src_of, o->max_file ? o->max_file : 5000000000ULL,
 				  &m->dcp, err, errlen);
 		if (rc)
 			return rc;
 		m->sharded = true;
-		rc = check_experts(m, err, errlen);
+		rc = qv_dcpcheck(&m->dcp, &m->scan, &m->cfg, err, errlen);
 		if (rc)
 			return rc;
 		/* the rank files' own tensor lists are not needed past this point (the chunks know
@@ -194,14 +206,27 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 		for (size_t i = 0; i < m->dcp.nt && !m->n_experts; i++)
 			if (qv_plan_key_is_expert(m->dcp.t[i].name) && m->dcp.t[i].ndim)
 				m->n_experts = m->dcp.t[i].shape[0];
+		m->qwen_experts = m->n_experts != 0;
 	}
+	if (!m->qwen_experts)
+		generic_experts(m);
+	if (o->ep_size && !m->n_experts && per_expert_key(m))
+		return qv_err(err, errlen, -EINVAL,
+			      "%s: ep_size given, but the experts are saved one tensor per expert "
+			      "(\"%s\"): slicing cuts stacked expert tensors [experts, ...] on dim 0, "
+			      "and per-expert keys have no dim to cut",
+			      src, per_expert_key(m));
 	if (o->ep_size && !m->n_experts)
-		return qv_err(err, errlen, -EINVAL, "%s: ep_size given but no expert tensors found",
-			      src);
-	if (o->ep_size && m->n_experts % o->ep_size)
-		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
-		       (unsigned long long)m->n_experts, o->ep_size,
-		       (unsigned long long)(m->n_experts % o->ep_size));
+		return qv_err(err, errlen, -EINVAL,
+			      "%s: ep_size given but no expert tensors found (Qwen3-VL-MoE's "
+			      "language_model.layers.N.mlp.experts.{gate_up_proj,down_proj}, or "
+			      "\".mlp.experts.\" tensors whose dim 0 is %s's expert count%s)",
+			      src, m->cfg.rel, m->cfg.experts.v ? "" : ", which it does not state");
+	if (o->view_set && o->view == QV_NAMING_NATIVE && m->src_naming == QV_NAMING_HF &&
+	    !m->qwen_experts)
+		qv_log("view=native: %s is not a Qwen3-VL-MoE checkpoint (no language_model.layers.N"
+		       ".mlp.experts.{gate_up_proj,down_proj}): there is nothing to rename, the view "
+		       "keeps the source's names", src);
 	rc = qv_plan_count(o->ep_size, !o->ep_rank_set, o->shard_size, !o->shard_rank_set,
 			   &m->nplans, err, errlen);
 	if (rc)
@@ -215,6 +240,11 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 		if (rc)
 			return rc;
 	}
+	/* more ranks than experts is refused when the view is built: no warning before that */
+	if (o->ep_size && o->ep_size <= m->n_experts && m->n_experts % o->ep_size)
+		qv_log("%llu experts do not divide by ep_size=%u: the first %llu ranks hold one more",
+		       (unsigned long long)m->n_experts, o->ep_size,
+		       (unsigned long long)(m->n_experts % o->ep_size));
 	return 0;
 }
 

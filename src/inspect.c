@@ -245,6 +245,7 @@ int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan 
 		return qv_err(err, errlen, -ENOMEM, "%s: out of memory", QV_HIDDEN);
 	/* filled on first use: a mount whose inspection folder nobody opens pays nothing */
 	h->inspect = true;
+	h->uncounted = true; /* its files show the view's bytes again: statfs counts them once */
 	h->gen = g;
 	h->hplan = p;
 	/* the builders below keep names unique: this is the last word on the folder */

@@ -4,6 +4,7 @@
 #include "qv_fs.h"
 #include "qv_gpu.h"
 #include "qv_inspect_cli.h"
+#include "qv_mntpt.h"
 #include "qv_opts.h"
 #include "qv_stage.h"
 #include "qv_stage_cli.h"
@@ -134,6 +135,10 @@ int main(int argc, char *argv[])
 		goto out_opts;
 	if (o.log && (rc = qv_log_open(o.log))) {
 		qv_log("log=%s: %s", o.log, strerror(-rc));
+		goto out_opts;
+	}
+	if (qv_mntpt_check(o.source, copts.mountpoint, o.overmount, err, sizeof(err))) {
+		qv_log("%s", err);
 		goto out_opts;
 	}
 	qv_opts_faults(&mo);

@@ -32,6 +32,9 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("direct_io", direct_io),
 	OPT("splice", splice),
 	OPT("nosplice", nosplice),
+	OPT("inspect_dir=%s", inspect_dir),
+	OPT("allow_empty", allow_empty),
+	OPT("overmount", overmount),
 	OPT("ep_shared", ep_shared),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
 	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so main adds none */
@@ -163,6 +166,12 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 			return -EINVAL;
 		*gpu = (int)dev;
 	}
+	/* like ZFS's snapdir=hidden: reachable by path, but du, cp -r and rsync, which walk
+	 * listings, do not count the raw tensors twice */
+	if (o->inspect_dir && strcmp(o->inspect_dir, "hidden") && strcmp(o->inspect_dir, "visible"))
+		return qv_log("inspect_dir=%s: expected hidden or visible", o->inspect_dir), -EINVAL;
+	mo->inspect_visible = o->inspect_dir && !strcmp(o->inspect_dir, "visible");
+	mo->allow_empty = o->allow_empty;
 	mo->max_file = o->max_file;
 	mo->ep_shared = o->ep_shared;
 	rc = check_slicing(o, mo);
@@ -344,6 +353,7 @@ void qv_opts_free(struct qv_options *o)
 	free(o->ep_rank);
 	free(o->shard_size);
 	free(o->shard_rank);
+	free(o->inspect_dir);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -365,6 +375,10 @@ void qv_opts_help(void)
 	       "    -o direct_io           bypass the page cache for read() (mmap still works)\n"
 	       "    -o splice              reply to a read of one run of one source with its\n"
 	       "                           pages (splice), not a copy (default off; nosplice)\n"
+	       "    -o inspect_dir=visible list .qvlmoefs/ in folder listings (default hidden:\n"
+	       "                           reachable by path only, so du and cp -r skip it)\n"
+	       "    -o allow_empty         mount a source that has no *.safetensors file\n"
+	       "    -o overmount           mount on a folder that is already a mount point\n"
 	       "    -o readahead_kb=N      the mount's readahead when run as root, 0 to %u\n"
 	       "                           (default 4096; 0: none)\n"
 	       "    -o gpu=N               stage expert tensors on CUDA device N in the background\n"

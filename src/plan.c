@@ -192,6 +192,24 @@ int qv_plan_map_key(const struct qv_plan *p, const char *key, char **out, bool *
 	return *out ? 1 : -ENOMEM;
 }
 
+bool qv_plan_generic_name(const char *key)
+{
+	const char *s = strstr(key, ".mlp.experts.");
+
+	return s && s[13] && !isdigit((unsigned char)s[13]);
+}
+
+int qv_plan_map_tensor(const struct qv_plan *p, const struct qv_tensor *t, char **out,
+		       bool *expert)
+{
+	int rc = qv_plan_map_key(p, t->name, out, expert);
+
+	if (rc == 1 && !*expert && p->o.generic_experts && t->ndim >= 2 &&
+	    t->shape[0] == p->o.generic_experts)
+		*expert = qv_plan_generic_name(t->name);
+	return rc;
+}
+
 bool qv_plan_expert_in(enum qv_naming naming, const char *key)
 {
 	const char *layer;

@@ -151,7 +151,8 @@ void qv_tree_commit(struct qv_tree *t)
 
 		t->pending = n->link;
 		n->link = 0;
-		atomic_fetch_add(&t->bytes, n->vf.size);
+		if (!n->uncounted)
+			atomic_fetch_add(&t->bytes, n->vf.size);
 		atomic_fetch_add(&t->nlive, 1);
 		atomic_store_explicit(&n->state, QV_NODE_LIVE, memory_order_release);
 	}
@@ -177,7 +178,8 @@ void qv_tree_free_owned(struct qv_tree *t, const struct qv_gen *owner)
 
 		if (atomic_load(&n->state) != QV_NODE_LIVE || n->gen != owner)
 			continue;
-		atomic_fetch_sub(&t->bytes, n->vf.size);
+		if (!n->uncounted)
+			atomic_fetch_sub(&t->bytes, n->vf.size);
 		atomic_fetch_sub(&t->nlive, 1);
 		node_clear(n); /* state FREE: its inode number now answers as absent */
 		slot_give(t, i);
@@ -207,6 +209,7 @@ struct qv_node *qv_tree_add(struct qv_tree *t, struct qv_node *dir, const char *
 	n->up = dir;
 	n->folder = dir->lazy >= 0 ? dir->lazy : dir->folder;
 	n->gen = dir->gen;
+	n->uncounted = dir->uncounted;
 	n->uid = dir->uid;
 	n->gid = dir->gid;
 	n->mode = isdir ? dir->mode : dir->mode & 0444;

@@ -138,7 +138,7 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		char *key;
 		bool expert;
 
-		rc = qv_plan_map_key(p, t->name, &key, &expert);
+		rc = qv_plan_map_tensor(p, t, &key, &expert);
 		if (rc <= 0)
 			continue; /* dropped, or out of memory */
 		if ((part == QV_PART_DENSE && expert) || (part == QV_PART_EXPERTS && !expert)) {
@@ -326,7 +326,7 @@ static int has_part(const struct qv_plan *p, const struct qv_st *st, enum qv_par
 	for (size_t i = 0; i < st->nt; i++) {
 		char *key;
 		bool expert;
-		int rc = qv_plan_map_key(p, st->t[i].name, &key, &expert);
+		int rc = qv_plan_map_tensor(p, &st->t[i], &key, &expert);
 
 		free(key);
 		if (rc < 0)
@@ -493,10 +493,11 @@ int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_
 		struct qv_cut cut;
 		char *key, why[QV_ERRLEN];
 		bool expert;
-		int rc = qv_plan_map_key(p, x->name, &key, &expert);
+		int rc;
 
-		free(key);
 		memcpy(t.shape, x->shape, sizeof(t.shape));
+		rc = qv_plan_map_tensor(p, &t, &key, &expert);
+		free(key);
 		if (rc < 0)
 			return qv_err(err, errlen, rc, "out of memory");
 		if (rc == 1 && expert && qv_plan_cut(p, &t, &cut, why, sizeof(why)))
@@ -510,7 +511,7 @@ int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_
 			struct qv_cut cut;
 			char *key, why[QV_ERRLEN];
 			bool expert;
-			int rc = qv_plan_map_key(p, st->t[k].name, &key, &expert);
+			int rc = qv_plan_map_tensor(p, &st->t[k], &key, &expert);
 
 			free(key);
 			if (rc < 0)

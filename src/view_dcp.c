@@ -65,10 +65,10 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 
 		if (x->file != k)
 			continue;
-		rc = qv_plan_map_key(p, x->name, &key, &expert);
+		memcpy(t.shape, x->shape, sizeof(t.shape));
+		rc = qv_plan_map_tensor(p, &t, &key, &expert);
 		if (rc <= 0)
 			continue;
-		memcpy(t.shape, x->shape, sizeof(t.shape));
 		rc = expert ? qv_plan_cut(p, &t, &cut, why, sizeof(why)) : 0;
 		if (rc) {
 			free(key);
@@ -126,7 +126,8 @@ static int build_index(struct qv_fkeys *fk, uint32_t nfiles, struct qv_node *n, 
 	return rc;
 }
 
-/* .hf_metadata's files (not the mapping) appear at the root, as a consolidated save has them. */
+/* .hf_metadata's files appear at the root, as Automodel's consolidated/ has them: all but its
+ * two helper mappings (file indexes, original dtypes), which it leaves out too. */
 static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *dn)
 {
 	const struct qv_snode *root = &g->scan.n[0];
@@ -142,7 +143,8 @@ static int metadata_files(struct qv_tree *t, struct qv_gen *g, struct qv_node *d
 			const struct qv_snode *f = &g->scan.n[si];
 			struct qv_node *n;
 
-			if (S_ISDIR(f->st.st_mode) || si == g->dcp.map_node)
+			if (S_ISDIR(f->st.st_mode) || si == g->dcp.map_node ||
+			    !strcmp(f->name, "fqn_to_dtype_mapping.json"))
 				continue;
 			if (qv_tree_lookup_unsorted(t, dn, f->name)) {
 				qv_log("%s: the root has a file of that name; it wins", f->rel);

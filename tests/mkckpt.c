@@ -42,7 +42,7 @@ static const struct field_opt flag_opts[] = {
 	FLAG("no-prefix", no_prefix), FLAG("sparse", sparse), FLAG("unpadded", unpadded),
 	FLAG("shuffle-keys", shuffle), FLAG("no-metadata", no_metadata),
 	FLAG("scale-inv", scale_inv), FLAG("extra-state", extra_state), FLAG("no-index", no_index),
-	FLAG("dense-split", dense_split),
+	FLAG("dense-split", dense_split), FLAG("empty-chunks", empty_chunks),
 };
 
 /* Print the one-line error and hand err back, so callers can "return fail(...)". */
@@ -96,7 +96,13 @@ static void usage(void)
 	       "    --save-shard-size K               W/K expert-parallel groups x K: experts\n"
 	       "                                      also cut on dim 1 (default 1)\n"
 	       "    --dense-split                     cut dense tensors on dim 0 over all ranks\n"
+	       "    --dense-dim D                     the dim --dense-split cuts (0 or 1, default 0)\n"
+	       "    --empty-chunks                    --dense-split as FSDP2 does (ceil(n/W) per\n"
+	       "                                      rank), empty trailing chunks written\n"
 	       "    --sharded-drop-rank R             leave rank R's file out\n"
+	       "    --arch qwen3vl|llama|moe|gptoss   model schema (default qwen3vl): Llama-style\n"
+	       "                                      dense, per-expert MoE (experts.J.*), GPT-OSS\n"
+	       "                                      stacked experts, all under model.layers.N\n"
 	       "    -h, --help                        this text\n");
 }
 
@@ -126,6 +132,7 @@ static int parse_choice(const char *opt, const char *arg, const char *const *cho
 }
 
 enum { OPT_PRESET = 0x100, OPT_SEED, OPT_NAMING, OPT_ORDER, OPT_SAVE, OPT_SAVE_SHARD, OPT_DROP,
+       OPT_ARCH, OPT_DENSE_DIM,
        OPT_FLAG = 0x200, OPT_DIM = 0x300 };
 #define MAX_RANKS 99999		/* rank file names have five digits */
 
@@ -137,6 +144,8 @@ static const struct option fixed_opts[] = {
 	{ "sharded-save", required_argument, NULL, OPT_SAVE },
 	{ "save-shard-size", required_argument, NULL, OPT_SAVE_SHARD },
 	{ "sharded-drop-rank", required_argument, NULL, OPT_DROP },
+	{ "arch", required_argument, NULL, OPT_ARCH },
+	{ "dense-dim", required_argument, NULL, OPT_DENSE_DIM },
 	{ "help", no_argument, NULL, 'h' },
 };
 
@@ -145,6 +154,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 {
 	static const char *const namings[] = { "hf", "native", NULL };
 	static const char *const orders[] = { "writer", "name", "reverse", NULL };
+	static const char *const archs[] = { "qwen3vl", "llama", "moe", "gptoss", NULL };
 	struct option lo[ARRAY_SIZE(fixed_opts) + ARRAY_SIZE(flag_opts) + ARRAY_SIZE(dim_opts) + 1];
 	struct option *l = lo;
 	uint64_t dims[ARRAY_SIZE(dim_opts)];
@@ -181,6 +191,10 @@ static void parse_args(int argc, char **argv, struct opts *o)
 			o->save_shard = parse_u64("save-shard-size", optarg, 1, MAX_RANKS);
 		} else if (c == OPT_DROP) {
 			o->drop_rank = parse_u64("sharded-drop-rank", optarg, 0, MAX_RANKS - 1);
+		} else if (c == OPT_ARCH) {
+			o->arch = (enum arch)parse_choice("--arch", optarg, archs);
+		} else if (c == OPT_DENSE_DIM) {
+			o->dense_dim = parse_u64("dense-dim", optarg, 0, 1);
 		} else if (c == 'h') {
 			usage();
 			exit(0);
@@ -229,7 +243,7 @@ int main(int argc, char **argv)
 	if (err)
 		goto out_free;
 	printf("wrote %s: %zu tensors, %" PRIu64 " bytes in %" PRIu64 " %s\n", o.outdir, tl.n,
-	       total, o.save_ranks ? o.save_ranks : o.m.shards,
+	       total, o.save_ranks ? o.save_ranks - (o.drop_rank != NO_RANK) : o.m.shards,
 	       o.save_ranks ? "rank files" : "shards");
 	free(tl.v);
 	return 0;

@@ -30,6 +30,13 @@ struct model {
 
 enum data_order { ORDER_WRITER, ORDER_NAME, ORDER_REVERSE };
 
+/* --arch: the model schema (mkckpt_qwen.c for Qwen3-VL-MoE, mkckpt_models.c the others). */
+enum arch { ARCH_QWEN, ARCH_LLAMA, ARCH_MOE, ARCH_GPTOSS };
+
+/* A shape as (ndim, dims): SHAPE(e, h, 2 * in). */
+#define SHAPE(...) (unsigned)(sizeof((const uint64_t[]){ __VA_ARGS__ }) / sizeof(uint64_t)), \
+	(const uint64_t[]){ __VA_ARGS__ }
+
 struct opts {
 	struct model m;
 	uint64_t seed;
@@ -39,7 +46,9 @@ struct opts {
 	int scale_inv, extra_state, no_index;
 	/* --sharded-save W (0: a normal checkpoint), --save-shard-size K, --sharded-drop-rank */
 	uint64_t save_ranks, save_shard, drop_rank;
-	int dense_split;
+	int dense_split, empty_chunks;
+	uint64_t dense_dim;	/* --dense-dim: the dimension --dense-split cuts */
+	enum arch arch;
 };
 
 /*
@@ -86,8 +95,19 @@ extern const struct model presets[];
 void check_model(struct model *m);
 /* Append every tensor of the checkpoint to tl in module order; 0 or tl->err. */
 int build_tensors(struct tlist *tl, const struct opts *o);
-/* Write config.json for m into dirfd; failures are reported. */
-int write_config(int dirfd, const struct model *m);
+/* Attention and norms of decoder layer b, in module order (every architecture's layers). */
+void add_attention(struct tlist *tl, const struct model *m, const char *b);
+/* Write config.json for o's model into dirfd; failures are reported. */
+int write_config(int dirfd, const struct opts *o);
+/* Append a tensor with a printf-built name; shape x dtype size must fit in 64 bits. */
+void __attribute__((format(printf, 5, 6)))
+tl_add(struct tlist *tl, enum dtype dt, unsigned ndim, const uint64_t *shape, const char *fmt, ...);
+
+/* mkckpt_models.c: --arch llama|moe|gptoss */
+/* Append every tensor of o->arch's model to tl in module order; 0 or tl->err. */
+int build_other(struct tlist *tl, const struct opts *o);
+/* Write config.json of a model of arch a into dirfd; failures are reported. */
+int write_config_other(int dirfd, const struct model *m, enum arch a);
 /* Write the tokenizer and generation files into dirfd; failures are reported. */
 int write_static_files(int dirfd);
 

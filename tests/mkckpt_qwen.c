@@ -34,12 +34,8 @@ const struct model presets[] = {
 	  .vheads = 16, .patch = 16, .shards = 96, .deepstack = { 8, 16, 24 }, .n_deepstack = 3 },
 };
 
-/* A shape as (ndim, dims): SHAPE(e, h, 2 * in). */
-#define SHAPE(...) (unsigned)(sizeof((const uint64_t[]){ __VA_ARGS__ }) / sizeof(uint64_t)), \
-	(const uint64_t[]){ __VA_ARGS__ }
-
 /* Append a tensor with a printf-built name; shape x dtype size must fit in 64 bits. */
-static void __attribute__((format(printf, 5, 6)))
+void __attribute__((format(printf, 5, 6)))
 tl_add(struct tlist *tl, enum dtype dt, unsigned ndim, const uint64_t *shape, const char *fmt, ...)
 {
 	struct tensor *t;
@@ -134,21 +130,29 @@ static void add_vision(struct tlist *tl, const struct model *m, const char *p)
 	}
 }
 
-/* One decoder layer, in module order, plus the optional quirk tensors. */
-static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uint64_t l)
+/* Attention and norms of one decoder layer b ("model.layers.N"), in module order; every
+ * architecture starts its layers with them. */
+void add_attention(struct tlist *tl, const struct model *m, const char *b)
 {
-	const struct model *m = &o->m;
 	uint64_t h = m->hidden, q = m->heads * m->head_dim, kv = m->kv_heads * m->head_dim;
-	uint64_t e = m->experts, in = m->moe_inter, hd = m->head_dim;
-	char b[NAME_MAX_LEN];
 
-	snprintf(b, sizeof(b), "%slanguage_model.layers.%" PRIu64, p, l);
 	tl_add(tl, DT_BF16, SHAPE(h), "%s.input_layernorm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(h), "%s.post_attention_layernorm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(q, h), "%s.self_attn.q_proj.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(kv, h), "%s.self_attn.k_proj.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(kv, h), "%s.self_attn.v_proj.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(h, q), "%s.self_attn.o_proj.weight", b);
+}
+
+/* One decoder layer, in module order, plus the optional quirk tensors. */
+static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uint64_t l)
+{
+	const struct model *m = &o->m;
+	uint64_t h = m->hidden, e = m->experts, in = m->moe_inter, hd = m->head_dim;
+	char b[NAME_MAX_LEN];
+
+	snprintf(b, sizeof(b), "%slanguage_model.layers.%" PRIu64, p, l);
+	add_attention(tl, m, b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.q_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.k_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(e, h), "%s.mlp.gate.weight", b);
@@ -169,6 +173,8 @@ int build_tensors(struct tlist *tl, const struct opts *o)
 	const struct model *m = &o->m;
 	const char *p = o->no_prefix ? "" : "model.";
 
+	if (o->arch != ARCH_QWEN)
+		return build_other(tl, o);
 	add_vision(tl, m, p);
 	tl_add(tl, DT_BF16, SHAPE(m->vocab, m->hidden), "%slanguage_model.embed_tokens.weight", p);
 	for (uint64_t l = 0; l < m->layers; l++)
@@ -195,12 +201,15 @@ void check_model(struct model *m)
 }
 
 /* config.json: the fields loaders read to rebuild shapes, mirroring the real checkpoints. */
-int write_config(int dirfd, const struct model *m)
+int write_config(int dirfd, const struct opts *o)
 {
+	const struct model *m = &o->m;
 	uint64_t half = m->head_dim / 2, hw = half * 5 / 16;	/* mrope [24,20,20] at 128 */
 	struct sbuf sb = { 0 };
 	int err;
 
+	if (o->arch != ARCH_QWEN)
+		return write_config_other(dirfd, m, o->arch);
 	sb_printf(&sb, "{\n  \"architectures\": [\"Qwen3VLMoeForConditionalGeneration\"],\n"
 		  "  \"model_type\": \"qwen3_vl_moe\",\n  \"image_token_id\": 151655,\n"
 		  "  \"video_token_id\": 151656,\n  \"vision_start_token_id\": 151652,\n"

@@ -435,6 +435,6 @@ int write_checkpoint(int dirfd, struct tlist *tl, uint64_t total, const struct o
 	}
 	if (!o->no_index && (err = write_index(dirfd, tl, total, o)))
 		return err;
-	err = write_config(dirfd, &o->m);
+	err = write_config(dirfd, o);
 	return err ? err : write_static_files(dirfd);
 }

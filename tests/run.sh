@@ -19,6 +19,8 @@ tally() { # add up the "N passed, N failed[, N skipped]" line of a suite's log
 }
 
 log=$(mktemp)
+snap=$(mktemp)
+tests/sysdirs.sh snap "$snap" # compared at the end: the suite changes nothing outside its folders
 echo "== unit tests"
 "$BUILD/unit" | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || grep -q ' failed' "$log" || fail=$((fail + 1))
@@ -34,7 +36,10 @@ echo "== integration tests (real mounts, pytest)"
 # Debian's python3-pytest lives with /usr/bin/python3, whatever python3 comes first on PATH
 BUILD=$BUILD /usr/bin/python3 -m pytest tests/integration ${PYTEST_ARGS:-} | tee "$log"
 tally "$log" integration
-rm -f "$log" "$log.s"
+echo "== the machine's folders (/usr/local, /sbin, /etc) as they were"
+tests/sysdirs.sh check "$snap" | tee "$log"
+tally "$log" sysdirs
+rm -f "$log" "$log.s" "$snap"
 echo
 if [ "$skip" -gt 0 ]; then
 	echo "$pass passed, $fail failed, $skip skipped"

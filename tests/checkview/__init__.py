@@ -36,7 +36,7 @@ def check_args(args, quiet=True):
 
 
 def check(src, view, view_naming=None, exclude=DEFAULT_EXCLUDE, ep_size=None, ep_rank=None,
-          ep_shard_size=None, ep_shard_rank=None, mmap="shared", quiet=True):
+          ep_shard_size=None, ep_shard_rank=None, mmap="auto", quiet=True):
     """Check VIEW against SRC with the same options (and validation) as the command line."""
     argv = [str(src), str(view), "--exclude", exclude, "--mmap", mmap]
     for flag, value in (("--view", view_naming), ("--ep-size", ep_size), ("--ep-rank", ep_rank),

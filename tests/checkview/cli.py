@@ -19,8 +19,9 @@ def parse_args(argv):
     p.add_argument("--ep-rank", type=int, metavar="R")
     p.add_argument("--ep-shard-size", type=int, metavar="K")
     p.add_argument("--ep-shard-rank", type=int, metavar="S")
-    p.add_argument("--mmap", choices=["shared", "private", "none"], default="shared",
-                   help="how shards are mapped to compare mmap with read() (private: for -o direct_io)")
+    p.add_argument("--mmap", choices=["auto", "shared", "private", "none"], default="auto",
+                   help="how shards are mapped to compare mmap with read() (auto: MAP_SHARED, "
+                   "else MAP_PRIVATE as under -o direct_io, else read() alone)")
     p.add_argument("--selftest", action="store_true", help="check the checker on hand-built views")
     a = p.parse_args(argv)
     if a.selftest:

@@ -20,8 +20,15 @@ class Report:
 
     def __init__(self, quiet=False):
         """Start with no mismatches and zero counters."""
-        self.quiet, self.errors = quiet, []
+        self.quiet, self.errors, self.notes = quiet, [], []
         self.files = self.tensors = self.bytes = 0
+
+    def note(self, what):
+        """Say something once that is no mismatch (how the check had to be made)."""
+        if what not in self.notes:
+            self.notes.append(what)
+            if not self.quiet:
+                print(f"check_view: note: {what}", file=sys.stderr)
 
     def bad(self, path, what):
         """Record one mismatch line."""
@@ -171,11 +178,34 @@ def compare_tensor(stream, fd, pos, extents, src_fd):
     return done, None
 
 
-def check_shard(rep, rel, vpath, spath, sh, mmap_kind="shared"):
+MAPS = {"shared": {"access": mmap.ACCESS_READ},
+        "private": {"flags": mmap.MAP_PRIVATE, "prot": mmap.PROT_READ}}
+
+
+def compare_mmap(rep, rel, fd, digest, kind):
+    """Compare a mapping of fd with the read() bytes' digest. kind "auto" maps MAP_SHARED and,
+    where the mount refuses that (ENODEV: -o direct_io), MAP_PRIVATE, and where that fails too
+    keeps the read() check alone; each fallback is noted once. An explicit kind that fails to
+    map is a mismatch (the caller asked for that mapping)."""
+    for k in (["shared", "private"] if kind == "auto" else [kind]):
+        try:
+            with mmap.mmap(fd, 0, **MAPS[k]) as mm:
+                if hashlib.sha256(mm).digest() != digest:
+                    rep.bad(rel, f"mmap ({k}) contents differ from read() contents")
+                return
+        except OSError as e:
+            if kind != "auto":
+                return rep.bad(rel, f"mmap ({k}) failed: {e.strerror}")
+            rep.note(f"MAP_{k.upper()} mmap refused ({e.strerror}; a direct_io mount?)")
+    rep.note("compared read() only")
+
+
+def check_shard(rep, rel, vpath, spath, sh, mmap_kind="auto"):
     """Check one virtual safetensors file: header rules, metadata, tensor list, bytes, size.
 
-    mmap_kind says how the file is mapped to compare the mapping with read(): "shared" (the
-    default, MAP_SHARED), "private" (MAP_PRIVATE: what works under -o direct_io) or "none".
+    mmap_kind says how the file is mapped to compare the mapping with read(): "auto" (the
+    default: MAP_SHARED, else MAP_PRIVATE, else read() only, see compare_mmap), "shared",
+    "private" (MAP_PRIVATE: what works under -o direct_io) or "none".
     """
     fd, src_fd = os.open(vpath, os.O_RDONLY), os.open(spath, os.O_RDONLY)
     try:
@@ -218,11 +248,7 @@ def check_shard(rep, rel, vpath, spath, sh, mmap_kind="shared"):
         if stream.total != size:
             rep.bad(rel, f"read() returned {stream.total} bytes but stat says {size}")
         if 0 < size < MMAP_LIMIT and mmap_kind != "none":
-            how = {"access": mmap.ACCESS_READ} if mmap_kind == "shared" else \
-                {"flags": mmap.MAP_PRIVATE, "prot": mmap.PROT_READ}
-            with mmap.mmap(fd, 0, **how) as mm:
-                if hashlib.sha256(mm).digest() != stream.hash.digest():
-                    rep.bad(rel, "mmap contents differ from read() contents")
+            compare_mmap(rep, rel, fd, stream.hash.digest(), mmap_kind)
     finally:
         os.close(fd)
         os.close(src_fd)
@@ -302,7 +328,7 @@ def check(src, view, args, rep):
         vpath = os.path.join(view, rel)
         try:
             if rel in shards:
-                check_shard(rep, rel, vpath, path, shards[rel], getattr(args, "mmap", "shared"))
+                check_shard(rep, rel, vpath, path, shards[rel], getattr(args, "mmap", "auto"))
             elif os.path.basename(rel) == INDEX_NAME:
                 folder = os.path.dirname(rel)
                 check_index(rep, rel, vpath, path,

@@ -72,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	o.shard_size = data[3] % 5;
 	o.shard_rank = data[4] % 5;
 	if (qv_plan_init(&p, &o, err, sizeof(err)) == 0) {
-		if (qv_view_file(&p, &st, 0, data[2], "fuzz", &vf, &fk, err, sizeof(err)) == 0)
+		if (qv_view_file(&p, &st, 0, data[2], "fuzz", (enum qv_part)((data[0] >> 1) % 3),
+				 &vf, &fk, err, sizeof(err)) == 0)
 			check_view_file(&st, &vf);
 		qv_vfile_fini(&vf);
 		qv_fkeys_fini(&fk);

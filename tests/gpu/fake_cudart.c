@@ -187,12 +187,11 @@ cudaError_t cudaMalloc(void **p, size_t n)
 	return rc;
 }
 
-cudaError_t cudaFree(void *p)
+/* Unmap and forget the allocation at p (its memfd closed if it owns one). */
+static cudaError_t drop_alloc(void *p)
 {
-	struct alloc *a;
+	struct alloc *a = take_alloc(p);
 
-	ENTER();
-	a = take_alloc(p);
 	if (!a)
 		return INVALID_VALUE;
 	munmap(a->p, a->n);
@@ -200,6 +199,12 @@ cudaError_t cudaFree(void *p)
 		close(a->fd);
 	free(a);
 	return OK;
+}
+
+cudaError_t cudaFree(void *p)
+{
+	ENTER();
+	return drop_alloc(p);
 }
 
 cudaError_t cudaStreamCreateWithFlags(void **s, unsigned flags)
@@ -321,15 +326,8 @@ cudaError_t cudaIpcOpenMemHandle(void **p, struct handle64 handle, unsigned flag
 
 cudaError_t cudaIpcCloseMemHandle(void *p)
 {
-	struct alloc *a;
-
 	ENTER();
-	a = take_alloc(p);
-	if (!a)
-		return INVALID_VALUE;
-	munmap(a->p, a->n);
-	free(a);
-	return OK;
+	return drop_alloc(p); /* a mapped handle owns no memfd: its fd is -1 */
 }
 
 const char *cudaGetErrorString(cudaError_t e)

@@ -185,3 +185,54 @@ def fuse_missing():
     if shutil.which("fusermount3") is None:
         return "no /dev/fuse or fusermount3 on this machine"
     return None
+
+
+# What `make install` writes to (mount(8) finds helpers in /sbin only); the tests that install
+# for real do it in a private mount namespace where each of these is an overlay.
+SYSTEM_DIRS = ("/usr/local", "/sbin")
+
+
+def private_ns_missing():
+    """Why a private mount namespace with overlays cannot be made here, or None when it can."""
+    if os.getuid() != 0:
+        return "a private mount namespace with overlays needs root"
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is missing"
+    return None
+
+
+def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
+    """Run bash script in a private mount namespace (unshare -m --propagation private) in which
+    /usr/local and /sbin are overlays whose writes land under tmp/ns (and /run/mount, libmount's
+    utab, a tmpfs): `make install` and
+    `mount -t fuse.qvlmoefs` then work as on a machine where it was installed, and the machine
+    itself is never changed. Every qvlmoefs mount made inside is unmounted when the script ends
+    (the daemons exit), so nothing outlives the namespace. Returns the CompletedProcess."""
+    __tracebackhide__ = True
+    setup = ["set -e"]
+    for i, d in enumerate(SYSTEM_DIRS):
+        real = os.path.realpath(d)
+        up, work = tmp / "ns" / f"upper{i}", tmp / "ns" / f"work{i}"
+        up.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+        # a mount below the folder (a bind-mounted /usr/local/cuda) would vanish under the
+        # overlay, and a `make` inside would build without it: park it, then move it back
+        park = shlex.quote(str(tmp / "ns" / f"sub{i}"))
+        q = shlex.quote(real)
+        setup.append(f"subs{i}=$(findmnt -rn -o TARGET | grep '^'{q}/ | sort || true)")
+        setup.append(f"n=0; for s in $subs{i}; do n=$((n+1)); mkdir -p {park}/$n; "
+                     f"mount --rbind \"$s\" {park}/$n; done")
+        setup.append(f"mount -t overlay overlay -o lowerdir={q},"
+                     f"upperdir={shlex.quote(str(up))},workdir={shlex.quote(str(work))} {q}")
+        setup.append(f"n=0; for s in $subs{i}; do n=$((n+1)); mount --move {park}/$n \"$s\"; done")
+    # libmount records helper mounts in /run/mount/utab: a tmpfs there keeps that in here too
+    setup.append("if [ -d /run/mount ]; then mount -t tmpfs qvtest /run/mount; fi")
+    cleanup = ("qv_cleanup() { awk '$3 == \"fuse.qvlmoefs\" {print $2}' /proc/self/mounts | "
+               "sort -r | while read -r m; do fusermount3 -u \"$m\" 2>/dev/null || "
+               "umount -l \"$m\"; done; }\ntrap qv_cleanup EXIT")
+    body = "\n".join(setup + ["set +e", cleanup, "set -e", script])
+    # from a file, not bash -c: `pgrep -f` in a script must not find the shell running it
+    f = tmp / "ns" / "script.sh"
+    f.write_text(body + "\n")
+    return run("unshare", "-m", "--propagation", "private", "bash", f, check=False,
+               cwd=cwd, env=env, timeout=timeout)

@@ -5,7 +5,10 @@ target installs it, instead of stopping at a compiler error about a missing head
 layer check must hold the modules to the README's order and catch an upward include.
 """
 import os
+import re
 import shutil
+
+import pytest
 
 from helpers import PY, ROOT, run
 
@@ -49,3 +52,28 @@ def test_layer_check_catches_an_upward_include(tmp):
     p = run(PY, ROOT / "tests" / "check_layers.py", tmp, check=False)
     assert p.returncode != 0, p.stdout
     assert "src/tree.c: includes qv_mount.h, but 'mount' is above 'tree'" in p.stdout, p.stdout
+
+
+def test_no_build_output_tracked():
+    """Nothing built is tracked by git (build-san/ and build-tsan/ once were, so the tree was
+    dirty after a sanitizer run): no tracked file matches .gitignore or lies in a build folder,
+    and every build folder the README and CI use is ignored."""
+    if run("git", "-C", ROOT, "rev-parse", "--git-dir", check=False).returncode != 0:
+        pytest.skip("not a git checkout")
+    ignored = run("git", "-C", ROOT, "ls-files", "-ci", "--exclude-standard").stdout.split()
+    built = [f for f in run("git", "-C", ROOT, "ls-files").stdout.split()
+             if re.match(r"build[^/]*/", f) or f.endswith(".o")]
+    assert not ignored and not built, f"tracked build outputs: {(ignored + built)[:20]}"
+    for d in ("build", "build-san", "build-tsan", "build-valgrind"):
+        assert run("git", "-C", ROOT, "check-ignore", "-q", f"{d}/qvlmoefs",
+                   check=False).returncode == 0, f"{d}/ is not ignored by .gitignore"
+
+
+@pytest.mark.parametrize("harness", sorted(p.name for p in (ROOT / "tests" / "fuzz").glob("*.c")))
+def test_fuzz_harness_compiles(harness):
+    """Each fuzz harness still compiles against today's headers (make fuzz builds them with
+    clang's libFuzzer, which make check does not run), with the project's warnings as errors."""
+    flags = run("pkg-config", "--cflags", "fuse3", "libcjson").stdout.split()
+    p = run("cc", "-std=gnu11", "-D_GNU_SOURCE", f"-I{ROOT / 'include'}", "-Wall", "-Wextra",
+            "-Werror", *flags, "-fsyntax-only", str(ROOT / "tests" / "fuzz" / harness), check=False)
+    assert p.returncode == 0, f"tests/fuzz/{harness} does not compile:\n{p.stderr}"

@@ -4,13 +4,14 @@ and the node mount script.
 import json
 import os
 import re
+import shlex
 import struct
 import subprocess
 
 import pytest
 
 import helpers
-from helpers import BUILD, QV, ROOT, check_view, run, wait_for
+from helpers import BUILD, PY, QV, ROOT, check_view, run, wait_for
 
 
 def start_foreground(src, mnt, log):
@@ -42,22 +43,30 @@ def test_clean_unmount_exit_code(ckpt, fuse, tmp):
 
 
 def test_mount_t_fuse(ckpt, fuse, tmp):
-    """`mount -t fuse.qvlmoefs` works after make install (mount(8)-only options are dropped)."""
-    if os.getuid() != 0:
-        pytest.skip("mount -t needs root")
-    had = os.path.exists("/sbin/mount.fuse.qvlmoefs")
-    run("make", "-s", "-C", ROOT, "install", f"BUILD={BUILD}", "PREFIX=/usr/local", timeout=600)
-    try:
-        m = tmp / "m"
-        m.mkdir()
-        run("mount", "-t", "fuse.qvlmoefs", ckpt["hf"], m, "-o", "ro,view=native,nofail")
-        check_view(ckpt["hf"], m, "--view", "native")
-        with open("/proc/mounts") as f:
-            assert "fuse.qvlmoefs" in f.read()
-        run("umount", m, timeout=30)
-    finally:
-        if not had:
-            run("make", "-s", "-C", ROOT, "uninstall", "PREFIX=/usr/local")
+    """`mount -t fuse.qvlmoefs` works after make install (mount(8)-only options are dropped).
+    Installed and mounted in a private mount namespace whose /usr/local and /sbin are overlays,
+    so the machine's own folders are never written (the test used to install there)."""
+    why = helpers.private_ns_missing()
+    if why:
+        pytest.skip(why)
+    m = tmp / "m"
+    m.mkdir()
+    script = f"""
+make -s -C {shlex.quote(str(ROOT))} install BUILD={shlex.quote(BUILD)} >&2
+mount -t fuse.qvlmoefs {shlex.quote(str(ckpt["hf"]))} {shlex.quote(str(m))} -o ro,view=native,nofail
+grep -c " {m} fuse.qvlmoefs " /proc/mounts
+{shlex.quote(PY)} {shlex.quote(str(ROOT / "tests" / "check_view.py"))} {shlex.quote(str(ckpt["hf"]))} \
+    {shlex.quote(str(m))} --view native
+umount {shlex.quote(str(m))}
+"""
+    p = helpers.in_private_ns(tmp, script, timeout=600)
+    assert p.returncode == 0, helpers._show(["in_private_ns", script], p.returncode, p.stdout, p.stderr)
+    assert p.stdout.split()[0] == "1", p.stdout
+    assert not helpers.mountpoint(m), "the namespace's mount is visible outside it"
+    for d in helpers.SYSTEM_DIRS:
+        assert not os.path.exists(f"{d}/mount.fuse.qvlmoefs") and \
+            not os.path.exists(f"{d}/bin/qvlmoefs"), f"make install wrote to the real {d}"
+    assert (tmp / "ns" / "upper1" / "mount.fuse.qvlmoefs").is_file()
 
 
 # ---------------------------------------------------------------- malformed sources
@@ -123,10 +132,98 @@ def test_help_and_version():
     assert "qvlmoefs version" in run(QV, "-V", check=False).stdout
 
 
-def test_node_mount_script(ckpt, fuse, tmp):
-    """qvlmoefs-node-mount mounts all ranks, is idempotent, and rank folders are right."""
-    script, m = ROOT / "mount-scripts" / "qvlmoefs-node-mount", tmp / "m"
+NODE_MOUNT = ROOT / "mount-scripts" / "qvlmoefs-node-mount"
+
+
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
+def test_node_mount_script(ckpt, fuse, tmp, relative):
+    """qvlmoefs-node-mount mounts all ranks and is idempotent, also when the mount point is
+    given relative to the current folder (it used to mount a second time), and rank folders
+    are right."""
+    m = tmp / "m"
+    arg = "m" if relative else m
     env = dict(os.environ, QVLMOEFS=str(QV))
-    run(script, ckpt["e10"], m, 4, "view=native", env=env)
-    assert "already mounted" in run(script, ckpt["e10"], m, 4, env=env).stdout
+    run(NODE_MOUNT, ckpt["e10"], arg, 4, "view=native", env=env, cwd=tmp)
+    assert "already mounted" in run(NODE_MOUNT, ckpt["e10"], arg, 4, env=env, cwd=tmp).stdout
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
     check_view(ckpt["e10"], m / "ep-rank-2", "--ep-size", 4, "--ep-rank", 2)
+
+
+@pytest.mark.parametrize("change", ["ep_size", "source"])
+def test_node_mount_script_refuses_another_view(ckpt, fuse, tmp, change):
+    """Run again with another EP size (or source), the script fails naming what is mounted,
+    instead of saying "already mounted", exiting 0 and keeping the old view."""
+    m, env = tmp / "m", dict(os.environ, QVLMOEFS=str(QV))
+    run(NODE_MOUNT, ckpt["e10"], m, 4, env=env)
+    again = (ckpt["e10"], 2) if change == "ep_size" else (ckpt["hf"], 4)
+    p = run(NODE_MOUNT, again[0], m, again[1], env=env, check=False)
+    assert p.returncode != 0, f"exit 0 with {change} changed: {p.stdout}{p.stderr}"
+    assert "already mounted with ep_size=4" in p.stderr and "fusermount3 -u" in p.stderr, p.stderr
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
+    assert sorted(os.listdir(m)) == [f"ep-rank-{r}" for r in range(4)]
+
+
+# ---------------------------------------------------------------- mistakes refused before mounting
+
+def _copy_source(ckpt, tmp):
+    """A writable copy of the HF checkpoint under tmp (tests that put folders into it)."""
+    src = tmp / "src"
+    run("cp", "-r", ckpt["hf"], src)
+    return src
+
+
+# name: (make (source, mount point) in tmp, part of the message, option that allows it or None)
+MISTAKES = {
+    "empty_folder": (lambda c, t: (t / "empty", t / "m"), "no *.safetensors file", "allow_empty"),
+    "no_safetensors": (lambda c, t: (t / "cfg", t / "m"), "no *.safetensors file", "allow_empty"),
+    "mounted_twice": (lambda c, t: (c["hf"], t / "m"), "already a mount point", "overmount"),
+    "inside_source": (lambda c, t: (_copy_source(c, t), t / "src" / "sub"), "inside the source",
+                      None),
+    "source_itself": (lambda c, t: (_copy_source(c, t), t / "src"), "the source folder itself",
+                      None),
+    "holds_source": (lambda c, t: (_copy_source(c, t), t), "holds the source", None),
+    "regular_file": (lambda c, t: (c["hf"], t / "file"), "is not a folder", None),
+}
+
+
+@pytest.mark.parametrize("case", MISTAKES.values(), ids=MISTAKES.keys())
+def test_mount_mistake_refused(ckpt, mount, tmp, case):
+    """Mistakes that used to mount with exit 0 and fail later are refused before mounting with
+    one line (exit non-zero); the option named in the line mounts anyway where that can work."""
+    make, want, allow = case
+    (tmp / "empty").mkdir()
+    (tmp / "cfg").mkdir()
+    (tmp / "cfg" / "config.json").write_text("{}")
+    (tmp / "file").write_text("")
+    src, mnt = make(ckpt, tmp)
+    if not mnt.exists():
+        mnt.mkdir()
+    if want == "already a mount point":
+        mount(src, mnt)
+    before = helpers.mounts_below(tmp)
+    p = run(QV, src, mnt, check=False, stderr=subprocess.STDOUT, timeout=60)
+    out = p.stdout.rstrip("\n")
+    assert p.returncode != 0, f"exit 0 for the mistake {want!r}; output: {out}"
+    assert "\n" not in out and want in out, f"not one line saying {want!r}: {out}"
+    assert helpers.mounts_below(tmp) == before, f"something got mounted: {helpers.mounts_below(tmp)}"
+    if allow:
+        assert f"-o {allow}" in out, f"the message does not name -o {allow}: {out}"
+        run(QV, src, mnt, "-o", allow, timeout=60)
+        assert len(helpers.mounts_below(tmp)) == len(before) + 1
+        if allow == "allow_empty":
+            assert sorted(os.listdir(mnt)) == sorted(os.listdir(src))
+
+
+@pytest.mark.parametrize("opts", ["ep_size=16", "ep_size=16,ep_rank=5"])
+def test_ep_size_over_experts_is_one_line(ckpt, mount, tmp, opts):
+    """ep_size above the expert count (16 on the 8-expert sample) fails with the one line that
+    gives the accepted range, without the "do not divide" warning before it (which said that
+    the first 8 ranks would hold one more expert)."""
+    for args in ([QV, "inspect", ckpt["hf"], "-o", opts], None):
+        if args is None:
+            p = mount.fail(ckpt["hf"], None, "-o", opts, stderr=subprocess.STDOUT)
+        else:
+            p = run(*args, check=False, stderr=subprocess.STDOUT)
+            assert p.returncode != 0
+        out = p.stdout.rstrip("\n")
+        assert "\n" not in out and "give ep_size from 1 to 8" in out, out

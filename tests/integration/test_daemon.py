@@ -231,13 +231,32 @@ def test_man_page_renders():
     assert "SIGUSR1" in text, "the rendered man page does not mention SIGUSR1"
 
 
-def test_install_ships_binary_and_man_page(tmp):
-    """make install DESTDIR=... puts the binary and the man page where a package has them."""
+# PREFIX: (where the commands go, where the mount helper goes) below DESTDIR
+INSTALL_LAYOUTS = {"default": ([], "usr/local/bin", "sbin"),
+                   "prefix": (["PREFIX=/opt/qv"], "opt/qv/bin", "opt/qv/sbin")}
+
+
+@pytest.mark.parametrize("layout", INSTALL_LAYOUTS.values(), ids=INSTALL_LAYOUTS.keys())
+def test_install_ships_commands_and_man_page(tmp, layout):
+    """make install DESTDIR=... [PREFIX=...] puts every command the README calls (qvlmoefs,
+    qvlmoefs-mkckpt, qvlmoefs-node-mount), the mount helper and the man page below DESTDIR and
+    PREFIX, nowhere else (PREFIX= used to write /sbin anyway), with the helpers naming the
+    installed binary; uninstall removes them all."""
+    args, bindir, sbindir = layout
     d = tmp / "inst"
-    run("make", "-s", "-C", ROOT, "install", f"BUILD={BUILD}", f"DESTDIR={d}", timeout=600)
-    assert (d / "usr/local/share/man/man8/qvlmoefs.8").is_file()
-    binary = d / "usr/local/bin/qvlmoefs"
-    assert binary.is_file() and os.access(binary, os.X_OK)
+    run("make", "-s", "-C", ROOT, "install", f"BUILD={BUILD}", f"DESTDIR={d}", *args, timeout=600)
+    prefix = "/" + bindir.rsplit("/", 1)[0]
+    want = {f"{bindir}/qvlmoefs", f"{bindir}/qvlmoefs-mkckpt", f"{bindir}/qvlmoefs-node-mount",
+            f"{sbindir}/mount.fuse.qvlmoefs", f"{prefix[1:]}/share/man/man8/qvlmoefs.8"}
+    got = {str(p.relative_to(d)) for p in d.rglob("*") if not p.is_dir()}
+    assert got == want, f"installed {sorted(got)}, expected {sorted(want)}"
+    for f in want - {f"{prefix[1:]}/share/man/man8/qvlmoefs.8"}:
+        assert os.access(d / f, os.X_OK), f"{f} is not executable"
+    for f in (f"{bindir}/qvlmoefs-node-mount", f"{sbindir}/mount.fuse.qvlmoefs"):
+        assert f'BIN="{prefix}/bin/qvlmoefs"' in (d / f).read_text(), f"{f} does not name the binary"
+    assert "--experts" in run(d / bindir / "qvlmoefs-mkckpt", "--help", check=False).stdout
+    run("make", "-s", "-C", ROOT, "uninstall", f"DESTDIR={d}", *args)
+    assert not [p for p in d.rglob("*") if not p.is_dir()], "uninstall left files"
 
 
 def test_help_describes_inspect():

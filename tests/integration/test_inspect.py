@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import struct
+import subprocess
 
 import pytest
 
@@ -192,3 +193,56 @@ def test_inspect_error_is_the_mounts(mount, ckpt, tmp):
     print(out, end="")
     failed = mount.fail(d, tmp / "m")
     assert out.rstrip("\n") == (failed.stdout + failed.stderr).rstrip("\n")
+
+
+# ZFS's snapdir=hidden: reachable by path, left out of listings, counted once by statfs
+LISTINGS = {"default": ([], False), "hidden": (["-o", "inspect_dir=hidden"], False),
+            "visible": (["-o", "inspect_dir=visible"], True)}
+
+
+def view_files(root):
+    """Total size of the view's regular files below root, .qvlmoefs/ left out."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs
+               if ".qvlmoefs" not in os.path.relpath(d, root).split(os.sep))
+
+
+@pytest.mark.parametrize("case", LISTINGS.values(), ids=LISTINGS.keys())
+@pytest.mark.parametrize("layout", [[], ["-o", "ep_size=2"]], ids=["view", "rank_folders"])
+def test_inspect_dir_listed_only_when_asked(mount, ckpt, case, layout):
+    """.qvlmoefs/ is absent from folder listings (root and rank folders) unless
+    inspect_dir=visible, and reachable by path either way, so du, cp -r and rsync see each
+    tensor once."""
+    opts, visible = case
+    m = mount(ckpt["hf"], None, *layout, *opts)
+    roots = [m] if not layout else [m / "ep-rank-0", m / "ep-rank-1"]
+    for r in ([m] if layout else []) + roots:
+        assert (".qvlmoefs" in os.listdir(r)) == visible, f"{r}: {sorted(os.listdir(r))}"
+        assert (r / ".qvlmoefs" / "stats").is_file(), f"{r}/.qvlmoefs not reachable by path"
+    for r in roots:
+        assert (r / ".qvlmoefs" / "tensors").is_dir() and os.listdir(r / ".qvlmoefs" / "tensors")
+    if not visible:
+        du = int(run("du", "-sb", m).stdout.split()[0])
+        assert du == view_files(m), f"du -sb {m} = {du}, the view's files {view_files(m)}"
+        assert all(".qvlmoefs" not in d for d, _, _ in os.walk(m))
+
+
+@pytest.mark.parametrize("layout", [[], ["-o", "ep_size=2"]], ids=["view", "rank_folders"])
+def test_statfs_counts_each_byte_once(mount, ckpt, layout):
+    """df of a mount counts the view's files once, also after .qvlmoefs/ was filled (its
+    tensors/ repeat the view's bytes)."""
+    m = mount(ckpt["hf"], None, *layout)
+    roots = [m] if not layout else [m / "ep-rank-0", m / "ep-rank-1"]
+    for r in roots:  # fill the lazy folders, the inspection folders too
+        os.listdir(r)
+        os.listdir(r / ".qvlmoefs" / "tensors")
+        os.listdir(r / ".qvlmoefs" / "headers")
+    sv = os.statvfs(m)
+    want = view_files(m)
+    assert sv.f_blocks * sv.f_frsize == (want + 4095) // 4096 * 4096, \
+        f"statfs says {sv.f_blocks * sv.f_frsize} bytes, the view's files are {want}"
+
+
+def test_inspect_dir_bad_value_rejected(mount, ckpt):
+    """inspect_dir takes hidden or visible only."""
+    p = mount.fail(ckpt["hf"], None, "-o", "inspect_dir=shown", stderr=subprocess.STDOUT)
+    assert "inspect_dir=shown: expected hidden or visible" in p.stdout, p.stdout

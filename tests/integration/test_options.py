@@ -2,9 +2,9 @@
 fstab), one parser for the mount, inspect and stage, numbers checked with their range, the log
 of a detached daemon, and the fsname mount(8) shows.
 
-The mount(8) routes run in a private mount namespace (`unshare -m`): a tmpfs over /sbin
-there holds the mount helper, so nothing is installed on the machine and the mount itself
-is seen, checked and unmounted inside the namespace only.
+The mount(8) routes run in a private mount namespace (helpers.in_private_ns): /sbin there is
+an overlay that holds the mount helper, so nothing is installed on the machine and the mount
+itself is seen, checked and unmounted inside the namespace only.
 """
 import json
 import os
@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+import helpers
 from helpers import QV, ROOT, check_view, run, wait_for
 
 # A regex that means something else once a backslash is lost (\d would become d and match
@@ -46,25 +47,26 @@ def test_exclude_as_written_on_the_command_line(ckpt, mount):
 
 
 def in_private_ns(tmp, script, **env):
-    """Run sh script as root in a private mount namespace whose /sbin (a tmpfs there) holds
-    the mount helper made for this build, and whose /run/mount (libmount's utab) is a tmpfs
-    too: nothing outside tmp changes. $MNT is unmounted when the script ends, however."""
-    if os.getuid() != 0:
-        pytest.skip("mount -t and a private mount namespace need root")
-    preamble = r"""
+    """Run script as root in helpers.in_private_ns (writes to /sbin and /usr/local land under
+    tmp), with the mount helper made for this build in /sbin; $MNT and every other mount made
+    there is unmounted when it ends. Asserts it succeeded; returns the CompletedProcess."""
+    __tracebackhide__ = True
+    why = helpers.private_ns_missing()
+    if why:
+        pytest.skip(why)
+    install = r"""
 sbin=$(readlink -f /sbin)
-mount -t tmpfs -o mode=0755 qvtest "$sbin"
 sed "s|@BIN@|$QV|" "$HELPER" > "$sbin/mount.fuse.qvlmoefs"
 chmod 755 "$sbin/mount.fuse.qvlmoefs"
-if [ -d /run/mount ]; then mount -t tmpfs qvtest /run/mount; else mount -t tmpfs qvtest /run; fi
-trap 'umount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true' EXIT
 """
     mnt = tmp / "m"
     mnt.mkdir(exist_ok=True)
     env = {**os.environ, "QV": str(QV), "HELPER": str(HELPER), "MNT": str(mnt),
            "CHECK_VIEW": str(CHECK_VIEW), **{k: str(v) for k, v in env.items()}}
-    return run("unshare", "-m", "--propagation", "private", "sh", "-euc", preamble + script,
-               env=env, cwd=tmp, timeout=120)
+    p = helpers.in_private_ns(tmp, install + script, cwd=tmp, env=env, timeout=120)
+    assert p.returncode == 0, helpers._show(["in_private_ns", script], p.returncode, p.stdout,
+                                            p.stderr)
+    return p
 
 
 # mount(8) with the pattern in -o, or an fstab line (mount -T FILE), escaped or quoted

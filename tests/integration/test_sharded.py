@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from helpers import check_view
+from helpers import MK, QV, check_view, run
 
 # (name, mkckpt flags of the plain checkpoint, mkckpt flags of the sharded save)
 LAYOUTS = [
@@ -141,10 +141,11 @@ def gap(ckpt, tmp):
 # (builder, the pieces the one-line message holds, in this order)
 COVERAGE = [
     (hole, ["shard-00002-model-00001-of-00001.safetensors is missing"]),
-    (tail, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
-    (tail_local_experts, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
-    (tail_routed_experts, ["chunks cover experts [0, 6) of the 8", "rank file may be missing"]),
-    (duplicate, ["overlap"]),
+    (tail, ["dim 0 is 6, expected 8", "text_config.num_experts", "likely missing"]),
+    (tail_local_experts, ["dim 0 is 6, expected 8", "text_config.num_local_experts", "likely missing"]),
+    (tail_routed_experts, ["dim 0 is 6, expected 8", "'s n_routed_experts", "likely missing"]),
+    (duplicate, ["chunks overlap in dim 0 [4, 6)", "offsets [4, 0, 0] in shard-00003",
+                 "offsets [4, 0, 0] in shard-00004"]),
     (dtype_clash, ['tensor "w": chunks disagree on dtype']),
     (gap, ['tensor "w": no chunk covers dim 0 [2, 4)']),
 ]
@@ -159,3 +160,234 @@ def test_dcp_coverage_errors(mount, ckpt, tmp, build, pieces):
     print(out, end="")
     pattern = ".*".join(re.escape(piece) for piece in pieces)
     assert re.search(pattern, out, re.S), f"message lacks {pieces}: {out}"
+
+
+# ------------------------------------------------------------------- any model Automodel saves
+#
+# (name, mkckpt flags of the plain checkpoint, extra flags of its sharded save, W). Each layout
+# is mounted whole (byte-identical to the plain checkpoint), then broken four ways.
+ANY = [
+    ("dense-d0", ["--arch", "llama"], ["--dense-split"], 4),
+    ("dense-d1", ["--arch", "llama"], ["--dense-split", "--dense-dim", "1"], 4),
+    ("dense-empty", ["--arch", "llama", "--hidden", "20"], ["--dense-split", "--empty-chunks"], 8),
+    ("per-expert", ["--arch", "moe"], ["--dense-split"], 4),
+    ("per-expert-k2", ["--arch", "moe"], ["--dense-split", "--save-shard-size", "2"], 4),
+    ("stacked", ["--arch", "gptoss"], ["--dense-split", "--empty-chunks"], 4),
+    ("qwen-ep-k2", [], ["--dense-split", "--save-shard-size", "2"], 8),
+]
+ANY_IDS = [a[0] for a in ANY]
+RANK = "shard-{:05}-model-00001-of-00001.safetensors"
+
+
+def _any_save(ckpt, name, plain, extra, w, *more):
+    return ckpt.make(f"any-{name}" + "".join(more).replace("-", "_"), *plain, *extra,
+                     "--sharded-save", str(w), *more)
+
+
+@pytest.mark.parametrize("name,plain,extra,w", ANY, ids=ANY_IDS)
+def test_any_model_consolidated_equals_original(mount, ckpt, name, plain, extra, w):
+    """Dense (dim-0, dim-1 cuts, FSDP2's empty trailing chunks), per-expert MoE, GPT-OSS-style
+    stacked experts and Qwen3-VL-MoE with EP x expert shards: the mount is the checkpoint the
+    save was cut from, byte for byte."""
+    ref = ckpt.make(f"any-{name}-plain", *plain)
+    m = mount(_any_save(ckpt, name, plain, extra, w))
+    check_view(ref, m, "--view", "hf")
+
+
+def _header(path):
+    b = path.read_bytes()
+    n = struct.unpack("<Q", b[:8])[0]
+    return b, n, json.loads(b[8:8 + n])
+
+
+def _rewrite_header(path, change):
+    """Apply change(header) to a rank file's header, keeping its length (the data stays put)."""
+    b, n, h = _header(path)
+    change(h)
+    new = json.dumps(h, separators=(",", ":")).encode()
+    assert len(new) <= n, "the rewritten header does not fit"
+    path.write_bytes(b[:8] + new + b" " * (n - len(new)) + b[8 + n:])
+
+
+def _shared_key(d, r, pred=lambda k, v: True):
+    """A tensor of rank r's file that rank r-1's file also holds a chunk of."""
+    _, _, mine = _header(d / RANK.format(r + 1))
+    _, _, prev = _header(d / RANK.format(r))
+    keys = [k for k, v in mine.items() if k != "__metadata__" and k in prev and pred(k, v)]
+    assert keys, f"no tensor both in rank {r} and rank {r - 1}"
+    return keys[0]
+
+
+def _broken(ckpt, tmp, name, plain, extra, w, how):
+    """The layout's save, broken one way; returns (folder, pieces of the expected message)."""
+    if how == "last":
+        return (_any_save(ckpt, name, plain, extra, w, "--sharded-drop-rank", str(w - 1)),
+                [RANK.format(w) + f" (rank {w - 1})", "likely missing"])
+    if how == "middle":
+        return (_any_save(ckpt, name, plain, extra, w, "--sharded-drop-rank", "1"),
+                [RANK.format(2) + " is missing"])
+    d = tmp / f"{name}-{how}"
+    shutil.copytree(_any_save(ckpt, name, plain, extra, w), d)
+    r = w - 1 if how == "overlap" else 2
+    if how == "dtype":
+        key = _shared_key(d, r)
+
+        def change(h):
+            h[key]["dtype"] = "F16"  # as many bytes as BF16: only the dtype disagrees
+        _rewrite_header(d / RANK.format(r + 1), change)
+        return d, [f'tensor "{key}": chunks disagree on dtype', RANK.format(r + 1)]
+    # overlap: one chunk moved one row back along the dimension it is cut on
+    info_of = lambda h: json.loads(h["__metadata__"]["DCP_SHARDING_INFO"])
+    _, _, h = _header(d / RANK.format(r + 1))
+    info = info_of(h)
+    key = _shared_key(d, r, lambda k, v: any(info[k]["saved_offsets"]) and all(v["shape"]))
+    dim = next(i for i, o in enumerate(info[key]["saved_offsets"]) if o)
+
+    def move(h):
+        inf = info_of(h)
+        inf[key]["saved_offsets"][dim] -= 1
+        h["__metadata__"]["DCP_SHARDING_INFO"] = json.dumps(inf)
+    _rewrite_header(d / RANK.format(r + 1), move)
+    return d, [f'tensor "{key}": chunks overlap in', f"dim {dim} [", RANK.format(r + 1)]
+
+
+BROKEN = ["last", "middle", "dtype", "overlap"]
+
+
+@pytest.mark.parametrize("how", BROKEN)
+@pytest.mark.parametrize("name,plain,extra,w", ANY, ids=ANY_IDS)
+def test_any_model_broken_save_refused(mount, ckpt, tmp, name, plain, extra, w, how):
+    """Its last rank file missing, a middle one missing, a dtype clash, an overlap: each
+    refuses to mount with one line naming the tensor or the rank file."""
+    src, pieces = _broken(ckpt, tmp, name, plain, extra, w, how)
+    p = mount.fail(src, tmp / "m")
+    out = (p.stdout + p.stderr).strip()
+    print(out)
+    assert len(out.splitlines()) == 1, f"more than one line: {out}"
+    pattern = ".*".join(re.escape(piece) for piece in pieces)
+    assert re.search(pattern, out, re.S), f"message lacks {pieces}: {out}"
+
+
+# ------------------------------------------------------------- expert slicing of any model
+
+def _tensors(folder):
+    """{key: (dtype, shape, bytes)} of every *.safetensors file directly in folder."""
+    out = {}
+    for p in sorted(folder.glob("*.safetensors")):
+        b, n, h = _header(p)
+        for k, v in h.items():
+            if k != "__metadata__":
+                a, e = v["data_offsets"]
+                out[k] = (v["dtype"], v["shape"], b[8 + n + a:8 + n + e])
+    return out
+
+
+def _ep_range(n, w, r):
+    q, m = divmod(n, w)
+    return r * q + min(r, m), q + (r < m)
+
+
+def _expected_rank(ref, experts, w, r, k=1, s=0):
+    """ref's tensors as EP rank r of w (shard s of k) holds them: ".mlp.experts.NAME" tensors
+    whose dim 0 is the expert count cut on dim 0 (and dim 1 into k), the rest whole."""
+    import numpy as np
+    out = {}
+    for key, (dt, shape, raw) in ref.items():
+        stacked = ".mlp.experts." in key and not key.split(".mlp.experts.")[1][0].isdigit()
+        if not (stacked and len(shape) >= 2 and shape[0] == experts):
+            out[key] = (dt, shape, raw)
+            continue
+        a = np.frombuffer(raw, dtype=np.uint16).reshape(shape)  # BF16: two bytes an element
+        start, count = _ep_range(shape[0], w, r)
+        d1 = shape[1] // k
+        part = a[start:start + count, s * d1:(s + 1) * d1]
+        out[key] = (dt, list(part.shape), part.tobytes())
+    return out
+
+
+GPTOSS = ["--arch", "gptoss", "--experts", "10"]
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["checkpoint", "sharded-save"])
+@pytest.mark.parametrize("w,k", [(4, 1), (3, 1), (2, 2)])
+def test_ep_slices_stacked_experts_of_any_model(mount, ckpt, sharded, w, k):
+    """GPT-OSS-style stacked experts (model.layers.N.mlp.experts.gate_up_proj, no
+    language_model.), dim 0 = config.json's num_local_experts: -o ep_size slices them (and
+    their biases) for every rank, as a plain checkpoint and as a sharded save; the router and
+    every other tensor stay whole."""
+    ref_dir = ckpt.make("gptoss-e10", *GPTOSS)
+    src = ckpt.make("gptoss-e10-w4", *GPTOSS, "--sharded-save", "4", "--dense-split") \
+        if sharded else ref_dir
+    opts = f"ep_size={w}" + (f",ep_shard_size={k}" if k > 1 else "")
+    m = mount(src, None, "-o", opts)
+    ref = _tensors(ref_dir)
+    for r in range(w):
+        for s in range(k):
+            folder = m / (f"ep-rank-{r}" + (f"-shard-{s}" if k > 1 else ""))
+            got, want = _tensors(folder), _expected_rank(ref, 10, w, r, k, s)
+            assert sorted(got) == sorted(want), f"{folder.name}: other keys"
+            bad = [key for key in want if got[key] != want[key]]
+            assert not bad, f"{folder.name}: {len(bad)} tensors differ, e.g. {bad[:3]}"
+            sliced = [key for key in want if want[key] != ref[key]]
+            assert len(sliced) == 4 * 2, f"{folder.name}: sliced {sliced}"
+
+
+def test_ep_per_expert_keys_refused(mount, ckpt, tmp):
+    """Per-expert keys (experts.J.gate_proj.weight) have no expert dim to cut: ep_size is
+    refused with one line that says so."""
+    p = mount.fail(ckpt.make("any-per-expert-plain", "--arch", "moe"), tmp / "m", "-o", "ep_size=2")
+    out = (p.stdout + p.stderr).strip()
+    assert len(out.splitlines()) == 1 and "one tensor per expert" in out and \
+        ".mlp.experts.0." in out, out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gptoss"])
+def test_view_native_on_other_model_says_nothing_to_rename(mount, ckpt, tmp, arch):
+    """view=native on a model that is not Qwen3-VL-MoE mounts the source's names unchanged and
+    says at mount that there is nothing to rename."""
+    src = ckpt.make(f"any-{arch}-plain-v", "--arch", arch)
+    (tmp / "m").mkdir()
+    p = run(QV, src, tmp / "m", "-o", "view=native", check=False)
+    try:
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "nothing to rename" in p.stdout + p.stderr, p.stdout + p.stderr
+        check_view(src, tmp / "m", "--view", "hf")
+    finally:
+        run("fusermount3", "-u", tmp / "m", check=False)
+
+
+def test_dcp_helper_mappings_not_shown(mount, ckpt, tmp):
+    """Automodel's consolidated/ has .hf_metadata's files but its two helper mappings
+    (fqn_to_file_index_mapping.json, fqn_to_dtype_mapping.json): the mount's root likewise."""
+    d = tmp / "save"
+    shutil.copytree(ckpt.make("dcp-w4", "--sharded-save", "4"), d)
+    (d / ".hf_metadata" / "fqn_to_dtype_mapping.json").write_text('{"lm_head.weight": "BF16"}')
+    m = mount(d)
+    names = {p.name for p in m.iterdir()}
+    assert "config.json" in names and not names & {"fqn_to_file_index_mapping.json",
+                                                     "fqn_to_dtype_mapping.json"}, names
+
+
+def test_mkckpt_drop_rank_counts_files_written(tmp):
+    """qvlmoefs-mkckpt --sharded-drop-rank says how many rank files it wrote (3 of 4)."""
+    out = run(MK, "--sharded-save", "4", "--sharded-drop-rank", "3", tmp / "s").stdout
+    assert "in 3 rank files" in out and len(list((tmp / "s").glob("shard-*"))) == 3, out
+
+
+def test_ep_shared_splits_stacked_experts_of_any_model(mount, ckpt):
+    """-o ep_shared on GPT-OSS-style stacked experts: each rank folder's NAME-experts files hold
+    exactly its expert slices, the shared files every other tensor whole."""
+    ref_dir = ckpt.make("gptoss-e10", *GPTOSS)
+    m = mount(ref_dir, None, "-o", "ep_size=4,ep_shared")
+    ref = _tensors(ref_dir)
+    for r in range(4):
+        folder = m / f"ep-rank-{r}"
+        want = _expected_rank(ref, 10, 4, r)
+        experts = {k for p in folder.glob("*-experts.safetensors") for k in _tensors_of(p)}
+        assert experts == {k for k in want if want[k] != ref[k]}, f"{folder.name}: {experts}"
+        assert _tensors(folder) == want, f"{folder.name}: tensors differ"
+
+
+def _tensors_of(path):
+    _, _, h = _header(path)
+    return [k for k in h if k != "__metadata__"]

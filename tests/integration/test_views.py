@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from helpers import PY, check_view, run
+from helpers import PY, ROOT, check_view, run
 
 INDEX = "model.safetensors.index.json"
 
@@ -122,6 +122,25 @@ def test_direct_io_mmap(ckpt, mount):
         with pytest.raises(OSError) as e:
             mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         assert e.value.errno == errno.ENODEV
+
+
+CHECK_VIEW = ROOT / "tests" / "check_view.py"
+
+
+@pytest.mark.parametrize("mmap_opt", [[], ["--mmap", "auto"], ["--mmap", "shared"]],
+                         ids=["default", "auto", "shared"])
+def test_check_view_command_on_direct_io(ckpt, mount, mmap_opt):
+    """tests/check_view.py checks a direct_io mount as it is: by default it maps MAP_SHARED and,
+    refused (ENODEV), MAP_PRIVATE, saying so once; asked for MAP_SHARED it reports the refusal
+    as a mismatch, not as a traceback."""
+    m = mount(ckpt["hf"], None, "-o", "direct_io")
+    p = run(PY, CHECK_VIEW, ckpt["hf"], m, "--view", "native", *mmap_opt, check=False)
+    assert "Traceback" not in p.stderr, p.stderr
+    if mmap_opt[-1:] == ["shared"]:
+        assert p.returncode != 0 and "mmap (shared) failed" in p.stderr, p.stderr
+    else:
+        assert p.returncode == 0, f"{p.stdout}{p.stderr}"
+        assert p.stderr.count("MAP_SHARED mmap refused") == 1, p.stderr
 
 
 # ---------------------------------------------------------------- exclude patterns

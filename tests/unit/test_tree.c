@@ -69,6 +69,37 @@ out:
 	qv_tree_fini(&t);
 }
 
+TEST(tree_uncounted_folder_keeps_its_files_out_of_the_totals)
+{
+	struct qv_tree t;
+	struct qv_node *top, *h, *sub, *f, *g;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0) || !CHECK(top = small_tree(&t, OWNER_A)))
+		goto out;
+	/* an inspection folder: its files repeat the view's bytes, and so do its subfolders' */
+	h = qv_tree_add(&t, top, ".h", true, &T0);
+	if (!CHECK(h))
+		goto out;
+	h->uncounted = true;
+	sub = qv_tree_add(&t, h, "tensors", true, &T0);
+	f = sub ? qv_tree_add(&t, sub, "x", false, &T0) : NULL;
+	g = qv_tree_add(&t, h, "stats", false, &T0);
+	if (!CHECK(sub && f && g))
+		goto out;
+	CHECK(sub->uncounted && f->uncounted && g->uncounted && !top->uncounted);
+	f->vf.size = 1000;
+	g->vf.size = 10;
+	qv_tree_commit(&t);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 8); /* small_tree's 3 + 5 only */
+	CHECK_EQ_U64(qv_tree_count(&t), 7);
+	/* freeing takes back only what was counted: no wrap below zero */
+	qv_tree_free_owned(&t, OWNER_A);
+	CHECK_EQ_U64(qv_tree_bytes(&t), 0);
+	CHECK_EQ_U64(qv_tree_count(&t), 0);
+out:
+	qv_tree_fini(&t);
+}
+
 TEST(tree_abort_frees_the_batch)
 {
 	struct qv_tree t;

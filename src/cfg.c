@@ -1,0 +1,65 @@
+/* cfg.c - read the dimensions a config.json fixes. text_config wins over the top level: the
+ * tensors these dimensions are checked against are the language model's, and a vision-language
+ * config keeps the language model's sizes there. */
+#include "qv_cfg.h"
+#include "qv_util.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define MAX_CONFIG_BYTES (16u << 20)
+
+/* The first of names (NULL-terminated) that is a positive integer in text_config, else at the
+ * top level, into d. */
+static void dim(const cJSON *top, const char *const *names, struct qv_cfg_dim *d)
+{
+	const cJSON *where[2] = { cJSON_GetObjectItemCaseSensitive(top, "text_config"), top };
+
+	for (size_t w = 0; w < 2; w++)
+		for (size_t k = 0; cJSON_IsObject(where[w]) && names[k]; k++) {
+			const cJSON *e = cJSON_GetObjectItemCaseSensitive(where[w], names[k]);
+
+			if (cJSON_IsNumber(e) && e->valuedouble >= 1 &&
+			    e->valuedouble <= 9007199254740992.0 &&
+			    e->valuedouble == (double)(uint64_t)e->valuedouble) {
+				d->v = (uint64_t)e->valuedouble;
+				snprintf(d->at, sizeof(d->at), "%s%s", w ? "" : "text_config.", names[k]);
+				return;
+			}
+		}
+}
+
+int qv_cfg_load(const struct qv_scan *sc, const char *rel, struct qv_cfg *c)
+{
+	static const char *const vocab[] = { "vocab_size", NULL }, *const hidden[] = { "hidden_size", NULL };
+	static const char *const inter[] = { "intermediate_size", NULL };
+	static const char *const moe[] = { "moe_intermediate_size", NULL };
+	static const char *const experts[] = { "num_experts", "num_local_experts", "n_routed_experts",
+					       NULL };
+	uint32_t node = qv_scan_find(sc, rel);
+	struct qv_buf b = { 0 };
+	cJSON *j = NULL;
+
+	memset(c, 0, sizeof(*c));
+	snprintf(c->rel, sizeof(c->rel), "%s", rel);
+	if (node && !S_ISDIR(sc->n[node].st.st_mode) &&
+	    qv_scan_read(&sc->n[node], MAX_CONFIG_BYTES, &b, NULL, 0) == 0 && b.p)
+		j = cJSON_ParseWithLength(b.p, b.len);
+	c->present = cJSON_IsObject(j);
+	if (c->present) {
+		const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "text_config");
+
+		c->tied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings")) ||
+			  cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "tie_word_embeddings"));
+		dim(j, vocab, &c->vocab);
+		dim(j, hidden, &c->hidden);
+		dim(j, inter, &c->inter);
+		dim(j, moe, &c->moe_inter);
+		dim(j, experts, &c->experts);
+	}
+	cJSON_Delete(j);
+	qv_buf_free(&b);
+	return 0;
+}
