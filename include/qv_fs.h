@@ -13,7 +13,7 @@ struct qv_fs {
 	struct qv_mount *m;
 	pthread_key_t tkey; /* per worker thread: its io_uring, scratch and read buffer */
 	int direct_io; /* -o direct_io: read() bypasses the page cache */
-	int splice;    /* -o splice: single-run reads reply with the source's pages (splice) */
+	int splice;    /* single-run reads reply with the source's pages (off: -o nosplice) */
 	unsigned max_read; /* the mount's max_read= (0: none), which INIT must repeat */
 	/* fault injection (QVLMOEFS_TEST_FAIL_REPLIES=open=N,entry=N): replies to refuse */
 	atomic_int fail_open, fail_entry;

@@ -18,7 +18,7 @@ struct qv_options {
 	unsigned max_read;	      /* libfuse's max_read=, 0 when not given */
 	unsigned long long max_file;  /* shard_size=, checked when parsed; 0 when not given */
 	int direct_io;
-	int splice, nosplice; /* -o splice / -o nosplice given */
+	int splice, nosplice; /* -o splice (the default) / -o nosplice given */
 	int ep_shared;
 	int allow_other;
 	char *inspect_dir; /* hidden (default) or visible: .qvlmoefs/ in folder listings */

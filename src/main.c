@@ -164,7 +164,7 @@ int main(int argc, char *argv[])
 	if (qv_fs_init(&fs, &m))
 		goto out_mount_ctx;
 	fs.direct_io = o.direct_io;
-	fs.splice = o.splice && !o.nosplice;
+	fs.splice = !o.nosplice; /* -o splice: the default, said out loud */
 	fs.max_read = o.max_read;
 	if (fs.splice && !fs.max_read && splice_max_read(&args, &fs.max_read))
 		goto out_fs;

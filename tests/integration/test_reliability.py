@@ -107,8 +107,8 @@ def mutate(path, how):
 
 
 @pytest.mark.parametrize("how", MUTATIONS)
-@pytest.mark.parametrize("opts", [(), ("-o", "direct_io"), ("-o", "splice"), ("-o", "splice,direct_io")],
-                         ids=["page_cache", "direct_io", "splice", "splice_direct_io"])
+@pytest.mark.parametrize("opts", [(), ("-o", "direct_io"), ("-o", "nosplice"), ("-o", "nosplice,direct_io")],
+                         ids=["page_cache", "direct_io", "nosplice", "nosplice_direct_io"])
 def test_sources_change_under_mount(mount, ckpt, tmp, opts, how):
     """A source file changes under an open view file: every read is right or EIO, never short,
     a reopen gives the old bytes or EIO, and the daemon still serves other files."""
@@ -154,13 +154,14 @@ def daemon_wchar(pid):
         return int(next(line for line in f if line.startswith("wchar:")).split()[1])
 
 
-@pytest.mark.parametrize("opts", ["splice", "splice,direct_io"])
+@pytest.mark.parametrize("opts", [(), ("-o", "direct_io"), ("-o", "splice")],
+                         ids=["page_cache", "direct_io", "splice"])
 def test_splice_replies(daemon, ckpt, tmp, opts):
-    """-o splice: the view checks byte for byte, most bytes go out as spliced replies, and the
-    daemon writes far fewer bytes to /dev/fuse than it serves (libfuse really spliced them
-    rather than falling back to copying: a spliced reply is no write())."""
+    """Splice (the default, or -o splice): the view checks byte for byte, most bytes go out as
+    spliced replies, and the daemon writes far fewer bytes to /dev/fuse than it serves (libfuse
+    really spliced them rather than falling back to copying: a spliced reply is no write())."""
     m = tmp / "m"
-    d = daemon(ckpt["big"], m, "-o", opts)
+    d = daemon(ckpt["big"], m, *opts)
     w0 = daemon_wchar(d.pid)
     check_view(ckpt["big"], m, *(["--mmap", "private"] if "direct_io" in opts else []))
     served, spliced = stat_field(m, "bytes_served"), stat_field(m, "bytes_spliced")
@@ -172,13 +173,27 @@ def test_splice_replies(daemon, ckpt, tmp, opts):
     assert d.wait() == 0
 
 
+def test_nosplice_copies(daemon, ckpt, tmp):
+    """-o nosplice: every reply is copied through the daemon (written to /dev/fuse)."""
+    m = tmp / "m"
+    d = daemon(ckpt["big"], m, "-o", "nosplice")
+    w0 = daemon_wchar(d.pid)
+    check_view(ckpt["big"], m)
+    served, written = stat_field(m, "bytes_served"), daemon_wchar(d.pid) - w0
+    assert stat_field(m, "bytes_spliced") == 0
+    assert written >= served, f"{written} bytes written for {served} served"
+    assert "max_read" not in mount_options(m), "nosplice needs no cap on the request size"
+    unmount(m)
+    assert d.wait() == 0
+
+
 def test_splice_truncated_source_is_eio(daemon, ckpt, tmp):
     """A source cut short under a spliced read gives EIO, never a short reply (which the kernel
     would take for the end of the file); the rest of the view still splices."""
     src = tmp / "chg"
     shutil.copytree(ckpt["big"], src)
     m = tmp / "m"
-    d = daemon(src, m, "-o", "splice,direct_io")
+    d = daemon(src, m, "-o", "direct_io")
     size = (m / SECOND).stat().st_size
     f = os.open(m / SECOND, os.O_RDONLY)
     try:

@@ -25,9 +25,10 @@ from helpers import PY, ROOT, check_view, run
 INDEX = "model.safetensors.index.json"
 
 
-@pytest.fixture(params=["uring", "pread", "splice"])
+@pytest.fixture(params=["uring", "pread", "nosplice"])
 def io_mode(request):
-    """How the daemon reads its sources (splice: io_uring, and -o splice for single runs)."""
+    """How the daemon reads its sources (both splice single runs; nosplice: io_uring, and
+    every reply copied through the daemon)."""
     return request.param
 
 
@@ -39,7 +40,7 @@ def direct_io(request):
 
 def options(io_mode, direct_io, *more):
     """The -o argument for a reader, direct_io or not, and further options."""
-    io = ["io=uring", "splice"] if io_mode == "splice" else [f"io={io_mode}"]
+    io = ["io=uring", "nosplice"] if io_mode == "nosplice" else [f"io={io_mode}"]
     return ["-o", ",".join(io + (["direct_io"] if direct_io else []) + list(more))]
 
 
