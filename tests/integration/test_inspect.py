@@ -16,7 +16,7 @@ import pytest
 from helpers import QV, run
 
 STATS_KEYS = ("requests", "bytes_served", "bytes_from_sources", "bytes_from_sources_uring",
-              "bytes_from_sources_pread", "errors", "open_files", "uptime_s")
+              "bytes_from_sources_pread", "bytes_spliced", "errors", "open_files", "uptime_s")
 
 
 def load(path):
