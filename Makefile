@@ -54,7 +54,7 @@ have-pkgs:
 $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/opts.o $(BUILD)/mntpt.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
+$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/loop.o $(BUILD)/opts.o $(BUILD)/mntpt.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
 		$(BUILD)/fs.o $(BUILD)/main.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS) -ldl
 
@@ -102,7 +102,7 @@ $(BUILD)/qvbench: tests/bench/qvbench.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
 # the null FUSE filesystem: the ceiling of `make bench` (tuned as qvlmoefs, no source I/O)
-$(BUILD)/qvnull: tests/bench/qvnull.c $(BUILD)/bdi.o | $(BUILD)
+$(BUILD)/qvnull: tests/bench/qvnull.c $(BUILD)/bdi.o $(BUILD)/loop.o | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
 # libfuse's own passthrough_ll example, the baseline of `make bench`

@@ -1,6 +1,7 @@
 /* main.c - command line, mount-time checks, and the FUSE session, as a fixed sequence whose
  * cleanup labels name what they undo. */
 #include "qv_bdi.h"
+#include "qv_loop.h"
 #include "qv_fs.h"
 #include "qv_gpu.h"
 #include "qv_inspect_cli.h"
@@ -91,7 +92,6 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts copts = { 0 };
-	struct fuse_loop_config *lcfg = NULL;
 	struct qv_options o = { 0 };
 	struct qv_mount_opts mo;
 	struct fuse_session *se;
@@ -199,23 +199,7 @@ int main(int argc, char *argv[])
 	/* after daemonizing: the staging thread opens the device itself */
 	if (gpu >= 0 && qv_stage_bg_start(&gs, &m))
 		qv_log("gpu=%d: cannot start the staging thread", gpu);
-	if (copts.singlethread) {
-		ret = fuse_session_loop(se);
-	} else {
-		lcfg = fuse_loop_cfg_create();
-		if (!lcfg)
-			goto out_unmount;
-		fuse_loop_cfg_set_clone_fd(lcfg, copts.clone_fd);
-		/* keep idle workers (and their rings) alive instead of recreating them;
-		 * UINT_MAX means the user gave no max_idle_threads */
-		fuse_loop_cfg_set_idle_threads(lcfg, copts.max_idle_threads == UINT_MAX ?
-							     16 : copts.max_idle_threads);
-		fuse_loop_cfg_set_max_threads(lcfg, copts.max_threads);
-		ret = fuse_session_loop_mt(se, lcfg);
-		fuse_loop_cfg_destroy(lcfg);
-	}
-	/* the loop returns the signal that ended it: SIGTERM/SIGINT are a clean shutdown */
-	ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? 0 : 1;
+	ret = qv_loop_run(se, &copts) ? 1 : 0;
 	qv_stage_bg_stop(&gs); /* between two pieces: shutdown does not wait for staging */
 	atomic_store(&rs.stop, true);
 	pthread_kill(rs.thread, SIGHUP);

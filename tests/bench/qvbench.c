@@ -41,6 +41,23 @@ static int die(const char *what, const char *file)
 	return 1;
 }
 
+/* Map file MAP_PRIVATE read-only into *p (NULL for an empty file), its size in *size; 0, or 1
+ * after saying why. */
+static int map_file(const char *file, char **p, size_t *size)
+{
+	int fd = open(file, O_RDONLY);
+	struct stat st;
+
+	if (fd < 0 || fstat(fd, &st))
+		return die("open", file);
+	*size = (size_t)st.st_size;
+	*p = NULL;
+	if (*size)
+		*p = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd); /* the mapping keeps the file */
+	return *p == MAP_FAILED ? die("mmap", file) : 0;
+}
+
 static int cmd_read(size_t bs, char **files, int n)
 {
 	char *buf = aligned_alloc(4096, bs);
@@ -85,35 +102,28 @@ static int cmd_mmap(int threads, char **files, int n)
 	double t0 = now();
 
 	for (int i = 0; i < n; i++) {
-		int fd = open(files[i], O_RDONLY);
-		struct stat st;
 		pthread_t th[64];
 		struct toucher tc[64];
+		size_t size;
 		char *p;
 
-		if (fd < 0 || fstat(fd, &st))
-			return die("open", files[i]);
-		if (st.st_size == 0) {
-			close(fd);
+		if (map_file(files[i], &p, &size))
+			return 1;
+		if (!p)
 			continue;
-		}
-		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (p == MAP_FAILED)
-			return die("mmap", files[i]);
 		/* contiguous quarters, as threads materializing different tensors would */
 		for (int k = 0; k < threads; k++) {
-			size_t pages = ((size_t)st.st_size + 4095) / 4096;
+			size_t pages = (size + 4095) / 4096;
 			tc[k] = (struct toucher){ p, pages * (size_t)k / (size_t)threads * 4096,
 						  pages * (size_t)(k + 1) / (size_t)threads * 4096, 0 };
-			if (tc[k].to > (size_t)st.st_size)
-				tc[k].to = (size_t)st.st_size;
+			if (tc[k].to > size)
+				tc[k].to = size;
 			pthread_create(&th[k], NULL, touch, &tc[k]);
 		}
 		for (int k = 0; k < threads; k++)
 			pthread_join(th[k], NULL);
-		munmap(p, (size_t)st.st_size);
-		close(fd);
-		total += (uint64_t)st.st_size;
+		munmap(p, size);
+		total += (uint64_t)size;
 	}
 	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
 	return 0;
@@ -132,28 +142,21 @@ static int cmd_mmapcopy(char **files, int n)
 	memset(dst, 1, chunk); /* the destination's pages exist before the clock matters */
 	t0 = now();
 	for (int i = 0; i < n; i++) {
-		int fd = open(files[i], O_RDONLY);
-		struct stat st;
+		size_t size;
 		char *p;
 
-		if (fd < 0 || fstat(fd, &st))
-			return die("open", files[i]);
-		if (st.st_size == 0) {
-			close(fd);
+		if (map_file(files[i], &p, &size))
+			return 1;
+		if (!p)
 			continue;
-		}
-		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (p == MAP_FAILED)
-			return die("mmap", files[i]);
-		for (size_t off = 0; off < (size_t)st.st_size; off += chunk) {
-			size_t len = (size_t)st.st_size - off < chunk ? (size_t)st.st_size - off : chunk;
+		for (size_t off = 0; off < size; off += chunk) {
+			size_t len = size - off < chunk ? size - off : chunk;
 
 			memcpy(dst, p + off, len);
 			sink += (unsigned char)dst[len - 1]; /* the copy is used: not elided */
 		}
-		munmap(p, (size_t)st.st_size);
-		close(fd);
-		total += (uint64_t)st.st_size;
+		munmap(p, size);
+		total += (uint64_t)size;
 	}
 	printf("%llu %.6f\n", (unsigned long long)total, now() - t0);
 	free(dst);

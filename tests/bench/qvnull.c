@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 #include "qv_bdi.h"
+#include "qv_loop.h"
 
 #include <errno.h>
 #include <fuse_lowlevel.h>
@@ -318,7 +319,6 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct fuse_cmdline_opts copts = { 0 };
-	struct fuse_loop_config *lcfg;
 	struct fuse_session *se;
 	const char *manifest = NULL;
 	int ret = 1;
@@ -349,16 +349,7 @@ int main(int argc, char *argv[])
 	qv_bdi_set_readahead(copts.mountpoint, 4096);
 	if (fuse_daemonize(copts.foreground))
 		goto out;
-	lcfg = fuse_loop_cfg_create();
-	if (!lcfg)
-		goto out;
-	fuse_loop_cfg_set_clone_fd(lcfg, copts.clone_fd);
-	fuse_loop_cfg_set_idle_threads(lcfg, copts.max_idle_threads == UINT_MAX ?
-						     16 : copts.max_idle_threads);
-	fuse_loop_cfg_set_max_threads(lcfg, copts.max_threads);
-	ret = fuse_session_loop_mt(se, lcfg);
-	ret = ret == 0 || ret == SIGTERM || ret == SIGINT ? 0 : 1;
-	fuse_loop_cfg_destroy(lcfg);
+	ret = qv_loop_run(se, &copts) ? 1 : 0;
 out:
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
