@@ -99,8 +99,9 @@ static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, siz
 				     .model_prefix = m->model_prefix, .exclude = o->exclude,
 				     .ep_size = o->ep_size, .shard_size = o->shard_size,
 				     .generic_experts = m->generic ? m->n_experts : 0 };
-	if (o->view_set && po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF &&
-	    !m->qwen_experts)
+	/* explicit or by default: the adapter's rules (renames, dropped *_scale_inv) are
+	 * Qwen3-VL-MoE's; on another model they would drop its FP8 scales and rename nothing */
+	if (po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF && !m->qwen_experts)
 		po->view = QV_NAMING_HF; /* nothing to rename (logged once at load) */
 	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
 	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
@@ -222,11 +223,12 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 			      "language_model.layers.N.mlp.experts.{gate_up_proj,down_proj}, or "
 			      "\".mlp.experts.\" tensors whose dim 0 is %s's expert count%s)",
 			      src, m->cfg.rel, m->cfg.experts.v ? "" : ", which it does not state");
-	if (o->view_set && o->view == QV_NAMING_NATIVE && m->src_naming == QV_NAMING_HF &&
-	    !m->qwen_experts)
-		qv_log("view=native: %s is not a Qwen3-VL-MoE checkpoint (no language_model.layers.N"
+	if ((o->view_set ? o->view == QV_NAMING_NATIVE : !m->sharded) &&
+	    m->src_naming == QV_NAMING_HF && !m->qwen_experts)
+		qv_log("view=native%s: %s is not a Qwen3-VL-MoE checkpoint (no language_model.layers.N"
 		       ".mlp.experts.{gate_up_proj,down_proj}): there is nothing to rename, the view "
-		       "keeps the source's names", src);
+		       "keeps the source's names and tensors", o->view_set ? "" : " (the default)",
+		       src);
 	rc = qv_plan_count(o->ep_size, !o->ep_rank_set, o->shard_size, !o->shard_rank_set,
 			   &m->nplans, err, errlen);
 	if (rc)

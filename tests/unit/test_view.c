@@ -489,6 +489,33 @@ out:
 	vt_fini(&v);
 }
 
+/* The adapter's rules are Qwen3-VL-MoE's: on another model (no Qwen expert tensor) the default
+ * view renames nothing and keeps *_scale_inv, which would otherwise drop an FP8 model's scales
+ * without a word. Explicit view=native is the same. */
+TEST(view_other_model_keeps_names_and_scales)
+{
+	static const struct want w[] = {
+		{ "layers.0.w", QV_DT_U8, 1, 1, { 4 }, 9, 0, false },
+		{ "model.w_scale_inv", QV_DT_U8, 1, 1, { 2 }, 9, 4, false },
+	};
+	struct qv_mount_opts dflt = { 0 }, native = { .view = QV_NAMING_NATIVE, .view_set = true };
+	const struct qv_mount_opts *os[] = { &dflt, &native };
+
+	for (size_t i = 0; i < 2; i++) {
+		char *dir = ut_tmpdir();
+		struct vt v;
+
+		vt_put_st(dir, "s.safetensors",
+			  "{\"layers.0.w\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+			  "\"model.w_scale_inv\":{\"dtype\":\"U8\",\"shape\":[2],"
+			  "\"data_offsets\":[4,6]}}",
+			  6, 9);
+		if (CHECK_MSG(vt_mount(&v, dir, os[i]) == 0, "%s", v.err))
+			vt_check_vst(&v, "s.safetensors", w, 2, 0, 0, 0, 0, NULL);
+		vt_fini(&v); /* frees dir */
+	}
+}
+
 TEST(view_zero_size_and_all_dropped)
 {
 	static const struct want w[] = {
@@ -507,6 +534,7 @@ TEST(view_zero_size_and_all_dropped)
 	       "\"model.empty\":{\"dtype\":\"F32\",\"shape\":[0,5],\"data_offsets\":[3,3]},"
 	       "\"model.a\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[0,3]}}",
 	       5, 8);
+	vt_put_qwen(dir); /* the adapter's rules are Qwen3-VL-MoE's */
 	vt_put_st(dir, "s.safetensors",
 	       "{\"model.w_scale_inv\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}",
 	       4, 9);

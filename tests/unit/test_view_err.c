@@ -67,6 +67,7 @@ TEST(view_err_rename_collision_in_file)
 	struct qv_mount_opts o = { 0 };
 	char *dir = ut_tmpdir();
 
+	vt_put_qwen(dir); /* renames happen to a Qwen3-VL-MoE checkpoint only */
 	vt_put_st(dir, "one.safetensors",
 	       "{\"language_model.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
 	       "\"model.language_model.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
@@ -79,12 +80,14 @@ TEST(view_err_rename_collision_across_files)
 	struct qv_mount_opts o = { 0 };
 	char *dir = ut_tmpdir();
 
+	vt_put_qwen(dir);
 	vt_put_st(dir, "a.safetensors",
 	       "{\"visual.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, 3);
 	vt_put_st(dir, "b.safetensors",
 	       "{\"model.visual.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1, 4);
 	vt_put(dir, IDX, "{\"weight_map\":{\"visual.x\":\"a.safetensors\","
-		      "\"model.visual.x\":\"b.safetensors\"}}");
+		      "\"model.visual.x\":\"b.safetensors\","
+		      "\"model.language_model.layers.0.mlp.experts.down_proj\":\"qwen.safetensors\"}}");
 	EXPECT_MOUNT_FAIL(dir, &o, -EINVAL, IDX, "model.visual.x");
 }
 

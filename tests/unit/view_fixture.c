@@ -50,6 +50,14 @@ void vt_put_st(const char *dir, const char *name, const char *json, uint64_t dat
 	free(p);
 }
 
+void vt_put_qwen(const char *dir)
+{
+	vt_put_st(dir, "qwen.safetensors",
+		  "{\"model.language_model.layers.0.mlp.experts.down_proj\":{\"dtype\":\"U8\","
+		  "\"shape\":[2,1,1],\"data_offsets\":[0,2]}}",
+		  2, 7);
+}
+
 /* The standard checkpoint: two shards, index, config, and a nested README. */
 char *vt_make_ckpt(void)
 {

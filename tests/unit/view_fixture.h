@@ -43,6 +43,9 @@ struct vt {
 /* Write text / a safetensors file (data bytes from seed) as dir/name; failures are CHECKs. */
 void vt_put(const char *dir, const char *name, const char *text);
 void vt_put_st(const char *dir, const char *name, const char *json, uint64_t data, uint64_t seed);
+/* Write dir/qwen.safetensors, one Qwen3-VL-MoE expert tensor (U8 [2, 1, 1]): the adapter's
+ * rules (renames, dropped *_scale_inv) apply only to a folder that holds one. */
+void vt_put_qwen(const char *dir);
 
 /* The standard checkpoint in a fresh temp folder (malloc'd path). File 1 (seed 1): embed
  * [0,60), gate_up [4,4,4] BF16 [60,188), down [4,2,4] BF16 [188,252). File 2 (seed 2): lm_head
