@@ -184,14 +184,13 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o
 	detect(m);
 	m->qwen_experts = m->n_experts != 0;
 	/* a sharded save keeps its config in .hf_metadata/, a checkpoint at its root */
-	qv_cfg_load(&m->scan, qv_dcp_detect(&m->scan, m->st_of) ? ".hf_metadata/config.json" :
-		    "config.json", &m->cfg);
-	if (qv_dcp_detect(&m->scan, m->st_of)) {
+	m->sharded = qv_dcp_detect(&m->scan, m->st_of);
+	qv_cfg_load(&m->scan, m->sharded ? ".hf_metadata/config.json" : "config.json", &m->cfg);
+	if (m->sharded) {
 		rc = qv_dcp_build(&m->scan, m->st_of, m->src_of, o->max_file ? o->max_file : 5000000000ULL,
 				  &m->dcp, err, errlen);
 		if (rc)
 			return rc;
-		m->sharded = true;
 		rc = qv_dcpcheck(&m->dcp, &m->scan, &m->cfg, err, errlen);
 		if (rc)
 			return rc;
