@@ -14,7 +14,7 @@ PKG_CONFIG ?= pkg-config
 PKGS := fuse3 liburing libcjson
 # pkg-config name:Debian package, for the one-line hint when a -dev package is missing
 PKG_DEBS := fuse3:libfuse3-dev liburing:liburing-dev libcjson:libcjson-dev
-DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 python3-pytest attr
+DEBS := fuse3 libfuse3-dev liburing-dev libcjson-dev pkg-config python3 python3-pytest python3-numpy attr
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 ifdef WERROR
@@ -31,7 +31,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util io st scan hdr plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
+CORE := util perm io st scan hdr plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
 # GPU staging: the CUDA runtime loaded with dlopen, no CUDA headers or toolkit needed to build;
 # GPU=gpu_stub builds a binary whose -o gpu and stage fail at once
 GPU ?= gpu_cuda
@@ -71,7 +71,11 @@ $(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUIL
 deps:
 	@tests/deps.sh $(DEBS)
 
-check: deps
+# the permission tests' second user, made before the suite records /etc (tests/test-user.sh)
+test-user:
+	@tests/test-user.sh
+
+check: deps test-user
 	$(MAKE) all $(BUILD)/unit
 	tests/run.sh
 
@@ -175,4 +179,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all have-pkgs deps bench fuzz stress check check-loaders check-real check-valgrind demo install uninstall clean
+.PHONY: all have-pkgs deps test-user bench fuzz stress check check-loaders check-real check-valgrind demo install uninstall clean

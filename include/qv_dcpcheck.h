@@ -14,7 +14,8 @@
 
 /* 0 when every signal agrees with the consolidated tensors of d, else -EINVAL with one line
  * in err naming the missing or short tensor, the expected and found size and the rank file
- * that is likely missing. */
+ * that is likely missing; a fqn_to_dtype_mapping.json that is there but cannot be read or is
+ * no JSON object fails too (-errno or -EINVAL, the line naming it and why). */
 int qv_dcpcheck(const struct qv_dcp *d, const struct qv_scan *sc, const struct qv_cfg *c,
 		char *err, size_t errlen);
 

@@ -15,8 +15,11 @@ struct qv_fs {
 	int direct_io; /* -o direct_io: read() bypasses the page cache */
 	int splice;    /* single-run reads reply with the source's pages (off: -o nosplice) */
 	unsigned max_read; /* the mount's max_read= (0: none), which INIT must repeat */
-	/* fault injection (QVLMOEFS_TEST_FAIL_REPLIES=open=N,entry=N): replies to refuse */
+	/* fault injection (QVLMOEFS_TEST_FAIL_REPLIES=open=N,entry=N): replies to refuse; and
+	 * slow_lookup=MS: each lookup waits that long before its reply (a rescan then comes
+	 * while lookups are in flight) */
 	atomic_int fail_open, fail_entry;
+	int slow_lookup_ms;
 };
 
 /* Prepare the glue for mount m; 0 or -errno. */

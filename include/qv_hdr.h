@@ -18,10 +18,10 @@ struct qv_vtensor {
 };
 
 /* Build a whole safetensors header (8-byte length + compact JSON padded with spaces so that
- * 8 + N is a multiple of 8): __metadata__ first (meta, then "format":"pt" when meta lacks it,
- * then extra), tensors in the given order with contiguous offsets. The result is checked with
- * qv_st_parse: 0, -ENOMEM, or -EINVAL when offsets overflow or the strict parser rejects it,
- * with a reason in err. */
+ * 8 + N is a multiple of 8): __metadata__ first (meta but the keys extra sets, which replace
+ * them, then "format":"pt" when meta lacks it, then extra), tensors in the given order with
+ * contiguous offsets. The result is checked with qv_st_parse: 0, -ENOMEM, or -EINVAL when
+ * offsets overflow or the strict parser rejects it, with a reason in err. */
 int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta *extra,
 		 size_t nextra, const struct qv_vtensor *t, size_t nt, struct qv_buf *out,
 		 char *err, size_t errlen);
@@ -44,5 +44,12 @@ int qv_hdr_index(const char *src_json, size_t len, struct qv_wentry *w, size_t n
  * unique, sorted); 0, -ENOMEM or -EINVAL with a reason. */
 int qv_hdr_index_files(const char *src_json, size_t len, char ***files, size_t *nfiles, char *err,
 		       size_t errlen);
+
+/* Call fn(arg, key, file) for each weight_map entry of a source index, in the index's order,
+ * until one returns non-zero, which is returned; else 0, or -EINVAL with a reason in err for
+ * text that is no index. */
+int qv_hdr_index_each(const char *src_json, size_t len,
+		      int (*fn)(void *arg, const char *key, const char *file), void *arg, char *err,
+		      size_t errlen);
 
 #endif

@@ -30,6 +30,7 @@ struct qv_mount {
 	struct qv_tree tree; /* every held generation's nodes; tree.top is the newest root */
 	pthread_mutex_t lock; /* serializes changes of the tree and of the generations' list */
 	pthread_mutex_t root_lock; /* taking a hold on the newest root vs a rescan replacing it */
+	_Atomic(struct qv_gen *) newest; /* m->gen, for readers that take no lock */
 	atomic_size_t ngens;	   /* generations held */
 	struct qv_stats stats;
 	size_t nfolders;	      /* rank folders (one per plan), 0 for one view */
@@ -47,6 +48,14 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
  * open keep reading the generation they came from, which is freed once nothing holds it.
  * 0 or -errno with a reason in err (the old view then stays). */
 int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen);
+
+/* Is node n's (held) generation the newest, or has a rescan replaced it? */
+bool qv_mount_current(struct qv_mount *m, const struct qv_node *n);
+
+/* The names the kernel may hold of root top's generation (top held): one record per entry of
+ * every folder built, the entries of a folder before the entry naming that folder, each
+ * record a uint64_t folder inode number followed by the name and a NUL; 0 or -ENOMEM. */
+int qv_mount_names(struct qv_mount *m, const struct qv_node *top, struct qv_buf *out);
 
 /* Free everything qv_mount_init built (closes source files). */
 void qv_mount_fini(struct qv_mount *m);

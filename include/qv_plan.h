@@ -49,7 +49,8 @@ bool qv_plan_expert_in(enum qv_naming naming, const char *key);
 /* True when key names one of a layer's two expert tensors, in either naming. */
 bool qv_plan_key_is_expert(const char *key);
 
-/* Compile the exclude pattern and check the options; 0 or -EINVAL with a reason in err. */
+/* Compile the exclude pattern (Python's re, translated to POSIX ERE; what ERE cannot say, such
+ * as \b or look-arounds, is refused) and check the options; 0 or -EINVAL with a reason in err. */
 int qv_plan_init(struct qv_plan *p, const struct qv_plan_opts *o, char *err, size_t errlen);
 
 /* Release what qv_plan_init allocated. */

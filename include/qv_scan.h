@@ -15,6 +15,9 @@ struct qv_snode {
 	char *path; /* absolute, links resolved */
 	char *rel;  /* relative to the source root ("" for the root) */
 	struct stat st;
+	/* st_mode narrowed by the search bits of every folder on the way to the file (for a link,
+	 * on the way to its target as well): what the view may grant, relative to st_uid/st_gid */
+	mode_t vmode;
 	uint32_t parent; /* the root is its own parent */
 	uint32_t *kids;
 	size_t nkids;

@@ -126,7 +126,7 @@ void qv_tree_perm_set(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode);
 /* Narrow n's permissions to what a source (uid, gid, mode) also allows: n then grants a caller
  * no more than both did. n keeps its owner and group; when the source's differ, each class of
  * n keeps only the bits the source grants to every caller that class may hold (whose group
- * membership the tree cannot know): see tree.c. */
+ * membership the tree cannot know): see qv_perm_and. */
 void qv_tree_perm_and(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode);
 
 /* Sum of the sizes of the published files that are not uncounted, for statfs. */

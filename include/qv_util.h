@@ -15,12 +15,14 @@
 
 /* Log one line: "qvlmoefs: ..." to stderr until the daemon detaches, to the file of
  * qv_log_open() (with a UTC time and the pid) whenever one is open, else, detached, to syslog
- * (or to the stderr of before detaching, see qv_log_before_detach). */
+ * (or to the stderr of before detaching, see qv_log_before_detach). Control bytes of the
+ * formatted text are written out (\n, \r, \t, \xNN): one call is always one line. */
 void qv_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Append every later line to path too (opened now: a relative path is resolved before the
- * daemon changes folder); 0 or -errno. */
-int qv_log_open(const char *path);
+ * daemon changes folder). A symbolic link or a file that is not a regular one is refused;
+ * 0 or -errno with the reason in err. */
+int qv_log_open(const char *path, char *err, size_t errlen);
 
 /* Just before detaching: where lines will go once detached ("the log file", "syslog" when
  * /dev/log accepts them, else "stderr" when stderr is a regular file, kept), or NULL when

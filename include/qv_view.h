@@ -73,7 +73,9 @@ void qv_view_perm_and_node(struct qv_node *n, const struct qv_node *of);
 /* Make node n pass scan node si's file through byte for byte; 0 or -ENOMEM. */
 int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n);
 
-/* Check that plan p can cut every expert tensor of the source, without building anything. */
-int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen);
+/* Check that each of plans p[0..np) (one naming, slices of their own) can cut every expert
+ * tensor of the source, without building anything; 0 or -EINVAL naming the tensor. */
+int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, size_t np, char *err,
+		     size_t errlen);
 
 #endif

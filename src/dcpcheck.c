@@ -229,20 +229,43 @@ static int cmp_dt(const void *a, const void *b)
 #define DTYPE_MAP_REL ".hf_metadata/fqn_to_dtype_mapping.json"
 #define MAX_MAP_BYTES (256u << 20)
 
+/* fqn_to_dtype_mapping.json as a JSON object in *j, NULL when the save has none. One that is
+ * there but cannot be read or is no JSON object refuses the mount, as a bad
+ * fqn_to_file_index_mapping.json does: skipping it would mount a save it says is incomplete. */
+static int read_dtype_mapping(const struct qv_scan *sc, cJSON **j, char *err, size_t errlen)
+{
+	uint32_t node = qv_scan_find(sc, DTYPE_MAP_REL);
+	struct qv_buf b = { 0 };
+	char why[QV_ERRLEN];
+	int rc;
+
+	*j = NULL;
+	if (!node)
+		return 0;
+	if (S_ISDIR(sc->n[node].st.st_mode))
+		return qv_err(err, errlen, -EINVAL, "%s: a folder, not a JSON file", DTYPE_MAP_REL);
+	rc = qv_scan_read(&sc->n[node], MAX_MAP_BYTES, &b, why, sizeof(why));
+	if (rc)
+		qv_err(err, errlen, rc, "%s: %s", DTYPE_MAP_REL, why);
+	else if (!cJSON_IsObject(*j = b.p ? cJSON_ParseWithLength(b.p, b.len) : NULL))
+		rc = qv_err(err, errlen, -EINVAL, "%s: not a JSON object", DTYPE_MAP_REL);
+	qv_buf_free(&b);
+	if (rc) {
+		cJSON_Delete(*j);
+		*j = NULL;
+	}
+	return rc;
+}
+
 /* fqn_to_dtype_mapping.json, when Automodel wrote one, holds only keys of the state dict it
  * saved (it is aligned to them before it is written): each must be in some rank file too. */
 static int check_dtype_mapping(const struct qv_dcp *d, const struct qv_scan *sc,
 			       const char *next, char *err, size_t errlen)
 {
-	uint32_t node = qv_scan_find(sc, DTYPE_MAP_REL);
-	struct qv_buf b = { 0 };
-	cJSON *j = NULL;
-	int rc = 0;
+	cJSON *j;
+	int rc = read_dtype_mapping(sc, &j, err, errlen);
 
-	if (node && !S_ISDIR(sc->n[node].st.st_mode) &&
-	    qv_scan_read(&sc->n[node], MAX_MAP_BYTES, &b, NULL, 0) == 0 && b.p)
-		j = cJSON_ParseWithLength(b.p, b.len);
-	for (cJSON *k = cJSON_IsObject(j) ? j->child : NULL; k && !rc; k = k->next) {
+	for (cJSON *k = j ? j->child : NULL; k && !rc; k = k->next) {
 		struct qv_dtensor key = { .name = k->string };
 
 		if (!bsearch(&key, d->t, d->nt, sizeof(*d->t), cmp_dt))
@@ -252,7 +275,6 @@ static int check_dtype_mapping(const struct qv_dcp *d, const struct qv_scan *sc,
 				    k->string, DTYPE_MAP_REL, next);
 	}
 	cJSON_Delete(j);
-	qv_buf_free(&b);
 	return rc;
 }
 

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CACHE_TIMEOUT 86400.0
@@ -162,16 +163,31 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
-	} else if (!(n = qv_tree_lookup(&fs->m->tree, d, name))) {
-		/* a negative entry may be cached too: a generation never changes */
-		memset(&e, 0, sizeof(e));
-		e.entry_timeout = CACHE_TIMEOUT;
-		fuse_reply_entry(req, &e);
+		put(fs, d);
+		return;
+	}
+	/* A generation never changes, so its entries may be cached for long, negative ones too.
+	 * A folder of a generation a rescan has replaced gives the kernel no entry at all (any
+	 * entry, even one with no timeout, would stay cached and hold the old generation): a
+	 * path walk that met it starts again from the root, where the new generation answers.
+	 * A lookup in flight during a rescan holds its folder's inode lock, which the rescan's
+	 * invalidation of that folder's names waits for: what it caches is dropped at once. */
+	if (!qv_mount_current(fs->m, d)) {
+		fuse_reply_err(req, ESTALE);
 	} else {
-		fill_entry(n, &e);
-		qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
-		if (reply_entry(fs, req, &e))
-			qv_mount_drop(fs->m, n, 1);
+		if (fs->slow_lookup_ms)
+			nanosleep(&(struct timespec){ fs->slow_lookup_ms / 1000,
+						      fs->slow_lookup_ms % 1000 * 1000000L }, NULL);
+		if (!(n = qv_tree_lookup(&fs->m->tree, d, name))) {
+			memset(&e, 0, sizeof(e));
+			e.entry_timeout = CACHE_TIMEOUT;
+			fuse_reply_entry(req, &e);
+		} else {
+			fill_entry(n, &e);
+			qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
+			if (reply_entry(fs, req, &e))
+				qv_mount_drop(fs->m, n, 1);
+		}
 	}
 	put(fs, d);
 }
@@ -231,10 +247,10 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 }
 
 /* Entries of d from index off into buf (at most size bytes); *used bytes, *counted entries
- * that carry a lookup (readdirplus, past "." and ".."). Offsets: 0 ".", 1 "..", then kids;
- * an entry's offset is the next one's index. */
+ * that carry a lookup (readdirplus, past "." and "..", when d's generation is current: see
+ * op_lookup). Offsets: 0 ".", 1 "..", then kids; an entry's offset is the next one's index. */
 static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *buf, size_t size,
-		     off_t off, bool plus, size_t *used, uint64_t *counted)
+		     off_t off, bool plus, bool current, size_t *used, uint64_t *counted)
 {
 	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
 		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
@@ -246,10 +262,11 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 		if (!n || (i >= 2 && n->inspect && !fs->m->o.inspect_visible))
 			continue;
 		fill_entry(n, &e);
-		if (plus && i >= 2)
+		if (plus && i >= 2 && current)
 			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e,
 						     (off_t)i + 1);
-		else if (plus) /* no lookup count for "." and "..": the kernel skips them */
+		else if (plus) /* no lookup count for "." and ".." (the kernel skips them), nor for
+				* an entry without a node id, of which the kernel makes none */
 			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name,
 						     &(struct fuse_entry_param){ .attr = e.attr },
 						     (off_t)i + 1);
@@ -259,7 +276,7 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 		if (len > size - *used)
 			break;
 		*used += len;
-		*counted += plus && i >= 2;
+		*counted += plus && i >= 2 && current;
 	}
 }
 
@@ -279,7 +296,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 		put(fs, d);
 		return;
 	}
-	fill_dir(req, fs, d, buf, size, off, plus, &used, &counted);
+	fill_dir(req, fs, d, buf, size, off, plus, qv_mount_current(fs->m, d), &used, &counted);
 	/* each entry with attributes is a lookup the kernel takes (or forgets at once): entries
 	 * are d's, of d's generation */
 	qv_mount_hold(fs->m, d, counted);
@@ -633,8 +650,8 @@ static const struct fuse_lowlevel_ops ops = {
 	.fallocate = op_fallocate,
 };
 
-/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree; the
- * kernel then forgets the old tree's nodes that no open file uses, which frees them. */
+/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree
+ * (after a rescan: the cached negative entries of the new root). */
 static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
 {
 	for (size_t i = 0; top && i < top->nkids; i++) {
@@ -643,6 +660,32 @@ static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct 
 		if (n)
 			fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, n->name, strlen(n->name));
 	}
+}
+
+/* Drop every entry the kernel may hold of old root top's generation, at every folder level,
+ * deepest first: an entry in use (an open file, a working folder) is then unhashed, so the
+ * kernel forgets it, and the generation is freed, as soon as it is closed. Only the root's
+ * names would leave the entries below them cached for a day behind their open files. */
+static void inval_generation(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
+{
+	struct qv_buf b = { 0 };
+	uint64_t dir;
+
+	if (qv_mount_names(fs->m, top, &b)) {
+		qv_log("rescan: out of memory listing the old view's names; the kernel forgets "
+		       "those below the root only when it needs the memory");
+		inval_names(fs, se, top);
+	}
+	for (size_t at = 0; at < b.len;) {
+		const char *name = b.p + at + sizeof(dir);
+		size_t len = strlen(name);
+
+		memcpy(&dir, b.p + at, sizeof(dir));
+		/* -ENOENT for the many the kernel never looked up: nothing to drop */
+		fuse_lowlevel_notify_inval_entry(se, dir, name, len);
+		at += sizeof(dir) + len + 1;
+	}
+	qv_buf_free(&b);
 }
 
 int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
@@ -654,7 +697,7 @@ int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
 	if (rc) {
 		qv_log("rescan failed, the view stays as it was: %s", err);
 	} else {
-		inval_names(fs, se, old);
+		inval_generation(fs, se, old);
 		now = qv_mount_get(fs->m, FUSE_ROOT_ID);
 		inval_names(fs, se, now); /* cached negative entries */
 		put(fs, now);
@@ -672,7 +715,8 @@ const struct fuse_lowlevel_ops *qv_fs_ops(void)
 
 int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
 {
-	const char *f = getenv("QVLMOEFS_TEST_FAIL_REPLIES"); /* "open=N,entry=N" (tests) */
+	/* "open=N,entry=N,slow_lookup=MS" (tests) */
+	const char *f = getenv("QVLMOEFS_TEST_FAIL_REPLIES");
 	const char *at;
 
 	memset(fs, 0, sizeof(*fs));
@@ -681,6 +725,8 @@ int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
 		atomic_init(&fs->fail_open, atoi(at + 5));
 	if (f && (at = strstr(f, "entry=")))
 		atomic_init(&fs->fail_entry, atoi(at + 6));
+	if (f && (at = strstr(f, "slow_lookup=")))
+		fs->slow_lookup_ms = atoi(at + 12);
 	return -pthread_key_create(&fs->tkey, thread_free);
 }
 

@@ -1,6 +1,7 @@
 /* gen.c - one generation of the source: scan, strict parse of every header, naming detection
  * and the plans of the view. A rescan (SIGHUP) loads a new one beside the old. */
 #include "qv_gen.h"
+#include "qv_perm.h"
 #include "qv_cfg.h"
 #include "qv_dcpcheck.h"
 #include "qv_plan.h"
@@ -32,7 +33,7 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		*s = (struct qv_source){ .rel = c->rel, .path = c->path, .dev = c->st.st_dev,
 					 .ino = c->st.st_ino, .size = c->st.st_size,
 					 .mtime = c->st.st_mtim, .uid = c->st.st_uid,
-					 .gid = c->st.st_gid, .mode = c->st.st_mode };
+					 .gid = c->st.st_gid, .mode = c->vmode };
 		atomic_init(&s->fd, -1);
 		if (!qv_ends_with(c->name, ".safetensors"))
 			continue;
@@ -42,7 +43,10 @@ static int parse_sources(struct qv_gen *m, char *err, size_t errlen)
 		atomic_store(&s->fd, fd);
 		s->pinned = true;
 		s->dev = st.st_dev, s->ino = st.st_ino, s->size = st.st_size, s->mtime = st.st_mtim;
-		s->uid = st.st_uid, s->gid = st.st_gid, s->mode = st.st_mode;
+		/* the file opened may have been chmod'ed since the scan: no more than both allow */
+		s->uid = st.st_uid, s->gid = st.st_gid;
+		s->mode = qv_perm_and(st.st_uid, st.st_gid, st.st_mode, c->st.st_uid, c->st.st_gid,
+				      c->vmode);
 		m->st_of[i] = calloc(1, sizeof(struct qv_st));
 		if (!m->st_of[i])
 			return qv_err(err, errlen, -ENOMEM, "%s: out of memory", c->rel);

@@ -7,11 +7,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int add_meta(struct qv_buf *b, const struct qv_meta *m, size_t n, bool *first)
+static bool meta_has(const struct qv_meta *m, size_t n, const char *key)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(m[i].key, key) == 0)
+			return true;
+	return false;
+}
+
+/* Entries m[0..n) but those whose key skip[0..nskip) holds. */
+static int add_meta(struct qv_buf *b, const struct qv_meta *m, size_t n, const struct qv_meta *skip,
+		    size_t nskip, bool *first)
 {
 	int rc = 0;
 
 	for (size_t i = 0; i < n && !rc; i++) {
+		if (meta_has(skip, nskip, m[i].key))
+			continue;
 		if (!*first)
 			rc = qv_buf_add(b, ",", 1);
 		*first = false;
@@ -69,12 +81,14 @@ int qv_hdr_build(const struct qv_meta *meta, size_t nmeta, const struct qv_meta 
 	rc = qv_buf_add(out, "\0\0\0\0\0\0\0\0{\"__metadata__\":{", 25);
 	for (size_t i = 0; i < nmeta; i++)
 		has_format |= strcmp(meta[i].key, "format") == 0;
+	/* the view's own keys replace the source's of the same name (a rank folder copied out
+	 * of a mount and sliced again says what the new view holds, once) */
 	if (!rc)
-		rc = add_meta(out, meta, nmeta, &first);
+		rc = add_meta(out, meta, nmeta, extra, nextra, &first);
 	if (!rc && !has_format)
-		rc = add_meta(out, &fmt, 1, &first);
+		rc = add_meta(out, &fmt, 1, NULL, 0, &first);
 	if (!rc)
-		rc = add_meta(out, extra, nextra, &first);
+		rc = add_meta(out, extra, nextra, NULL, 0, &first);
 	if (!rc)
 		rc = qv_buf_add(out, "}", 1);
 	for (size_t i = 0; i < nt && !rc; i++) {
@@ -187,6 +201,22 @@ int qv_hdr_index_files(const char *src_json, size_t len, char ***files, size_t *
 	}
 	*files = v;
 	return 0;
+}
+
+int qv_hdr_index_each(const char *src_json, size_t len,
+		      int (*fn)(void *arg, const char *key, const char *file), void *arg, char *err,
+		      size_t errlen)
+{
+	cJSON *root = parse_index(src_json, len, err, errlen);
+	int rc = 0;
+
+	if (!root)
+		return -EINVAL;
+	for (cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "weight_map")->child; c && !rc;
+	     c = c->next)
+		rc = fn(arg, c->string, c->valuestring);
+	cJSON_Delete(root);
+	return rc;
 }
 
 /* Other metadata values pass through as they were (re-serialized compactly). */

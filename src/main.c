@@ -133,8 +133,8 @@ int main(int argc, char *argv[])
 	/* every option checked before the source is scanned, which may take a while */
 	if (qv_opts_known(&args) || qv_opts_check(&o, &mo, &gpu))
 		goto out_opts;
-	if (o.log && (rc = qv_log_open(o.log))) {
-		qv_log("log=%s: %s", o.log, strerror(-rc));
+	if (o.log && (rc = qv_log_open(o.log, err, sizeof(err)))) {
+		qv_log("log=%s: %s", o.log, err);
 		goto out_opts;
 	}
 	if (qv_mntpt_check(o.source, copts.mountpoint, o.overmount, err, sizeof(err))) {

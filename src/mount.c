@@ -23,22 +23,48 @@ static int folder_name(const struct qv_mount *m, const struct qv_plan_opts *po, 
 	return snprintf(buf, len, "ep-rank-%u", po->ep_rank);
 }
 
-/* A view's root folder dn: the source tree converted, and a sharded save's consolidation. */
-static int build_root(struct qv_mount *m, struct qv_gen *g, const struct qv_plan *p,
+/* A view's root folder dn in tree t: the source tree converted, and a sharded save's
+ * consolidation. */
+static int build_root(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dn, char *err, size_t errlen)
 {
-	int rc = qv_view_build(&m->tree, g, p, 0, dn, err, errlen);
+	int rc = qv_view_build(t, g, p, 0, dn, err, errlen);
 
-	return !rc && g->sharded ? qv_view_dcp(&m->tree, g, p, dn, err, errlen) : rc;
+	return !rc && g->sharded ? qv_view_dcp(t, g, p, dn, err, errlen) : rc;
+}
+
+/* Build plan p's view into a scratch tree and drop it. Only the expert cuts differ between
+ * rank folders (checked per plan by qv_view_validate); whatever else would fail a folder's first
+ * use (a header, an index, two tensors for one key) fails here for all of them. */
+static int dry_build(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen)
+{
+	struct qv_tree t;
+	struct qv_node *dn;
+	int rc = qv_tree_init(&t);
+
+	dn = rc ? NULL : qv_tree_new(&t, "", 0, true, &g->scan.n[0].st.st_mtim);
+	if (!dn) {
+		qv_tree_fini(&t);
+		return qv_err(err, errlen, -ENOMEM, "out of memory");
+	}
+	dn->gen = g;
+	rc = build_root(&t, g, p, dn, err, errlen);
+	qv_tree_fini(&t);
+	return rc;
 }
 
 /* One folder per rank (and shard) at the root, each built on first use. */
 static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_node *root,
 			     char *err, size_t errlen)
 {
-	int rc = qv_view_validate(g, &g->plans[0], err, errlen);
+	int rc;
 
-	/* the folders are built on first use: a clash of names must stop the mount now */
+	/* the folders are built on first use: what would fail one must stop the mount now
+	 * (g->shared is not made yet, so the scratch build has the plain layout; its checks are
+	 * those of -o ep_shared's too) */
+	rc = qv_view_validate(g, g->plans, g->nplans, err, errlen);
+	if (!rc)
+		rc = dry_build(g, &g->plans[0], err, errlen);
 	if (!rc && g->sharded)
 		rc = qv_view_dcp_check(g, err, errlen);
 	if (!rc && m->o.ep_shared && g->sharded)
@@ -68,34 +94,6 @@ static int make_rank_folders(struct qv_mount *m, struct qv_gen *g, struct qv_nod
 	return rc;
 }
 
-/* Only the folders above the source that a caller could search let it reach the source: each
- * class that one of them denies search to is denied the view root too. */
-static mode_t search_only(mode_t mode)
-{
-	return (mode & S_IXUSR ? 0700 : 0) | (mode & S_IXGRP ? 0070 : 0) | (mode & S_IXOTH ? 0007 : 0);
-}
-
-/* The view root's owner and modes: the source folder's, narrowed by the folders above it. */
-static void root_perm(const char *source, const struct stat *st, struct qv_node *top)
-{
-	char *p = strdup(source), *s;
-	struct stat a;
-
-	qv_tree_perm_set(top, st->st_uid, st->st_gid, st->st_mode);
-	if (!p) { /* unknown ancestors: only the owner and root get in */
-		qv_tree_perm_and(top, st->st_uid, st->st_gid, 0700);
-		return;
-	}
-	while ((s = strrchr(p, '/'))) {
-		s[s == p] = '\0'; /* "/a/b" -> "/a" -> "/" */
-		if (stat(p, &a) == 0)
-			qv_tree_perm_and(top, a.st_uid, a.st_gid, search_only(a.st_mode));
-		if (s == p)
-			break;
-	}
-	free(p);
-}
-
 /* Build generation g's root folder top (pending): the view or the rank folders, and .qvlmoefs. */
 static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, char *err,
 		     size_t errlen)
@@ -104,9 +102,10 @@ static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, 
 
 	top->ino = top->parent = 1;
 	top->gen = g;
-	root_perm(m->source, &g->scan.n[0].st, top);
+	/* the source folder's, narrowed by the folders above it (the scan's vmode) */
+	qv_tree_perm_set(top, g->scan.n[0].st.st_uid, g->scan.n[0].st.st_gid, g->scan.n[0].vmode);
 	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
-				   build_root(m, g, &g->plans[0], top, err, errlen);
+				   build_root(&m->tree, g, &g->plans[0], top, err, errlen);
 	if (!rc)
 		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
 				       errlen);
@@ -138,6 +137,7 @@ static int load_view(struct qv_mount *m, struct qv_gen **old, char *err, size_t 
 	atomic_init(&g->refs, 1); /* the newest generation's own hold */
 	g->prev = m->gen;
 	m->gen = g;
+	atomic_store(&m->newest, g);
 	atomic_fetch_add(&m->ngens, 1);
 	pthread_mutex_lock(&m->root_lock);
 	top = atomic_exchange(&m->tree.top, top);
@@ -252,6 +252,43 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 	return rc;
 }
 
+bool qv_mount_current(struct qv_mount *m, const struct qv_node *n)
+{
+	return n->gen == atomic_load(&m->newest);
+}
+
+/* Records of folder d's entries into out, each folder's own entries first (see
+ * qv_mount_names); caller holds m->lock, so no lazy build changes an entry list meanwhile. */
+static int names_of(struct qv_mount *m, const struct qv_node *d, struct qv_buf *out)
+{
+	int rc = 0;
+
+	/* the recursion is as deep as the source's folders nest (the scan bounds that) */
+	for (size_t i = 0; !rc && i < d->nkids; i++) {
+		const struct qv_node *k = qv_tree_node(&m->tree, d->kids[i]);
+
+		if (!k)
+			continue;
+		if (k->dir && k->up == d)
+			rc = names_of(m, k, out);
+		if (!rc)
+			rc = qv_buf_add(out, &d->ino, sizeof(d->ino));
+		if (!rc)
+			rc = qv_buf_add(out, k->name, strlen(k->name) + 1);
+	}
+	return rc;
+}
+
+int qv_mount_names(struct qv_mount *m, const struct qv_node *top, struct qv_buf *out)
+{
+	int rc;
+
+	pthread_mutex_lock(&m->lock);
+	rc = names_of(m, top, out);
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
 int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen)
 {
 	struct qv_gen *old = NULL;
@@ -273,7 +310,7 @@ static int fill(struct qv_mount *m, struct qv_node *dir, char *err, size_t errle
 
 	if (dir->inspect)
 		return qv_inspect_fill(&m->tree, &m->o, dir, err, errlen);
-	rc = build_root(m, dir->gen, &dir->gen->plans[dir->lazy], dir, err, errlen);
+	rc = build_root(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err, errlen);
 	if (!rc)
 		rc = qv_inspect_folder(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
 				       errlen);

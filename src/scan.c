@@ -1,5 +1,6 @@
 /* scan.c - walk the source once at mount: regular files and folders, links per DESIGN §2. */
 #include "qv_scan.h"
+#include "qv_perm.h"
 #include "qv_util.h"
 
 #include <dirent.h>
@@ -63,6 +64,46 @@ static int add_node(struct qv_scan *s, uint32_t parent, const char *name, const 
 	n->parent = parent;
 	*idx = (uint32_t)s->nn++;
 	return 0;
+}
+
+/* Narrow *mode (of a file owned by uid, gid) by every folder above path, from "/" down: a
+ * caller that cannot search one of them cannot reach the file at all. A folder that cannot
+ * be examined lets nobody through. */
+static void narrow_by_folders(const char *path, uid_t uid, gid_t gid, mode_t *mode)
+{
+	char p[PATH_MAX];
+	size_t len = strlen(path);
+	struct stat a;
+
+	for (size_t i = 0; i < len; i++) {
+		size_t plen = i ? i : 1; /* the folder ending before this slash ("/" for the first) */
+
+		if (path[i] != '/' || plen >= len)
+			continue;
+		memcpy(p, path, plen);
+		p[plen] = '\0';
+		if (stat(p, &a) == 0)
+			*mode = qv_perm_and(uid, gid, *mode, a.st_uid, a.st_gid,
+					    qv_perm_search(a.st_mode));
+		else
+			*mode = 0;
+	}
+}
+
+/* What the view may grant on node idx: its mode, narrowed by its folder in the source (which
+ * is narrowed in turn) or, for the root, by every folder above it; a link's target also by
+ * every folder above the target, which the link's own path does not pass. */
+static void set_vmode(struct qv_scan *s, uint32_t idx, bool link)
+{
+	struct qv_snode *n = &s->n[idx];
+	const struct qv_snode *up = &s->n[n->parent];
+
+	n->vmode = n->st.st_mode & QV_PERM_BITS;
+	if (idx == 0 || link)
+		narrow_by_folders(n->path, n->st.st_uid, n->st.st_gid, &n->vmode);
+	if (idx != 0)
+		n->vmode = qv_perm_and(n->st.st_uid, n->st.st_gid, n->vmode, up->st.st_uid,
+				       up->st.st_gid, qv_perm_search(up->vmode));
 }
 
 static int cmp_name(const void *a, const void *b)
@@ -179,6 +220,7 @@ static int walk_entry(struct qv_scan *s, uint32_t dir, const char *name, int dep
 	rc = add_node(s, dir, name, real, rel, &st, &idx);
 	if (rc)
 		goto out;
+	set_vmode(s, idx, strcmp(real, full) != 0);
 	kids = realloc(s->n[dir].kids, (s->n[dir].nkids + 1) * sizeof(*kids));
 	if (!kids) {
 		rc = -ENOMEM;
@@ -234,8 +276,10 @@ int qv_scan_tree(const char *src, struct qv_scan *out, char *err, size_t errlen)
 	}
 	out->allow_root = allow_root_of(out->root);
 	rc = out->allow_root ? add_node(out, 0, "", out->root, "", &st, &root) : -ENOMEM;
-	if (!rc)
+	if (!rc) {
+		set_vmode(out, root, false);
 		rc = walk(out, root, 0, err, errlen);
+	}
 	if (!rc)
 		return 0;
 	if (rc == -ENOMEM)

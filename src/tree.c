@@ -3,13 +3,13 @@
  * published whole; an owner's nodes are freed together and leave tombstones that answer as
  * absent until the slot is reused. */
 #include "qv_tree.h"
+#include "qv_perm.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SLOT_MASK ((1u << QV_CHUNK_SHIFT) - 1)
-#define PERM_BITS 0555 /* read and execute/search for owner, group, others */
 
 static struct qv_node *slot(struct qv_tree *t, size_t i)
 {
@@ -20,7 +20,19 @@ int qv_tree_init(struct qv_tree *t)
 {
 	memset(t, 0, sizeof(*t));
 	t->chunk = calloc(QV_MAX_CHUNKS, sizeof(*t->chunk));
-	return t->chunk ? 0 : -ENOMEM;
+	if (!t->chunk)
+		return -ENOMEM;
+	/* Slot 0 (inode 1) is never handed out: every generation's root answers as inode 1
+	 * whatever its slot, so a node in slot 0 would share the root's number once the first
+	 * root's slot were reused. */
+	t->chunk[0] = calloc(1u << QV_CHUNK_SHIFT, sizeof(struct qv_node));
+	if (!t->chunk[0]) {
+		free(t->chunk);
+		t->chunk = NULL;
+		return -ENOMEM;
+	}
+	atomic_store(&t->nnodes, 1);
+	return 0;
 }
 
 /* Free what node n owns; the slot keeps only its FUSE generation for the next use. */
@@ -137,7 +149,7 @@ struct qv_node *qv_tree_new(struct qv_tree *t, const char *name, uint64_t parent
 	n->lazy = -1;
 	n->folder = -1;
 	n->nlink = 0;
-	n->mode = dir ? PERM_BITS : PERM_BITS & 0444;
+	n->mode = dir ? QV_PERM_BITS : QV_PERM_BITS & 0444;
 	n->link = t->pending;
 	t->pending = i + 1;
 	atomic_store_explicit(&n->state, QV_NODE_PENDING, memory_order_release);
@@ -273,29 +285,12 @@ void qv_tree_perm_set(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode)
 {
 	n->uid = uid;
 	n->gid = gid;
-	n->mode = mode & PERM_BITS;
+	n->mode = mode & QV_PERM_BITS;
 }
 
-/* The three bits of class c (0 owner, 1 group, 2 others) of mode. */
-static unsigned cls(mode_t mode, int c)
-{
-	return (mode >> (6 - 3 * c)) & 7;
-}
-
-/* The rule: a caller is in exactly one class of n (owner if its uid is n's, else group if it is
- * in n's group, else others) but may be in any class of the source whose membership differs:
- * a caller in n's group is the source's owner when the owners differ, and in or out of the
- * source's group when the groups differ. Each class of n keeps the bits that every class of the
- * source it may fall into grants. With one owner and one group this is a plain AND. */
 void qv_tree_perm_and(struct qv_node *n, uid_t uid, gid_t gid, mode_t mode)
 {
-	unsigned u = cls(mode, 0), g = cls(mode, 1), o = cls(mode, 2);
-	bool su = uid == n->uid, sg = gid == n->gid;
-	unsigned as_owner = su ? u : g & o;
-	unsigned as_group = (su ? 7 : u) & g & (sg ? 7 : o);
-	unsigned as_other = (su ? 7 : u) & (sg ? 7 : g) & o;
-
-	n->mode &= (mode_t)(as_owner << 6 | as_group << 3 | as_other) & PERM_BITS;
+	n->mode = qv_perm_and(n->uid, n->gid, n->mode, uid, gid, mode);
 }
 
 uint64_t qv_tree_bytes(struct qv_tree *t)

@@ -19,12 +19,35 @@
 static bool log_stderr = true, log_syslog;
 static int log_fd = -1;
 
-int qv_log_open(const char *path)
+/* Why path could not be opened for the log (open's errno e): a link or a file that is not a
+ * regular one says so, rather than "Too many levels of symbolic links" or "No such device". */
+static int log_open_error(const char *path, int e, char *err, size_t errlen)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	struct stat st;
+
+	if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+		return qv_err(err, errlen, -ELOOP, "a symbolic link, not followed (name the file "
+			      "itself)");
+	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		return qv_err(err, errlen, -EINVAL, "not a regular file");
+	return qv_err(err, errlen, -e, "%s", strerror(e));
+}
+
+int qv_log_open(const char *path, char *err, size_t errlen)
+{
+	/* the daemon runs as root: a link planted where the log goes (a world-writable folder)
+	 * must not send its appends to another file, and a FIFO there must not block the open
+	 * (O_NONBLOCK, which a regular file ignores) */
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+		      0644);
+	struct stat st;
 
 	if (fd < 0)
-		return -errno;
+		return log_open_error(path, errno, err, errlen);
+	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return qv_err(err, errlen, -EINVAL, "not a regular file");
+	}
 	if (log_fd >= 0)
 		close(log_fd);
 	log_fd = fd;
@@ -84,11 +107,13 @@ void qv_log_detached(void)
 	saved_stderr = -1;
 }
 
+#define LOG_LINE 1024 /* bytes of one formatted line, before its escapes */
+
 /* One line to the log file in one write(), so lines of several threads (and of several
  * daemons sharing the file, O_APPEND) never interleave. */
 static void log_file_line(const char *line)
 {
-	char buf[1200], stamp[32];
+	char buf[4 * LOG_LINE + 64], stamp[32];
 	struct timespec ts;
 	struct tm tm;
 	int n;
@@ -108,14 +133,40 @@ static void log_file_line(const char *line)
 	}
 }
 
+/* in with its control bytes written out (\n, \r, \t, else \xNN) into out, which holds
+ * 4 * strlen(in) + 1: a name from a file that holds a newline cannot forge a second line. */
+static void escape_controls(char *out, const char *in)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (; *in; in++) {
+		unsigned char c = (unsigned char)*in;
+
+		if (c >= 0x20 && c != 0x7f) {
+			*out++ = (char)c;
+			continue;
+		}
+		*out++ = '\\';
+		if (c == '\n' || c == '\r' || c == '\t') {
+			*out++ = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+		} else {
+			*out++ = 'x';
+			*out++ = hex[c >> 4];
+			*out++ = hex[c & 15];
+		}
+	}
+	*out = '\0';
+}
+
 void qv_log(const char *fmt, ...)
 {
-	char line[1024];
+	char raw[LOG_LINE], line[4 * LOG_LINE];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
 	va_end(ap);
+	escape_controls(line, raw);
 	if (log_fd >= 0)
 		log_file_line(line);
 	if (log_syslog && log_fd < 0)

@@ -245,6 +245,83 @@ static int index_entries(struct qv_node *n, char **files, size_t nfiles, struct 
 	return 0;
 }
 
+/* What an index's folder holds, for index_holds: the names of each entry's tensors, sorted
+ * when first asked for. */
+struct index_check {
+	const struct qv_gen *g;
+	const struct qv_snode *dir;
+	char ***names; /* per entry of dir, or NULL until asked */
+	char *why;
+	size_t wl;
+};
+
+/* The position among folder d's entries (sorted by name) of the one named name, or -1. */
+static long kid_named(const struct qv_gen *g, const struct qv_snode *d, const char *name)
+{
+	size_t lo = 0, hi = d->nkids;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		int c = strcmp(g->scan.n[d->kids[mid]].name, name);
+
+		if (c == 0)
+			return (long)mid;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+/* One weight_map entry: file must be a safetensors file of the folder that holds key. A key
+ * its file lacks would vanish from the regenerated index, hiding the gap from loaders. */
+static int index_holds(void *arg, const char *key, const char *file)
+{
+	struct index_check *c = arg;
+	long k = kid_named(c->g, c->dir, file);
+	const struct qv_st *st = k < 0 ? NULL : c->g->st_of[c->dir->kids[k]];
+
+	if (k < 0)
+		return qv_err(c->why, c->wl, -EINVAL, "names %s, which is not in the folder", file);
+	if (!st)
+		return qv_err(c->why, c->wl, -EINVAL, "names \"%s\" in %s, which is no safetensors "
+			      "file", key, file);
+	if (c->g->sharded && qv_dcp_is_rank_file(file))
+		return 0; /* its tensor list was given back at load: the chunks are checked */
+	if (!c->names[k]) {
+		c->names[k] = malloc((st->nt ? st->nt : 1) * sizeof(char *));
+		if (!c->names[k])
+			return qv_err(c->why, c->wl, -ENOMEM, "out of memory");
+		for (size_t i = 0; i < st->nt; i++)
+			c->names[k][i] = st->t[i].name;
+		qsort(c->names[k], st->nt, sizeof(char *), cmp_str);
+	}
+	if (!bsearch(&key, c->names[k], st->nt, sizeof(char *), cmp_str))
+		return qv_err(c->why, c->wl, -EINVAL, "names \"%s\" in %s, which does not hold it",
+			      key, file);
+	return 0;
+}
+
+/* Every entry of index si (text src) names a file of its folder that holds the key; 0 or
+ * -EINVAL with the first that does not in why. */
+static int check_index(const struct qv_gen *g, uint32_t si, const struct qv_buf *src, char *why,
+		       size_t wl)
+{
+	const struct qv_snode *d = &g->scan.n[g->scan.n[si].parent];
+	struct index_check c = { .g = g, .dir = d, .why = why, .wl = wl };
+	int rc;
+
+	c.names = calloc(d->nkids ? d->nkids : 1, sizeof(*c.names));
+	if (!c.names)
+		return qv_err(why, wl, -ENOMEM, "out of memory");
+	rc = qv_hdr_index_each(src->p, src->len, index_holds, &c, why, wl);
+	for (size_t k = 0; k < d->nkids; k++)
+		free(c.names[k]);
+	free(c.names);
+	return rc;
+}
+
 /* The index file si, regenerated from the virtual files of its folder (fk, nfk). */
 static int build_index(struct qv_gen *g, uint32_t si, struct qv_node *n, struct qv_fkeys *fk,
 		       size_t nfk, char *err, size_t errlen)
@@ -260,8 +337,9 @@ static int build_index(struct qv_gen *g, uint32_t si, struct qv_node *n, struct 
 	rc = qv_scan_read(&g->scan.n[si], MAX_INDEX_BYTES, &src, why, sizeof(why));
 	if (!rc)
 		rc = qv_hdr_index_files(src.p, src.len, &files, &nfiles, why, sizeof(why));
-	qv_tree_perm_set(n, g->scan.n[si].st.st_uid, g->scan.n[si].st.st_gid,
-			 g->scan.n[si].st.st_mode);
+	if (!rc)
+		rc = check_index(g, si, &src, why, sizeof(why));
+	qv_tree_perm_set(n, g->scan.n[si].st.st_uid, g->scan.n[si].st.st_gid, g->scan.n[si].vmode);
 	if (!rc)
 		rc = index_entries(n, files, nfiles, fk, nfk, &w, &nw, &total, why, sizeof(why));
 	if (!rc)
@@ -363,7 +441,7 @@ int qv_view_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		n->gen = g;
 		n->nlink = nlink;
 		n->vf.base = g->src;
-		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->st.st_mode);
+		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->vmode);
 		rc = st ? qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_DENSE,
 				       &n->vf, &fk, err, errlen) :
 			  qv_view_passthrough(g, si, n);
@@ -419,7 +497,7 @@ static int link_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan
 	if (!n)
 		return -ENOMEM;
 	n->vf.base = g->src;
-	qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->st.st_mode);
+	qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->vmode);
 	fk[*nfk] = (struct qv_fkeys){ .file = n->name, .src = c->name, .node = n };
 	rc = qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_EXPERTS, &n->vf,
 			  &fk[(*nfk)++], err, errlen);
@@ -456,7 +534,7 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 			break;
 		n->vf.base = g->src;
 		/* what the source lets a caller read, the view does too, and no more */
-		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->st.st_mode);
+		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->vmode);
 		if (dir) {
 			rc = qv_view_build(t, g, p, si, n, err, errlen);
 		} else if (g->st_of[si]) {
@@ -485,42 +563,48 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 	return rc;
 }
 
-int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, char *err, size_t errlen)
+/* Tensor t (of file rel; NULL: a consolidated one) under plans p[0..np): an expert tensor must
+ * be cut by each. The plans differ only in their slice, so one of them maps the key for all. */
+static int validate_tensor(const struct qv_plan *p, size_t np, const struct qv_tensor *t,
+			   const char *rel, char *err, size_t errlen)
 {
-	for (size_t i = 0; g->sharded && i < g->dcp.nt; i++) { /* consolidated shapes count */
+	struct qv_cut cut;
+	char *key, why[QV_ERRLEN];
+	bool expert;
+	int rc = qv_plan_map_tensor(&p[0], t, &key, &expert);
+
+	free(key);
+	if (rc < 0)
+		return qv_err(err, errlen, rc, "out of memory");
+	for (size_t i = 0; rc == 1 && expert && i < np; i++) {
+		if (!qv_plan_cut(&p[i], t, &cut, why, sizeof(why)))
+			continue;
+		return rel ? qv_err(err, errlen, -EINVAL, "%s: %s", rel, why) :
+			     qv_err(err, errlen, -EINVAL, "%s", why);
+	}
+	return 0;
+}
+
+int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, size_t np, char *err,
+		     size_t errlen)
+{
+	int rc = 0;
+
+	for (size_t i = 0; !rc && g->sharded && i < g->dcp.nt; i++) { /* consolidated shapes */
 		const struct qv_dtensor *x = &g->dcp.t[i];
 		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
-		struct qv_cut cut;
-		char *key, why[QV_ERRLEN];
-		bool expert;
-		int rc;
 
 		memcpy(t.shape, x->shape, sizeof(t.shape));
-		rc = qv_plan_map_tensor(p, &t, &key, &expert);
-		free(key);
-		if (rc < 0)
-			return qv_err(err, errlen, rc, "out of memory");
-		if (rc == 1 && expert && qv_plan_cut(p, &t, &cut, why, sizeof(why)))
-			return qv_err(err, errlen, -EINVAL, "%s", why);
+		rc = validate_tensor(p, np, &t, NULL, err, errlen);
 	}
-	for (size_t i = 0; i < g->scan.nn; i++) {
+	for (size_t i = 0; !rc && i < g->scan.nn; i++) {
 		const struct qv_st *st = g->sharded && qv_dcp_is_rank_file(g->scan.n[i].name) ?
 						 NULL : g->st_of[i];
 
-		for (size_t k = 0; st && k < st->nt; k++) {
-			struct qv_cut cut;
-			char *key, why[QV_ERRLEN];
-			bool expert;
-			int rc = qv_plan_map_tensor(p, &st->t[k], &key, &expert);
-
-			free(key);
-			if (rc < 0)
-				return qv_err(err, errlen, rc, "out of memory");
-			if (rc == 1 && expert && qv_plan_cut(p, &st->t[k], &cut, why, sizeof(why)))
-				return qv_err(err, errlen, -EINVAL, "%s: %s", g->scan.n[i].rel, why);
-		}
+		for (size_t k = 0; !rc && st && k < st->nt; k++)
+			rc = validate_tensor(p, np, &st->t[k], g->scan.n[i].rel, err, errlen);
 	}
-	return 0;
+	return rc;
 }
 
 void qv_fkeys_fini(struct qv_fkeys *fk)

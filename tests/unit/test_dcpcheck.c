@@ -109,6 +109,27 @@ TEST(dcpcheck_dtype_mapping_names_absent_tensor)
 	expect(dir, NULL, NULL);
 }
 
+/* A dtype mapping that is there but is no JSON object (cut short, an array, empty) or is a
+ * folder refuses the mount, naming it and why: it was skipped, so the save mounted without
+ * the check it stands for. */
+TEST(dcpcheck_bad_dtype_mapping_refused)
+{
+	static const char *const bad[] = { "{\"model.embed_tokens.weight\": \"BF16\"",
+					   "[\"model.embed_tokens.weight\"]", "" };
+	char *dir, *m;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		dir = embed_save("{}");
+		vt_put(dir, ".hf_metadata/fqn_to_dtype_mapping.json", bad[i]);
+		expect(dir, ".hf_metadata/fqn_to_dtype_mapping.json: not a JSON object", NULL);
+	}
+	dir = embed_save("{}");
+	m = ut_path(dir, ".hf_metadata/fqn_to_dtype_mapping.json");
+	CHECK(mkdir(m, 0755) == 0);
+	free(m);
+	expect(dir, ".hf_metadata/fqn_to_dtype_mapping.json: a folder, not a JSON file", NULL);
+}
+
 TEST(dcpcheck_per_expert_count)
 {
 	char *dir = ut_tmpdir();

@@ -482,3 +482,78 @@ TEST(hdr_index_garbage_after_json)
 		free(files[i]);
 	free(files);
 }
+
+/* A rank folder copied out of a mount holds the qvlmoefs.ep_* keys already: slicing it again
+ * must say what the new view holds, once, not two values for one key (which the strict parser
+ * refuses: every rank folder answered EIO). */
+TEST(hdr_build_view_keys_replace_source_keys)
+{
+	struct qv_meta meta[] = { { (char *)"qvlmoefs.ep_rank", (char *)"1" },
+				  { (char *)"origin", (char *)"copy" },
+				  { (char *)"qvlmoefs.expert_start", (char *)"4" } };
+	struct qv_meta extra[] = { { (char *)"qvlmoefs.ep_rank", (char *)"0" },
+				   { (char *)"qvlmoefs.expert_start", (char *)"0" } };
+	static const char *const keys[] = { "origin", "format", "qvlmoefs.ep_rank",
+					    "qvlmoefs.expert_start" };
+	static const char *const vals[] = { "copy", "pt", "0", "0" };
+	struct qv_buf b = { 0 };
+	char err[QV_ERRLEN] = "";
+	struct qv_st st;
+
+	if (!CHECK_MSG(qv_hdr_build(meta, 3, extra, 2, NULL, 0, &b, err, sizeof(err)) == 0, "%s",
+		       err))
+		goto out;
+	if (CHECK_MSG(parse_back(&b, 0, &st, err, sizeof(err)) == 0, "%s", err)) {
+		if (CHECK_EQ_U64(st.nmeta, 4))
+			for (size_t i = 0; i < 4; i++) {
+				CHECK_STR(st.meta[i].key, keys[i]);
+				CHECK_STR(st.meta[i].val, vals[i]);
+			}
+		qv_st_free(&st);
+	}
+out:
+	qv_buf_free(&b);
+}
+
+struct each_seen {
+	char keys[128], files[256];
+	int stop_at, calls;
+};
+
+static int each_record(void *arg, const char *key, const char *file)
+{
+	struct each_seen *s = arg;
+
+	strcat(s->keys, key);
+	strcat(s->files, file);
+	strcat(s->files, ",");
+	return ++s->calls == s->stop_at ? -EEXIST : 0;
+}
+
+/* Every weight_map entry, in the index's order, until the callback says stop. */
+TEST(hdr_index_each_entries_in_order)
+{
+	const char *src = "{\"metadata\":{},\"weight_map\":{\"c\":\"m-2.safetensors\","
+			  "\"a\":\"m-1.safetensors\",\"b\":\"m-2.safetensors\"}}";
+	struct each_seen all = { .stop_at = -1 }, two = { .stop_at = 2 };
+	char err[QV_ERRLEN] = "";
+
+	CHECK_EQ_INT(qv_hdr_index_each(src, strlen(src), each_record, &all, err, sizeof(err)), 0);
+	CHECK_STR(all.keys, "cab");
+	CHECK_STR(all.files, "m-2.safetensors,m-1.safetensors,m-2.safetensors,");
+	CHECK_EQ_INT(qv_hdr_index_each(src, strlen(src), each_record, &two, err, sizeof(err)),
+		     -EEXIST);
+	CHECK_STR(two.keys, "ca");
+}
+
+TEST(hdr_index_each_malformed)
+{
+	const char *src = "{\"weight_map\":{\"k\":\"sub/x.safetensors\"}}";
+	struct each_seen s = { .stop_at = -1 };
+	char err[QV_ERRLEN] = "";
+
+	CHECK_EQ_INT(qv_hdr_index_each(src, strlen(src), each_record, &s, err, sizeof(err)),
+		     -EINVAL);
+	CHECK_HAS(err, "\"k\"");
+	CHECK_EQ_INT(s.calls, 0);
+}

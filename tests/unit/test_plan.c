@@ -6,6 +6,7 @@
 #include "qv_plan.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -269,6 +270,116 @@ TEST(plan_exclude_invalid_regex)
 			  bad[i]);
 		CHECK_HAS(err, "exclude");
 		qv_plan_free(&p);
+	}
+}
+
+/* 1 when exclude=pat leaves the HF name out (re.match matched it), 0 when kept, -1 when
+ * the pattern is refused (its message in err). */
+static int excluded(const char *pat, const char *name, char *err, size_t errlen)
+{
+	struct qv_plan_opts o = { .src = QV_NAMING_NATIVE, .view = QV_NAMING_HF, .exclude = pat };
+	struct qv_plan p;
+	char *out = NULL;
+	bool ex;
+	int rc;
+
+	if (qv_plan_init(&p, &o, err, errlen))
+		return -1;
+	rc = qv_plan_map_key(&p, name, &out, &ex);
+	free(out);
+	qv_plan_free(&p);
+	return rc == 0;
+}
+
+/* A pattern, a name and whether Python 3.11's re.match(pattern, name) matches it. */
+struct rx_case {
+	const char *pat, *name;
+	int out;
+};
+
+static void check_as_re_match(const struct rx_case *c, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char err[QV_ERRLEN] = "";
+		int got = excluded(c[i].pat, c[i].name, err, sizeof(err));
+
+		CHECK_MSG(got == c[i].out, "exclude=%s on \"%s\": %s, re.match: %s (%s)", c[i].pat,
+			  c[i].name, got < 0 ? "refused" : got ? "left out" : "kept",
+			  c[i].out ? "left out" : "kept", err);
+	}
+}
+
+/* Inside [...] an escape means what Python says: \d \w \s their classes ([\d] was [[0-9]],
+ * a bracket of "[0-9" and a "]" after it), an escaped character the character (POSIX takes
+ * the backslash literally). */
+TEST(plan_exclude_brackets_as_re_match)
+{
+	static const struct rx_case c[] = {
+		{ ".*layers\\.[\\d]+\\.self_attn\\..*", "model." L "12.self_attn.q_proj.weight", 1 },
+		{ ".*layers\\.[\\d]+\\.self_attn\\..*", "model." L "12.mlp.gate.weight", 0 },
+		{ ".*layers\\.[\\d]+\\.self_attn\\..*", "model." L "x.self_attn.q_proj.weight", 0 },
+		{ "[a\\w]+\\.", "a_1.b", 1 },	 { "[a\\w]+\\.", "-.b", 0 },
+		{ "a[\\s]b", "a b", 1 },	 { "a[\\s]b", "asb", 0 },
+		{ "a[\\D]b", "axb", 1 },	 { "a[\\D]b", "a1b", 0 },
+		{ "a[^\\D]b", "a1b", 1 },	 { "a[^\\D]b", "axb", 0 },
+		{ "a[^\\d]b", "axb", 1 },	 { "a[\\.]b", "a.b", 1 },
+		{ "a[\\.]b", "a\\b", 0 },	 { "a[\\]]b", "a]b", 1 },
+		{ "a[\\]]b", "a\\]b", 0 },	 { "a[\\\\]b", "a\\b", 1 },
+		{ "a[\\\\]b", "a]b", 0 },	 { "a[\\-]b", "a-b", 1 },
+		{ "a[\\-]b", "a\\b", 0 },	 { "a[\\^x]b", "a^b", 1 },
+		{ "a[[:x]]b", "a:]b", 1 },	 { "a[[:x]]b", "axb", 0 }, /* no POSIX class */
+		{ "a[\\.-0]b", "a/b", 1 },	 { "a[]x]b", "a]b", 1 },
+	};
+
+	check_as_re_match(c, sizeof(c) / sizeof(c[0]));
+}
+
+/* Outside brackets too: \A \Z anchor, a lazy {m} is still exactly m (ERE read "a{2}?" as an
+ * optional "aa"), a "{" that starts no repeat is a literal, . stops at a newline. */
+TEST(plan_exclude_escapes_and_repeats_as_re_match)
+{
+	static const struct rx_case c[] = {
+		{ "a\\Ab", "ab", 0 },	       { "\\Aab", "abc", 1 },
+		{ "ab\\Z", "abc", 0 },	       { "ab\\Z", "ab", 1 },
+		{ "a{2}?b", "b", 0 },	       { "a{2}?b", "aab", 1 },
+		{ "a{,2}b", "b", 1 },	       { "a{b", "a{b", 1 },
+		{ "a{}", "a{}", 1 },	       { "a}", "a}", 1 },
+		{ "a.b", "a\nb", 0 },	       { ".*_extra_state", "x\ny._extra_state", 0 },
+		{ "a\\nb", "a\nb", 1 },	       { "a\\nb", "anb", 0 },
+		{ "\\x41", "A", 1 },	       { "a*?b", "aab", 1 },
+		{ "(a|b)\\.c", "b.c", 1 },
+	};
+
+	check_as_re_match(c, sizeof(c) / sizeof(c[0]));
+}
+
+/* What POSIX ERE cannot say is refused with one line naming the pattern and the construct,
+ * rather than taken literally (glibc read \b as a word boundary, \1 as a backreference, a
+ * stray ")" closed the group that anchors the pattern). */
+TEST(plan_exclude_refuses_what_ere_cannot_say)
+{
+	static const char *const c[][2] = {
+		{ "a\\bc", "word boundaries" },	      { "a\\B", "word boundaries" },
+		{ "(?=x)", "(?...) groups" },	      { "(?!x)", "(?...) groups" },
+		{ "(?<=x)a", "(?...) groups" },	      { "(?<!x)a", "(?...) groups" },
+		{ "(?P<n>x)", "(?...) groups" },      { "(a)\\1", "backreferences" },
+		{ "[a\\D]", "\\D, \\W or \\S inside [...]" }, { "[\\W\\d]", "\\D, \\W or \\S" },
+		{ "a)|(.*", "a ) without its (" },    { "x++", "possessive" },
+		{ "\\q", "only the escapes" },	      { "[\\A]", "inside [...] only the escapes" },
+		{ "[\xc3\xa9]", "non-ASCII" },	      { "\\x80", "\\x takes two hex digits" },
+		{ "*a", "a repeat of nothing" },      { "a**", "a repeat of a repeat" },
+		{ "a{3,2}", "n below m" },	      { "[a", "a [ without its ]" },
+		{ "[z-a]", "bad character range" },   { "a\\", "trailing backslash" },
+	};
+
+	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
+		char err[QV_ERRLEN] = "", want[64];
+
+		CHECK_MSG(excluded(c[i][0], "abc", err, sizeof(err)) == -1, "exclude=%s accepted",
+			  c[i][0]);
+		snprintf(want, sizeof(want), "exclude=%s: ", c[i][0]);
+		CHECK_HAS(err, want);
+		CHECK_HAS(err, c[i][1]);
 	}
 }
 

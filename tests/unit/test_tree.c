@@ -24,7 +24,7 @@ static struct qv_gen *const OWNER_A = (struct qv_gen *)0x1000;
 /* Another one. */
 static struct qv_gen *const OWNER_B = (struct qv_gen *)0x2000;
 
-/* A root (inode 1, owner) with files a (3 bytes) and b (5 bytes), published. */
+/* A root (owner) with files a (3 bytes) and b (5 bytes), published. */
 static struct qv_node *small_tree(struct qv_tree *t, struct qv_gen *owner)
 {
 	struct qv_node *top = qv_tree_new(t, "", 0, true, &T0), *a, *b;
@@ -156,8 +156,40 @@ TEST(tree_free_owned_leaves_tombstones_then_reuses)
 	n = qv_tree_new(&t, "x", 0, false, &T0);
 	CHECK(n && n->ino <= 3);
 	CHECK(n && n->fgen == 2);
-	CHECK_EQ_U64(atomic_load(&t.nnodes), 6);
+	CHECK_EQ_U64(atomic_load(&t.nnodes), 7); /* six nodes and slot 0, which is never used */
 	qv_tree_commit(&t);
+out:
+	qv_tree_fini(&t);
+}
+
+/* A root answers as inode 1 whatever its slot: once the first generation is freed, no node
+ * built later may take inode 1 too (the kernel would take it for the root). */
+TEST(tree_no_node_takes_the_roots_inode_after_a_rescan)
+{
+	struct qv_tree t;
+	struct qv_node *ta, *tb, *n;
+	bool clash = false;
+
+	if (!CHECK_EQ_INT(qv_tree_init(&t), 0))
+		return;
+	ta = small_tree(&t, OWNER_A);
+	if (!CHECK(ta))
+		goto out;
+	atomic_store(&t.top, ta);
+	tb = small_tree(&t, OWNER_B); /* a rescan: the new root replaces the old */
+	if (!CHECK(tb))
+		goto out;
+	atomic_store(&t.top, tb);
+	qv_tree_free_owned(&t, OWNER_A);
+	for (int i = 0; i < 8; i++) { /* more than the freed slots: each one is reused */
+		n = qv_tree_add(&t, tb, "late", false, &T0);
+		if (!CHECK(n))
+			break;
+		clash |= n->ino == 1;
+	}
+	qv_tree_commit(&t);
+	CHECK(!clash);
+	CHECK(qv_tree_node(&t, 1) == tb);
 out:
 	qv_tree_fini(&t);
 }

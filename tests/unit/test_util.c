@@ -111,3 +111,25 @@ TEST(util_err_formats_and_returns_code)
 	CHECK_STR(err, "a long ");
 	CHECK_EQ_INT(qv_err(NULL, 0, -EIO, "ignored"), -EIO);
 }
+
+/* A name from a file goes into log lines as it is: its control bytes are written out, so a
+ * newline in it cannot forge a line of its own, and a line cut at the buffer's end is still
+ * one line. */
+TEST(util_log_escapes_control_bytes)
+{
+	static const char want[] = "qvlmoefs: tensor \"a\\nqvlmoefs: forged\\r\\t\\x1b[2J\\x7f\\x01z\": "
+				   "unknown dtype X\n";
+	struct ut_capture cap;
+	char big[3000], *out;
+
+	memset(big, '\n', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	ut_stderr_begin(&cap);
+	qv_log("tensor \"%s\": unknown dtype X", "a\nqvlmoefs: forged\r\t\x1b[2J\x7f\x01z");
+	qv_log("%s", big);
+	out = ut_stderr_end(&cap);
+	CHECK_MSG(!strncmp(out, want, sizeof(want) - 1), "logged: %s", out);
+	CHECK_EQ_U64(ut_count(out, "\n"), 2);
+	CHECK_EQ_U64(strlen(out), sizeof(want) - 1 + strlen("qvlmoefs: \n") + 2 * 1023);
+	free(out);
+}

@@ -68,10 +68,12 @@ TEST(view_tree_and_sizes)
 	CHECK(qv_tree_lookup(&v.m.tree, root, "") == NULL);
 	CHECK(qv_tree_node(&v.m.tree, 0) == NULL);
 	CHECK(qv_tree_node(&v.m.tree, atomic_load(&v.m.tree.nnodes) + 1) == NULL);
-	/* inode numbers are the node's own */
-	for (uint64_t i = 1; i <= atomic_load(&v.m.tree.nnodes); i++) {
+	/* inode numbers are the node's own, but for the root (inode 1, whatever its slot); slot 0
+	 * (inode 1) is never used */
+	CHECK(qv_tree_node(&v.m.tree, 1) == root && root->ino == 1);
+	for (uint64_t i = 2; i <= atomic_load(&v.m.tree.nnodes); i++) {
 		n = qv_tree_node(&v.m.tree, i);
-		CHECK(n && n->ino == i);
+		CHECK(n && (n->ino == i || n == root));
 		if (n && !n->dir)
 			sum += n->vf.size;
 	}
@@ -578,4 +580,47 @@ TEST(view_open_fails_after_source_changes)
 	CHECK_EQ_INT(qv_mount_open_file(&v.m, vt_get(&v, IDX)), 0);
 out:
 	vt_fini(&v);
+}
+
+/* A rank folder copied out of a mount (its shards carry qvlmoefs.ep_* already) is a checkpoint
+ * of the experts it holds: slicing it again cuts those, and each shard says so once, the view's
+ * own keys in place of the copied ones. One rank and rank folders alike (these answered EIO,
+ * the one rank refused the mount: two values for one __metadata__ key). */
+TEST(view_reslice_copied_rank_folder)
+{
+	static const char f1_copy[] =
+		"{\"__metadata__\":{\"format\":\"pt\",\"qvlmoefs.ep_size\":\"2\","
+		"\"qvlmoefs.ep_rank\":\"1\",\"qvlmoefs.expert_start\":\"4\","
+		"\"qvlmoefs.expert_end\":\"8\"},"
+		"\"model.language_model.embed_tokens.weight\":{\"dtype\":\"F32\",\"shape\":[5,3],"
+		"\"data_offsets\":[0,60]},"
+		"\"" LAYER "mlp.experts.gate_up_proj\":{\"dtype\":\"BF16\",\"shape\":[4,4,4],"
+		"\"data_offsets\":[60,188]},"
+		"\"" LAYER "mlp.experts.down_proj\":{\"dtype\":\"BF16\",\"shape\":[4,2,4],"
+		"\"data_offsets\":[188,252]}}";
+	struct qv_mount_opts one = { .ep_size = 2, .ep_rank = 1, .ep_rank_set = true };
+	struct qv_mount_opts folders = { .ep_size = 2 };
+	const struct qv_mount_opts *opts[] = { &one, &folders };
+
+	for (size_t i = 0; i < 2; i++) {
+		char *dir = vt_make_ckpt();
+		struct qv_st st = { 0 };
+		struct vt v;
+
+		vt_put_st(dir, F1, f1_copy, 252, 1);
+		if (!CHECK_MSG(vt_mount(&v, dir, opts[i]) == 0, "%s", v.err)) {
+			vt_fini(&v);
+			continue;
+		}
+		vt_check_vst(&v, i ? "ep-rank-1/" F1 : F1, W_F1_NATIVE, 3, 2, 1, 0, 0, &st);
+		CHECK_EQ_U64(st.nmeta, 5);
+		CHECK_STR(vt_meta_get(&st, "qvlmoefs.ep_size"), "2");
+		CHECK_STR(vt_meta_get(&st, "qvlmoefs.ep_rank"), "1");
+		CHECK_STR(vt_meta_get(&st, "qvlmoefs.expert_start"), "2");
+		CHECK_STR(vt_meta_get(&st, "qvlmoefs.expert_end"), "4");
+		qv_st_free(&st);
+		if (i)
+			vt_check_vst(&v, "ep-rank-0/" F1, W_F1_NATIVE, 3, 2, 0, 0, 0, NULL);
+		vt_fini(&v);
+	}
 }

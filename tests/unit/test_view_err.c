@@ -139,3 +139,70 @@ TEST(view_err_missing_source)
 	ut_rmtree(base);
 	free(base);
 }
+
+/* An index that names a key its file does not hold: the regenerated index dropped the key
+ * silently (loaders never saw the gap). Refused as a missing file is, in every view: rank
+ * folders at mount too, not on first use. */
+TEST(view_err_index_names_key_its_file_lacks)
+{
+	static const char idx[] = "{\"metadata\":{},\"weight_map\":{"
+				  "\"lm_head.weight\":\"" F2 "\","
+				  "\"model.missing.weight\":\"" F2 "\","
+				  "\"model.language_model.embed_tokens.weight\":\"" F1 "\"}}";
+	struct qv_mount_opts plain = { 0 }, hf = { .view_set = true, .view = QV_NAMING_HF };
+	struct qv_mount_opts folders = { .ep_size = 2 };
+	struct qv_mount_opts shared = { .ep_size = 2, .ep_shared = true };
+	const struct qv_mount_opts *opts[] = { &plain, &hf, &folders, &shared };
+
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		char *dir = vt_make_ckpt();
+
+		vt_put(dir, IDX, idx);
+		EXPECT_MOUNT_FAIL(dir, opts[i], -EINVAL, IDX, "\"model.missing.weight\"", F2);
+	}
+}
+
+/* A key in another file than the index says is refused the same way. */
+TEST(view_err_index_names_key_in_wrong_file)
+{
+	struct qv_mount_opts o = { 0 };
+	char *dir = vt_make_ckpt();
+
+	vt_put(dir, IDX, "{\"weight_map\":{\"lm_head.weight\":\"" F1 "\"}}");
+	EXPECT_MOUNT_FAIL(dir, &o, -EINVAL, IDX, "\"lm_head.weight\"", F1);
+}
+
+/* Rank folders are built on first use: whatever would fail that build (here two tensors of
+ * one file that map to one view key) fails the mount instead of every folder answering EIO. */
+TEST(view_err_rank_folders_refused_at_mount)
+{
+	struct qv_mount_opts o = { .ep_size = 2 };
+	char *dir = ut_tmpdir();
+
+	vt_put_qwen(dir);
+	vt_put_st(dir, "one.safetensors",
+		  "{\"language_model.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+		  "\"model.language_model.x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+		  2, 3);
+	EXPECT_MOUNT_FAIL(dir, &o, -EINVAL, "one.safetensors", "model.language_model.x");
+}
+
+/* A missing shard file is refused at mount for rank folders too. */
+TEST(view_err_rank_folders_index_names_missing_file)
+{
+	struct qv_mount_opts o = { .ep_size = 2 };
+	char *dir = vt_make_ckpt();
+
+	vt_put(dir, IDX, "{\"weight_map\":{\"x\":\"model-00003-of-00002.safetensors\"}}");
+	EXPECT_MOUNT_FAIL(dir, &o, -EINVAL, IDX, "model-00003-of-00002.safetensors");
+}
+
+/* An index that names a file of the folder which is no safetensors file. */
+TEST(view_err_index_names_no_safetensors_file)
+{
+	struct qv_mount_opts o = { 0 };
+	char *dir = vt_make_ckpt();
+
+	vt_put(dir, IDX, "{\"weight_map\":{\"lm_head.weight\":\"config.json\"}}");
+	EXPECT_MOUNT_FAIL(dir, &o, -EINVAL, IDX, "\"lm_head.weight\"", "config.json", "safetensors");
+}
