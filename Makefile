@@ -54,8 +54,8 @@ have-pkgs:
 $(BUILD)/%.o: src/%.c $(wildcard include/*.h) | $(BUILD) have-pkgs
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/loop.o $(BUILD)/opts.o $(BUILD)/mntpt.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
-		$(BUILD)/fs.o $(BUILD)/main.o
+$(BIN): $(CORE_OBJ) $(BUILD)/$(GPU).o $(BUILD)/bdi.o $(BUILD)/loop.o $(BUILD)/excl.o $(BUILD)/opts.o $(BUILD)/mntpt.o $(BUILD)/stage_cli.o $(BUILD)/inspect_cli.o \
+		$(BUILD)/fs.o $(BUILD)/notify.o $(BUILD)/main.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS) -ldl
 
 $(BUILD)/qvlmoefs-mkckpt: $(wildcard tests/mkckpt*.c tests/mkckpt*.h) | $(BUILD)
@@ -64,8 +64,8 @@ $(BUILD)/qvlmoefs-mkckpt: $(wildcard tests/mkckpt*.c tests/mkckpt*.h) | $(BUILD)
 $(BUILD)/stress: tests/stress.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
-$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUILD)/opts.o $(wildcard tests/unit/*.h)
-	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUILD)/opts.o $(LIBS)
+$(BUILD)/unit: $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUILD)/excl.o $(BUILD)/opts.o $(wildcard tests/unit/*.h)
+	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $(wildcard tests/unit/*.c) $(CORE_OBJ) $(BUILD)/gpu_stub.o $(BUILD)/excl.o $(BUILD)/opts.o $(LIBS)
 
 # Install missing Debian packages when root; otherwise say what to install.
 deps:

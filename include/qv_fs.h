@@ -8,29 +8,21 @@
 #include <stdatomic.h>
 
 #include "qv_mount.h"
+#include "qv_opts.h"
 
 struct qv_fs {
 	struct qv_mount *m;
-	pthread_key_t tkey; /* per worker thread: its io_uring, scratch and read buffer */
 	int direct_io; /* -o direct_io: read() bypasses the page cache */
 	int splice;    /* single-run reads reply with the source's pages (off: -o nosplice) */
 	unsigned max_read; /* the mount's max_read= (0: none), which INIT must repeat */
-	/* fault injection (QVLMOEFS_TEST_FAIL_REPLIES=open=N,entry=N): replies to refuse; and
-	 * slow_lookup=MS: each lookup waits that long before its reply (a rescan then comes
-	 * while lookups are in flight) */
+	/* tests only (struct qv_glue_opts): replies still to refuse; each lookup's wait before
+	 * its reply */
 	atomic_int fail_open, fail_entry;
 	int slow_lookup_ms;
 };
 
-/* Prepare the glue for mount m; 0 or -errno. */
-int qv_fs_init(struct qv_fs *fs, struct qv_mount *m);
-
-/* Undo qv_fs_init (after the session loop has ended). */
-void qv_fs_fini(struct qv_fs *fs);
-
-/* Rescan the source (SIGHUP) and make the kernel forget the old tree's names; 0 or -errno
- * (logged; the old view then stays). Not from inside a request handler. */
-int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se);
+/* Prepare the glue for mount m, answering as g says; 0 or -errno. */
+int qv_fs_init(struct qv_fs *fs, struct qv_mount *m, const struct qv_glue_opts *g);
 
 /* The operations table; userdata must be a struct qv_fs. */
 const struct fuse_lowlevel_ops *qv_fs_ops(void);

@@ -9,30 +9,27 @@
 
 #include "qv_cfg.h"
 #include "qv_dcp.h"
-#include "qv_io.h"
 #include "qv_plan.h"
 #include "qv_scan.h"
 #include "qv_st.h"
 #include "qv_util.h"
 #include "qv_vfile.h"
 
-struct qv_mount_opts {
+/* What one generation's scan and plans are made with: the mount's options that gen reads
+ * (struct qv_mount_opts' gen, filled by opts from the command line). */
+struct qv_gen_opts {
 	bool view_set; /* else the other naming than the source's */
 	enum qv_naming view;
 	const char *exclude;
-	struct qv_io_cfg io;
 	uint32_t ep_size, ep_rank;
 	bool ep_rank_set;
 	uint32_t shard_size, shard_rank;
 	bool shard_rank_set;
 	uint64_t max_file; /* -o shard_size: consolidated files of a sharded save (0: 5 GB) */
-	bool allow_empty;     /* -o allow_empty: a source without *.safetensors is no mistake */
-	bool inspect_visible; /* -o inspect_dir=visible: folder listings show .qvlmoefs/ */
-	bool ep_shared; /* rank folders list the bytes all ranks share as one inode each */
-	unsigned scan_pause_ms; /* tests only: a pause after each scan, to swap files meanwhile */
-	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
-	int (*gpu_json)(void *arg, struct qv_buf *out);
-	void *gpu_arg;
+	bool allow_empty;  /* -o allow_empty: a source without *.safetensors is no mistake */
+	/* tests only (QVLMOEFS_TEST_FAULTS scan_pause_ms=N): a pause after each scan, so a test
+	 * can swap a file between the scan and the opens; here as only gen sees that moment */
+	unsigned scan_pause_ms;
 };
 
 struct qv_gen {
@@ -61,13 +58,13 @@ struct qv_gen {
 
 /* Scan src, open and strictly parse every safetensors header, detect the naming, make the
  * plans for options o; 0 or -errno with one line in err naming the file and the reason. */
-int qv_gen_load(struct qv_gen *g, const char *src, const struct qv_mount_opts *o, char *err,
+int qv_gen_load(struct qv_gen *g, const char *src, const struct qv_gen_opts *o, char *err,
 		size_t errlen);
 
 /* Free a generation (closes its source files); safe on a zeroed or half-loaded one. */
 void qv_gen_free(struct qv_gen *g);
 
 /* True when the options make one folder per rank (and shard) instead of one view. */
-bool qv_gen_multi(const struct qv_mount_opts *o);
+bool qv_gen_multi(const struct qv_gen_opts *o);
 
 #endif

@@ -5,6 +5,7 @@
 #define QV_INSPECT_H
 
 #include "qv_gen.h"
+#include "qv_io.h"
 #include "qv_plan.h"
 #include "qv_tree.h"
 #include "qv_util.h"
@@ -27,11 +28,12 @@ struct qv_tinfo {
 int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		      struct qv_node *dir, char *err, size_t errlen);
 
-/* Fill .qvlmoefs/ folder h of tree t (mount options o): stats and view.json, and for a view (a
- * plan) headers/<file>.json and tensors/<key> for every virtual safetensors file of its
- * parent. The caller serializes growth of t. */
-int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_node *h, char *err,
-		    size_t errlen);
+/* Fill .qvlmoefs/ folder h of tree t: stats, view.json (generation options o, the reading
+ * backend io) and gpu.json when gpu (a GPU stage runs), and for a view (a plan)
+ * headers/<file>.json and tensors/<key> for every virtual safetensors file of its parent. The
+ * caller serializes growth of t. */
+int qv_inspect_fill(struct qv_tree *t, const struct qv_gen_opts *o, enum qv_io_backend io,
+		    bool gpu, struct qv_node *h, char *err, size_t errlen);
 
 /* The value of a per-file xattr name of node n into out; 0, -ENODATA or -ENOMEM. */
 int qv_inspect_xattr(const struct qv_node *n, const char *name, struct qv_buf *out);

@@ -16,6 +16,19 @@
 #include "qv_util.h"
 #include "qv_vfile.h"
 
+/* The mount's options (struct qv_mount's o, filled by opts from the command line): gen holds
+ * what gen reads, below mount; the rest only mount and the modules above it read (inspect gets
+ * the io backend and whether gpu.json exists as arguments). */
+struct qv_mount_opts {
+	struct qv_gen_opts gen; /* what each generation's scan and plans read */
+	struct qv_io_cfg io;	/* each reader's (inspect names its backend in view.json) */
+	bool inspect_visible;	/* -o inspect_dir=visible: folder listings show .qvlmoefs/ */
+	bool ep_shared; /* rank folders list the bytes all ranks share as one inode each */
+	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
+	int (*gpu_json)(void *arg, struct qv_buf *out);
+	void *gpu_arg;
+};
+
 struct qv_stats {
 	atomic_uint_least64_t reads, bytes_served, bytes_src, errors, opens, releases;
 	atomic_uint_least64_t bytes_uring, bytes_pread; /* bytes_src by backend */
@@ -31,6 +44,8 @@ struct qv_mount {
 	pthread_mutex_t lock; /* serializes changes of the tree and of the generations' list */
 	pthread_mutex_t root_lock; /* taking a hold on the newest root vs a rescan replacing it */
 	_Atomic(struct qv_gen *) newest; /* m->gen, for readers that take no lock */
+	pthread_key_t reader_key; /* each worker thread's struct qv_reader */
+	bool reader_key_made;
 	atomic_size_t ngens;	   /* generations held */
 	struct qv_stats stats;
 	size_t nfolders;	      /* rank folders (one per plan), 0 for one view */
@@ -72,8 +87,34 @@ void qv_mount_hold(struct qv_mount *m, struct qv_node *n, uint64_t count);
  * replaced generation frees it, its nodes and its source descriptors. */
 void qv_mount_drop(struct qv_mount *m, struct qv_node *n, uint64_t count);
 
+/* The folder ino with one hold on its generation (give it back with qv_mount_drop) and its
+ * entries built; 0 or -errno (ENOENT, ENOTDIR, EIO). *out is set whenever the node exists. */
+int qv_mount_dir(struct qv_mount *m, uint64_t ino, struct qv_node **out);
+
+/* Entry name of folder parent for the kernel: 0 with *out held once (the kernel's lookup,
+ * until it forgets it) or NULL (no such entry); -ESTALE when a rescan has replaced parent's
+ * generation (the kernel then walks again from the root), or what qv_mount_dir says. */
+int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struct qv_node **out);
+
+/* The kernel forgets nlookup lookups of ino (the root's are never counted). */
+void qv_mount_forget(struct qv_mount *m, uint64_t ino, uint64_t nlookup);
+
+/* Entry i of folder d (held) as listed: 0 ".", 1 "..", then d's entries; the node and *name,
+ * or NULL for an index that lists nothing (a hidden .qvlmoefs/, a node gone). i < nkids + 2. */
+struct qv_node *qv_mount_entry(struct qv_mount *m, const struct qv_node *d, size_t i,
+			       const char **name);
+
 /* Make sure folder dir's entries exist (rank folders are built on first use); 0 or -errno. */
 int qv_mount_ready(struct qv_mount *m, struct qv_node *dir);
+
+/* An open of node n (held) with open(2) flags: 0 with *fh, the handle its reads and release
+ * take (a .qvlmoefs/ file's bytes, made now), and *dyn (such a file: its size says nothing, so
+ * read it with direct_io); -EISDIR, -EROFS for any write, -EIO when a source changed. */
+int qv_mount_open(struct qv_mount *m, struct qv_node *n, int flags, uint64_t *fh, bool *dyn);
+
+/* Undo a successful qv_mount_open of file ino with handle fh (its release, or an open whose
+ * reply the kernel did not take). */
+void qv_mount_release(struct qv_mount *m, uint64_t ino, uint64_t fh);
 
 /* Called on open (n held): takes the file's sources and a hold on its generation; 0, or -EIO
  * when a source of the file changed since the mount. */
@@ -83,17 +124,17 @@ int qv_mount_open_file(struct qv_mount *m, struct qv_node *n);
  * qv_mount_open_file took. */
 void qv_mount_release_file(struct qv_mount *m, struct qv_node *n);
 
-/* Read from a file node into buf; *got short only at EOF; 0 or -errno; counts in stats. */
-int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
-		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got);
+/* Answer a read of [off, off+len) of file ino (held by its open file) for the calling thread:
+ * 0 with *rep, bytes in the thread's buffer or (splice set, one run of one source) a pipe of
+ * the source's own pages; -errno (EIO, never a short reply before EOF). A .qvlmoefs/ file
+ * answers from dyn, the bytes made when it was opened. Counts in the stats. */
+int qv_mount_reply(struct qv_mount *m, uint64_t ino, const struct qv_buf *dyn, uint64_t off,
+		   size_t len, bool splice, struct qv_reply *rep);
+
+/* The calling thread's last reply was not taken (an interrupted request): drop its pipe. */
+void qv_mount_unsent(struct qv_mount *m);
 
 /* The daemon's counters as one line of JSON; 0 or -ENOMEM. */
-/* Serve [off, off+len) of file node n as a pipe holding the source's bytes, when they are one
- * run of one source: 0 with *rd (exactly *got bytes, the whole reply); -EAGAIN when they are not
- * (qv_mount_read them instead); -EIO when the source changed or shrank. Counts in stats. */
-int qv_mount_splice(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len,
-		    struct qv_io *io, int *rd, size_t *got);
-
 int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out);
 
 /* A length that the value of xattr name of node n never exceeds, for size queries of values

@@ -75,6 +75,26 @@ struct qv_rdscratch {
 	size_t cap;
 };
 
+/* What a worker thread keeps between reads: its io ring (and splice pipe), the scratch of
+ * its batches and the buffer of its copied replies; nothing is allocated per read. */
+struct qv_reader {
+	struct qv_io *io;
+	struct qv_rdscratch sc;
+	struct qv_buf out; /* kept empty (len 0): only its capacity is used */
+};
+
+/* The answer to one read: len bytes at p (in the reader's buffer), or, when fd >= 0, len bytes
+ * held in the reader's pipe whose read end fd is; from_src of them came from sources, through
+ * backend (the reader's io backend, or QV_REPLY_SPLICED). */
+#define QV_REPLY_SPLICED 2
+struct qv_reply {
+	const char *p;
+	int fd;
+	size_t len;
+	uint64_t from_src;
+	int backend;
+};
+
 /* Take over b's bytes (b is left empty) as vf's memory and append them as a segment at the
  * end of vf (a file's synthesized header or whole generated content); 0, -ENOMEM, or -EEXIST
  * when vf already has its memory (b is then left as it was). */
@@ -116,6 +136,29 @@ int qv_source_unchanged(struct qv_source *s);
  * a tiled tensor, several runs, or past EOF). */
 int qv_vfile_run(const struct qv_vfile *vf, uint64_t off, size_t len, uint32_t *src,
 		 uint64_t *soff, size_t *n);
+
+/* A reader for the calling thread, with an io ring of cfg; 0 or -errno. */
+int qv_reader_new(const struct qv_io_cfg *cfg, struct qv_reader **out);
+
+/* Free a reader (NULL is fine). */
+void qv_reader_free(struct qv_reader *r);
+
+/* Grow r's reply buffer to at least len bytes; 0 or -ENOMEM. */
+int qv_reader_reserve(struct qv_reader *r, size_t len);
+
+/* A reply r made was not taken (an interrupted request): drop what its pipe holds. */
+void qv_reader_unsent(struct qv_reader *r);
+
+/* Serve [off, off+len) of vf as a pipe holding the source's own pages, when they are one run of
+ * one source: 0 with *rep (exactly the whole reply); -EAGAIN when they are not (copy them
+ * instead); -EIO when the source changed or ends early (the pipe is then empty). */
+int qv_vfile_splice(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		    struct qv_reader *r, struct qv_reply *rep);
+
+/* Serve [off, off+len) of vf: spliced when splice is set and qv_vfile_splice can, else copied
+ * into r's buffer (short only at EOF); 0 with *rep, or -errno (never a short reply). */
+int qv_vfile_reply(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		   bool splice, struct qv_reader *r, struct qv_reply *rep);
 
 /* Read [off, off+len) of vf into buf: *got bytes (short only at EOF), *src_bytes read from
  * sources; 0 or -errno. */

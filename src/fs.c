@@ -1,6 +1,7 @@
 /* fs.c - the FUSE low-level handlers. Each one asks the FUSE-free core and replies exactly once;
  * mutations get EROFS. Sources are immutable while mounted, so the kernel may cache for long. */
 #include "qv_fs.h"
+#include "qv_perm.h"
 #include "qv_util.h"
 
 #include <errno.h>
@@ -12,58 +13,11 @@
 #include <unistd.h>
 
 #define CACHE_TIMEOUT 86400.0
-#define READ_BUF_MIN (1u << 20)
 #define SPLICE_MIN (2u * 4096)
-
-/* What a worker thread keeps between requests: nothing is allocated per read. */
-struct qv_thread {
-	struct qv_io *io;
-	struct qv_rdscratch sc;
-	char *buf;
-	size_t cap;
-};
-
-static void thread_free(void *p)
-{
-	struct qv_thread *t = p;
-
-	qv_io_free(t->io);
-	free(t->sc.ops);
-	free(t->buf);
-	free(t);
-}
 
 static struct qv_fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
-}
-
-static int thread_get(struct qv_fs *fs, size_t need, struct qv_thread **out)
-{
-	struct qv_thread *t = pthread_getspecific(fs->tkey);
-	int rc;
-
-	if (!t) {
-		t = calloc(1, sizeof(*t));
-		if (!t)
-			return -ENOMEM;
-		rc = qv_io_new(&fs->m->o.io, &t->io);
-		if (rc || pthread_setspecific(fs->tkey, t)) {
-			free(t);
-			return rc ? rc : -ENOMEM;
-		}
-	}
-	if (t->cap < need) {
-		size_t cap = need < READ_BUF_MIN ? READ_BUF_MIN : need;
-		char *b = realloc(t->buf, cap);
-
-		if (!b)
-			return -ENOMEM;
-		t->buf = b;
-		t->cap = cap;
-	}
-	*out = t;
-	return 0;
 }
 
 static void fill_attr(const struct qv_node *n, struct stat *st)
@@ -141,76 +95,37 @@ static void put(struct qv_fs *fs, struct qv_node *n)
 		qv_mount_drop(fs->m, n, 1);
 }
 
-/* The folder ino, held, with its entries built (rank folders are built on first use); 0 or
- * -errno. *out is set (and must be put) whenever the node exists. */
-static int dir_get(struct qv_fs *fs, fuse_ino_t ino, struct qv_node **out)
-{
-	struct qv_node *d = *out = qv_mount_get(fs->m, ino);
-
-	if (!d)
-		return -ENOENT;
-	if (!d->dir)
-		return -ENOTDIR;
-	return qv_mount_ready(fs->m, d);
-}
-
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *d, *n;
-	struct fuse_entry_param e;
-	int rc = dir_get(fs, parent, &d);
+	struct qv_node *n;
+	struct fuse_entry_param e = { .entry_timeout = CACHE_TIMEOUT };
+	int rc = qv_mount_lookup(fs->m, parent, name, &n);
 
+	if (!rc && fs->slow_lookup_ms)
+		nanosleep(&(struct timespec){ fs->slow_lookup_ms / 1000,
+					      fs->slow_lookup_ms % 1000 * 1000000L }, NULL);
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		put(fs, d);
-		return;
-	}
-	/* A generation never changes, so its entries may be cached for long, negative ones too.
-	 * A folder of a generation a rescan has replaced gives the kernel no entry at all (any
-	 * entry, even one with no timeout, would stay cached and hold the old generation): a
-	 * path walk that met it starts again from the root, where the new generation answers.
-	 * A lookup in flight during a rescan holds its folder's inode lock, which the rescan's
-	 * invalidation of that folder's names waits for: what it caches is dropped at once. */
-	if (!qv_mount_current(fs->m, d)) {
-		fuse_reply_err(req, ESTALE);
+	} else if (!n) { /* a generation never changes: a negative entry may be cached too */
+		fuse_reply_entry(req, &e);
 	} else {
-		if (fs->slow_lookup_ms)
-			nanosleep(&(struct timespec){ fs->slow_lookup_ms / 1000,
-						      fs->slow_lookup_ms % 1000 * 1000000L }, NULL);
-		if (!(n = qv_tree_lookup(&fs->m->tree, d, name))) {
-			memset(&e, 0, sizeof(e));
-			e.entry_timeout = CACHE_TIMEOUT;
-			fuse_reply_entry(req, &e);
-		} else {
-			fill_entry(n, &e);
-			qv_mount_hold(fs->m, n, 1); /* the kernel's lookup, until it forgets n */
-			if (reply_entry(fs, req, &e))
-				qv_mount_drop(fs->m, n, 1);
-		}
+		fill_entry(n, &e);
+		if (reply_entry(fs, req, &e)) /* not taken: the lookup does not count */
+			qv_mount_drop(fs->m, n, 1);
 	}
-	put(fs, d);
-}
-
-/* The kernel forgets nlookup lookups of ino; the root's are never counted. */
-static void forget_one(struct qv_fs *fs, fuse_ino_t ino, uint64_t nlookup)
-{
-	struct qv_node *n = ino == FUSE_ROOT_ID ? NULL : qv_tree_node(&fs->m->tree, ino);
-
-	if (n)
-		qv_mount_drop(fs->m, n, nlookup);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
-	forget_one(fs_of(req), ino, nlookup);
+	qv_mount_forget(fs_of(req)->m, ino, nlookup);
 	fuse_reply_none(req);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
 {
 	for (size_t i = 0; i < count; i++)
-		forget_one(fs_of(req), forgets[i].ino, forgets[i].nlookup);
+		qv_mount_forget(fs_of(req)->m, forgets[i].ino, forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
@@ -234,7 +149,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *d;
-	int rc = dir_get(fs, ino, &d);
+	int rc = qv_mount_dir(fs->m, ino, &d);
 
 	if (rc) {
 		fuse_reply_err(req, -rc);
@@ -253,13 +168,12 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 		     off_t off, bool plus, bool current, size_t *used, uint64_t *counted)
 {
 	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
-		struct qv_node *n = i == 0 ? d : qv_tree_node(&fs->m->tree, i == 1 ? d->parent : d->kids[i - 2]);
-		const char *name = i == 0 ? "." : i == 1 ? ".." : n ? n->name : NULL;
+		const char *name;
+		struct qv_node *n = qv_mount_entry(fs->m, d, i, &name);
 		struct fuse_entry_param e;
 		size_t len;
 
-		/* .qvlmoefs/ is found by name, not listed (unless asked): walkers see each byte once */
-		if (!n || (i >= 2 && n->inspect && !fs->m->o.inspect_visible))
+		if (!n)
 			continue;
 		fill_entry(n, &e);
 		if (plus && i >= 2 && current)
@@ -287,7 +201,7 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, b
 	char *buf = NULL;
 	size_t used = 0;
 	uint64_t counted = 0;
-	int rc = dir_get(fs, ino, &d);
+	int rc = qv_mount_dir(fs->m, ino, &d);
 
 	if (!rc && !(buf = malloc(size)))
 		rc = -ENOMEM;
@@ -320,125 +234,54 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 	do_readdir(req, ino, size, off, true);
 }
 
-/* A .qvlmoefs/ file: its bytes are made now and kept with the open file; direct_io, since
- * its size (0 in getattr, like /proc) says nothing. */
-static void open_dyn(fuse_req_t req, struct qv_fs *fs, struct qv_node *n,
-		     struct fuse_file_info *fi)
-{
-	struct qv_buf *b = calloc(1, sizeof(*b));
-	int rc = b ? qv_mount_dyn_content(fs->m, n, b) : -ENOMEM;
-
-	if (!rc) {
-		fi->fh = (uint64_t)(uintptr_t)b;
-		fi->direct_io = 1;
-		if (reply_open(fs, req, fi) == 0)
-			return;
-	} else {
-		fuse_reply_err(req, -rc);
-	}
-	if (b) /* no release comes for an open that failed or whose reply was not taken */
-		qv_buf_free(b);
-	free(b);
-}
-
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *n = qv_mount_get(fs->m, ino);
-	int rc = !n ? -ENOENT : n->dir ? -EISDIR : 0;
+	bool dyn;
+	int rc = n ? qv_mount_open(fs->m, n, fi->flags, &fi->fh, &dyn) : -ENOENT;
 
-	if (!rc && ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)))
-		rc = -EROFS;
-	if (!rc && n->dyn) {
-		open_dyn(req, fs, n, fi);
-	} else if (!rc && !(rc = qv_mount_open_file(fs->m, n))) {
-		fi->keep_cache = 1;
-		fi->direct_io = fs->direct_io;
-		/* an interrupted open gets no release: give back what it took now */
-		if (reply_open(fs, req, fi))
-			qv_mount_release_file(fs->m, n);
-	}
-	if (rc)
-		fuse_reply_err(req, -rc);
-	put(fs, n);
-}
-
-/* Reply to a read of file n with the source's pages themselves when the request is one run of
- * one source: 0 when replied (the bytes, or the error), -EAGAIN when it must be copied. */
-static int reply_splice(struct qv_fs *fs, fuse_req_t req, struct qv_node *n, size_t size,
-			off_t off, struct qv_thread *t)
-{
-	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
-	size_t got;
-	int rd, rc = qv_mount_splice(fs->m, n, (uint64_t)off, size, t->io, &rd, &got);
-
-	if (rc == -EAGAIN)
-		return rc;
 	if (rc) {
 		fuse_reply_err(req, -rc);
-		return 0;
+	} else {
+		/* a .qvlmoefs/ file's size (0 in getattr, like /proc) says nothing: direct_io */
+		fi->keep_cache = !dyn;
+		fi->direct_io = dyn || fs->direct_io;
+		/* no release comes for an open whose reply was not taken: give back what it took */
+		if (reply_open(fs, req, fi))
+			qv_mount_release(fs->m, ino, fi->fh);
 	}
-	bv.buf[0].size = got;
-	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY;
-	bv.buf[0].fd = rd;
-	/* libfuse moves the pipe's pages on to /dev/fuse after the reply header (its
-	 * FUSE_CAP_SPLICE_WRITE path), or reads them back and writes them when it cannot */
-	if (fuse_reply_data(req, &bv, 0))
-		qv_io_splice_reset(t->io); /* not taken (an interrupted request): drop the rest */
-	return 0;
+	put(fs, n);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
-	struct qv_thread *t;
-	size_t got;
-	int rc;
-
-	if (!n || n->dir) {
-		fuse_reply_err(req, n ? EISDIR : ENOENT);
-		return;
-	}
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(0);
+	struct qv_reply r;
 	/* below two pages libfuse copies a spliced reply anyway, through a buffer of its own */
-	if (fs->splice && !n->dyn && size >= SPLICE_MIN) {
-		rc = thread_get(fs, 0, &t);
-		if (!rc && reply_splice(fs, req, n, size, off, t) == 0)
-			return;
-	}
-	rc = thread_get(fs, size, &t);
-	if (!rc && n->dyn) {
-		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
-		size_t o = (uint64_t)off < b->len ? (size_t)off : b->len;
+	int rc = qv_mount_reply(fs->m, ino, (const struct qv_buf *)(uintptr_t)fi->fh,
+				(uint64_t)off, size, fs->splice && size >= SPLICE_MIN, &r);
 
-		/* reply from the thread's own buffer: once the kernel has the reply, the file's
-		 * release (on another thread) may free b before fuse_reply_buf has returned */
-		got = size < b->len - o ? size : b->len - o;
-		if (got)
-			memcpy(t->buf, b->p + o, got);
-	} else if (!rc) {
-		rc = qv_mount_read(fs->m, n, (uint64_t)off, size, t->buf, t->io, &t->sc, &got);
-	}
-	if (rc)
+	if (rc) {
 		fuse_reply_err(req, -rc); /* EIO, never a short reply before EOF */
-	else
-		fuse_reply_buf(req, t->buf, got);
+	} else if (r.fd < 0) {
+		fuse_reply_buf(req, r.p, r.len);
+	} else {
+		bv.buf[0].size = r.len;
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_RETRY;
+		bv.buf[0].fd = r.fd;
+		/* libfuse moves the pipe's pages on to /dev/fuse after the reply header (its
+		 * FUSE_CAP_SPLICE_WRITE path), or reads them back and writes them when it cannot */
+		if (fuse_reply_data(req, &bv, 0))
+			qv_mount_unsent(fs->m);
+	}
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_tree_node(&fs->m->tree, ino);
-
-	if (n && n->dyn) {
-		struct qv_buf *b = (struct qv_buf *)(uintptr_t)fi->fh;
-
-		qv_buf_free(b);
-		free(b);
-	} else if (n && !n->dir) {
-		qv_mount_release_file(fs->m, n);
-	}
+	qv_mount_release(fs_of(req)->m, ino, fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -457,47 +300,38 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	fuse_reply_statfs(req, &sv);
 }
 
-/* Reply with value (len bytes) to a get/listxattr call: its size when asked, else the bytes.
- * A value that changes between calls (max > 0) answers size queries with a bound it never
+/* A getxattr (name) or listxattr (name NULL) call: the value's size when asked (size 0), else
+ * the bytes. A value that changes between calls answers size queries with a bound it never
  * exceeds, so the buffer a caller sizes by it always holds the value it fetches next. */
-static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t max, size_t size)
+static void do_xattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-	if (size == 0)
-		fuse_reply_xattr(req, len > max ? len : max);
-	else if (size < len)
+	struct qv_fs *fs = fs_of(req);
+	struct qv_node *n = qv_mount_get(fs->m, ino);
+	struct qv_buf b = { 0 };
+	size_t max = n && name ? qv_mount_xattr_max(fs->m, n, name) : 0;
+	int rc = !n ? -ENOENT : name ? qv_mount_xattr(fs->m, n, name, &b) :
+					qv_mount_xattr_names(fs->m, n, &b);
+
+	if (rc)
+		fuse_reply_err(req, -rc);
+	else if (size == 0)
+		fuse_reply_xattr(req, b.len > max ? b.len : max);
+	else if (size < b.len)
 		fuse_reply_err(req, ERANGE);
 	else
-		fuse_reply_buf(req, value, len);
+		fuse_reply_buf(req, b.p ? b.p : "", b.len);
+	qv_buf_free(&b);
+	put(fs, n);
 }
 
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
-	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_get(fs->m, ino);
-	struct qv_buf b = { 0 };
-	int rc = n ? qv_mount_xattr(fs->m, n, name, &b) : -ENOENT;
-
-	if (rc)
-		fuse_reply_err(req, -rc);
-	else
-		reply_xattr(req, b.p ? b.p : "", b.len, qv_mount_xattr_max(fs->m, n, name), size);
-	qv_buf_free(&b);
-	put(fs, n);
+	do_xattr(req, ino, name, size);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
-	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n = qv_mount_get(fs->m, ino);
-	struct qv_buf b = { 0 };
-	int rc = n ? qv_mount_xattr_names(fs->m, n, &b) : -ENOENT;
-
-	if (rc)
-		fuse_reply_err(req, -rc);
-	else
-		reply_xattr(req, b.p ? b.p : "", b.len, 0, size);
-	qv_buf_free(&b);
-	put(fs, n);
+	do_xattr(req, ino, NULL, size);
 }
 
 /* True when the caller of req is in group gid (its own or a supplementary one). */
@@ -519,105 +353,52 @@ static bool in_group(fuse_req_t req, gid_t gid)
 	return found;
 }
 
-/* What the kernel's default_permissions check decides for the caller of req (only asked
- * without that option): the class of the caller picks the bits; root reads everything and
- * executes what anyone may; writes are refused (read-only). */
-static int may_access(fuse_req_t req, const struct qv_node *n, int mask)
-{
-	const struct fuse_ctx *c = fuse_req_ctx(req);
-	unsigned want = (mask & R_OK ? 4u : 0) | (mask & X_OK ? 1u : 0), have;
-
-	if (mask & W_OK)
-		return -EROFS;
-	if (c->uid == 0)
-		return (mask & X_OK) && !n->dir && !(n->mode & 0111) ? -EACCES : 0;
-	if (c->uid == n->uid)
-		have = (n->mode >> 6) & 7;
-	else if (in_group(req, n->gid))
-		have = (n->mode >> 3) & 7;
-	else
-		have = n->mode & 7;
-	return (have & want) == want ? 0 : -EACCES;
-}
-
 static void op_access(fuse_req_t req, fuse_ino_t ino, int mask)
 {
 	struct qv_fs *fs = fs_of(req);
 	struct qv_node *n = qv_mount_get(fs->m, ino);
+	const struct fuse_ctx *c = fuse_req_ctx(req);
 
-	fuse_reply_err(req, n ? -may_access(req, n, mask) : ENOENT);
+	/* only asked without default_permissions; the group list is read only when it matters */
+	fuse_reply_err(req, !n ? ENOENT :
+			    -qv_perm_access(n->uid, n->mode, n->dir, c->uid,
+					    c->uid && c->uid != n->uid && in_group(req, n->gid),
+					    mask));
 	put(fs, n);
 }
 
-/* Every mutating call: the view is read-only by contract. */
-static void erofs(fuse_req_t req)
-{
-	fuse_reply_err(req, EROFS);
-}
-
+/* Every mutating call: the view is read-only by contract. The mount is read-only too, so
+ * these answer only after a remount made it writable; their arguments are unused on purpose. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
 static void op_setattr(fuse_req_t r, fuse_ino_t i, struct stat *a, int s, struct fuse_file_info *f)
-{
-	(void)i, (void)a, (void)s, (void)f;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_mknod(fuse_req_t r, fuse_ino_t p, const char *n, mode_t m, dev_t d)
-{
-	(void)p, (void)n, (void)m, (void)d;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_mkdir(fuse_req_t r, fuse_ino_t p, const char *n, mode_t m)
-{
-	(void)p, (void)n, (void)m;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_unlink(fuse_req_t r, fuse_ino_t p, const char *n)
-{
-	(void)p, (void)n;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_symlink(fuse_req_t r, const char *l, fuse_ino_t p, const char *n)
-{
-	(void)l, (void)p, (void)n;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_rename(fuse_req_t r, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
 		      unsigned int f)
-{
-	(void)p, (void)n, (void)np, (void)nn, (void)f;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_link(fuse_req_t r, fuse_ino_t i, fuse_ino_t np, const char *nn)
-{
-	(void)i, (void)np, (void)nn;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_write(fuse_req_t r, fuse_ino_t i, const char *b, size_t s, off_t o,
 		     struct fuse_file_info *f)
-{
-	(void)i, (void)b, (void)s, (void)o, (void)f;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_create(fuse_req_t r, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *f)
-{
-	(void)p, (void)n, (void)m, (void)f;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_setxattr(fuse_req_t r, fuse_ino_t i, const char *n, const char *v, size_t s, int f)
-{
-	(void)i, (void)n, (void)v, (void)s, (void)f;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_removexattr(fuse_req_t r, fuse_ino_t i, const char *n)
-{
-	(void)i, (void)n;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
 static void op_fallocate(fuse_req_t r, fuse_ino_t i, int m, off_t o, off_t l,
 			 struct fuse_file_info *f)
-{
-	(void)i, (void)m, (void)o, (void)l, (void)f;
-	erofs(r);
-}
+{ fuse_reply_err(r, EROFS); }
+#pragma GCC diagnostic pop
 
 static const struct fuse_lowlevel_ops ops = {
 	.init = op_init,
@@ -650,91 +431,20 @@ static const struct fuse_lowlevel_ops ops = {
 	.fallocate = op_fallocate,
 };
 
-/* Drop the kernel's entries for every name of folder top, so lookups reach the new tree
- * (after a rescan: the cached negative entries of the new root). */
-static void inval_names(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
-{
-	for (size_t i = 0; top && i < top->nkids; i++) {
-		const struct qv_node *n = qv_tree_node(&fs->m->tree, top->kids[i]);
-
-		if (n)
-			fuse_lowlevel_notify_inval_entry(se, FUSE_ROOT_ID, n->name, strlen(n->name));
-	}
-}
-
-/* Drop every entry the kernel may hold of old root top's generation, at every folder level,
- * deepest first: an entry in use (an open file, a working folder) is then unhashed, so the
- * kernel forgets it, and the generation is freed, as soon as it is closed. Only the root's
- * names would leave the entries below them cached for a day behind their open files. */
-static void inval_generation(struct qv_fs *fs, struct fuse_session *se, const struct qv_node *top)
-{
-	struct qv_buf b = { 0 };
-	uint64_t dir;
-
-	if (qv_mount_names(fs->m, top, &b)) {
-		qv_log("rescan: out of memory listing the old view's names; the kernel forgets "
-		       "those below the root only when it needs the memory");
-		inval_names(fs, se, top);
-	}
-	for (size_t at = 0; at < b.len;) {
-		const char *name = b.p + at + sizeof(dir);
-		size_t len = strlen(name);
-
-		memcpy(&dir, b.p + at, sizeof(dir));
-		/* -ENOENT for the many the kernel never looked up: nothing to drop */
-		fuse_lowlevel_notify_inval_entry(se, dir, name, len);
-		at += sizeof(dir) + len + 1;
-	}
-	qv_buf_free(&b);
-}
-
-int qv_fs_rescan(struct qv_fs *fs, struct fuse_session *se)
-{
-	struct qv_node *old = qv_mount_get(fs->m, FUSE_ROOT_ID), *now; /* held while its names go */
-	char err[QV_ERRLEN];
-	int rc = qv_mount_rescan(fs->m, err, sizeof(err));
-
-	if (rc) {
-		qv_log("rescan failed, the view stays as it was: %s", err);
-	} else {
-		inval_generation(fs, se, old);
-		now = qv_mount_get(fs->m, FUSE_ROOT_ID);
-		inval_names(fs, se, now); /* cached negative entries */
-		put(fs, now);
-		fuse_lowlevel_notify_inval_inode(se, FUSE_ROOT_ID, 0, 0);
-		qv_log("rescanned the source: the view shows it as it is now");
-	}
-	put(fs, old);
-	return rc;
-}
-
 const struct fuse_lowlevel_ops *qv_fs_ops(void)
 {
 	return &ops;
 }
 
-int qv_fs_init(struct qv_fs *fs, struct qv_mount *m)
+int qv_fs_init(struct qv_fs *fs, struct qv_mount *m, const struct qv_glue_opts *g)
 {
-	/* "open=N,entry=N,slow_lookup=MS" (tests) */
-	const char *f = getenv("QVLMOEFS_TEST_FAIL_REPLIES");
-	const char *at;
-
 	memset(fs, 0, sizeof(*fs));
 	fs->m = m;
-	if (f && (at = strstr(f, "open=")))
-		atomic_init(&fs->fail_open, atoi(at + 5));
-	if (f && (at = strstr(f, "entry=")))
-		atomic_init(&fs->fail_entry, atoi(at + 6));
-	if (f && (at = strstr(f, "slow_lookup=")))
-		fs->slow_lookup_ms = atoi(at + 12);
-	return -pthread_key_create(&fs->tkey, thread_free);
-}
-
-void qv_fs_fini(struct qv_fs *fs)
-{
-	struct qv_thread *t = pthread_getspecific(fs->tkey);
-
-	if (t) /* the main thread served requests itself in single-threaded mode */
-		thread_free(t);
-	pthread_key_delete(fs->tkey);
+	fs->direct_io = g->direct_io;
+	fs->splice = g->splice;
+	fs->max_read = g->max_read;
+	atomic_init(&fs->fail_open, g->fail_open);
+	atomic_init(&fs->fail_entry, g->fail_entry);
+	fs->slow_lookup_ms = g->slow_lookup_ms;
+	return 0;
 }

@@ -91,7 +91,7 @@ static void detect(struct qv_gen *m)
 
 /* Plan options for folder or view number i: ranks (and shards) not fixed by the user are
  * enumerated, one folder each. */
-static void plan_opts(const struct qv_gen *m, const struct qv_mount_opts *o, size_t i,
+static void plan_opts(const struct qv_gen *m, const struct qv_gen_opts *o, size_t i,
 		      struct qv_plan_opts *po)
 {
 	uint32_t nshards = o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1;
@@ -155,12 +155,12 @@ static void test_pause(unsigned ms)
 		;
 }
 
-bool qv_gen_multi(const struct qv_mount_opts *o)
+bool qv_gen_multi(const struct qv_gen_opts *o)
 {
 	return o->ep_size && (!o->ep_rank_set || (o->shard_size > 1 && !o->shard_rank_set));
 }
 
-int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_mount_opts *o, char *err,
+int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_gen_opts *o, char *err,
 		size_t errlen)
 {
 	struct qv_plan_opts po;

@@ -32,8 +32,8 @@ static int mem_file(struct qv_tree *t, struct qv_node *dir, const char *name, st
 	return n ? qv_vfile_add_mem(&n->vf, b) : -ENOMEM;
 }
 
-static int view_json(const struct qv_mount_opts *o, struct qv_gen *g, const struct qv_plan *p,
-		     struct qv_buf *b)
+static int view_json(const struct qv_gen_opts *o, enum qv_io_backend io, struct qv_gen *g,
+		     const struct qv_plan *p, struct qv_buf *b)
 {
 	static const char *const naming[] = { "hf", "native" };
 	uint64_t start = 0, count = g->n_experts;
@@ -65,7 +65,7 @@ static int view_json(const struct qv_mount_opts *o, struct qv_gen *g, const stru
 				   "\n  \"io\": \"%s\",\n  \"build\": {\"version\": \"%s\", \"gpu\": \"%s\"},"
 				   "\n  \"features\": [\"hf-native\", \"expert-parallel\", "
 				   "\"sharded-saves\", \"rescan\", \"gpu-staging\"]\n}\n",
-				   o->io.backend == QV_IO_URING ? "uring" : "pread", QV_VERSION,
+				   io == QV_IO_URING ? "uring" : "pread", QV_VERSION,
 				   qv_gpu_build());
 	return rc;
 }
@@ -256,8 +256,8 @@ int qv_inspect_folder(struct qv_tree *t, struct qv_gen *g, const struct qv_plan 
 	return 0;
 }
 
-int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_node *h, char *err,
-		    size_t errlen)
+int qv_inspect_fill(struct qv_tree *t, const struct qv_gen_opts *o, enum qv_io_backend io,
+		    bool gpu, struct qv_node *h, char *err, size_t errlen)
 {
 	struct qv_node *dir = h->up, *f, *hdrs, *tens;
 	struct skipped sk = { 0 };
@@ -268,12 +268,12 @@ int qv_inspect_fill(struct qv_tree *t, const struct qv_mount_opts *o, struct qv_
 		f->dyn = QV_DYN_STATS;
 	else
 		rc = -ENOMEM;
-	if (!rc && o->gpu_json && (f = child(t, h, "gpu.json", false)))
+	if (!rc && gpu && (f = child(t, h, "gpu.json", false)))
 		f->dyn = QV_DYN_GPU;
-	else if (!rc && o->gpu_json)
+	else if (!rc && gpu)
 		rc = -ENOMEM;
 	if (!rc)
-		rc = view_json(o, h->gen, h->hplan, &b);
+		rc = view_json(o, io, h->gen, h->hplan, &b);
 	if (!rc)
 		rc = mem_file(t, h, "view.json", &b);
 	if (!rc && h->hplan) {

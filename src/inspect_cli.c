@@ -15,7 +15,8 @@
 
 struct inspect_args {
 	const char *source;
-	struct fuse_args fargs;
+	char **optv; /* the values of -o, in order (room for argc) */
+	int optc;
 	bool keys, json;
 };
 
@@ -176,10 +177,9 @@ static void print_keys(struct qv_mount *m, struct qv_gen *g, const struct qv_pla
 	free(o);
 }
 
+/* argv into a; 0, 1 when --help was printed, or -EINVAL (logged). */
 static int parse(int argc, char **argv, struct inspect_args *a)
 {
-	if (fuse_opt_add_arg(&a->fargs, "qvlmoefs"))
-		return -ENOMEM;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
 			printf("usage: qvlmoefs inspect SOURCE [-o OPTIONS] [--keys] [--json]\n\n"
@@ -195,7 +195,7 @@ static int parse(int argc, char **argv, struct inspect_args *a)
 		else if (!strcmp(argv[i], "--json"))
 			a->json = true;
 		else if (!strcmp(argv[i], "-o") && i + 1 < argc)
-			fuse_opt_add_arg(&a->fargs, "-o"), fuse_opt_add_arg(&a->fargs, argv[++i]);
+			a->optv[a->optc++] = argv[++i];
 		else if (argv[i][0] != '-' && !a->source)
 			a->source = argv[i];
 		else
@@ -203,14 +203,14 @@ static int parse(int argc, char **argv, struct inspect_args *a)
 	}
 	if (!a->source)
 		return qv_log("inspect: no SOURCE (see qvlmoefs inspect --help)"), -EINVAL;
-	return fuse_opt_add_arg(&a->fargs, a->source);
+	return 0;
 }
 
 /* The view roots: the root, or each rank folder. */
 static void report(struct qv_mount *m, const struct inspect_args *a)
 {
 	struct qv_node *top = qv_tree_node(&m->tree, 1);
-	bool multi = qv_gen_multi(&m->o), first = true;
+	bool multi = qv_gen_multi(&m->o.gen), first = true;
 
 	printf(a->json ? "{\n  \"files\": [" : "%14s  %6s  %s\n", "bytes", "tensors", "file");
 	print_tree(m, top, "", a->json, &first);
@@ -232,28 +232,22 @@ static void report(struct qv_mount *m, const struct inspect_args *a)
 
 int qv_inspect_main(int argc, char **argv)
 {
-	struct inspect_args a = { .fargs = FUSE_ARGS_INIT(0, NULL) };
-	struct qv_options o = { 0 };
-	struct fuse_cmdline_opts copts = { 0 };
-	struct qv_mount_opts mo;
+	struct inspect_args a = { .optv = calloc((size_t)argc, sizeof(char *)) };
+	struct qv_cmdline cl;
 	static struct qv_mount m;
-	char err[QV_ERRLEN];
-	int gpu, ret = 1, rc = parse(argc, argv, &a);
+	int rc = a.optv ? parse(argc, argv, &a) : -ENOMEM;
 
-	if (rc)
-		goto out;
-	/* the mount's parser and checks: an option the mount refuses is refused here too */
-	if (qv_opts_parse(&a.fargs, &o, &copts) || qv_opts_known(&a.fargs) ||
-	    qv_opts_check(&o, &mo, &gpu))
-		goto out;
-	if (qv_mount_init(&m, o.source, &mo, err, sizeof(err)))
-		qv_log("%s", err);
-	else
-		report(&m, &a), ret = 0;
-	qv_mount_fini(&m);
-out:
-	free(copts.mountpoint);
-	qv_opts_free(&o);
-	fuse_opt_free_args(&a.fargs);
-	return rc == 1 ? 0 : ret;
+	if (rc) {
+		free(a.optv);
+		return rc == 1 ? 0 : 1;
+	}
+	/* built as a mount with these options would build it: the same checks and errors */
+	rc = qv_opts_view(a.source, a.optv, a.optc, &cl, &m, NULL, NULL);
+	if (!rc) {
+		report(&m, &a);
+		qv_mount_fini(&m);
+	}
+	qv_opts_free(&cl);
+	free(a.optv);
+	return rc ? 1 : 0;
 }

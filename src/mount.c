@@ -18,7 +18,7 @@
 static int folder_name(const struct qv_mount *m, const struct qv_plan_opts *po, char *buf,
 		       size_t len)
 {
-	if (m->o.shard_size > 1 && !m->o.shard_rank_set)
+	if (m->o.gen.shard_size > 1 && !m->o.gen.shard_rank_set)
 		return snprintf(buf, len, "ep-rank-%u-shard-%u", po->ep_rank, po->shard_rank);
 	return snprintf(buf, len, "ep-rank-%u", po->ep_rank);
 }
@@ -104,11 +104,11 @@ static int build_top(struct qv_mount *m, struct qv_gen *g, struct qv_node *top, 
 	top->gen = g;
 	/* the source folder's, narrowed by the folders above it (the scan's vmode) */
 	qv_tree_perm_set(top, g->scan.n[0].st.st_uid, g->scan.n[0].st.st_gid, g->scan.n[0].vmode);
-	rc = qv_gen_multi(&m->o) ? make_rank_folders(m, g, top, err, errlen) :
-				   build_root(&m->tree, g, &g->plans[0], top, err, errlen);
+	rc = qv_gen_multi(&m->o.gen) ? make_rank_folders(m, g, top, err, errlen) :
+				       build_root(&m->tree, g, &g->plans[0], top, err, errlen);
 	if (!rc)
-		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o) ? NULL : &g->plans[0], top, err,
-				       errlen);
+		rc = qv_inspect_folder(&m->tree, g, qv_gen_multi(&m->o.gen) ? NULL : &g->plans[0],
+				       top, err, errlen);
 	return rc;
 }
 
@@ -122,7 +122,7 @@ static int load_view(struct qv_mount *m, struct qv_gen **old, char *err, size_t 
 
 	if (!g)
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
-	rc = qv_gen_load(g, m->source, &m->o, err, errlen);
+	rc = qv_gen_load(g, m->source, &m->o.gen, err, errlen);
 	if (!rc && !(top = qv_tree_new(&m->tree, "", 0, true, &g->scan.n[0].st.st_mtim)))
 		rc = qv_err(err, errlen, -ENOMEM, "out of memory");
 	if (!rc)
@@ -225,6 +225,28 @@ static int folder_counters(struct qv_mount *m, char *err, size_t errlen)
 	return 0;
 }
 
+/* The calling thread's reader, made on its first read (with the mount's io settings) and freed
+ * when the thread ends; NULL when out of memory or io could not be set up (*rc says). */
+static struct qv_reader *reader_of(struct qv_mount *m, int *rc)
+{
+	struct qv_reader *r = pthread_getspecific(m->reader_key);
+
+	*rc = 0;
+	if (r)
+		return r;
+	*rc = qv_reader_new(&m->o.io, &r);
+	if (!*rc && pthread_setspecific(m->reader_key, r)) {
+		qv_reader_free(r);
+		*rc = -ENOMEM;
+	}
+	return *rc ? NULL : r;
+}
+
+static void reader_free(void *r)
+{
+	qv_reader_free(r);
+}
+
 int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opts *o, char *err,
 		  size_t errlen)
 {
@@ -237,6 +259,9 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 	clock_gettime(CLOCK_MONOTONIC, &m->stats.start);
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_mutex_init(&m->root_lock, NULL);
+	if (pthread_key_create(&m->reader_key, reader_free))
+		return qv_err(err, errlen, -EAGAIN, "no thread-specific key left");
+	m->reader_key_made = true;
 	raise_nofile();
 	if (qv_tree_init(&m->tree))
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
@@ -247,7 +272,7 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 	pthread_mutex_lock(&m->lock);
 	rc = load_view(m, &old, err, errlen);
 	pthread_mutex_unlock(&m->lock);
-	if (!rc && qv_gen_multi(&m->o))
+	if (!rc && qv_gen_multi(&m->o.gen))
 		rc = folder_counters(m, err, errlen);
 	return rc;
 }
@@ -303,13 +328,64 @@ int qv_mount_rescan(struct qv_mount *m, char *err, size_t errlen)
 	return rc;
 }
 
+int qv_mount_dir(struct qv_mount *m, uint64_t ino, struct qv_node **out)
+{
+	struct qv_node *d = *out = qv_mount_get(m, ino);
+
+	if (!d)
+		return -ENOENT;
+	if (!d->dir)
+		return -ENOTDIR;
+	return qv_mount_ready(m, d);
+}
+
+int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struct qv_node **out)
+{
+	struct qv_node *d;
+	int rc = qv_mount_dir(m, parent, &d);
+
+	*out = NULL;
+	/* A folder of a generation a rescan has replaced gives the kernel no entry at all (any
+	 * entry, even one with no timeout, would stay cached and hold the old generation): a
+	 * path walk that met it starts again from the root, where the new generation answers.
+	 * A lookup in flight during a rescan holds its folder's inode lock, which the rescan's
+	 * invalidation of that folder's names waits for: what it caches is dropped at once. */
+	if (!rc && !qv_mount_current(m, d))
+		rc = -ESTALE;
+	if (!rc && (*out = qv_tree_lookup(&m->tree, d, name)))
+		qv_mount_hold(m, *out, 1);
+	if (d)
+		qv_mount_drop(m, d, 1);
+	return rc;
+}
+
+void qv_mount_forget(struct qv_mount *m, uint64_t ino, uint64_t nlookup)
+{
+	struct qv_node *n = ino == 1 ? NULL : qv_tree_node(&m->tree, ino);
+
+	if (n)
+		qv_mount_drop(m, n, nlookup);
+}
+
+struct qv_node *qv_mount_entry(struct qv_mount *m, const struct qv_node *d, size_t i,
+			       const char **name)
+{
+	struct qv_node *n = i == 0 ? (struct qv_node *)d :
+			    qv_tree_node(&m->tree, i == 1 ? d->parent : d->kids[i - 2]);
+
+	*name = i == 0 ? "." : i == 1 ? ".." : n ? n->name : NULL;
+	/* .qvlmoefs/ is found by name, not listed (unless asked): walkers see each byte once */
+	return n && (i < 2 || !n->inspect || m->o.inspect_visible) ? n : NULL;
+}
+
 /* Fill lazy folder dir (a rank's view, or .qvlmoefs/); caller holds m->lock. */
 static int fill(struct qv_mount *m, struct qv_node *dir, char *err, size_t errlen)
 {
 	int rc;
 
 	if (dir->inspect)
-		return qv_inspect_fill(&m->tree, &m->o, dir, err, errlen);
+		return qv_inspect_fill(&m->tree, &m->o.gen, m->o.io.backend, m->o.gpu_json != NULL,
+				       dir, err, errlen);
 	rc = build_root(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err, errlen);
 	if (!rc)
 		rc = qv_inspect_folder(&m->tree, dir->gen, &dir->gen->plans[dir->lazy], dir, err,
@@ -346,6 +422,10 @@ int qv_mount_ready(struct qv_mount *m, struct qv_node *dir)
 
 void qv_mount_fini(struct qv_mount *m)
 {
+	if (m->reader_key_made) { /* workers' readers went with them; this thread's goes now */
+		qv_reader_free(pthread_getspecific(m->reader_key));
+		pthread_key_delete(m->reader_key);
+	}
 	qv_tree_fini(&m->tree);
 	while (m->gen) {
 		struct qv_gen *g = m->gen;
@@ -390,12 +470,50 @@ void qv_mount_release_file(struct qv_mount *m, struct qv_node *n)
 	qv_mount_drop(m, n, 1);
 }
 
+int qv_mount_open(struct qv_mount *m, struct qv_node *n, int flags, uint64_t *fh, bool *dyn)
+{
+	struct qv_buf *b;
+	int rc;
+
+	*fh = 0;
+	*dyn = false;
+	if (n->dir)
+		return -EISDIR;
+	if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC))
+		return -EROFS;
+	if (!n->dyn)
+		return qv_mount_open_file(m, n);
+	b = calloc(1, sizeof(*b));
+	rc = b ? qv_mount_dyn_content(m, n, b) : -ENOMEM;
+	if (rc) {
+		if (b)
+			qv_buf_free(b);
+		free(b);
+		return rc;
+	}
+	*fh = (uint64_t)(uintptr_t)b;
+	*dyn = true;
+	return 0;
+}
+
+void qv_mount_release(struct qv_mount *m, uint64_t ino, uint64_t fh)
+{
+	struct qv_node *n = qv_tree_node(&m->tree, ino);
+	struct qv_buf *b = (struct qv_buf *)(uintptr_t)fh;
+
+	if (n && n->dyn) {
+		qv_buf_free(b);
+		free(b);
+	} else if (n && !n->dir) {
+		qv_mount_release_file(m, n);
+	}
+}
+
 /* A request of node n served: got bytes, from_src of them from sources, counted in by (the
  * backend's counter). */
 static void count_served(struct qv_mount *m, const struct qv_node *n, size_t got,
 			 uint64_t from_src, atomic_uint_least64_t *by)
 {
-	atomic_fetch_add(&m->stats.reads, 1);
 	atomic_fetch_add(&m->stats.bytes_served, got);
 	if (m->folder_bytes && n->folder >= 0 && (size_t)n->folder < m->nfolders)
 		atomic_fetch_add(&m->folder_bytes[n->folder], got);
@@ -405,55 +523,56 @@ static void count_served(struct qv_mount *m, const struct qv_node *n, size_t got
 	atomic_fetch_add(by, from_src);
 }
 
-int qv_mount_read(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len, char *buf,
-		  struct qv_io *io, struct qv_rdscratch *sc, size_t *got)
+/* A .qvlmoefs/ file's read: from the bytes made when it was opened (dyn), copied into the
+ * thread's buffer, since the file's release (on another thread) may free them as soon as the
+ * kernel has the reply. Not counted: its bytes repeat others'. */
+static int reply_dyn(struct qv_reader *r, const struct qv_buf *dyn, uint64_t off, size_t len,
+		     struct qv_reply *rep)
 {
-	uint64_t from_src = 0;
-	int rc = qv_vfile_read(&n->vf, n->vf.base, off, len, buf, io, sc, got, &from_src);
+	size_t o = off < dyn->len ? (size_t)off : dyn->len;
+	size_t n = len < dyn->len - o ? len : dyn->len - o;
+	int rc = qv_reader_reserve(r, n);
 
-	if (rc) {
-		atomic_fetch_add(&m->stats.reads, 1);
-		atomic_fetch_add(&m->stats.errors, 1);
+	if (rc)
 		return rc;
-	}
-	count_served(m, n, *got, from_src,
-		     qv_io_backend_of(io) == QV_IO_URING ? &m->stats.bytes_uring :
-							   &m->stats.bytes_pread);
+	if (n)
+		memcpy(r->out.p, dyn->p + o, n);
+	*rep = (struct qv_reply){ .p = r->out.p, .fd = -1, .len = n };
 	return 0;
 }
 
-int qv_mount_splice(struct qv_mount *m, struct qv_node *n, uint64_t off, size_t len,
-		    struct qv_io *io, int *rd, size_t *got)
+int qv_mount_reply(struct qv_mount *m, uint64_t ino, const struct qv_buf *dyn, uint64_t off,
+		   size_t len, bool splice, struct qv_reply *rep)
 {
-	struct qv_source *s;
-	uint64_t soff;
-	uint32_t src;
-	int rc = qv_vfile_run(&n->vf, off, len, &src, &soff, got);
+	struct qv_node *n = qv_tree_node(&m->tree, ino);
+	struct qv_reader *r;
+	int rc;
 
-	if (rc)
-		return -EAGAIN;
-	s = &n->vf.base[src];
-	rc = qv_source_open(s);
-	/* the pipe holds the whole run or nothing (EIO on a source that ends early, which a
-	 * short reply would have the kernel take for the end of the file) */
-	if (!rc)
-		rc = qv_io_splice(io, atomic_load(&s->fd), soff, *got, rd);
-	if (rc == -EAGAIN)
-		return rc;
-	/* after the splice, as qv_vfile_read checks after its reads: a write that began before
-	 * this has moved mtime already. The pipe refers to the source's pages rather than holding
-	 * a copy, so a write landing between here and the reply's copy could still reach it:
-	 * sources must not be written while mounted, and the copy path (-o nosplice) closes even
-	 * that window. */
-	if (!rc && (rc = qv_source_unchanged(s)))
-		qv_io_splice_reset(io);
+	if (!n || n->dir)
+		return n ? -EISDIR : -ENOENT;
+	r = reader_of(m, &rc);
+	if (r && n->dyn)
+		return dyn ? reply_dyn(r, dyn, off, len, rep) : -EBADF;
+	if (r)
+		rc = qv_vfile_reply(&n->vf, n->vf.base, off, len, splice, r, rep);
+	atomic_fetch_add(&m->stats.reads, 1);
 	if (rc) {
-		atomic_fetch_add(&m->stats.reads, 1);
 		atomic_fetch_add(&m->stats.errors, 1);
 		return rc;
 	}
-	count_served(m, n, *got, *got, &m->stats.bytes_spliced);
+	count_served(m, n, rep->len, rep->from_src,
+		     rep->backend == QV_REPLY_SPLICED ? &m->stats.bytes_spliced :
+		     rep->backend == QV_IO_URING      ? &m->stats.bytes_uring :
+							&m->stats.bytes_pread);
 	return 0;
+}
+
+void qv_mount_unsent(struct qv_mount *m)
+{
+	struct qv_reader *r = pthread_getspecific(m->reader_key);
+
+	if (r)
+		qv_reader_unsent(r);
 }
 
 int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_buf *out)

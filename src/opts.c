@@ -1,9 +1,10 @@
-/* opts.c - the -o options shared by the mount and `qvlmoefs stage`, parsed with libfuse's
- * option parser and checked into the core's options with one-line messages. */
+/* opts.c - the command line of the mount, `inspect` and `stage`, parsed with libfuse's option
+ * parsers and checked into each layer's options with one-line messages. */
 #include "qv_opts.h"
+#include "qv_excl.h"
+#include "qv_gpu.h"
+#include "qv_io.h"
 #include "qv_util.h"
-
-#include <fuse_lowlevel.h>
 
 #include <errno.h>
 #include <stdarg.h>
@@ -18,7 +19,7 @@ enum { KEY_ALLOW_OTHER, KEY_DROP, KEY_FSNAME, KEY_MAX_READ, KEY_READAHEAD, KEY_S
 #define OPT(t, p) { t, offsetof(struct qv_options, p), 1 }
 static const struct fuse_opt opt_spec[] = {
 	OPT("view=%s", view),
-	/* no exclude=: take_exclude() has it out of every -o before libfuse could unescape it */
+	/* no exclude=: take_excludes() has it out of every -o before libfuse could unescape it */
 	OPT("io=%s", io),
 	OPT("log=%s", log),
 	OPT("gpu=%s", gpu),
@@ -37,7 +38,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("overmount", overmount),
 	OPT("ep_shared", ep_shared),
 	FUSE_OPT_KEY("allow_other", KEY_ALLOW_OTHER),
-	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so main adds none */
+	FUSE_OPT_KEY("fsname=", KEY_FSNAME), /* kept for libfuse; noted so none is added */
 	FUSE_OPT_KEY("max_read=", KEY_MAX_READ), /* kept for libfuse; init must repeat it */
 	FUSE_OPT_KEY("rw", KEY_DROP),	     /* mount(8) may pass it; the view is read-only anyway */
 	FUSE_OPT_KEY("nofail", KEY_DROP),    /* fstab-only */
@@ -119,7 +120,7 @@ static int parse_count(const char *name, const char *s, uint32_t lo, uint32_t hi
 
 /* The slicing options, each bounded here; plan and gen bound them further by the checkpoint
  * (ep_size by its expert count, the folder count by QV_PLAN_MAX_FOLDERS). */
-static int check_slicing(const struct qv_options *o, struct qv_mount_opts *mo)
+static int check_slicing(const struct qv_options *o, struct qv_gen_opts *go)
 {
 	if (o->ep_rank && !o->ep_size)
 		return qv_log("ep_rank needs ep_size"), -EINVAL;
@@ -127,15 +128,15 @@ static int check_slicing(const struct qv_options *o, struct qv_mount_opts *mo)
 		return qv_log("ep_shard_rank needs ep_shard_size"), -EINVAL;
 	if (o->shard_size && !o->ep_size)
 		return qv_log("ep_shard_size needs ep_size"), -EINVAL;
-	if ((o->ep_size && parse_count("ep_size", o->ep_size, 1, QV_PLAN_MAX_EP, &mo->ep_size)) ||
-	    (o->ep_rank && parse_count("ep_rank", o->ep_rank, 0, QV_PLAN_MAX_EP - 1, &mo->ep_rank)) ||
+	if ((o->ep_size && parse_count("ep_size", o->ep_size, 1, QV_PLAN_MAX_EP, &go->ep_size)) ||
+	    (o->ep_rank && parse_count("ep_rank", o->ep_rank, 0, QV_PLAN_MAX_EP - 1, &go->ep_rank)) ||
 	    (o->shard_size &&
-	     parse_count("ep_shard_size", o->shard_size, 1, QV_PLAN_MAX_EP, &mo->shard_size)) ||
+	     parse_count("ep_shard_size", o->shard_size, 1, QV_PLAN_MAX_EP, &go->shard_size)) ||
 	    (o->shard_rank &&
-	     parse_count("ep_shard_rank", o->shard_rank, 0, QV_PLAN_MAX_EP - 1, &mo->shard_rank)))
+	     parse_count("ep_shard_rank", o->shard_rank, 0, QV_PLAN_MAX_EP - 1, &go->shard_rank)))
 		return -EINVAL;
-	mo->ep_rank_set = o->ep_rank != NULL;
-	mo->shard_rank_set = o->shard_rank != NULL;
+	go->ep_rank_set = o->ep_rank != NULL;
+	go->shard_rank_set = o->shard_rank != NULL;
 	return 0;
 }
 
@@ -146,13 +147,13 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 
 	memset(mo, 0, sizeof(*mo));
 	*gpu = -1;
-	mo->exclude = o->exclude;
+	mo->gen.exclude = o->exclude;
 	if (o->view) {
-		mo->view_set = true;
+		mo->gen.view_set = true;
 		if (!strcmp(o->view, "native"))
-			mo->view = QV_NAMING_NATIVE;
+			mo->gen.view = QV_NAMING_NATIVE;
 		else if (!strcmp(o->view, "hf"))
-			mo->view = QV_NAMING_HF;
+			mo->gen.view = QV_NAMING_HF;
 		else
 			return qv_log("view=%s: expected native or hf", o->view), -EINVAL;
 	}
@@ -171,115 +172,28 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 	if (o->inspect_dir && strcmp(o->inspect_dir, "hidden") && strcmp(o->inspect_dir, "visible"))
 		return qv_log("inspect_dir=%s: expected hidden or visible", o->inspect_dir), -EINVAL;
 	mo->inspect_visible = o->inspect_dir && !strcmp(o->inspect_dir, "visible");
-	mo->allow_empty = o->allow_empty;
-	mo->max_file = o->max_file;
+	mo->gen.allow_empty = o->allow_empty;
+	mo->gen.max_file = o->max_file;
 	mo->ep_shared = o->ep_shared;
-	rc = check_slicing(o, mo);
-	if (!rc && mo->ep_shared && !qv_gen_multi(mo))
+	rc = check_slicing(o, &mo->gen);
+	if (!rc && mo->ep_shared && !qv_gen_multi(&mo->gen))
 		return qv_log("ep_shared needs ep_size without ep_rank: it is a layout of the rank "
 			      "folders"), -EINVAL;
 	return rc;
 }
 
-/* Whether the regex text t (n bytes) leaves a bracket, group or brace open, skipping "\x"
- * pairs: then the comma that ended exclude= was most likely meant as part of it. */
-static bool regex_open(const char *t, size_t n)
-{
-	int paren = 0, brace = 0;
-	bool cls = false;
-
-	for (size_t i = 0; i < n; i++) {
-		if (t[i] == '\\' && i + 1 < n)
-			i++;
-		else if (cls)
-			cls = t[i] != ']' || (i > 0 && t[i - 1] == '[');
-		else if (t[i] == '[')
-			cls = true;
-		else
-			paren += (t[i] == '(') - (t[i] == ')'), brace += (t[i] == '{') - (t[i] == '}');
-	}
-	return cls || paren > 0 || brace > 0;
-}
-
-/* The option group g (one -o argument) without its exclude= options, whose value goes to
- * o->exclude as written: libfuse's parser would drop every backslash of it (`\d` would reach
- * the regex as `d`). An option runs to the next comma not preceded by a backslash; in the
- * value of exclude= the pair "\," stands for a comma and every other backslash stays, with
- * the character after it. Returns the rest of the group (malloc'd, maybe empty) or NULL,
- * with *err set when the pattern was cut at a comma (logged) or on out of memory. */
-static char *take_exclude(const char *g, struct qv_options *o, bool *err)
-{
-	struct qv_buf rest = { 0 }, pat = { 0 };
-	bool first = true;
-
-	*err = false;
-	if (qv_buf_adds(&rest, ""))
-		return *err = true, NULL;
-	for (const char *p = g, *opt = g;; opt = ++p) {
-		while (*p && *p != ',')
-			p += p[0] == '\\' && p[1] ? 2 : 1;
-		if (strncmp(opt, "exclude=", 8)) { /* another option: libfuse's, unchanged */
-			if ((!first && qv_buf_add(&rest, ",", 1)) || qv_buf_add(&rest, opt, (size_t)(p - opt)))
-				goto oom;
-			first = false;
-		} else {
-			const char *v = opt + 8;
-
-			if (*p && regex_open(v, (size_t)(p - v))) {
-				const char *next = p + 1, *e = next;
-
-				while (*e && *e != ',')
-					e += e[0] == '\\' && e[1] ? 2 : 1;
-				qv_log("exclude=%.*s: the comma after it ends the option; write a comma "
-				       "that belongs to the pattern as \\, (exclude=%.*s\\,%.*s)",
-				       (int)(p - v), v, (int)(p - v), v, (int)(e - next), next);
-				goto fail;
-			}
-			pat.len = 0;
-			if (qv_buf_adds(&pat, ""))
-				goto oom;
-			for (const char *c = v; c < p; c++) {
-				if (c[0] == '\\' && c[1] == '\\') {
-					qv_log("exclude=%.*s: \"\\\\\" would match a backslash, which no "
-					       "tensor name holds; backslashes here are the regex's own "
-					       "(write \\d, not \\\\d)", (int)(p - v), v);
-					goto fail;
-				}
-				if (c[0] == '\\' && c[1] == ',')
-					c++; /* "\," is the comma; the backslash goes */
-				else if (c[0] == '\\' && c + 1 < p && qv_buf_add(&pat, c++, 1))
-					goto oom; /* "\x": both stay, x is never an option's end */
-				if (qv_buf_add(&pat, c, 1))
-					goto oom;
-			}
-			free(o->exclude);
-			o->exclude = pat.p; /* the last exclude= wins, as for every option */
-			pat = (struct qv_buf){ 0 };
-		}
-		if (!*p)
-			break;
-	}
-	qv_buf_free(&pat);
-	return rest.p;
-oom:
-	qv_log("out of memory parsing options");
-fail:
-	qv_buf_free(&pat);
-	qv_buf_free(&rest);
-	*err = true;
-	return NULL;
-}
-
-/* args with exclude= out of every -o (as "-o X" or "-oX"); the rest unchanged. 0 or -1. */
+/* args with exclude= out of every -o (as "-o X" or "-oX") into o->exclude; the rest unchanged.
+ * 0 or -1, logged. */
 static int take_excludes(struct fuse_args *args, struct qv_options *o)
 {
 	struct fuse_args out = FUSE_ARGS_INIT(0, NULL);
-	bool opts = true, err = false;
+	bool opts = true;
+	int rc = 0;
 
-	for (int i = 0; i < args->argc && !err; i++) {
+	for (int i = 0; i < args->argc && !rc; i++) {
 		const char *a = args->argv[i], *g = NULL;
-		char *rest = NULL;
-		int rc = 0;
+		char *rest = NULL, *pat = NULL;
+		bool oom = false;
 
 		if (opts && !strcmp(a, "--"))
 			opts = false; /* libfuse takes no options after it either */
@@ -287,18 +201,21 @@ static int take_excludes(struct fuse_args *args, struct qv_options *o)
 			g = args->argv[++i];
 		else if (opts && i > 0 && !strncmp(a, "-o", 2) && a[2])
 			g = a + 2;
-		if (!g) {
-			rc = fuse_opt_add_arg(&out, a);
-		} else if (!strstr(g, "exclude=")) {
-			rc = fuse_opt_add_arg(&out, "-o") || fuse_opt_add_arg(&out, g);
-		} else if ((rest = take_exclude(g, o, &err)) && *rest) {
-			rc = fuse_opt_add_arg(&out, "-o") || fuse_opt_add_arg(&out, rest);
+		if (!g)
+			oom = fuse_opt_add_arg(&out, a);
+		else if (!strstr(g, "exclude="))
+			oom = fuse_opt_add_arg(&out, "-o") || fuse_opt_add_arg(&out, g);
+		else if (!(rc = qv_excl_take(g, &rest, &pat)) && *rest)
+			oom = fuse_opt_add_arg(&out, "-o") || fuse_opt_add_arg(&out, rest);
+		if (pat) { /* the last exclude= wins, as for every option */
+			free(o->exclude);
+			o->exclude = pat;
 		}
 		free(rest);
-		if (rc)
-			err = true, qv_log("out of memory parsing options");
+		if (oom)
+			rc = -ENOMEM, qv_log("out of memory parsing options");
 	}
-	if (err)
+	if (rc)
 		return fuse_opt_free_args(&out), -1;
 	fuse_opt_free_args(args);
 	*args = out;
@@ -341,7 +258,8 @@ int qv_opts_known(const struct fuse_args *args)
 	return se ? 0 : -1;
 }
 
-void qv_opts_free(struct qv_options *o)
+/* Free the strings qv_opts_parse put in o. */
+static void options_free(struct qv_options *o)
 {
 	free(o->source);
 	free(o->view);
@@ -357,8 +275,21 @@ void qv_opts_free(struct qv_options *o)
 	memset(o, 0, sizeof(*o));
 }
 
-void qv_opts_help(void)
+void qv_opts_free(struct qv_cmdline *cl)
 {
+	free(cl->fuse.mountpoint);
+	cl->fuse.mountpoint = NULL;
+	options_free(&cl->o);
+	fuse_opt_free_args(&cl->args);
+}
+
+/* --help: the usages, the qvlmoefs options, then libfuse's. */
+static void help(const char *argv0)
+{
+	printf("usage: %s [options] SOURCE MOUNTPOINT\n"
+	       "       %s inspect SOURCE [-o options] [--keys] [--json]\n"
+	       "       %s stage SOURCE [-o options] [--device N] [--all] (see stage --help)\n\n",
+	       argv0, argv0, argv0);
 	printf("Shows a Qwen3-VL-MoE safetensors checkpoint folder with converted key names.\n\n"
 	       "qvlmoefs options:\n"
 	       "    -o view=native|hf      naming of the view (default: the other one than SOURCE's)\n"
@@ -388,20 +319,16 @@ void qv_opts_help(void)
 	       "(the mount says so). SIGUSR1 writes the counters there; SIGHUP rescans SOURCE.\n"
 	       "The fsname mount(8) shows is SOURCE's absolute path unless -o fsname= is given.\n\n",
 	       QV_OPTS_MAX_READAHEAD_KB);
+	fuse_cmdline_help();
+	fuse_lowlevel_help();
 }
 
-/* Test-only fault injection, QVLMOEFS_TEST_FAULTS="setup=EPERM,chunk=N,eagain=N,submit_fail=N,
- * scan_pause_ms=N": refuse the ring as a sandbox would, clamp every read to N bytes (short
- * reads), turn every Nth completion into -EAGAIN, fail each reader's Nth submission with its
- * reads in flight, pause after each scan so a file can be swapped before it is opened. Tests
- * use it to drive the recovery paths through a real mount. */
-void qv_opts_faults(struct qv_mount_opts *mo)
+void qv_opts_faults(const char *spec, struct qv_mount_opts *mo, struct qv_glue_opts *g)
 {
 	struct qv_io_cfg *io = &mo->io;
-	const char *f = getenv("QVLMOEFS_TEST_FAULTS");
 	char *copy, *tok, *save = NULL;
 
-	if (!f || !(copy = strdup(f)))
+	if (!spec || !(copy = strdup(spec)))
 		return;
 	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 		if (!strcmp(tok, "setup=EPERM"))
@@ -413,9 +340,130 @@ void qv_opts_faults(struct qv_mount_opts *mo)
 		else if (!strncmp(tok, "submit_fail=", 12))
 			io->fail_submit_nth = (unsigned)strtoul(tok + 12, NULL, 0);
 		else if (!strncmp(tok, "scan_pause_ms=", 14))
-			mo->scan_pause_ms = (unsigned)strtoul(tok + 14, NULL, 10);
+			mo->gen.scan_pause_ms = (unsigned)strtoul(tok + 14, NULL, 10);
+		else if (!strncmp(tok, "open=", 5))
+			g->fail_open = atoi(tok + 5);
+		else if (!strncmp(tok, "entry=", 6))
+			g->fail_entry = atoi(tok + 6);
+		else if (!strncmp(tok, "slow_lookup=", 12))
+			g->slow_lookup_ms = atoi(tok + 12);
 	}
 	free(copy);
-	qv_log("test fault injection on: %s", f);
+	qv_log("test fault injection on: %s", spec);
 }
 
+/* subtype=qvlmoefs, and fsname=source for mount(8) and /proc/mounts (source NULL: none, the
+ * user gave one), escaped for libfuse's -o parser; 0 or -1. */
+static int add_fsname(struct fuse_args *args, const char *source)
+{
+	struct qv_buf b = { 0 };
+	int rc = qv_buf_adds(&b, source ? "-osubtype=qvlmoefs,fsname=" : "-osubtype=qvlmoefs");
+
+	for (const char *s = source; s && *s && !rc; s++) {
+		if (*s == ',' || *s == '\\')
+			rc = qv_buf_add(&b, "\\", 1);
+		if (!rc)
+			rc = qv_buf_add(&b, s, 1);
+	}
+	if (!rc)
+		rc = fuse_opt_add_arg(args, b.p);
+	qv_buf_free(&b);
+	return rc ? -1 : 0;
+}
+
+/* Requests a splice reply can carry whole: 1 MiB ones need a 2 MiB pipe, which takes
+ * CAP_SYS_RESOURCE (or a raised fs.pipe-max-size); short of that, the kernel's requests are
+ * capped (max_read) to what the pipe holds rather than copied. 0 when uncapped. */
+static unsigned splice_max_read(void)
+{
+	size_t max = qv_io_splice_max();
+
+	if (max >= (1u << 20) || max < 2 * 4096)
+		return 0; /* room enough, or no splice at all: reads are copied */
+	return (unsigned)max;
+}
+
+/* What the parsed options mean for the FUSE session and the glue: cl->args read-only, with
+ * subtype and fsname (SOURCE's absolute path unless given), default_permissions with
+ * allow_other (other users then meet the modes, the sources'), max_read for splice; the glue's options
+ * and the readahead. 0 or -1, logged. */
+static int session_args(struct qv_cmdline *cl)
+{
+	const struct qv_options *o = &cl->o;
+	struct qv_glue_opts *g = &cl->glue;
+	/* absolute, as the mount holds it: the daemon's working folder changes when it detaches */
+	char *abs = o->fsname_set ? NULL : realpath(o->source, NULL), cap[64] = "";
+	int rc;
+
+	g->direct_io = o->direct_io;
+	g->splice = !o->nosplice; /* -o splice: the default, said out loud */
+	g->max_read = o->max_read;
+	if (g->splice && !g->max_read && (g->max_read = splice_max_read()))
+		snprintf(cap, sizeof(cap), "-omax_read=%u", g->max_read);
+	rc = fuse_opt_add_arg(&cl->args, "-oro") ||
+	     add_fsname(&cl->args, o->fsname_set ? NULL : abs ? abs : o->source) ||
+	     (o->allow_other && fuse_opt_add_arg(&cl->args, "-odefault_permissions")) ||
+	     (cap[0] && fuse_opt_add_arg(&cl->args, cap));
+	free(abs);
+	/* a whole number of requests when splice caps their size: 4 of 1008 KiB, not 4 and a
+	 * 64 KiB one */
+	cl->readahead_kb = o->readahead_set ? o->readahead_kb
+			   : g->max_read    ? 4 * (g->max_read / 1024)
+					    : 4096;
+	return rc ? qv_log("out of memory parsing options"), -1 : 0;
+}
+
+/* An empty command line: nothing to free yet, no GPU. */
+static void cmdline_init(struct qv_cmdline *cl, int argc, char **argv)
+{
+	memset(cl, 0, sizeof(*cl));
+	cl->args = (struct fuse_args)FUSE_ARGS_INIT(argc, argv);
+	cl->gpu = -1;
+}
+
+int qv_opts_mount(int argc, char **argv, struct qv_cmdline *cl)
+{
+	cmdline_init(cl, argc, argv);
+	if (qv_opts_parse(&cl->args, &cl->o, &cl->fuse))
+		return -1;
+	if (cl->fuse.show_help)
+		return help(argv[0]), 1;
+	if (cl->fuse.show_version)
+		return printf("qvlmoefs version %s\nFUSE library version %s\ngpu: %s\n", QV_VERSION,
+			      fuse_pkgversion(), qv_gpu_build()),
+		       1;
+	if (!cl->o.source || !cl->fuse.mountpoint)
+		return fprintf(stderr, "usage: %s [options] SOURCE MOUNTPOINT (see --help)\n",
+			       argv[0]),
+		       -1;
+	/* every option checked before the source is scanned, which may take a while */
+	if (qv_opts_known(&cl->args) || qv_opts_check(&cl->o, &cl->mount, &cl->gpu))
+		return -1;
+	qv_opts_faults(getenv("QVLMOEFS_TEST_FAULTS"), &cl->mount, &cl->glue);
+	return session_args(cl);
+}
+
+int qv_opts_view(const char *source, char *const *optv, int optc, struct qv_cmdline *cl,
+		 struct qv_mount *m, int (*checked)(void *arg, const struct qv_mount_opts *mo),
+		 void *arg)
+{
+	char err[QV_ERRLEN];
+	bool oom;
+
+	cmdline_init(cl, 0, NULL);
+	oom = fuse_opt_add_arg(&cl->args, "qvlmoefs");
+	for (int i = 0; i < optc && !oom; i++)
+		oom = fuse_opt_add_arg(&cl->args, "-o") || fuse_opt_add_arg(&cl->args, optv[i]);
+	if (oom || fuse_opt_add_arg(&cl->args, source))
+		return qv_log("out of memory parsing options"), -1;
+	/* the mount's parser and checks: an option the mount refuses is refused here too */
+	if (qv_opts_parse(&cl->args, &cl->o, &cl->fuse) || qv_opts_known(&cl->args) ||
+	    qv_opts_check(&cl->o, &cl->mount, &cl->gpu) || (checked && checked(arg, &cl->mount)))
+		return -1;
+	if (qv_mount_init(m, cl->o.source, &cl->mount, err, sizeof(err))) {
+		qv_log("%s", err);
+		qv_mount_fini(m);
+		return -1;
+	}
+	return 0;
+}

@@ -2,7 +2,9 @@
  * handlers share one definition. */
 #include "qv_perm.h"
 
+#include <errno.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The three bits of class c (0 owner, 1 group, 2 others) of mode. */
 static unsigned cls(mode_t mode, int c)
@@ -30,4 +32,21 @@ mode_t qv_perm_and(uid_t uid, gid_t gid, mode_t mode, uid_t s_uid, gid_t s_gid, 
 mode_t qv_perm_search(mode_t m)
 {
 	return (m & S_IXUSR ? 0700 : 0) | (m & S_IXGRP ? 0070 : 0) | (m & S_IXOTH ? 0007 : 0);
+}
+
+int qv_perm_access(uid_t uid, mode_t mode, bool dir, uid_t caller, bool in_group, int mask)
+{
+	unsigned want = (mask & R_OK ? 4u : 0) | (mask & X_OK ? 1u : 0), have;
+
+	if (mask & W_OK)
+		return -EROFS;
+	if (caller == 0)
+		return (mask & X_OK) && !dir && !(mode & 0111) ? -EACCES : 0;
+	if (caller == uid)
+		have = (mode >> 6) & 7;
+	else if (in_group)
+		have = (mode >> 3) & 7;
+	else
+		have = mode & 7;
+	return (have & want) == want ? 0 : -EACCES;
 }

@@ -16,11 +16,14 @@
 
 struct stage_args {
 	const char *source;
-	struct fuse_args fargs; /* -o options, for the shared parser */
+	char **optv; /* the values of -o, in order (room for argc) */
+	int optc;
 	int device;
 	bool all;
 	unsigned samples;
 	struct qv_stage_cfg cfg;
+	struct qv_gpu_ops ops; /* the device, once opened */
+	bool opened;
 };
 
 static double now(void)
@@ -41,11 +44,10 @@ static void stage_usage(void)
 	       "64; 0 = every byte) against the view and prints GB/s against a pinned cudaMemcpy.\n");
 }
 
+/* argv into a; 0, 1 when --help was printed, or -EINVAL (logged). */
 static int parse(int argc, char **argv, struct stage_args *a)
 {
 	a->samples = 64;
-	if (fuse_opt_add_arg(&a->fargs, "qvlmoefs"))
-		return -ENOMEM;
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		uint64_t n;
@@ -55,7 +57,7 @@ static int parse(int argc, char **argv, struct stage_args *a)
 		if (!strcmp(argv[i], "--all"))
 			a->all = true;
 		else if (!strcmp(argv[i], "-o") && v)
-			fuse_opt_add_arg(&a->fargs, "-o"), fuse_opt_add_arg(&a->fargs, v), i++;
+			a->optv[a->optc++] = argv[++i];
 		else if (!strcmp(argv[i], "--device") && v) {
 			if (qv_opts_number("--device", v, 0, QV_OPTS_MAX_GPU, &n))
 				return -EINVAL;
@@ -81,7 +83,7 @@ static int parse(int argc, char **argv, struct stage_args *a)
 	}
 	if (!a->source)
 		return qv_log("stage: no SOURCE (see qvlmoefs stage --help)"), -EINVAL;
-	return fuse_opt_add_arg(&a->fargs, a->source);
+	return 0;
 }
 
 struct progress {
@@ -176,48 +178,46 @@ static int stage_view(struct stage_args *a, struct qv_mount *m, const struct qv_
 	return rc;
 }
 
+/* Once the options are checked and before the source is scanned, which may take long: one
+ * rank's view only, and the device opened; 0 or -errno, logged. */
+static int before_scan(void *arg, const struct qv_mount_opts *mo)
+{
+	struct stage_args *a = arg;
+	char err[QV_ERRLEN];
+	int rc;
+
+	if (qv_gen_multi(&mo->gen))
+		return qv_log("stage: give ep_rank (and ep_shard_rank) with ep_size: one rank's "
+			      "view"), -EINVAL;
+	rc = qv_gpu_open(a->device, &a->ops, err, sizeof(err));
+	if (rc)
+		return qv_log("stage: %s", err), rc;
+	a->opened = true;
+	return 0;
+}
+
 int qv_stage_main(int argc, char **argv)
 {
-	struct stage_args a = { .fargs = FUSE_ARGS_INIT(0, NULL) };
-	struct qv_options o = { 0 };
-	struct fuse_cmdline_opts copts = { 0 };
-	struct qv_mount_opts mo;
-	struct qv_gpu_ops ops;
+	struct stage_args a = { .optv = calloc((size_t)argc, sizeof(char *)) };
+	struct qv_cmdline cl;
 	static struct qv_mount m;
 	struct qv_io *io = NULL;
-	char err[QV_ERRLEN];
-	int rc, gpu, ret = 1;
+	int ret = 1, rc = a.optv ? parse(argc, argv, &a) : -ENOMEM;
 
-	rc = parse(argc, argv, &a);
-	if (rc)
-		goto out_args;
-	/* the mount's parser and checks: an option the mount refuses is refused here too */
-	if (qv_opts_parse(&a.fargs, &o, &copts) || qv_opts_known(&a.fargs) ||
-	    qv_opts_check(&o, &mo, &gpu))
-		goto out_opts;
-	if (qv_gen_multi(&mo)) {
-		qv_log("stage: give ep_rank (and ep_shard_rank) with ep_size: one rank's view");
-		goto out_opts;
-	}
-	rc = qv_gpu_open(a.device, &ops, err, sizeof(err)); /* fail fast, before any scan */
 	if (rc) {
-		qv_log("stage: %s", err);
-		goto out_opts;
+		free(a.optv);
+		return rc == 1 ? 0 : 1;
 	}
-	if (qv_mount_init(&m, o.source, &mo, err, sizeof(err))) {
-		qv_log("%s", err);
-		goto out_mount;
+	if (!qv_opts_view(a.source, a.optv, a.optc, &cl, &m, before_scan, &a)) {
+		if (!qv_io_new(&m.o.io, &io)) {
+			ret = stage_view(&a, &m, &a.ops, io) ? 1 : 0;
+			qv_io_free(io);
+		}
+		qv_mount_fini(&m);
 	}
-	if (qv_io_new(&mo.io, &io))
-		goto out_mount;
-	ret = stage_view(&a, &m, &ops, io) ? 1 : 0;
-	qv_io_free(io);
-out_mount:
-	qv_mount_fini(&m);
-	ops.close(ops.ctx);
-out_opts:
-	qv_opts_free(&o);
-out_args:
-	fuse_opt_free_args(&a.fargs);
-	return rc == 1 ? 0 : ret;
+	if (a.opened)
+		a.ops.close(a.ops.ctx);
+	qv_opts_free(&cl);
+	free(a.optv);
+	return ret;
 }

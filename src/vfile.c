@@ -10,6 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* a reply buffer is never smaller: the usual read requests fit at once */
+#define READER_BUF_MIN (1u << 20)
+
 int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s)
 {
 	struct qv_seg *last = vf->nseg ? &vf->seg[vf->nseg - 1] : NULL;
@@ -445,4 +448,86 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 		return rc;
 	*got = (size_t)(end - off);
 	return 0;
+}
+
+int qv_reader_new(const struct qv_io_cfg *cfg, struct qv_reader **out)
+{
+	struct qv_reader *r = calloc(1, sizeof(*r));
+	int rc = r ? qv_io_new(cfg, &r->io) : -ENOMEM;
+
+	if (rc) {
+		free(r);
+		return rc;
+	}
+	*out = r;
+	return 0;
+}
+
+void qv_reader_free(struct qv_reader *r)
+{
+	if (!r)
+		return;
+	qv_io_free(r->io);
+	free(r->sc.ops);
+	qv_buf_free(&r->out);
+	free(r);
+}
+
+int qv_reader_reserve(struct qv_reader *r, size_t len)
+{
+	return qv_buf_reserve(&r->out, len < READER_BUF_MIN ? READER_BUF_MIN : len);
+}
+
+void qv_reader_unsent(struct qv_reader *r)
+{
+	qv_io_splice_reset(r->io);
+}
+
+int qv_vfile_splice(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		    struct qv_reader *r, struct qv_reply *rep)
+{
+	struct qv_source *s;
+	uint64_t soff;
+	uint32_t src;
+	size_t n;
+	int rd, rc = qv_vfile_run(vf, off, len, &src, &soff, &n);
+
+	if (rc)
+		return -EAGAIN;
+	s = &srcs[src];
+	rc = qv_source_open(s);
+	/* the pipe holds the whole run or nothing (EIO on a source that ends early, which a
+	 * short reply would have the kernel take for the end of the file) */
+	if (!rc)
+		rc = qv_io_splice(r->io, atomic_load(&s->fd), soff, n, &rd);
+	if (rc)
+		return rc;
+	/* after the splice, as qv_vfile_read checks after its reads: a write that began before
+	 * this has moved mtime already. The pipe refers to the source's pages rather than holding
+	 * a copy, so a write landing between here and the reply's copy could still reach it:
+	 * sources must not be written while mounted, and the copy path (-o nosplice) closes even
+	 * that window. */
+	rc = qv_source_unchanged(s);
+	if (rc) {
+		qv_io_splice_reset(r->io);
+		return rc;
+	}
+	*rep = (struct qv_reply){ .fd = rd, .len = n, .from_src = n, .backend = QV_REPLY_SPLICED };
+	return 0;
+}
+
+int qv_vfile_reply(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		   bool splice, struct qv_reader *r, struct qv_reply *rep)
+{
+	int rc = splice ? qv_vfile_splice(vf, srcs, off, len, r, rep) : -EAGAIN;
+
+	if (rc != -EAGAIN)
+		return rc;
+	*rep = (struct qv_reply){ .fd = -1, .backend = (int)qv_io_backend_of(r->io) };
+	rc = qv_reader_reserve(r, len);
+	if (!rc)
+		rc = qv_vfile_read(vf, srcs, off, len, r->out.p, r->io, &r->sc, &rep->len,
+				   &rep->from_src);
+	rep->p = r->out.p;
+	return rc;
 }

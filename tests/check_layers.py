@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""check_layers.py: hold the C modules to the layer order written in README.md's Layout.
+"""check_layers.py: hold the C modules to the layer order written in doc/DESIGN.md, §8.
 
 Each module (src/NAME.c with include/qv_NAME.h) may include only the headers of modules below
 it in that order, so data flows one way and no module calls one that calls it. The order is
-read from the README, not repeated here: the line under "## Layout" of the form
-`util → io → ... → main`. Prints one line per violation and closes with `N passed, N failed`
-(one check per source or header file, plus a check that a planted upward include is caught).
+read from the design, not repeated here: the line of the form `util → io → ... → main` in the
+section whose "## " heading names the layer line ("## 8. Modules and the layer line"). Prints
+one line per violation and closes with `N passed, N failed` (one check per source or header
+file, plus a check that a planted upward include is caught).
 Usage: check_layers.py [ROOT]
 """
 import re
@@ -18,19 +19,23 @@ LAYERS = re.compile(r"^\s*`?(\w+(?: → \w+)+)`?\s*$")
 ALIASES = {"gpu_cuda": "gpu", "gpu_stub": "gpu"}
 
 
-def layer_order(readme):
-    """The module names of the README's Layout line, bottom first."""
-    text = readme.read_text(encoding="utf-8")
-    at = text.find("\n## Layout")
-    if at < 0:
-        raise SystemExit(f"check_layers: {readme}: no '## Layout' section")
-    for line in text[at + 1:].splitlines()[1:]:
+def layer_order(design):
+    """The module names of the design's layer line, bottom first."""
+    try:
+        lines = design.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise SystemExit(f"check_layers: {design}: {e.strerror}")
+    at = next((i for i, line in enumerate(lines)
+               if line.startswith("## ") and "layer line" in line.lower()), None)
+    if at is None:
+        raise SystemExit(f"check_layers: {design}: no '## ...layer line' section")
+    for line in lines[at + 1:]:
         if line.startswith("## "):
             break
         m = LAYERS.match(line)
         if m:
             return m.group(1).split(" → ")
-    raise SystemExit(f"check_layers: {readme}: no 'a → b → ...' layer line under '## Layout'")
+    raise SystemExit(f"check_layers: {design}: no 'a → b → ...' line under '{lines[at]}'")
 
 
 def module_of(path):
@@ -45,7 +50,7 @@ def violations(name, text, rank):
     """One message per include of text (file name, in module of rank) that is not below it."""
     mod = module_of(Path(name))
     if mod not in rank:
-        return [f"{name}: module '{mod}' is not in the README's layer line"]
+        return [f"{name}: module '{mod}' is not in the design's layer line"]
     out = []
     for inc in INCLUDE.findall(text):
         dep = ALIASES.get(inc, inc)
@@ -60,7 +65,7 @@ def violations(name, text, rank):
 
 def main(argv):
     root = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent
-    order = layer_order(root / "README.md")
+    order = layer_order(root / "doc" / "DESIGN.md")
     rank = {m: i for i, m in enumerate(order)}
     passed = failed = 0
     files = sorted((root / "src").glob("*.c")) + sorted((root / "include").glob("*.h"))

@@ -25,7 +25,7 @@ echo "== unit tests"
 "$BUILD/unit" | tee "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || grep -q ' failed' "$log" || fail=$((fail + 1))
 tally "$log" unit
-echo "== layers (include lines against the README's order)"
+echo "== layers (include lines against doc/DESIGN.md's layer line)"
 python3 tests/check_layers.py | tee "$log"
 tally "$log" layers
 echo "== view checker self-test"

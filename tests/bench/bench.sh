@@ -13,7 +13,7 @@ REPS=${BENCH_REPS:-5}
 ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8} # a subset, e.g. BENCH_ROWS="1 6"
 PAIRS=${BENCH_PAIRS:-7}
 QVX=${BENCH_QV_OPTS:+,$BENCH_QV_OPTS} # more -o options of qvlmoefs in row 7, e.g. nosplice
-LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of the README's table; 1: 0.3 GB
+LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of doc/performance.md's table; 1: 0.3 GB
 OUT=${BENCH_OUT:-$ROOT/$BUILD/bench}
 W=${BENCH_DIR:-/tmp/qvlmoefs-bench}
 QV=$ROOT/$BUILD/qvlmoefs

@@ -8,6 +8,8 @@ import re
 
 from .reader import DTYPE_SIZE, Fatal, read_source_header
 
+# The one definition of the test suites (ep.py, tests/integration and tests/real import these):
+# an HF expert tensor's name (group 2: the layer, group 3: the kind) and the native suffixes.
 HF_EXPERT = re.compile(r"(model\.)?language_model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
 NATIVE_SUFFIXES = (".mlp.experts.gate_and_up_projs", ".mlp.experts.down_projs")
 
@@ -37,7 +39,9 @@ def rename(key, src_naming, view_naming, prefix, exclude):
 
 
 def ep_range(n, w, r):
-    """(start, count) of EP rank r's experts out of n."""
+    """(start, count) of EP rank r's experts out of n: DESIGN.md §1's formula, Automodel's split
+    (q = n // w each, the first n % w ranks one more). The one definition of the test suites;
+    tests/real checks it against Automodel's get_expert_range_for_rank_from_mesh."""
     q, m = divmod(n, w)
     return r * q + min(r, m), q + (1 if r < m else 0)
 

@@ -22,34 +22,26 @@ ep_check.py minbytes SRC W R1,R2,... [K S]  -- print the fewest source bytes tha
 import json
 import os
 import re
-import struct
 import sys
 
-from .reader import DTYPE_SIZE, HIDDEN
+from .contract import HF_EXPERT, NATIVE_SUFFIXES, ep_range
+from .reader import DTYPE_SIZE, HIDDEN, read_header, read_tensors
 
-HF = re.compile(r"(model\.)?language_model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)")
+# a view's expert tensor, either naming: its layer and its kind (gate... or down...)
+LAYER_EXPERT = re.compile(r"layers\.(\d+)\.mlp\.experts\."
+                          r"(gate_up_proj|gate_and_up_projs|down_proj|down_projs)$")
 
 
 def header(path):
-    """Parsed header and the data section's start."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        h = json.loads(f.read(n))
+    """Parsed header without __metadata__, and the data section's start."""
+    h, n = read_header(path)
     h.pop("__metadata__", None)
     return h, 8 + n
 
 
 def is_expert(key):
     """One of a layer's two expert tensors, in either naming."""
-    return bool(HF.fullmatch(key)) or key.endswith((".mlp.experts.gate_and_up_projs",
-                                                    ".mlp.experts.down_projs"))
-
-
-def ep_range(n, w, r):
-    """NeMo Automodel's expert range of rank r."""
-    q, m = divmod(n, w)
-    start = r * q + min(r, m)
-    return start, q + (1 if r < m else 0)
+    return bool(HF_EXPERT.fullmatch(key)) or key.endswith(NATIVE_SUFFIXES)
 
 
 def shards(src):
@@ -100,27 +92,15 @@ def reassemble(src, mnt, w, k):
 def view_tensor(path, src_key, names):
     """Bytes of the view tensor that came from src_key (found by layer and kind)."""
     h, base = header(path)
-    m = re.search(r"layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_and_up_projs|down_proj|down_projs)$",
-                  src_key)
+    m = LAYER_EXPERT.search(src_key)
     gate = m.group(2).startswith("gate")
     for key, t in h.items():
-        m2 = re.search(r"layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_and_up_projs|down_proj|down_projs)$", key)
+        m2 = LAYER_EXPERT.search(key)
         if m2 and m2.group(1) == m.group(1) and m2.group(2).startswith("gate") == gate:
             with open(path, "rb") as f:
                 f.seek(base + t["data_offsets"][0])
                 return f.read(t["data_offsets"][1] - t["data_offsets"][0])
     raise SystemExit(f"reassemble: {path}: no view tensor for {src_key}")
-
-
-def tensors(path):
-    """{key: (dtype, shape, bytes)} and the __metadata__ of a safetensors file."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        h = json.loads(f.read(n))
-        data = f.read()
-    meta = h.pop("__metadata__", None)
-    return {k: (t["dtype"], t["shape"], data[t["data_offsets"][0]:t["data_offsets"][1]])
-            for k, t in h.items()}, meta
 
 
 def shared(mnt, plain):
@@ -146,14 +126,14 @@ def shared(mnt, plain):
                         bad.append(f"{fo}/{name}: bytes differ from the plain view")
                 inodes.setdefault(name, set()).add(os.stat(os.path.join(s, name)).st_ino)
                 continue
-            exp, pmeta = tensors(pp)
+            pmeta, exp = read_tensors(pp)
             got = {}
             for part in (name, name[:-len(".safetensors")] + "-experts.safetensors"):
                 sp = os.path.join(s, part)
                 if not os.path.exists(sp):
                     continue
                 want.add(part)
-                t, meta = tensors(sp)
+                meta, t = read_tensors(sp)
                 for k, v in t.items():
                     if k in got or k in where:
                         bad.append(f"{fo}/{part}: {k} is in both parts")

@@ -1,7 +1,9 @@
 """Strict reading of the source side: safetensors headers, JSON, the source tree, read streams.
 
-Everything here refuses what the contract (DESIGN.md §1) calls a bad source by raising Fatal;
-it never looks at the view.
+Everything here refuses what the strict parsing rules (DESIGN.md §6) call a bad source by raising Fatal;
+it never looks at the view. header_of, read_header and read_tensors are the one unchecked
+safetensors reader of the test suites (ep.py, tests/integration, tests/real): for views and
+hand-made files, whose strictness is checked elsewhere.
 """
 import hashlib
 import json
@@ -86,6 +88,33 @@ def is_uint(x):
 def first_diff(a, b):
     """Index of the first differing byte of a and b (or the shorter length)."""
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def header_of(raw):
+    """(header dict, __metadata__ included, and its length n) of the bytes of a safetensors
+    file, parsed without any of the source checks: the data starts at 8 + n. For views and
+    hand-made files, whose strictness other code checks (read_source_header, verify)."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), n
+
+
+def read_header(path):
+    """header_of of a file, reading only the 8 length bytes and the header."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)), n
+
+
+def read_tensors(path):
+    """(__metadata__ or None, {name: (dtype, shape, bytes)} in data order) of a safetensors
+    file, read as header_of does (unchecked)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    hdr, n = header_of(raw)
+    meta, data = hdr.pop("__metadata__", None), raw[8 + n:]
+    order = sorted(hdr, key=lambda k: hdr[k]["data_offsets"][0])
+    return meta, {k: (hdr[k]["dtype"], hdr[k]["shape"],
+                      data[hdr[k]["data_offsets"][0]:hdr[k]["data_offsets"][1]]) for k in order}
 
 
 def read_source_header(path, rel):

@@ -3,9 +3,15 @@
 Test modules import this as `helpers` (pytest puts this folder on sys.path). Everything here
 works from any current folder: paths derive from this file, not from where pytest was started.
 The view checker and ep_check run in-process through the tests/checkview package, so a
-mismatch shows up in the assertion message instead of in a child's stderr.
+mismatch shows up in the assertion message instead of in a child's stderr; safetensors files
+are read with its reader (checkview.reader: read_header, header_of, read_tensors) and written
+with write_st here. Also here: the second user of the permission tests (TEST_USER, as_user...),
+one-line error checks, and the daemon's counters (stats, generations, getxattr_raw). What needs
+the foreground daemon process itself (signals, its log, its descriptors) is in support_daemon.
 """
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import os
@@ -13,10 +19,13 @@ import re
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = os.environ.get("BUILD", "build")
@@ -236,3 +245,105 @@ def in_private_ns(tmp, script, cwd=None, env=None, timeout=300):
     f.write_text(body + "\n")
     return run("unshare", "-m", "--propagation", "private", "bash", f, check=False,
                cwd=cwd, env=env, timeout=timeout)
+
+
+def run_merged(*args, timeout=60, env=None, cwd=None):
+    """Run a command with stderr folded into stdout, as `out=$(cmd 2>&1)` did.
+
+    Returns (exit status, output); the exit status is None when the command ran past timeout
+    (it is killed then), so a caller can decide whether a hang matters.
+    """
+    args = [str(a) for a in args]
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=timeout, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return None, out
+    return p.returncode, p.stdout
+
+
+def single_line(p):
+    """The output of a failed command (a CompletedProcess): one line (asserted), without its
+    newline."""
+    __tracebackhide__ = True
+    out = (p.stdout + (p.stderr or "")).rstrip("\n")
+    assert out and "\n" not in out, f"not one line: {out!r}"
+    return out
+
+
+def one_line_naming(output, *words):
+    """The one line of output holding every word (asserted: exactly one)."""
+    __tracebackhide__ = True
+    lines = [ln for ln in output.splitlines() if all(w in ln for w in words)]
+    assert len(lines) == 1, f"want one line naming {words}, got:\n{output}"
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- a second user
+
+TEST_USER = "qvlmoefs-test"  # the other user of the permission tests (they need root)
+
+
+def as_user(cmd):
+    """Run a shell command as TEST_USER; (exit status, output)."""
+    return run_merged("su", TEST_USER, "-s", "/bin/sh", "-c", cmd, timeout=60, cwd="/")
+
+
+def need_test_user():
+    """Skip without root; create TEST_USER when missing; return its gid."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a user and mount with allow_other")
+    if run("id", TEST_USER, check=False).returncode != 0:
+        run("useradd", "-M", "-s", "/bin/sh", TEST_USER)
+    return int(run("id", "-g", TEST_USER).stdout)
+
+
+def user_reads(path):
+    """True when TEST_USER can read the whole file at path (cat succeeds)."""
+    return as_user(f"cat {shlex.quote(str(path))} >/dev/null 2>&1")[0] == 0
+
+
+def user_lists(path):
+    """True when TEST_USER can list the folder at path."""
+    return as_user(f"ls {shlex.quote(str(path))} >/dev/null 2>&1")[0] == 0
+
+
+# ---------------------------------------------------------------------------- files and counters
+
+def write_st(path, meta, tensors):
+    """A safetensors file as a writer makes one: metadata (None: no __metadata__), then
+    tensors {name: (dtype, shape, bytes)} in the given order, the header padded to 8 bytes.
+    (checkview.reader.read_tensors reads one back.)"""
+    hdr, off = ({"__metadata__": meta} if meta is not None else {}), 0
+    for name, (dtype, shape, data) in tensors.items():
+        hdr[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    j = json.dumps(hdr, separators=(",", ":")).encode()
+    j += b" " * (-(8 + len(j)) % 8)
+    Path(path).write_bytes(struct.pack("<Q", len(j)) + j + b"".join(d for _, _, d in tensors.values()))
+
+
+def stats(mnt):
+    """The daemon's counters (user.qvlmoefs.stats of the root)."""
+    return json.loads(os.getxattr(str(mnt), "user.qvlmoefs.stats"))
+
+
+def generations(mnt):
+    """Generations the daemon holds (1 when it does not say: the descriptors tell then)."""
+    return stats(mnt).get("generations", 1)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def getxattr_raw(path, name, size):
+    """getxattr(2) with a buffer of size bytes (size 0: the size query); (length, bytes)."""
+    buf = ctypes.create_string_buffer(max(size, 1))
+    n = _libc.getxattr(str(path).encode(), name.encode(), buf if size else None,
+                       ctypes.c_size_t(size))
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+    return n, buf.raw[:n] if size else b""

@@ -6,7 +6,9 @@ mounted, then stops and reaps the process, whatever state the test left it in: s
 serving, killed with -9 (a dead mount that answers ENOTCONN), lazily unmounted, or never
 mounted at all. Tests that signal the daemon (SIGHUP, SIGUSR1, SIGTERM, SIGKILL), give it
 fault-injection variables or a low descriptor limit, or run it under valgrind need the
-process itself, which the daemonizing `mount` fixture does not give them.
+process itself, which the daemonizing `mount` fixture does not give them. What such tests
+read of the process is here too: its descriptors (fd_targets, held_fds, source_fds), its
+memory (rss_kib), its log read incrementally (Log) and SIGHUP rescans (rescan).
 """
 import errno
 import os
@@ -47,23 +49,6 @@ def mount_options(path):
             if _unescape(fields[1]) == want:
                 found = fields[3]
     return found
-
-
-def run_merged(*args, timeout=60, env=None, cwd=None):
-    """Run a command with stderr folded into stdout, as `out=$(cmd 2>&1)` did.
-
-    Returns (exit status, output); the exit status is None when the command ran past timeout
-    (it is killed then), so a caller can decide whether a hang matters.
-    """
-    args = [str(a) for a in args]
-    full_env = None if env is None else {**os.environ, **env}
-    try:
-        p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return None, out
-    return p.returncode, p.stdout
 
 
 def one_line(text):
@@ -251,3 +236,35 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def held_fds(pid):
+    """Descriptors of pid other than io_uring rings (which come and go with worker threads)."""
+    return [t for t in fd_targets(pid) if t != "anon_inode:[io_uring]"]
+
+
+class Log:
+    """A daemon's log read incrementally, so waiting for the n-th line stays cheap."""
+
+    def __init__(self, d):
+        """Start reading d's log from its beginning."""
+        self.d, self.pos, self.text = d, 0, ""
+
+    def count(self, what):
+        """How often what occurs in the log so far."""
+        with open(self.d.log_path, "rb") as f:
+            f.seek(self.pos)
+            chunk = f.read()
+        self.pos += len(chunk)
+        self.text += chunk.decode(errors="replace")
+        return self.text.count(what)
+
+
+def rescan(d, log, n_before):
+    """SIGHUP d and wait until its log holds one more rescan outcome; return the new count."""
+    d.signal(signal.SIGHUP)
+    outcome = ("rescanned the source", "rescan failed")
+    ok = wait_for(lambda: sum(log.count(w) for w in outcome) > n_before, timeout=10,
+                  interval=0.0005)
+    assert ok, f"no rescan outcome logged after SIGHUP:\n{d.log()[-2000:]}"
+    return sum(log.text.count(w) for w in outcome)

@@ -2,7 +2,8 @@
 
 `make` on a machine without the -dev packages must say in one line what to install and which
 target installs it, instead of stopping at a compiler error about a missing header; the
-layer check must hold the modules to the README's order and catch an upward include.
+layer check must hold the modules to the order of doc/DESIGN.md's layer line and catch an
+upward include.
 """
 import os
 import re
@@ -37,16 +38,18 @@ def test_make_without_pkg_config_names_it(tmp):
 
 
 def test_layers_hold(tmp):
-    """The tree as committed keeps every include pointing down the README's layer line."""
+    """The tree as committed keeps every include pointing down the design's layer line."""
     p = run(PY, ROOT / "tests" / "check_layers.py", ROOT)
     assert p.stdout.splitlines()[-1].endswith(" 0 failed"), p.stdout
 
 
 def test_layer_check_catches_an_upward_include(tmp):
-    """A copy of src/include/README where tree.c includes the mount's header must fail."""
+    """A copy of src/, include/ and doc/DESIGN.md where tree.c includes the mount's header
+    must fail."""
     for d in ("src", "include"):
         shutil.copytree(ROOT / d, tmp / d)
-    shutil.copy(ROOT / "README.md", tmp / "README.md")
+    (tmp / "doc").mkdir()
+    shutil.copy(ROOT / "doc" / "DESIGN.md", tmp / "doc" / "DESIGN.md")
     with open(tmp / "src" / "tree.c", "a") as f:
         f.write('#include "qv_mount.h"\n')
     p = run(PY, ROOT / "tests" / "check_layers.py", tmp, check=False)

@@ -1,5 +1,6 @@
 """The command line: exit codes, mount(8) integration, refusing bad sources and options, help,
-and the node mount script.
+and the node mount script (idempotent for the same view; refusing a one-rank mount or another
+view in the way, naming it; rank x shard folders).
 """
 import json
 import os
@@ -161,6 +162,75 @@ def test_node_mount_script_refuses_another_view(ckpt, fuse, tmp, change):
     assert "already mounted with ep_size=4" in p.stderr and "fusermount3 -u" in p.stderr, p.stderr
     assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
     assert sorted(os.listdir(m)) == [f"ep-rank-{r}" for r in range(4)]
+
+
+def node_mount(src, mnt, w, *extra, check=True):
+    """Run qvlmoefs-node-mount SRC MNT W [OPTIONS] with this build's qvlmoefs."""
+    env = dict(os.environ, QVLMOEFS=str(QV))
+    return run(NODE_MOUNT, src, mnt, w, *extra, env=env, check=check)
+
+
+def test_node_mount_refuses_one_rank_mount(ckpt, mount, tmp):
+    """A one-rank mount (-o ep_size=4,ep_rank=3) was taken for the node mount: "already
+    mounted", exit 0, and no ep-rank-0 for the ranks. Now an error naming what is mounted."""
+    m = mount(ckpt["e10"], tmp / "m", "-o", "ep_size=4,ep_rank=3")
+    p = node_mount(ckpt["e10"], m, 4, check=False)
+    assert p.returncode != 0, f"exit 0 on a one-rank mount: {p.stdout}{p.stderr}"
+    assert "one rank (ep_size=4,ep_rank=3)" in p.stderr and "fusermount3 -u" in p.stderr, p.stderr
+    assert "already mounted (" not in p.stdout, p.stdout
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
+
+
+# name: (options of the mount made first, options asked for next)
+OTHER_VIEW = {
+    "ep_shared_then_plain": (["ep_shared"], []),
+    "plain_then_ep_shared": ([], ["ep_shared"]),
+    "native_then_hf": ([], ["view=hf"]),
+    "shard_folders": ([], ["ep_shard_size=2"]),
+}
+
+
+@pytest.mark.parametrize("case", OTHER_VIEW.values(), ids=OTHER_VIEW.keys())
+def test_node_mount_refuses_another_view(ckpt, fuse, tmp, case):
+    """Same source and EP size, but options that change the view: an error naming a file that
+    differs, the old mount kept as it was (never "already mounted", exit 0)."""
+    first, then = case
+    m = tmp / "m"
+    node_mount(ckpt["e10"], m, 4, *([",".join(first)] if first else []))
+    before = sorted(os.listdir(m / "ep-rank-0"))
+    p = node_mount(ckpt["e10"], m, 4, *([",".join(then)] if then else []), check=False)
+    assert p.returncode != 0, f"exit 0 with {first} mounted, {then} asked for: {p.stdout}{p.stderr}"
+    assert "another view" in p.stderr and "mounted:" in p.stderr and "fusermount3 -u" in p.stderr, \
+        p.stderr
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
+    assert sorted(os.listdir(m / "ep-rank-0")) == before
+
+
+def test_node_mount_refuses_other_exclude(ckpt, fuse, tmp):
+    """exclude= changes what an HF view of a native source holds (its _extra_state keys here)."""
+    m = tmp / "m"
+    node_mount(ckpt["native"], m, 2)
+    p = node_mount(ckpt["native"], m, 2, "exclude=.*nothing.*", check=False)
+    assert p.returncode != 0 and "another view" in p.stderr, f"{p.stdout}{p.stderr}"
+
+
+def test_node_mount_same_view_other_reader_kept(ckpt, fuse, tmp):
+    """Options that change no byte of the view (the source reader, direct_io) are the same view:
+    still "already mounted", exit 0."""
+    m = tmp / "m"
+    node_mount(ckpt["e10"], m, 4, "ep_shared")
+    p = node_mount(ckpt["e10"], m, 4, "ep_shared,io=pread,direct_io")
+    assert "already mounted" in p.stdout, p.stdout
+    assert helpers.mounts_below(tmp) == [str(m)], helpers.mounts_below(tmp)
+
+
+def test_node_mount_shard_folders(ckpt, fuse, tmp):
+    """With ep_shard_size and no ep_shard_rank the folders are ep-rank-R-shard-S: the script
+    mounted them and then said ep-rank-0 was missing (exit 1). It mounts, and again is kept."""
+    m = tmp / "m"
+    node_mount(ckpt["e10"], m, 2, "ep_shard_size=2")
+    assert sorted(os.listdir(m)) == [f"ep-rank-{r}-shard-{s}" for r in range(2) for s in range(2)]
+    assert "already mounted" in node_mount(ckpt["e10"], m, 2, "ep_shard_size=2").stdout
 
 
 # ---------------------------------------------------------------- mistakes refused before mounting

@@ -3,21 +3,25 @@
 These tests need the foreground daemon process itself (to signal it, kill it, read its log or
 run it under valgrind), so they start it through the `daemon` fixture (support_daemon),
 which always unmounts, stops and reaps it at teardown. The last tests check the GPU options'
-failure path, staging on a real device where there is one, and the shipped documentation.
+failure path, staging on a real device where there is one, staging against a stand-in CUDA
+runtime (tests/gpu/fake_cudart.c: the device opened after the fork, by the staging thread;
+SIGTERM while staging), the soft descriptor limit, and the shipped documentation.
 """
 import errno
+import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
-from helpers import BUILD, QV, ROOT, check_view, mountpoint, run
+from helpers import BUILD, QV, ROOT, check_view, mountpoint, run, run_merged, wait_for
 from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
-from support_daemon import one_line, run_merged, unmount
+from support_daemon import one_line, unmount
 
 SECOND = "model-00002-of-00002.safetensors"
 NO_GPU = "no NVIDIA GPU on this machine (tests/gpu/device-check.sh runs where one is)"
@@ -215,6 +219,140 @@ def test_gpu_stage_on_device(ckpt):
     run(QV, "stage", ckpt["e10"], "-o", "ep_size=4,ep_rank=1", "--samples", "0", timeout=600)
     run(QV, "stage", ckpt["e10n"], "--all", "--samples", "0", "--slots", "2", "--slot-mib", "1",
         timeout=600)
+
+
+# --------------------------------------------------------------- GPU staging, stand-in runtime
+
+
+FAKE_CUDART = ROOT / "tests" / "gpu" / "fake_cudart.c"
+STAGING_OPS = ("cudaHostAlloc", "cudaMalloc", "cudaStreamCreateWithFlags", "cudaMemcpyAsync",
+               "cudaEventSynchronize")
+
+
+@pytest.fixture
+def fake_cuda(tmp):
+    """Environment that makes the daemon load tests/gpu/fake_cudart.c as libcudart.so."""
+    if "cuda runtime" not in run(QV, "-V").stdout:
+        pytest.skip("built without the CUDA runtime headers: -o gpu cannot load a runtime")
+    lib = tmp / "fakecuda"
+    lib.mkdir()
+    run("cc", "-O1", "-shared", "-fPIC", "-o", lib / "libcudart.so", FAKE_CUDART, "-lpthread")
+    log = tmp / "cuda.log"
+    return {"LD_LIBRARY_PATH": str(lib), "FAKE_CUDA_LOG": str(log)}, log
+
+
+def _calls(log):
+    """The stand-in runtime's log: (pid, tid, function, current device, forked-after-init)."""
+    if not log.exists():
+        return []
+    return [(int(p[0]), int(p[1]), p[2], int(p[3]), len(p) > 4)
+            for p in (line.split() for line in log.read_text().splitlines())]
+
+
+def _gpu_status(m):
+    """.qvlmoefs/gpu.json, parsed. The file stays open a moment after the read: the daemon
+    frees a generated file's bytes at release, and AddressSanitizer's writev interceptor
+    checks the reply buffer after the write, so a release that follows the read at once is
+    reported as a use after free in sanitizer builds (not a fault in other builds)."""
+    with open(m / ".qvlmoefs" / "gpu.json") as f:
+        st = json.load(f)
+        time.sleep(0.05)
+    return st
+
+
+def _staged(m):
+    """gpu.json once staging has settled (no tensor pending), else None."""
+    st = _gpu_status(m)
+    return st if st["tensors"] and all(t["state"] != "pending" for t in st["tensors"]) else None
+
+
+def test_gpu_device_opened_in_the_staging_thread_after_the_fork(fake_cuda, mount, ckpt, tmp):
+    """Daemonized (no -f, as mount -t and fstab run it), -o gpu=1 stages on device 1: the
+    runtime is first used after the daemon forked, by the staging thread, which selects the
+    device itself. Before, the parent opened the device and forked (every call in the daemon
+    failed: CUDA cannot be used in a child forked after init), and the staging thread never
+    called cudaSetDevice (device 0 while gpu.json said 1)."""
+    env, log = fake_cuda
+    m = tmp / "m"
+    m.mkdir()
+    p = subprocess.Popen([str(QV), str(ckpt["e10"]), str(m), "-o", "gpu=1,ep_size=2,ep_rank=0"],
+                         env={**os.environ, **env, "FAKE_CUDA_DEVICES": "2"},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = p.communicate(timeout=60)[0]
+    assert p.returncode == 0 and mountpoint(m), out
+    st = wait_for(lambda: _staged(m), timeout=30)
+    assert st, f"staging did not settle: {_gpu_status(m)}\n{log.read_text()}"
+    assert st["device"] == 1 and {t["state"] for t in st["tensors"]} == {"ready"}, st
+    calls = _calls(log)
+    assert not [c for c in calls if c[4]], "the runtime was used in a child forked after init"
+    staging = [c for c in calls if c[2] in STAGING_OPS]
+    assert staging, log.read_text()
+    daemon = {c[0] for c in staging}
+    assert len(daemon) == 1, staging
+    threads = {c[1] for c in staging}
+    assert len(threads) == 1, f"staging from several threads: {staging}"
+    assert {c[3] for c in staging} == {1}, f"staged on the wrong device: {staging}"
+    setdev = [c[:2] for c in calls if c[0] in daemon and c[2] == "cudaSetDevice"]
+    assert setdev == [(*daemon, *threads)], f"the staging thread did not select: {calls}"
+    # the early check ran the runtime only in a short-lived child: not the daemon, not us
+    others = [c for c in calls if c[0] not in daemon]
+    assert others and {c[2] for c in others} <= {"cudaGetDeviceCount", "cudaSetDevice"}, others
+    assert p.pid not in {c[0] for c in calls}, "the process that forked used the runtime"
+
+
+# (stand-in runtime?, words of the message): the machine's own (no runtime, or no driver), or a
+# stand-in runtime without devices
+NO_DEVICE = {"no_runtime": (False, "no CUDA"), "no_device": (True, "no CUDA device 0")}
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemonized", "foreground"])
+@pytest.mark.parametrize("case", NO_DEVICE.values(), ids=NO_DEVICE.keys())
+def test_gpu_without_device_fails_fast(fake_cuda, ckpt, tmp, case, foreground):
+    """-o gpu=0 without a usable device fails at once, with one line, with and without -f."""
+    with_runtime, words = case
+    env = {**fake_cuda[0], "FAKE_CUDA_DEVICES": "0"} if with_runtime else {}
+    m = tmp / "m"
+    m.mkdir()
+    rc, out = run_merged(QV, *(["-f"] if foreground else []), ckpt["e10"], m, "-o", "gpu=0",
+                         env=env, timeout=20)
+    assert rc is not None and rc != 0, f"exit status {rc}: {out}"
+    assert one_line(out) and "gpu=0" in out and words in out, out
+    assert not mountpoint(m)
+
+
+def test_sigterm_while_staging_stops_promptly(fake_cuda, daemon, ckpt, tmp):
+    """SIGTERM while -o gpu stages (each copy of the stand-in device takes 1 s, ~16 s in all)
+    unmounts within seconds: staging stops between pieces. Before, shutdown waited for it."""
+    env, log = fake_cuda
+    src = ckpt.make("e10-l16", "--experts", "10", "--layers", "16")
+    m = tmp / "m"
+    d = daemon(src, m, "-o", "gpu=0", env={**env, "FAKE_CUDA_COPY_MS": "1000"})
+    assert wait_for(lambda: any(t["state"] == "ready" for t in _gpu_status(m)["tensors"]),
+                    timeout=20), _gpu_status(m)
+    st = _gpu_status(m)
+    assert any(t["state"] == "pending" for t in st["tensors"]), "staging ended too soon to test"
+    time.sleep(0.2)  # the kernel sends gpu.json's release after close(): let it arrive first
+    t0 = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.wait(timeout=30) == 0
+    took = time.monotonic() - t0
+    print(f"SIGTERM to exit while staging: {took:.2f} s")
+    assert took < 6, f"SIGTERM took {took:.1f} s while staging\n{d.log()}"
+    assert not mountpoint(m)
+
+
+# ---------------------------------------------------------------------------- descriptor limit
+
+
+def test_soft_descriptor_limit_raised(daemon, ckpt, tmp):
+    """The daemon raises its soft RLIMIT_NOFILE to the hard limit at start."""
+    m = tmp / "m"
+    d = daemon(ckpt["e10"], m, argv=["sh", "-c", 'ulimit -Sn 64 && exec "$@"', "sh", QV, "-f",
+                                     ckpt["e10"], m])
+    with open(f"/proc/{d.pid}/limits") as f:
+        line = next(x for x in f if x.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard, f"soft limit {soft}, hard {hard}: {line}"
 
 
 # ---------------------------------------------------------------------------- documentation

@@ -1,13 +1,20 @@
 """Expert-parallel views: every rank's slice, dim-1 shard cuts, reassembly, and reading only
-the source bytes a rank needs (counted by the daemon's bytes_from_sources)."""
+the source bytes a rank needs (counted by the daemon's bytes_from_sources); statfs while rank
+folders are built on first use; a rank folder copied out and mounted (sliced) again; what only
+building a rank folder would find is refused at mount."""
 import json
 import os
-import struct
 import subprocess
+import threading
 
 import pytest
 
-from helpers import QV, check_view, ep_check, read_all, run, stat_field, within_1pct
+from checkview.reader import read_header, read_tensors
+from helpers import (QV, check_view, ep_check, one_line_naming, read_all, run, stat_field,
+                     within_1pct, write_st)
+from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
+
+INDEX = "model.safetensors.index.json"
 
 SOURCES = ["hf", "native", "e10", "e10n"]
 
@@ -47,9 +54,7 @@ def test_ep_uneven_split(ckpt, mount):
     m = mount(ckpt["e10"], None, "-o", "ep_size=4")
     got = []
     for r in range(4):
-        with open(m / f"ep-rank-{r}" / "model-00002-of-00002.safetensors", "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            h = json.loads(f.read(n))
+        h, _ = read_header(m / f"ep-rank-{r}" / "model-00002-of-00002.safetensors")
         got.append([[v["shape"][0] for k, v in h.items() if k.endswith("gate_and_up_projs")][0],
                     h["__metadata__"]["qvlmoefs.expert_start"], h["__metadata__"]["qvlmoefs.expert_end"]])
     assert got == [[3, "0", "3"], [3, "3", "6"], [2, "6", "8"], [2, "8", "10"]]
@@ -215,3 +220,98 @@ def test_ep_shared_needs_rank_folders(ckpt, mount, tmp, opts):
     """-o ep_shared is a layout of the rank folders: without them it does not mount."""
     out = mount.fail(ckpt["e10"], tmp / "m", "-o", opts, stderr=subprocess.STDOUT).stdout
     assert "ep_shared needs ep_size without ep_rank" in out, out
+
+
+# --------------------------------------------------------- statfs while rank folders are built
+
+
+def test_statfs_stress_while_rank_folders_build(daemon, ckpt, tmp):
+    """statfs in a loop while rank folders are built on first use: the totals only ever grow,
+    end at the sum of every file shown, and (under the thread sanitizer, which runs the tests
+    named *stress*) no data race between the two."""
+    src = ckpt.make("e64", "--experts", "64")
+    m = tmp / "m"
+    daemon(src, m, "-o", "ep_size=64")
+    stop, seen = threading.Event(), []
+
+    def statfs_loop():
+        """statvfs as fast as it goes, remembering the block counts."""
+        while not stop.is_set():
+            seen.append(os.statvfs(m).f_blocks)
+
+    th = threading.Thread(target=statfs_loop)
+    th.start()
+    try:
+        for r in range(64):
+            os.listdir(m / f"ep-rank-{r}")
+    finally:
+        stop.set()
+        th.join()
+    assert seen == sorted(seen), "statfs totals went down while folders were built"
+    print(f"{len(seen)} statfs calls, blocks {seen[0]} -> {seen[-1]}")
+
+
+# --------------------------------------------------- a rank folder copied out and sliced again
+
+
+@pytest.fixture
+def rank_copy(ckpt, mount, tmp):
+    """ep-rank-1 of an ep_size=2 mount of the HF checkpoint (native names, experts 4-7 of 8 in
+    each expert tensor, qvlmoefs.ep_* in every shard), copied out with cp -r."""
+    m = mount(ckpt["hf"], None, "-o", "ep_size=2")
+    run("cp", "-r", m / "ep-rank-1", tmp / "copy")
+    mount.umount(m)
+    meta, _ = read_tensors(tmp / "copy" / "model-00001-of-00002.safetensors")
+    assert meta["qvlmoefs.expert_start"] == "4", meta
+    return tmp / "copy"
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_copied_rank_folder_one_rank_of_it(rank_copy, mount, rank):
+    """-o ep_size=2,ep_rank=R on the copy was refused ("duplicate __metadata__ key"): it now
+    mounts, and rank R holds experts [2R, 2R+2) of the copy's 4 (the independent checker's
+    contract: the view's qvlmoefs.* keys replace the source's, counted on the source's own
+    expert dim), every byte equal to the copy's."""
+    m = mount(rank_copy, None, "-o", f"ep_size=2,ep_rank={rank},view=native")
+    check_view(rank_copy, m, "--view", "native", "--ep-size", 2, "--ep-rank", rank)
+    meta, _ = read_tensors(m / "model-00001-of-00002.safetensors")
+    want = {"qvlmoefs.ep_size": "2", "qvlmoefs.ep_rank": str(rank),
+            "qvlmoefs.expert_start": str(2 * rank), "qvlmoefs.expert_end": str(2 * rank + 2)}
+    assert {k: v for k, v in meta.items() if k.startswith("qvlmoefs.")} == want, meta
+
+
+def test_copied_rank_folder_rank_folders(rank_copy, mount):
+    """-o ep_size=2 on the copy mounted and then every rank folder answered EIO: each folder is
+    now readable to its last byte and right (default naming: back to HF names)."""
+    m = mount(rank_copy, None, "-o", "ep_size=2")
+    for r in range(2):
+        assert os.listdir(m / f"ep-rank-{r}")  # EIO raised here before
+        read_all(m / f"ep-rank-{r}")
+        check_view(rank_copy, m / f"ep-rank-{r}", "--ep-size", 2, "--ep-rank", r)
+
+
+def test_copied_rank_folder_too_many_ranks_refused_at_mount(rank_copy, mount):
+    """The copy holds 4 experts: 8 ranks of them are refused before mounting, with one line, as
+    on any checkpoint -- never a mount whose folders then fail."""
+    p = mount.fail(rank_copy, None, "-o", "ep_size=8")
+    one_line_naming(p.stdout + p.stderr, "ep_size=8", "4 experts")
+
+
+def test_rank_folders_refused_at_mount_not_on_first_use(ckpt, mount, tmp):
+    """What only building a rank folder found (here two source keys that map to one view key)
+    made a mount that succeeded and then answered EIO in every rank folder; it is refused
+    at mount now, with the one-line reason the one-rank mount gives."""
+    src = tmp / "src"
+    run("cp", "-r", ckpt["hf"], src)
+    shard = src / "model-00002-of-00002.safetensors"
+    meta, tensors = read_tensors(shard)
+    # "language_model.norm.weight" becomes "model.language_model.norm.weight" in the native view
+    tensors["language_model.norm.weight"] = tensors["model.language_model.norm.weight"]
+    write_st(shard, meta, tensors)
+    idx = json.loads((src / INDEX).read_text())
+    idx["weight_map"]["language_model.norm.weight"] = shard.name
+    (src / INDEX).write_text(json.dumps(idx))
+    one = mount.fail(src, None, "-o", "ep_size=2,ep_rank=0")
+    line = one_line_naming(one.stdout + one.stderr, "model.language_model.norm.weight")
+    folders = mount.fail(src, None, "-o", "ep_size=2")
+    assert line in folders.stdout + folders.stderr, folders.stdout + folders.stderr

@@ -3,17 +3,26 @@
 
 What these report must agree with what the view serves: every header, tensor byte, dtype,
 shape and source name is compared with the view's own files (and the source), so a tool that
-trusts the inspection data reads what a loader would read.
+trusts the inspection data reads what a loader would read. Tensor names no file may have are
+left out of tensors/ (and logged once), and the size a caller gets for user.qvlmoefs.stats
+always holds the value fetched next.
 """
+import errno
 import glob
 import json
 import os
 import struct
 import subprocess
+import threading
 
 import pytest
 
-from helpers import QV, run
+from checkview.reader import header_of, read_header
+from helpers import QV, getxattr_raw, run, write_st
+from support_daemon import daemon_fixture  # noqa: F401  (provides the `daemon` fixture)
+from support_daemon import unmount
+
+SECOND = "model-00002-of-00002.safetensors"
 
 STATS_KEYS = ("requests", "bytes_served", "bytes_from_sources", "bytes_from_sources_uring",
               "bytes_from_sources_pread", "bytes_spliced", "errors", "open_files", "uptime_s")
@@ -23,13 +32,6 @@ def load(path):
     """The JSON document in a file."""
     with open(path) as f:
         return json.load(f)
-
-
-def read_header(path):
-    """(header dict, header length) of a safetensors file."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        return json.loads(f.read(n)), n
 
 
 def tensor_bytes(path, key):
@@ -84,8 +86,7 @@ def check_inspection(view, src):
                 continue
             with open(p, "rb") as fh:
                 raw = fh.read()
-            n = struct.unpack("<Q", raw[:8])[0]
-            hdr = json.loads(raw[8:8 + n])
+            hdr, n = header_of(raw)
             assert load(f"{h}/headers/{rel}.json") == hdr, rel
             for key, t in hdr.items():
                 if key == "__metadata__":
@@ -246,3 +247,69 @@ def test_inspect_dir_bad_value_rejected(mount, ckpt):
     """inspect_dir takes hidden or visible only."""
     p = mount.fail(ckpt["hf"], None, "-o", "inspect_dir=shown", stderr=subprocess.STDOUT)
     assert "inspect_dir=shown: expected hidden or visible" in p.stdout, p.stdout
+
+
+# -------------------------------------------------------- names the tensors folder cannot show
+
+
+def test_tensor_names_that_are_no_file_names(daemon, tmp):
+    """Keys that no file may be named ('.', '..', over 255 bytes, with '/') are left out of
+    .qvlmoefs/tensors/ (logged once with their count); every listed name is one a file may have
+    and the folder has one '.' and one '..'."""
+    src = tmp / "names"
+    src.mkdir()
+    long_key = "k" * 1100
+    tensors = {"..": b"\1" * 4, ".": b"\2" * 4, long_key: b"\3" * 4, "a/b": b"\4" * 4,
+               "x" * 300: b"\5" * 4, "ok": b"\6" * 4}
+    write_st(src / "model.safetensors", {"format": "pt"},
+             {k: ("U8", [len(v)], v) for k, v in tensors.items()})
+    m = tmp / "m"
+    d = daemon(src, m, "-o", "view=hf")
+    t = m / ".qvlmoefs/tensors"
+    names = os.listdir(t)
+    assert names == ["ok"], names
+    p = subprocess.run(["ls", "-a", str(t)], stdout=subprocess.PIPE, text=True, check=True)
+    assert p.stdout.split() == [".", "..", "ok"], p.stdout
+    assert (t / "ok").read_bytes() == b"\6" * 4
+    assert d.wait_log("left out 5 tensor names"), d.log()
+    os.listdir(t)
+    assert d.log().count("left out") == 1, d.log()
+    unmount(m)
+    assert d.wait() == 0
+
+
+# -------------------------------------------------------------------------- xattr size queries
+
+
+def test_stats_xattr_size_query_holds_the_value(mount, ckpt):
+    """The size a caller gets for user.qvlmoefs.stats always fits the value fetched next, even
+    when the counters grow in between (a read between the two calls, or readers under load)."""
+    m = mount(ckpt["e10"])
+    size, _ = getxattr_raw(m, "user.qvlmoefs.stats", 0)
+    (m / SECOND).read_bytes()  # bytes_served goes from one digit to several
+    n, value = getxattr_raw(m, "user.qvlmoefs.stats", size)
+    assert json.loads(value)["bytes_served"] > 0 and n <= size
+    stop, erange = threading.Event(), [0]
+
+    def reader():
+        """Keep the counters moving."""
+        while not stop.is_set():
+            with open(m / "config.json", "rb", buffering=0) as f:
+                f.read()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    try:
+        for _ in range(5000):
+            size, _ = getxattr_raw(m, "user.qvlmoefs.stats", 0)
+            try:
+                getxattr_raw(m, "user.qvlmoefs.stats", size)
+            except OSError as e:
+                assert e.errno == errno.ERANGE, e
+                erange[0] += 1
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert erange[0] == 0, f"{erange[0]} of 5000 fetches got ERANGE"

@@ -1,6 +1,8 @@
 """Options as users write them: exclude= patterns by every route (command line, mount -t,
-fstab), one parser for the mount, inspect and stage, numbers checked with their range, the log
-of a detached daemon, and the fsname mount(8) shows.
+fstab), one parser for the mount, inspect and stage, numbers checked with their range and
+slicing options bounded, exclude= deciding as Python's re.match does (or refused), the log of
+a detached daemon (log= never a link or a FIFO, names that cannot forge its lines), the fsname
+mount(8) shows, and the mount helper passing options through unmangled.
 
 The mount(8) routes run in a private mount namespace (helpers.in_private_ns): /sbin there is
 an overlay that holds the mount helper, so nothing is installed on the machine and the mount
@@ -15,7 +17,10 @@ import subprocess
 import pytest
 
 import helpers
-from helpers import QV, ROOT, check_view, run, wait_for
+from checkview.contract import rename
+from checkview.reader import read_header
+from helpers import QV, ROOT, check_view, mountpoint, run, single_line, wait_for, write_st
+from support_daemon import unmount
 
 # A regex that means something else once a backslash is lost (\d would become d and match
 # nothing) and that holds a comma: the input layernorms go, with the default's _extra_state.
@@ -97,19 +102,11 @@ def test_exclude_as_written_through_mount(ckpt, fuse, tmp, route):
     assert_pattern_applied(index_keys(out))
 
 
-def one_line(p):
-    """The output of a failed command: one line (asserted), without its newline."""
-    __tracebackhide__ = True
-    out = (p.stdout + (p.stderr or "")).rstrip("\n")
-    assert out and "\n" not in out, f"not one line: {out!r}"
-    return out
-
-
 def test_exclude_cut_at_a_comma_is_refused(ckpt, mount, tmp):
     """An unescaped comma inside {m,n} ends the option: the mount refuses, showing how to
     write the comma (before, libfuse said only `unknown option(s): -o 3}.*`)."""
     p = mount.fail(ckpt["native"], tmp / "m", "-o", f"exclude={PATTERN}", stderr=subprocess.STDOUT)
-    assert "(exclude=" + PATTERN.split(",")[0] + "\\," in one_line(p)
+    assert "(exclude=" + PATTERN.split(",")[0] + "\\," in single_line(p)
 
 
 # options the mount refuses: inspect and stage refuse them with the same message
@@ -121,11 +118,11 @@ REFUSED = {"typo": "veiw=hf", "ep_size": "ep_size=-1", "readahead": "readahead_k
 def test_inspect_and_stage_refuse_what_the_mount_refuses(ckpt, mount, tmp, opt):
     """One parser for the mount and its subcommands: `inspect -o veiw=hf` exited 0 with the
     default view while the mount failed."""
-    want = one_line(mount.fail(ckpt["hf"], tmp / "m", "-o", opt, stderr=subprocess.STDOUT))
+    want = single_line(mount.fail(ckpt["hf"], tmp / "m", "-o", opt, stderr=subprocess.STDOUT))
     for sub in ("inspect", "stage"):
         p = run(QV, sub, ckpt["hf"], "-o", opt, check=False, stderr=subprocess.STDOUT)
         assert p.returncode != 0, f"{sub} -o {opt} exited 0"
-        assert one_line(p) == want, f"{sub}: {p.stdout!r}, the mount: {want!r}"
+        assert single_line(p) == want, f"{sub}: {p.stdout!r}, the mount: {want!r}"
 
 
 NUMBERS = {  # option: the accepted range the message must give
@@ -140,7 +137,7 @@ NUMBERS = {  # option: the accepted range the message must give
 def test_numeric_option_out_of_range_refused(ckpt, mount, tmp, opt, rng):
     """A negative or too large number fails before mounting with one line giving the range
     (before, ep_size=-1 became 4294967295 and readahead_kb=-5 a 1 GiB readahead)."""
-    out = one_line(mount.fail(ckpt["hf"], tmp / "m", "-o", opt, stderr=subprocess.STDOUT))
+    out = single_line(mount.fail(ckpt["hf"], tmp / "m", "-o", opt, stderr=subprocess.STDOUT))
     assert f"expected a whole number {rng}" in out, out
 
 
@@ -198,8 +195,8 @@ def test_detached_daemon_logs_to_log_file(ckpt, mount, tmp):
 
 def test_log_file_that_cannot_be_opened_is_refused(ckpt, mount, tmp):
     """log=FILE in a missing folder fails before mounting, naming the file."""
-    out = one_line(mount.fail(ckpt["hf"], tmp / "m", "-o", f"log={tmp}/no/such.log",
-                              stderr=subprocess.STDOUT))
+    out = single_line(mount.fail(ckpt["hf"], tmp / "m", "-o", f"log={tmp}/no/such.log",
+                                 stderr=subprocess.STDOUT))
     assert "no/such.log" in out and "No such file" in out, out
 
 
@@ -266,4 +263,220 @@ def test_stage_numbers_checked(ckpt, flag):
     """stage's numeric flags are checked like the -o numbers (atoi made --device -1 a device)."""
     value, rng = STAGE_NUMBERS[flag]
     p = run(QV, "stage", ckpt["hf"], flag, value, check=False, stderr=subprocess.STDOUT)
-    assert p.returncode != 0 and f"expected a whole number {rng}" in one_line(p), p.stdout
+    assert p.returncode != 0 and f"expected a whole number {rng}" in single_line(p), p.stdout
+
+
+# --------------------------------------------------------------------------- option arithmetic
+
+
+# -o options: words the one-line error must contain
+WRAPPING_OPTIONS = {
+    # 65536 x 65536 folders wrapped to 0 in 32 bits: a zero-size plan table, read anyway
+    "wraps_to_zero": ("ep_size=65536,ep_shard_size=65536",
+                      ["4294967296 folders", "at most 65536"]),
+    # 4000000000 plans asked for at once
+    "huge": ("ep_size=4000000000", ["ep_size=4000000000", "from 1 to 65536"]),
+    # %u read "-1" as 4294967295
+    "negative": ("ep_size=-1", ["ep_size=-1", "from 1 to 65536"]),
+    "negative_rank": ("ep_size=2,ep_rank=-1", ["ep_rank=-1", "from 0 to 65535"]),
+    "trailing_junk": ("ep_size=2x", ["ep_size=2x", "whole number"]),
+    "too_many_folders": ("ep_size=10,ep_shard_size=65536", ["655360 folders", "at most 65536"]),
+    # the expert count bounds ep_size, and the message gives the range
+    "more_ranks_than_experts": ("ep_size=65536", ["ep_size=65536 exceeds its 10 experts",
+                                                  "from 1 to 10"]),
+}
+
+
+@pytest.mark.parametrize("case", WRAPPING_OPTIONS.values(), ids=WRAPPING_OPTIONS.keys())
+def test_option_arithmetic_is_bounded(ckpt, mount, tmp, case):
+    """Slicing options are bounded (by the expert count too) and fail fast with one line."""
+    opts, words = case
+    p = mount.fail(ckpt["e10"], tmp / "m", "-o", opts, stderr=subprocess.STDOUT, timeout=20)
+    lines = [x for x in p.stdout.rstrip("\n").split("\n") if "do not divide" not in x]
+    assert len(lines) == 1, f"-o {opts}: not one error line: {p.stdout!r}"
+    for w in words:
+        assert w in lines[0], f"-o {opts}: {w!r} not in {lines[0]!r}"
+
+
+# ----------------------------------------------------------- exclude= decides as re.match does
+
+
+# \d inside brackets: POSIX read [\d] as "a backslash or d", so this excluded nothing
+BRACKET_PATTERN = r".*layers\.[\d]+\.self_attn\..*"
+
+
+def shard_keys(folder):
+    """The tensor names of every *.safetensors file directly in folder."""
+    keys = set()
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors"):
+            keys |= set(read_header(os.path.join(folder, name))[0]) - {"__metadata__"}
+    return keys
+
+
+def test_exclude_class_escape_in_brackets_as_re_match(ckpt, mount):
+    """exclude= with [\\d] leaves out exactly the HF names Python's re.match matches: the
+    attention tensors of every layer, nothing else (the expected set is Python's decision
+    over the source's real names)."""
+    src = ckpt["native"]
+    m = mount(src, None, "-o", f"exclude={BRACKET_PATTERN}")
+    rx = re.compile(BRACKET_PATTERN)
+    hf = {k: rename(k, "native", "hf", "", rx) for k in shard_keys(src)}
+    want = {v for v in hf.values() if v is not None}
+    left_out = {k for k, v in hf.items() if v is None}
+    assert left_out and all(".self_attn." in k for k in left_out), sorted(left_out)
+    assert shard_keys(m) == want
+    index = json.loads((m / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index) == want
+    check_view(src, m, "--view", "hf", "--exclude", BRACKET_PATTERN)
+
+
+@pytest.mark.parametrize("pattern, why", [
+    (r".*\bself_attn.*", "word boundaries"),
+    (r"(?!model\.visual).*", "(?...) groups"),
+    (r"(a)\1", "backreferences"),
+    (r".*layers\.[\d\W]+", r"\D, \W or \S inside [...]"),
+])
+def test_exclude_without_ere_equivalent_refused(ckpt, mount, tmp, pattern, why):
+    """What POSIX ERE cannot say is refused before mounting, in one line naming the pattern and
+    the construct, instead of being taken literally."""
+    out = single_line(mount.fail(ckpt["native"], tmp / "m", "-o", f"exclude={pattern}",
+                                 stderr=subprocess.STDOUT))
+    assert f"exclude={pattern}: " in out and why in out, out
+
+
+# -------------------------------------------------------------------- log= files and log lines
+
+
+@pytest.mark.parametrize("target_exists", [True, False], ids=["link", "dangling_link"])
+def test_log_symlink_refused(ckpt, mount, tmp, target_exists):
+    """log= naming a symbolic link (planted where the log goes) is refused before mounting,
+    naming the file; the file it points to is neither written nor created."""
+    target, link = tmp / "target", tmp / "daemon.log"
+    if target_exists:
+        target.write_text("keep\n")
+    link.symlink_to(target)
+    out = single_line(mount.fail(ckpt["hf"], tmp / "m", "-o", f"log={link}",
+                                 stderr=subprocess.STDOUT))
+    assert f"log={link}: " in out and "symbolic link" in out, out
+    if target_exists:
+        assert target.read_text() == "keep\n"
+    else:
+        assert not target.exists()
+
+
+def test_log_fifo_refused_without_blocking(ckpt, mount, tmp):
+    """log= naming a FIFO nobody reads is refused at once (the open blocked for good)."""
+    fifo = tmp / "daemon.log"
+    os.mkfifo(fifo)
+    out = single_line(mount.fail(ckpt["hf"], tmp / "m", "-o", f"log={fifo}",
+                                 stderr=subprocess.STDOUT, timeout=20))
+    assert f"log={fifo}: not a regular file" in out, out
+
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ qvlmoefs\[\d+\]: "
+FORGED = "2030-01-01T00:00:00Z qvlmoefs[1]: forged line"
+
+
+@pytest.mark.parametrize("where", ["tensor", "file"])
+def test_newline_in_a_name_cannot_forge_a_log_line(mount, tmp, where):
+    """A tensor name (an unknown dtype refuses the mount, naming it) or a file name (a FIFO in
+    the source is left out, naming it) holding a newline is logged as one line, the newline
+    written as \\n, in the log file and on stderr alike."""
+    src, log, m = tmp / "src", tmp / "daemon.log", tmp / "m"
+    src.mkdir()
+    m.mkdir()
+    name = "w\n" + FORGED
+    if where == "tensor":
+        write_st(src / "model.safetensors", None, {name: ("XX", [1], b"\0\0")})
+        p = mount.fail(src, m, "-o", f"log={log}")
+    else:
+        write_st(src / "model.safetensors", None, {"w": ("BF16", [1], b"\0\0")})
+        os.mkfifo(src / name)
+        p = run(QV, src, m, "-o", f"log={log}")
+    for lines in (log.read_text().splitlines(), p.stderr.splitlines()):
+        assert any("w\\n" + FORGED in x for x in lines), lines
+        assert not any(x.startswith(FORGED) for x in lines), lines
+    assert all(re.match(STAMP, x) for x in log.read_text().splitlines())
+    assert all(x.startswith("qvlmoefs: ") for x in p.stderr.splitlines()), p.stderr
+
+
+# ------------------------------------------------------------------ the mount helper's quoting
+
+
+RECORDER = """#!/usr/bin/python3
+import json, os, sys
+with open(os.environ["RECORD"], "w") as f:
+    json.dump(sys.argv[1:], f)
+"""
+
+
+def _helper(tmp, binary):
+    """A copy of the mount helper with @BIN@ made binary, as make install writes it."""
+    h = tmp / "mount.fuse.qvlmoefs"
+    h.write_text(HELPER.read_text().replace("@BIN@", str(binary)))
+    h.chmod(0o755)
+    return h
+
+
+# helper arguments after SOURCE MOUNTPOINT: the -o string the daemon must get (None: no -o)
+HELPER_CASES = {
+    "drops_fstab_words": (["-o", "ro,view=native,nofail"], "ro,view=native"),
+    "all_dropped": (["-o", "nofail,_netdev"], None),
+    "empty_fields": (["-o", "ro,,view=hf,"], "ro,view=hf"),
+    # libfuse's escaped comma is part of the value: "auto" here is no fstab word
+    "escaped_comma": (["-o", r"ro,exclude=a\,auto,nofail"], r"ro,exclude=a\,auto"),
+    # libmount's quoting: the quotes go, the commas inside get their backslash; the
+    # backslashes of exclude= are the regex's and stay, those of other values get libfuse's
+    "quoted_value": (["-o", r'exclude="x{1,2}\d\,",defaults,ro'], r"exclude=x{1\,2}\d\,,ro"),
+    "quoted_whole": (["-o", r'"exclude=x{1,2}\d",ro'], r"exclude=x{1\,2}\d,ro"),
+    "quoted_other": (["-o", r'fsname="a\b,c"'], r"fsname=a\\b\,c"),
+    # glob characters stay literal even when a file in the current folder matches them
+    "glob_star": (["-o", "exclude=x*"], "exclude=x*"),
+    "glob_class": (["-o", "ro,exclude=[ab]?"], "ro,exclude=[ab]?"),
+    "two_o": (["-o", "ro", "-o", r"exclude=y\,z"], r"ro,exclude=y\,z"),
+    "joined_o": (["-oro,exclude=.*_extra_state.*"], "ro,exclude=.*_extra_state.*"),
+}
+
+
+@pytest.mark.parametrize("case", HELPER_CASES.values(), ids=HELPER_CASES.keys())
+def test_mount_helper_passes_options_unmangled(tmp, case):
+    """mount.fuse.qvlmoefs hands the daemon the options as written, minus fstab-only words:
+    no word splitting inside escaped or quoted commas, no globbing (before, `for o in $opts`
+    split escaped commas, so a value could lose a piece that looked like an fstab word, and
+    expanded globs against the current folder)."""
+    args, want = case
+    rec = tmp / "rec.py"
+    rec.write_text(RECORDER)
+    rec.chmod(0o755)
+    h = _helper(tmp, rec)
+    for bait in ("exclude=x-globbed", "exclude=a1"):  # what the globs would expand to
+        (tmp / bait).write_text("")
+    out = tmp / "argv.json"
+    run(h, "SRC", "MNT", *args, cwd=tmp, env={**os.environ, "RECORD": str(out)})
+    got = json.loads(out.read_text())
+    assert got == ["SRC", "MNT"] + ([] if want is None else ["-o", want]), got
+
+
+# a regex with a comma and glob characters, written with libmount's quotes or "\," (the
+# one escape of exclude=: its backslashes are the regex's)
+GLOB_PATTERN = r".*(_extra_state|layers\.[0-9]{1,3}\.input_layernorm).*"
+WRITTEN = {"quoted": f'exclude="{GLOB_PATTERN}"',
+           "escaped": "exclude=" + GLOB_PATTERN.replace(",", "\\,")}
+
+
+@pytest.mark.parametrize("written", WRITTEN.values(), ids=WRITTEN.keys())
+def test_mount_helper_mounts_with_a_comma_in_exclude(fuse, ckpt, tmp, written):
+    """Through the helper (as mount -t and fstab run it), exclude= with a comma and glob
+    characters reaches the daemon intact: the view leaves out exactly what it matches."""
+    h = _helper(tmp, QV)
+    m = tmp / "m"
+    m.mkdir()
+    run(h, ckpt["native"], m, "-o", f"ro,{written},nofail", cwd=tmp, timeout=60)
+    try:
+        assert mountpoint(m)
+        check_view(ckpt["native"], m, "--view", "hf", "--exclude", GLOB_PATTERN)
+        assert not any(".input_layernorm" in k for k in
+                       json.loads((m / "model.safetensors.index.json").read_text())["weight_map"])
+    finally:
+        unmount(m)

@@ -10,10 +10,14 @@ import json
 import re
 import shutil
 import struct
+import subprocess
 
 import pytest
 
-from helpers import MK, QV, check_view, run
+from checkview.contract import ep_range
+from checkview.reader import header_of, read_tensors
+from helpers import MK, QV, check_view, run, single_line
+from support_daemon import one_line
 
 # (name, mkckpt flags of the plain checkpoint, mkckpt flags of the sharded save)
 LAYOUTS = [
@@ -195,9 +199,10 @@ def test_any_model_consolidated_equals_original(mount, ckpt, name, plain, extra,
 
 
 def _header(path):
+    """(the file's bytes, its header length, its header)."""
     b = path.read_bytes()
-    n = struct.unpack("<Q", b[:8])[0]
-    return b, n, json.loads(b[8:8 + n])
+    h, n = header_of(b)
+    return b, n, h
 
 
 def _rewrite_header(path, change):
@@ -274,17 +279,8 @@ def _tensors(folder):
     """{key: (dtype, shape, bytes)} of every *.safetensors file directly in folder."""
     out = {}
     for p in sorted(folder.glob("*.safetensors")):
-        b, n, h = _header(p)
-        for k, v in h.items():
-            if k != "__metadata__":
-                a, e = v["data_offsets"]
-                out[k] = (v["dtype"], v["shape"], b[8 + n + a:8 + n + e])
+        out.update(read_tensors(p)[1])
     return out
-
-
-def _ep_range(n, w, r):
-    q, m = divmod(n, w)
-    return r * q + min(r, m), q + (r < m)
 
 
 def _expected_rank(ref, experts, w, r, k=1, s=0):
@@ -298,7 +294,7 @@ def _expected_rank(ref, experts, w, r, k=1, s=0):
             out[key] = (dt, shape, raw)
             continue
         a = np.frombuffer(raw, dtype=np.uint16).reshape(shape)  # BF16: two bytes an element
-        start, count = _ep_range(shape[0], w, r)
+        start, count = ep_range(shape[0], w, r)
         d1 = shape[1] // k
         part = a[start:start + count, s * d1:(s + 1) * d1]
         out[key] = (dt, list(part.shape), part.tobytes())
@@ -391,3 +387,84 @@ def test_ep_shared_splits_stacked_experts_of_any_model(mount, ckpt):
 def _tensors_of(path):
     _, _, h = _header(path)
     return [k for k in h if k != "__metadata__"]
+
+
+# ------------------------------- saves refused: sizes that overflow, stray or unreadable files
+
+
+def _rank(folder, r, tensors):
+    """Write rank file r of a hand-made sharded save: tensors is {name: (shape, saved_offsets)},
+    BF16, data packed in order, DCP_SHARDING_INFO as Automodel writes it."""
+    info, header, data = {}, {}, b""
+    for name, (shape, offsets) in tensors.items():
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [len(data), len(data) + n]}
+        info[name] = {"saved_offsets": offsets}
+        data += bytes(range(n % 256)) + b"\x01" * (n - n % 256)
+    h = json.dumps({"__metadata__": {"format": "pt", "DCP_SHARDING_INFO": json.dumps(info)},
+                    **header}).encode()
+    h += b" " * (-(8 + len(h)) % 8)
+    (folder / f"shard-{r + 1:05}-model-00001-of-00001.safetensors").write_bytes(
+        struct.pack("<Q", len(h)) + h + data)
+
+
+BIG = 1 << 43
+# name: (rank files, words the one-line error holds)
+HOSTILE_SAVES = {
+    # a zero-size chunk at 2^43 in three dims: the volume 2^129 wrapped to 0 in 128 bits,
+    # matching the zero chunks' sum, and the mount served [2^43, 2^43, 2^43] over no data
+    "volume_wraps": ([{"a": ([2], [0]), "w": ([0, 0, 0], [0, 0, 0])},
+                      {"w": ([0, 0, 0], [BIG, BIG, BIG])}],
+                     ['tensor "w"', "overflows 64 bits"]),
+    # nothing wraps, but a dimension of 2^54 is more than a header may say (2^53): the
+    # header the mount would serve is one the project's own parser rejects
+    "dim_past_2_53": ([{"a": ([2], [0]), "z": ([0, 1 << 53], [0, 0])},
+                       {"z": ([0, 1 << 53], [0, 1 << 53])}],
+                      ["model-00001-of-00001.safetensors", "fails the strict parser", "2^53"]),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_SAVES.values(), ids=HOSTILE_SAVES.keys())
+def test_hostile_sharded_save_refused(mount, tmp, case):
+    """A save whose tensor sizes overflow, or whose consolidated header would not parse,
+    refuses to mount with one line naming the tensor or file; nothing is served."""
+    ranks, words = case
+    src = tmp / "hostile"
+    src.mkdir()
+    for r, tensors in enumerate(ranks):
+        _rank(src, r, tensors)
+    p = mount.fail(src, tmp / "m", stderr=subprocess.STDOUT, timeout=20)
+    out = p.stdout
+    assert one_line(out), f"not one line: {out!r}"
+    for w in words:
+        assert w in out, f"{w!r} not in {out!r}"
+
+
+@pytest.mark.parametrize("opts", [(), ("-o", "ep_size=2")], ids=["view", "rank_folders"])
+def test_stray_file_named_as_consolidated_refuses_mount(mount, ckpt, tmp, opts):
+    """A file beside a sharded save's rank files that has a consolidated file's name stops the
+    mount with one message naming both, instead of a folder with two entries of one name (rank
+    folders, built on first use, included)."""
+    src = tmp / "dcp"
+    shutil.copytree(ckpt.make("dcp-w4", "--sharded-save", "4"), src)
+    shutil.copy(ckpt["hf"] / "model-00001-of-00002.safetensors", src)
+    p = mount.fail(src, tmp / "m", *opts)
+    out = p.stdout + p.stderr
+    print(out, end="")
+    assert "model-00001-of-00002.safetensors (a file in the sharded save's folder)" in out, out
+    assert "consolidated model-00001-of-00002.safetensors" in out, out
+
+
+@pytest.mark.parametrize("text", ['{"lm_head.weight": "BF16"', '["lm_head.weight"]', ""],
+                         ids=["cut_short", "array", "empty"])
+def test_bad_dtype_mapping_refused(ckpt, mount, tmp, text):
+    """A sharded save whose .hf_metadata/fqn_to_dtype_mapping.json is there but no JSON
+    object is refused in one line naming the file and why (the check it stands for was
+    skipped, and the save mounted)."""
+    d = tmp / "save"
+    shutil.copytree(ckpt.make("dcp-w4", "--sharded-save", "4"), d)
+    (d / ".hf_metadata" / "fqn_to_dtype_mapping.json").write_text(text)
+    out = single_line(mount.fail(d, tmp / "m", stderr=subprocess.STDOUT))
+    assert ".hf_metadata/fqn_to_dtype_mapping.json: not a JSON object" in out, out

@@ -4,6 +4,7 @@ The basic views (forward, reverse, identity) run under both source readers (io=u
 io=pread) and with and without -o direct_io, since each combination is a different read path
 in the daemon; the checker reads every byte in each case. Under direct_io only MAP_PRIVATE
 mmap works (README), so the checker compares mmap with read() through a private mapping there.
+A source whose index names a key its shard lacks is refused at mount, in every kind of view.
 """
 import errno
 import filecmp
@@ -20,7 +21,8 @@ import subprocess
 
 import pytest
 
-from helpers import PY, ROOT, check_view, run
+from checkview.reader import read_header, read_tensors
+from helpers import PY, ROOT, check_view, one_line_naming, run, write_st
 
 INDEX = "model.safetensors.index.json"
 
@@ -86,9 +88,7 @@ def test_identity_view(ckpt, mount, io_mode, direct_io, naming):
 
 def data_starts(path):
     """{key: offset in the file of its first byte} of a safetensors file."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        hdr = json.loads(f.read(n))
+    hdr, n = read_header(path)
     hdr.pop("__metadata__", None)
     return {k: 8 + n + v["data_offsets"][0] for k, v in hdr.items()}
 
@@ -291,3 +291,55 @@ def test_statfs_and_listing(ckpt, mount):
     mount.umount(m)
     mount(ckpt["hf"], m)
     assert os.stat(m / "config.json").st_ino == i1, "inode numbers differ across mounts"
+
+
+# ------------------------------------------------------- an index naming a key its shard lacks
+
+
+def drop_key(src, key):
+    """Re-save the shard that src's index says holds key without it; the index still names it.
+    Returns the shard's name."""
+    shard = json.loads((src / INDEX).read_text())["weight_map"][key]
+    meta, tensors = read_tensors(src / shard)
+    del tensors[key]
+    write_st(src / shard, meta, tensors)
+    return shard
+
+
+# name: (checkpoint, key to drop, mount options)
+MISSING_KEY = {
+    "native_view": ("hf", "lm_head.weight", []),
+    "hf_view_of_native": ("native", "lm_head.weight", []),
+    "identity": ("hf", "lm_head.weight", ["-o", "view=hf"]),
+    "one_rank": ("hf", "lm_head.weight", ["-o", "ep_size=2,ep_rank=1"]),
+    "rank_folders": ("hf", "lm_head.weight", ["-o", "ep_size=2"]),
+    "rank_folders_ep_shared": ("hf", "lm_head.weight", ["-o", "ep_size=2,ep_shared"]),
+    "expert_tensor": ("hf", "model.language_model.layers.1.mlp.experts.down_proj",
+                      ["-o", "ep_size=2"]),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_KEY.values(), ids=MISSING_KEY.keys())
+def test_index_names_key_its_shard_lacks_refused(ckpt, mount, tmp, case):
+    """A shard re-saved without a key its index still names mounted silently and the view's
+    index dropped the key (69 keys for 70), hiding the gap from loaders; rank folders did not
+    even look until first use. Now the mount fails with one line naming key, shard and index."""
+    name, key, opts = case
+    src = tmp / "src"
+    run("cp", "-r", ckpt[name], src)
+    shard = drop_key(src, key)
+    p = mount.fail(src, None, *opts)
+    one_line_naming(p.stdout + p.stderr, f'"{key}"', shard, INDEX)
+
+
+def test_index_naming_only_held_keys_mounts(ckpt, mount, tmp):
+    """The check refuses nothing a consistent checkpoint holds: the same re-saved shard with the
+    key also gone from the index mounts, and its index has every key the shards hold."""
+    src = tmp / "src"
+    run("cp", "-r", ckpt["hf"], src)
+    drop_key(src, "lm_head.weight")
+    idx = json.loads((src / INDEX).read_text())
+    del idx["weight_map"]["lm_head.weight"]
+    (src / INDEX).write_text(json.dumps(idx))
+    m = mount(src, None, "-o", "view=hf")
+    assert sorted(json.loads((m / INDEX).read_text())["weight_map"]) == sorted(idx["weight_map"])

@@ -1,13 +1,18 @@
 """NeMo Automodel's Qwen3-VL-MoE state-dict adapter, and safetensors headers, for the DCP and
 transformers tests: the native names these tests expect come from Automodel itself, never from
-this project's own rules.
+this project's own rules (the headers are read by the suites' one header reader,
+tests/checkview/reader.py).
 """
 import json
-import struct
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import _getdtype
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # tests/: the checkview package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkview.reader import read_header  # noqa: E402
 
 EXPERT_SUFFIXES = (".mlp.experts.gate_and_up_projs", ".mlp.experts.down_projs")
 
@@ -45,9 +50,7 @@ def is_expert(native_key):
 
 def header(path):
     """(header dict without __metadata__, data start offset) of one safetensors file."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        h = json.loads(f.read(n))
+    h, n = read_header(path)
     h.pop("__metadata__", None)
     return h, 8 + n
 

@@ -2,10 +2,11 @@
 
 The source's tensors are read with `safetensors.safe_open(framework="pt")`; the view's key
 names come from NeMo Automodel's own `Qwen3VLMoeStateDictAdapter` (`from_hf` for a native view
-of an HF source, `to_hf` with `exclude_key_regex` for an HF view of a native one); the
-expert-parallel cut is DESIGN.md §1's formula, written out here (`ep_range`; the tests check it
-against Automodel's `get_expert_range_for_rank_from_mesh`). Nothing here reads qvlmoefs' own
-checker (tests/checkview), so the two cannot share a mistake.
+of an HF source, `to_hf` with `exclude_key_regex` for an HF view of a native one); each rank's
+expert range is Automodel's own `get_expert_range_for_rank_from_mesh` (`ep_range`). From the
+project's checker (tests/checkview) only the name pattern of the expert tensors, the dtype
+sizes and the header reader are shared, never how a view is derived (test_safetensors checks
+the checker's range formula against Automodel's).
 
 A view is described per folder (the root, or one `ep-rank-R[-shard-S]` folder) by `Expected`:
 for every virtual `*.safetensors` file its `__metadata__` and its tensors, plus the index.
@@ -14,25 +15,51 @@ for every virtual `*.safetensors` file its `__metadata__` and its tensors, plus 
 import functools
 import json
 import os
-import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # tests/: the checkview package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkview.contract import HF_EXPERT, NATIVE_SUFFIXES  # noqa: E402
+
 DEFAULT_EXCLUDE = r".*_extra_state.*"
 INDEX = "model.safetensors.index.json"
-NATIVE_SUFFIXES = (".mlp.experts.gate_and_up_projs", ".mlp.experts.down_projs")
-HF_EXPERT = re.compile(r"(?:model\.)?language_model\.layers\.\d+\.mlp\.experts\.(?:gate_up_proj|down_proj)")
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
-               "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
+class EpMesh:
+    """A one-dimensional EP mesh of w ranks seen from rank r: what
+    get_expert_range_for_rank_from_mesh asks of its device mesh (mesh_dim_names, the "ep"
+    submesh, size(), get_local_rank()), without a process group."""
+    mesh_dim_names = ("ep",)
+
+    def __init__(self, w, r):
+        """Rank r of w."""
+        self.w, self.r = w, r
+
+    def __getitem__(self, dims):
+        """The "ep" submesh: this mesh itself."""
+        return self
+
+    def size(self):
+        """The EP world size."""
+        return self.w
+
+    def get_local_rank(self):
+        """This rank's place in the mesh."""
+        return self.r
+
+
+@functools.lru_cache(maxsize=None)
 def ep_range(n, w, r):
-    """(start, count) of EP rank r's experts out of n (DESIGN.md §1: q = n/W, m = n%W)."""
-    q, m = divmod(n, w)
-    return r * q + min(r, m), q + (1 if r < m else 0)
+    """(start, count) of EP rank r of w's experts out of n, as NeMo Automodel computes them
+    (get_expert_range_for_rank_from_mesh, which its adapter's from_hf slices with)."""
+    from nemo_automodel.components.moe.state_dict_utils import get_expert_range_for_rank_from_mesh
+    start, end = get_expert_range_for_rank_from_mesh(EpMesh(w, r), n)
+    return start, end - start
 
 
 def naming(keys):

@@ -11,7 +11,8 @@ be the ones Automodel asks for, and every loaded byte must be the source's:
   (Automodel's EP init path makes them), the rest plain: each rank's local shard is the source
   slice of its experts, and each rank, reading its own fresh mount, makes the daemon read the
   bytes that rank needs and at most MARGIN times them. (The expert counts divide by W, so
-  DTensor's Shard(0) split and the contract's split of DESIGN §1 are the same ranges.)
+  DTensor's Shard(0) split and Automodel's get_expert_range_for_rank_from_mesh, which the
+  expected ranges come from, are the same ranges.)
 """
 import json
 import os
@@ -25,6 +26,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dcp_adapter  # noqa: E402
+import st_expect as sx  # noqa: E402
 from helpers import run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -57,13 +59,6 @@ def source_tensor(src, infos, hf_key, rows=None):
     """The source tensor hf_key (rows: a dim-0 slice of it), read with safetensors."""
     with safe_open(str(Path(src) / infos[hf_key][0]), "pt") as f:
         return f.get_slice(hf_key)[rows] if rows is not None else f.get_tensor(hf_key)
-
-
-def contract_range(n, w, r):
-    """Experts [start, end) of rank r of w over n experts (DESIGN §1: Automodel's formula)."""
-    q, m = divmod(n, w)
-    start = r * q + min(r, m)
-    return start, start + q + (1 if r < m else 0)
 
 
 def bits(t):
@@ -180,7 +175,8 @@ def test_dcp_expert_sharded_dtensors(ckpt, mount, tmp, world):
         local = load_file(str(out / f"rank-{r}.safetensors"))
         check_reader_metadata({k: (m["size"], m["dtype"]) for k, m in info["reader_metadata"].items()},
                               template, views[r])
-        start, end = contract_range(n, world, r)
+        start, count = sx.ep_range(n, world, r)  # Automodel's own range of this rank
+        end = start + count
         need = 0
         for k in template:
             hf = dcp_adapter.to_hf_name(ad, k)
@@ -193,7 +189,7 @@ def test_dcp_expert_sharded_dtensors(ckpt, mount, tmp, world):
                 if (sh["offsets"][0], sh["sizes"][0], sh["placements"]) != (start, end - start, ["S(0)"]):
                     errors.append(f"rank {r}: {k} holds experts from {sh['offsets'][0]}, "
                                   f"{sh['sizes'][0]} of them, {sh['placements']}; "
-                                  f"contract: [{start}, {end}) Shard(0)")
+                                  f"Automodel's range: [{start}, {end}) Shard(0)")
                 want = source_tensor(src, infos, hf, slice(start, end))
                 need += nbytes // n * (end - start)
             else:

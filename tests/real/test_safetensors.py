@@ -2,7 +2,8 @@
 
 Each case of VIEWS mounts one view and describes, from the mount options alone, what each of
 its folders must hold (st_expect: the SOURCE read with safetensors, names from NeMo Automodel's
-Qwen3VLMoeStateDictAdapter, the expert cut of DESIGN.md §1). Each test is one reader:
+Qwen3VLMoeStateDictAdapter, each rank's experts from Automodel's
+get_expert_range_for_rank_from_mesh). Each test is one reader:
 
 - safe_open(framework="pt"): file set, key set, __metadata__, every tensor byte for byte;
 - safe_open(framework="numpy"): every tensor of a dtype numpy has (the F32 *_scale_inv and U8
@@ -30,6 +31,7 @@ import torch
 from safetensors import safe_open
 
 import st_expect as sx
+from checkview.reader import DTYPE_SIZE, header_of
 
 MIX = ["--scale-inv", "--extra-state"]
 # name: mkckpt arguments (names carry an st- prefix: checkpoints are shared by the session)
@@ -285,9 +287,8 @@ def test_load_bytes(view):
         data = Path(path).read_bytes()
         errs = [] if len(data) == os.path.getsize(path) else \
             [f"{where}: read() gave {len(data)} bytes, st_size {os.path.getsize(path)}"]
-        n = int.from_bytes(data[:8], "little")
-        end = max((v["data_offsets"][1] for k, v in json.loads(data[8:8 + n]).items()
-                   if k != "__metadata__"), default=0)
+        hdr, n = header_of(data)
+        end = max((v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__"), default=0)
         if 8 + n + end != len(data):
             errs.append(f"{where}: 8 + header {n} + data {end} != file size {len(data)}")
         return errs + sx.compare_dicts(safetensors.torch.load(data), tensors, where)
@@ -316,7 +317,7 @@ def test_index_json(view):
                 for k in f.keys():
                     found[k] = rel
                     sl = f.get_slice(k)
-                    size += int(np.prod(sl.get_shape(), dtype=np.int64)) * sx.DTYPE_BYTES[sl.get_dtype()]
+                    size += int(np.prod(sl.get_shape(), dtype=np.int64)) * DTYPE_SIZE[sl.get_dtype()]
         for k in sorted(set(wm) - set(found)):
             errs.append(f"{exp.where}: weight_map names {k} ({wm[k]}), which no file holds")
         for k in sorted(set(found) - set(wm)):
@@ -344,31 +345,15 @@ def test_index_json(view):
 
 # ---------------------------------------------------------------- the expectation itself
 
-class _Mesh:
-    """The two calls get_expert_range_for_rank_from_mesh makes of a one-dimensional EP mesh."""
-    mesh_dim_names = ("ep",)
-
-    def __init__(self, w, r):
-        self.w, self.r = w, r
-
-    def __getitem__(self, dims):
-        return self
-
-    def size(self):
-        return self.w
-
-    def get_local_rank(self):
-        return self.r
-
-
 @pytest.mark.parametrize("n,w", [(8, 4), (10, 4), (10, 3), (16, 3), (16, 4), (128, 32), (7, 7)])
 def test_ep_range_is_automodels(n, w):
-    """The expectation's expert range (DESIGN.md §1 formula) is Automodel's own for every rank,
-    so the views are checked against what Automodel loads on each rank."""
-    from nemo_automodel.components.moe import state_dict_utils
-    got = [sx.ep_range(n, w, r) for r in range(w)]
-    want = []
-    for r in range(w):
-        start, end = state_dict_utils.get_expert_range_for_rank_from_mesh(_Mesh(w, r), n)
-        want.append((start, end - start))
+    """The expert ranges the expectations use are Automodel's own (get_expert_range_for_rank_
+    from_mesh), and the project's checker (tests/checkview, DESIGN.md §1's formula, which
+    tests/integration and check_view.py hold the views to) agrees with them on every rank;
+    the ranges also tile [0, n) in rank order."""
+    from checkview.contract import ep_range as formula
+    got = [formula(n, w, r) for r in range(w)]
+    want = [sx.ep_range(n, w, r) for r in range(w)]
     assert got == want, f"n={n} W={w}: formula {got}, Automodel {want}"
+    assert [s for s, _ in want] == [sum(c for _, c in want[:r]) for r in range(w)], want
+    assert sum(c for _, c in want) == n, want

@@ -100,7 +100,7 @@ def natives(saved):
         out[lay] = src.parent / f"{lay}-native"
         native = native_copy(src, out[lay])
         assert any(k.endswith(".mlp.experts.gate_and_up_projs") for k in native), list(native)
-        assert not any(tf_model.EXPERT_RE.search(k) for k in native), list(native)
+        assert not any(tf_model.is_hf_expert(k) for k in native), list(native)
     return out
 
 
@@ -252,7 +252,7 @@ def test_consolidated_view_of_automodel_sharded_save(automodel_save, original, m
     for r in ranks:  # each rank file holds half of every expert tensor
         with safe_open(str(automodel_save / r), "pt") as g:
             info = json.loads(g.metadata()["DCP_SHARDING_INFO"])
-            cut = [g.get_slice(k).get_shape()[0] for k in g.keys() if tf_model.EXPERT_RE.search(k)]
+            cut = [g.get_slice(k).get_shape()[0] for k in g.keys() if tf_model.is_hf_expert(k)]
             assert cut == [tf_model.EXPERTS // SAVE_WORLD] * (2 * tf_model.LAYERS), (r, cut)
             assert set(info) == set(g.keys())
     view = mount(automodel_save)

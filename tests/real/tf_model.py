@@ -7,8 +7,8 @@ every process (CPU init is deterministic), which tf_save.py relies on.
 """
 import json
 import os
-import re
 import shutil
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,11 +17,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration  # noqa: E402
 
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # tests/: the checkview package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from checkview.contract import HF_EXPERT  # noqa: E402
+
 SEED = 1234
 DTYPE = torch.bfloat16
 EXPERTS, HIDDEN, MOE_INTER, LAYERS, VOCAB = 8, 64, 16, 2, 256
-EXPERT_RE = re.compile(
-    r"(?:model\.)?language_model\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)$")
+
+
+def is_hf_expert(name):
+    """One of a layer's two expert tensors, in HF naming (the test suites' one pattern,
+    tests/checkview/contract.py's HF_EXPERT)."""
+    return bool(HF_EXPERT.fullmatch(name))
 
 
 def config():
@@ -87,7 +95,7 @@ def to_hub_layout(src, dst):
             meta = g.metadata()
             tensors = {k: g.get_tensor(k) for k in g.keys()}
         for k, t in tensors.items():
-            if EXPERT_RE.search(k):
+            if is_hf_expert(k):
                 tensors[k] = t.transpose(1, 2).contiguous()
         save_file(tensors, str(f), metadata=meta)
 

@@ -27,7 +27,7 @@ def shard_experts(model, mesh):
     from torch.distributed.tensor import Shard, distribute_tensor
     import tf_model
     for name, p in list(model.named_parameters()):
-        if tf_model.EXPERT_RE.search(name):
+        if tf_model.is_hf_expert(name):
             owner, _, attr = name.rpartition(".")
             mod = model.get_submodule(owner)
             setattr(mod, attr, torch.nn.Parameter(distribute_tensor(p.data, mesh, [Shard(0)]),

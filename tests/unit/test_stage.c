@@ -234,9 +234,10 @@ TEST(stage_all_tensors_tiny_buffers)
 
 TEST(stage_expert_slices_of_a_rank)
 {
-	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 1, .ep_rank_set = true };
-	struct qv_mount_opts k = { .ep_size = 2, .ep_rank = 0, .ep_rank_set = true, .shard_size = 2,
-				   .shard_rank = 1, .shard_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = 1, .gen.ep_rank_set = true };
+	struct qv_mount_opts k = { .gen.ep_size = 2, .gen.ep_rank = 0, .gen.ep_rank_set = true,
+				   .gen.shard_size = 2, .gen.shard_rank = 1,
+				   .gen.shard_rank_set = true };
 
 	stage_and_verify(&o, false, 4, 32, 2);
 	stage_and_verify(&k, false, 2, 8, 2);
@@ -386,7 +387,7 @@ static bool all_settled(const struct qv_stage_bg *b)
  * every device call, freeing and closing included, comes from that one thread. */
 TEST(stage_bg_opens_and_uses_the_device_in_its_thread)
 {
-	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 1, .ep_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = 1, .gen.ep_rank_set = true };
 	struct mock *mk = calloc(1, sizeof(*mk));
 	struct qv_stage_bg *b = calloc(1, sizeof(*b));
 	struct qv_buf js = { 0 };

@@ -388,7 +388,7 @@ out:
 
 TEST(tree_failed_rank_folder_build_retries_from_scratch)
 {
-	struct qv_mount_opts o = { .ep_size = 2 };
+	struct qv_mount_opts o = { .gen.ep_size = 2 };
 	struct ut_capture cap;
 	struct vt v, ref;
 	struct qv_node *r1, *f, *g;

@@ -1,5 +1,5 @@
 /* test_view.c - the mount context built from a tiny hand-written checkpoint (view_fixture.c):
- * the virtual tree, file sizes, virtual safetensors files read back through qv_mount_read and
+ * the virtual tree, file sizes, virtual safetensors files read back through qv_mount_reply and
  * parsed with the strict parser, the regenerated index, expert slicing, rank folders. */
 #include "unit.h"
 #include "view_fixture.h"
@@ -85,7 +85,7 @@ TEST(view_tree_and_sizes)
 		size_t got;
 		uint64_t hl = 0;
 
-		CHECK_EQ_INT(qv_mount_read(&v.m, n, 0, 8, pre, v.io, &v.sc, &got), 0);
+		CHECK_EQ_INT(vt_pread(&v, n, 0, 8, pre, &got), 0);
 		for (int i = 7; i >= 0; i--)
 			hl = hl << 8 | (unsigned char)pre[i];
 		CHECK_EQ_U64(n->vf.size, 8 + hl + 68);
@@ -137,7 +137,7 @@ TEST(view_header_read_and_parsed)
 	if (!CHECK(n))
 		goto out;
 	/* just the prefix, then just the header, the way a loader reads */
-	if (!CHECK_EQ_INT(qv_mount_read(&v.m, n, 0, 8, pre, v.io, &v.sc, &got), 0) ||
+	if (!CHECK_EQ_INT(vt_pread(&v, n, 0, 8, pre, &got), 0) ||
 	    !CHECK_EQ_U64(got, 8))
 		goto out;
 	for (int i = 7; i >= 0; i--)
@@ -145,7 +145,7 @@ TEST(view_header_read_and_parsed)
 	CHECK_EQ_U64((8 + hl) % 8, 0);
 	CHECK_EQ_U64(n->vf.size, 8 + hl + 252);
 	hdr = malloc(hl);
-	if (CHECK_EQ_INT(qv_mount_read(&v.m, n, 8, hl, hdr, v.io, &v.sc, &got), 0) &&
+	if (CHECK_EQ_INT(vt_pread(&v, n, 8, hl, hdr, &got), 0) &&
 	    CHECK_EQ_U64(got, hl)) {
 		CHECK(memcmp(hdr, "{\"__metadata__\":{", 17) == 0);
 		if (CHECK_MSG(qv_st_parse(hdr, hl, n->vf.size, &st, err, sizeof(err)) == 0, "%s",
@@ -202,13 +202,13 @@ TEST(view_read_edges)
 	n = vt_get(&v, F1);
 	if (!CHECK(n))
 		goto out;
-	CHECK_EQ_INT(qv_mount_read(&v.m, n, n->vf.size, 10, buf, v.io, &v.sc, &got), 0);
+	CHECK_EQ_INT(vt_pread(&v, n, n->vf.size, 10, buf, &got), 0);
 	CHECK_EQ_U64(got, 0);
-	CHECK_EQ_INT(qv_mount_read(&v.m, n, n->vf.size + 1000, 10, buf, v.io, &v.sc, &got), 0);
+	CHECK_EQ_INT(vt_pread(&v, n, n->vf.size + 1000, 10, buf, &got), 0);
 	CHECK_EQ_U64(got, 0);
-	CHECK_EQ_INT(qv_mount_read(&v.m, n, n->vf.size - 3, 10, buf, v.io, &v.sc, &got), 0);
+	CHECK_EQ_INT(vt_pread(&v, n, n->vf.size - 3, 10, buf, &got), 0);
 	CHECK_EQ_U64(got, 3);
-	CHECK_EQ_INT(qv_mount_read(&v.m, n, 5, 0, buf, v.io, &v.sc, &got), 0);
+	CHECK_EQ_INT(vt_pread(&v, n, 5, 0, buf, &got), 0);
 	CHECK_EQ_U64(got, 0);
 out:
 	vt_fini(&v);
@@ -260,7 +260,7 @@ out:
 
 TEST(view_ep_slice_dim0)
 {
-	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 1, .ep_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = 1, .gen.ep_rank_set = true };
 	struct vt v;
 	struct qv_st st = { 0 };
 	struct qv_node *n;
@@ -297,7 +297,8 @@ out:
 TEST(view_ep_slice_uneven)
 {
 	for (uint32_t r = 0; r < 3; r++) {
-		struct qv_mount_opts o = { .ep_size = 3, .ep_rank = r, .ep_rank_set = true };
+		struct qv_mount_opts o = { .gen.ep_size = 3, .gen.ep_rank = r,
+					   .gen.ep_rank_set = true };
 		struct vt v;
 
 		if (CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "rank %u: %s", r, v.err))
@@ -310,9 +311,9 @@ TEST(view_ep_slice_dim1)
 {
 	for (uint32_t r = 0; r < 2; r++) {
 		for (uint32_t s = 0; s < 2; s++) {
-			struct qv_mount_opts o = { .ep_size = 2, .ep_rank = r, .ep_rank_set = true,
-						   .shard_size = 2, .shard_rank = s,
-						   .shard_rank_set = true };
+			struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = r,
+						   .gen.ep_rank_set = true, .gen.shard_size = 2,
+						   .gen.shard_rank = s, .gen.shard_rank_set = true };
 			struct qv_st st = { 0 };
 			struct vt v;
 			char want[8];
@@ -341,8 +342,8 @@ TEST(view_identity_hf)
 		{ "model.visual.patch_embed.proj.weight", QV_DT_F16, 2, 2, { 2, 2 }, 2, 60, false },
 		{ LAYER "self_attn.q_proj.weight_scale_inv", QV_DT_F32, 4, 1, { 1 }, 2, 68, false },
 	};
-	struct qv_mount_opts o = { .view_set = true, .view = QV_NAMING_HF, .ep_size = 4,
-				   .ep_rank = 3, .ep_rank_set = true };
+	struct qv_mount_opts o = { .gen.view_set = true, .gen.view = QV_NAMING_HF, .gen.ep_size = 4,
+				   .gen.ep_rank = 3, .gen.ep_rank_set = true };
 	struct vt v;
 
 	if (CHECK_MSG(vt_mount(&v, vt_make_ckpt(), &o) == 0, "%s", v.err)) {
@@ -378,7 +379,7 @@ TEST(view_reverse_native_to_hf)
 		{ LAYER "mlp.experts.down_proj", QV_DT_BF16, 2, 3, { 4, 2, 4 }, 5, 128, true },
 		{ "lm_head.weight", QV_DT_F32, 4, 1, { 1 }, 5, 195, false },
 	};
-	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 0, .ep_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = 0, .gen.ep_rank_set = true };
 	struct vt v;
 
 	if (CHECK_MSG(vt_mount(&v, make_native(), &o) == 0, "%s", v.err)) {
@@ -396,7 +397,7 @@ TEST(view_reverse_custom_exclude)
 		{ LAYER "mlp.experts.down_proj", QV_DT_BF16, 2, 3, { 4, 2, 4 }, 5, 128, true },
 		{ LAYER "self_attn._extra_state", QV_DT_U8, 1, 1, { 3 }, 5, 192, false },
 	};
-	struct qv_mount_opts o = { .exclude = "lm_head" };
+	struct qv_mount_opts o = { .gen.exclude = "lm_head" };
 	struct vt v;
 
 	if (CHECK_MSG(vt_mount(&v, make_native(), &o) == 0, "%s", v.err))
@@ -444,7 +445,7 @@ TEST(view_model_prefix_from_any_file)
 /* DESIGN §2: ep_size alone makes the root hold one complete view per rank. */
 TEST(view_rank_folders)
 {
-	struct qv_mount_opts o = { .ep_size = 2 };
+	struct qv_mount_opts o = { .gen.ep_size = 2 };
 	struct vt v;
 	char names[256], path[128];
 
@@ -474,7 +475,7 @@ out:
 
 TEST(view_rank_shard_folders)
 {
-	struct qv_mount_opts o = { .ep_size = 2, .shard_size = 2 };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.shard_size = 2 };
 	struct vt v;
 	char names[256], path[128];
 
@@ -500,7 +501,8 @@ TEST(view_other_model_keeps_names_and_scales)
 		{ "layers.0.w", QV_DT_U8, 1, 1, { 4 }, 9, 0, false },
 		{ "model.w_scale_inv", QV_DT_U8, 1, 1, { 2 }, 9, 4, false },
 	};
-	struct qv_mount_opts dflt = { 0 }, native = { .view = QV_NAMING_NATIVE, .view_set = true };
+	struct qv_mount_opts dflt = { 0 },
+			     native = { .gen.view = QV_NAMING_NATIVE, .gen.view_set = true };
 	const struct qv_mount_opts *os[] = { &dflt, &native };
 
 	for (size_t i = 0; i < 2; i++) {
@@ -598,8 +600,8 @@ TEST(view_reslice_copied_rank_folder)
 		"\"data_offsets\":[60,188]},"
 		"\"" LAYER "mlp.experts.down_proj\":{\"dtype\":\"BF16\",\"shape\":[4,2,4],"
 		"\"data_offsets\":[188,252]}}";
-	struct qv_mount_opts one = { .ep_size = 2, .ep_rank = 1, .ep_rank_set = true };
-	struct qv_mount_opts folders = { .ep_size = 2 };
+	struct qv_mount_opts one = { .gen.ep_size = 2, .gen.ep_rank = 1, .gen.ep_rank_set = true };
+	struct qv_mount_opts folders = { .gen.ep_size = 2 };
 	const struct qv_mount_opts *opts[] = { &one, &folders };
 
 	for (size_t i = 0; i < 2; i++) {

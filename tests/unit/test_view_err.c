@@ -93,9 +93,10 @@ TEST(view_err_rename_collision_across_files)
 
 TEST(view_err_impossible_slicing)
 {
-	struct qv_mount_opts o = { .ep_size = 8, .ep_rank = 0, .ep_rank_set = true };
-	struct qv_mount_opts k = { .ep_size = 2, .ep_rank = 0, .ep_rank_set = true,
-				   .shard_size = 3, .shard_rank = 0, .shard_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 8, .gen.ep_rank = 0, .gen.ep_rank_set = true };
+	struct qv_mount_opts k = { .gen.ep_size = 2, .gen.ep_rank = 0, .gen.ep_rank_set = true,
+				   .gen.shard_size = 3, .gen.shard_rank = 0,
+				   .gen.shard_rank_set = true };
 
 	EXPECT_MOUNT_FAIL(vt_make_ckpt(), &o, -EINVAL, "mlp.experts.gate_up_proj", "ep_size");
 	EXPECT_MOUNT_FAIL(vt_make_ckpt(), &k, -EINVAL, "mlp.experts.gate_up_proj", "divisible");
@@ -103,14 +104,14 @@ TEST(view_err_impossible_slicing)
 
 TEST(view_err_impossible_slicing_rank_folders)
 {
-	struct qv_mount_opts o = { .ep_size = 8 };
+	struct qv_mount_opts o = { .gen.ep_size = 8 };
 
 	EXPECT_MOUNT_FAIL(vt_make_ckpt(), &o, -EINVAL, "mlp.experts.gate_up_proj", "ep_size");
 }
 
 TEST(view_err_ep_without_experts)
 {
-	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 0, .ep_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = 0, .gen.ep_rank_set = true };
 	char *dir = ut_tmpdir();
 
 	vt_put_st(dir, "d.safetensors",
@@ -120,7 +121,7 @@ TEST(view_err_ep_without_experts)
 
 TEST(view_err_bad_ranks)
 {
-	struct qv_mount_opts o = { .ep_size = 2, .ep_rank = 2, .ep_rank_set = true };
+	struct qv_mount_opts o = { .gen.ep_size = 2, .gen.ep_rank = 2, .gen.ep_rank_set = true };
 
 	EXPECT_MOUNT_FAIL(vt_make_ckpt(), &o, -EINVAL, "ep_rank");
 }
@@ -149,9 +150,9 @@ TEST(view_err_index_names_key_its_file_lacks)
 				  "\"lm_head.weight\":\"" F2 "\","
 				  "\"model.missing.weight\":\"" F2 "\","
 				  "\"model.language_model.embed_tokens.weight\":\"" F1 "\"}}";
-	struct qv_mount_opts plain = { 0 }, hf = { .view_set = true, .view = QV_NAMING_HF };
-	struct qv_mount_opts folders = { .ep_size = 2 };
-	struct qv_mount_opts shared = { .ep_size = 2, .ep_shared = true };
+	struct qv_mount_opts plain = { 0 }, hf = { .gen.view_set = true, .gen.view = QV_NAMING_HF };
+	struct qv_mount_opts folders = { .gen.ep_size = 2 };
+	struct qv_mount_opts shared = { .gen.ep_size = 2, .ep_shared = true };
 	const struct qv_mount_opts *opts[] = { &plain, &hf, &folders, &shared };
 
 	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
@@ -176,7 +177,7 @@ TEST(view_err_index_names_key_in_wrong_file)
  * one file that map to one view key) fails the mount instead of every folder answering EIO. */
 TEST(view_err_rank_folders_refused_at_mount)
 {
-	struct qv_mount_opts o = { .ep_size = 2 };
+	struct qv_mount_opts o = { .gen.ep_size = 2 };
 	char *dir = ut_tmpdir();
 
 	vt_put_qwen(dir);
@@ -190,7 +191,7 @@ TEST(view_err_rank_folders_refused_at_mount)
 /* A missing shard file is refused at mount for rank folders too. */
 TEST(view_err_rank_folders_index_names_missing_file)
 {
-	struct qv_mount_opts o = { .ep_size = 2 };
+	struct qv_mount_opts o = { .gen.ep_size = 2 };
 	char *dir = vt_make_ckpt();
 
 	vt_put(dir, IDX, "{\"weight_map\":{\"x\":\"model-00003-of-00002.safetensors\"}}");

@@ -121,8 +121,19 @@ struct qv_node *vt_get(struct vt *v, const char *path)
 	return n;
 }
 
-/* The whole file read through qv_mount_read: in one request, then again in chunks of 13 bytes
+/* The whole file read through qv_mount_reply: in one request, then again in chunks of 13 bytes
  * (the two must agree). malloc'd; *len = file size. */
+int vt_pread(struct vt *v, struct qv_node *n, uint64_t off, size_t len, char *buf, size_t *got)
+{
+	struct qv_reply r;
+	int rc = qv_mount_reply(&v->m, n->ino, NULL, off, len, false, &r);
+
+	*got = rc ? 0 : r.len;
+	if (!rc && r.len)
+		memcpy(buf, r.p, r.len);
+	return rc;
+}
+
 char *vt_read_all(struct vt *v, struct qv_node *n, size_t *len)
 {
 	size_t size = (size_t)n->vf.size, got = 0;
@@ -131,13 +142,13 @@ char *vt_read_all(struct vt *v, struct qv_node *n, size_t *len)
 	if (!a || !b)
 		abort();
 	*len = size;
-	if (!CHECK_EQ_INT(qv_mount_read(&v->m, n, 0, size + 100, a, v->io, &v->sc, &got), 0) ||
+	if (!CHECK_EQ_INT(vt_pread(v, n, 0, size + 100, a, &got), 0) ||
 	    !CHECK_EQ_U64(got, size))
 		goto fail;
 	for (size_t off = 0; off < size; off += 13) {
 		size_t want = size - off < 13 ? size - off : 13;
 
-		if (!CHECK_EQ_INT(qv_mount_read(&v->m, n, off, 13, b + off, v->io, &v->sc, &got),
+		if (!CHECK_EQ_INT(vt_pread(v, n, off, 13, b + off, &got),
 				  0) ||
 		    !CHECK_EQ_U64(got, want))
 			goto fail;

@@ -59,7 +59,11 @@ void vt_fini(struct vt *v);
 /* The node at path ("a/b"), making folders ready on the way; NULL when absent. */
 struct qv_node *vt_get(struct vt *v, const char *path);
 
-/* A whole file through qv_mount_read (at once and in 13-byte pieces, which must agree). */
+/* [off, off+len) of file n into buf through qv_mount_reply (copied, never spliced): *got
+ * bytes; 0 or -errno. */
+int vt_pread(struct vt *v, struct qv_node *n, uint64_t off, size_t len, char *buf, size_t *got);
+
+/* A whole file through qv_mount_reply (at once and in 13-byte pieces, which must agree). */
 char *vt_read_all(struct vt *v, struct qv_node *n, size_t *len);
 
 /* Check virtual safetensors file path against want[]: framing, strict parse, names, dtypes,
