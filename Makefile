@@ -31,7 +31,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util perm io st scan hdr plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
+CORE := util perm xf io st scan hdr plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
 # GPU staging: the CUDA runtime loaded with dlopen, no CUDA headers or toolkit needed to build;
 # GPU=gpu_stub builds a binary whose -o gpu and stage fail at once
 GPU ?= gpu_cuda
@@ -106,6 +106,9 @@ $(BUILD)/qvbench: tests/bench/qvbench.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
 # the null FUSE filesystem: the ceiling of `make bench` (tuned as qvlmoefs, no source I/O)
+$(BUILD)/xfbench: tests/bench/xfbench.c $(BUILD)/xf.o | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ -lm
+
 $(BUILD)/qvnull: tests/bench/qvnull.c $(BUILD)/bdi.o $(BUILD)/loop.o | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LIBS)
 
@@ -116,7 +119,7 @@ $(BUILD)/passthrough_ll: | $(BUILD)
 
 bench: deps
 	@tests/deps.sh bc
-	$(MAKE) all $(BUILD)/qvbench $(BUILD)/qvnull $(BUILD)/passthrough_ll
+	$(MAKE) all $(BUILD)/qvbench $(BUILD)/qvnull $(BUILD)/passthrough_ll $(BUILD)/xfbench
 	tests/bench/bench.sh
 
 # libFuzzer targets (clang, address + undefined sanitizers); FUZZ_SECONDS per target

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BUILD=${BUILD:-build}
 REPS=${BENCH_REPS:-5}
-ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8} # a subset, e.g. BENCH_ROWS="1 6"
+ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8 9} # a subset, e.g. BENCH_ROWS="1 6"
 PAIRS=${BENCH_PAIRS:-7}
 QVX=${BENCH_QV_OPTS:+,$BENCH_QV_OPTS} # more -o options of qvlmoefs in row 7, e.g. nosplice
 LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of doc/performance.md's table; 1: 0.3 GB
@@ -333,6 +333,16 @@ if want 8; then
 			"$(echo "scale=4; $2 / $node" | bc)"
 		printf '8\tEP node %s\t%s\t\t8 slice readers\t%s\t%s\tfull=%s served=%s wchar=%s node_bytes=%s\n' "$o" "$1" "$slices" \
 			"$(ratio "$1" "$slices")" "$full" "$2" "$3" "$node" >>"$TSV"
+	done
+fi
+if want 9; then
+	# the FP8 kernel alone (not yet behind a view: issue 23), one thread, against memcpy of the
+	# same output bytes; the limit is the core, not memory
+	"$ROOT/$BUILD/xfbench" "$REPS" | while IFS=$'\t' read -r name s gbs r; do
+		case $name in vector*) echo "9    $name" && continue ;; esac
+		printf '9    %-34s %8.4f s %6.2f GB/s of BF16   vs memcpy of the output  ratio %5.3f\n' \
+			"$name" "$s" "$gbs" "$r"
+		printf '9\t%s\t%s\t%s\tmemcpy of the output\t\t%s\n' "$name" "$s" "$gbs" "$r" >>"$TSV"
 	done
 fi
 echo "results: $TSV"

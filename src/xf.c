@@ -1,0 +1,222 @@
+/* xf.c - FP8 block dequantization and 16-bit transposition for computed views. The vector path
+ * (AVX2, chosen at run time) and the scalar one give the same bits: the tests hold them to it.
+ *
+ * E4M3 to F32 without a table: the 7 magnitude bits placed at F32 bit 20, plus 120 in the
+ * exponent field (bias 127 against 7), are the value; the 8 subnormals (exponent 0) are their
+ * mantissa times 2^-9, converted from the integer. No F32 subnormal is ever an operand: the
+ * CPU's slow path for those would cost more than the whole conversion. */
+#include "qv_xf.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define XF_X86 1
+#endif
+
+#define E4M3_NAN 0x7f /* magnitude bits of the only NaN of e4m3fn */
+#define BF16_NAN 0x7fc0
+
+static bool force_scalar;
+
+float qv_xf_e4m3(uint8_t b)
+{
+	uint32_t mag = b & 0x7f, bits = (mag << 20) + (120u << 23);
+	float f;
+
+	if (mag == E4M3_NAN)
+		return NAN;
+	if (mag < 8)
+		f = (float)mag * 0x1p-9f;
+	else
+		memcpy(&f, &bits, sizeof(f));
+	return b & 0x80 ? -f : f;
+}
+
+uint16_t qv_xf_bf16(float f)
+{
+	uint32_t u;
+
+	if (isnan(f))
+		return BF16_NAN;
+	memcpy(&u, &f, sizeof(u));
+	u += 0x7fff + ((u >> 16) & 1); /* to nearest, ties to even */
+	return (uint16_t)(u >> 16);
+}
+
+bool qv_xf_force_scalar(bool on)
+{
+	bool old = force_scalar;
+
+	force_scalar = on;
+	return old;
+}
+
+/* Element (r, c) of m, dequantized. */
+static uint16_t deq1(const struct qv_xf_fp8 *m, size_t r, size_t c)
+{
+	float s = m->scale[(r / m->block) * m->scale_stride + c / m->block];
+
+	return qv_xf_bf16(qv_xf_e4m3(m->src[r * m->src_stride + c]) * s);
+}
+
+/* Rows [r0, r1) x columns [c0, c1) of m, one element at a time (edges, and no AVX2). */
+static void deq_scalar(const struct qv_xf_fp8 *m, size_t r0, size_t r1, size_t c0, size_t c1,
+		       bool t, uint16_t *dst, size_t ds)
+{
+	for (size_t r = r0; r < r1; r++)
+		for (size_t c = c0; c < c1; c++)
+			dst[t ? c * ds + r : r * ds + c] = deq1(m, r, c);
+}
+
+static void tr_scalar(const uint16_t *src, size_t r0, size_t r1, size_t c0, size_t c1, size_t ss,
+		      uint16_t *dst, size_t ds)
+{
+	for (size_t r = r0; r < r1; r++)
+		for (size_t c = c0; c < c1; c++)
+			dst[c * ds + r] = src[r * ss + c];
+}
+
+#ifdef XF_X86
+#define AVX2 __attribute__((target("avx2")))
+
+/* 8 FP8 bytes at p as 8 BF16 values (scaled by s), in order. */
+AVX2 static __m128i deq8(const uint8_t *p, __m256 s)
+{
+	__m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+	__m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
+	__m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+	__m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20),
+							_mm256_set1_epi32(120 << 23)));
+	__m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(mag), _mm256_set1_ps(0x1p-9f));
+	__m256i nan_in = _mm256_cmpeq_epi32(mag, _mm256_set1_epi32(E4M3_NAN));
+	__m256i u, r;
+
+	f = _mm256_blendv_ps(f, sub, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8),
+									     mag)));
+	f = _mm256_mul_ps(_mm256_or_ps(f, _mm256_castsi256_ps(sign)), s);
+	u = _mm256_castps_si256(f);
+	r = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+						 _mm256_and_si256(_mm256_srli_epi32(u, 16),
+								  _mm256_set1_epi32(1))));
+	r = _mm256_srli_epi32(r, 16);
+	/* a NaN in (or made by the scale: inf times 0) is 0x7fc0, as the scalar path says */
+	nan_in = _mm256_or_si256(nan_in, _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+	r = _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
+	return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+
+/* Transpose 8 rows of 8 16-bit values in a[] in place: a[k] becomes column k. */
+AVX2 static void tr8x8(__m128i a[8])
+{
+	__m128i t[8], u[8];
+
+	for (int i = 0; i < 8; i += 2) {
+		t[i] = _mm_unpacklo_epi16(a[i], a[i + 1]);
+		t[i + 1] = _mm_unpackhi_epi16(a[i], a[i + 1]);
+	}
+	for (int i = 0; i < 8; i += 4) {
+		u[i] = _mm_unpacklo_epi32(t[i], t[i + 2]);
+		u[i + 1] = _mm_unpackhi_epi32(t[i], t[i + 2]);
+		u[i + 2] = _mm_unpacklo_epi32(t[i + 1], t[i + 3]);
+		u[i + 3] = _mm_unpackhi_epi32(t[i + 1], t[i + 3]);
+	}
+	for (int k = 0; k < 4; k++) {
+		a[2 * k] = _mm_unpacklo_epi64(u[k], u[k + 4]);
+		a[2 * k + 1] = _mm_unpackhi_epi64(u[k], u[k + 4]);
+	}
+}
+
+/* Tile (r0, c0) of m: 8 rows of 8 values, dequantized, stored plain or transposed. */
+AVX2 static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0, bool t,
+			  uint16_t *dst, size_t ds)
+{
+	__m256 s = _mm256_set1_ps(m->scale[(r0 / m->block) * m->scale_stride + c0 / m->block]);
+	__m128i a[8];
+
+	for (int i = 0; i < 8; i++)
+		a[i] = deq8(m->src + (r0 + i) * m->src_stride + c0, s);
+	if (t)
+		tr8x8(a);
+	for (int i = 0; i < 8; i++)
+		_mm_storeu_si128((__m128i *)(t ? dst + (c0 + i) * ds + r0 : dst + (r0 + i) * ds + c0),
+				 a[i]);
+}
+
+/* The whole-tile part of m (rows and columns rounded down to 8); scales change only at block
+ * boundaries, which are multiples of 8 here. Transposed, TR_ROWS rows are done per column
+ * tile, so that each destination cache line is written whole before the next one. */
+#define TR_ROWS 32
+AVX2 static void deq_avx2(const struct qv_xf_fp8 *m, size_t rows8, size_t cols8, bool t,
+			  uint16_t *dst, size_t ds)
+{
+	size_t step = t ? TR_ROWS : 8;
+
+	for (size_t rb = 0; rb < rows8; rb += step) {
+		size_t re = rb + step < rows8 ? rb + step : rows8;
+
+		for (size_t c0 = 0; c0 < cols8; c0 += 8)
+			for (size_t r0 = rb; r0 < re; r0 += 8)
+				deq_tile(m, r0, c0, t, dst, ds);
+	}
+}
+
+AVX2 static void tr_avx2(const uint16_t *src, size_t rows8, size_t cols8, size_t ss,
+			 uint16_t *dst, size_t ds)
+{
+	for (size_t rb = 0; rb < rows8; rb += TR_ROWS)
+		for (size_t c0 = 0; c0 < cols8; c0 += 8)
+			for (size_t r0 = rb; r0 < rows8 && r0 < rb + TR_ROWS; r0 += 8) {
+			__m128i a[8];
+
+			for (int i = 0; i < 8; i++)
+				a[i] = _mm_loadu_si128((const __m128i *)(src + (r0 + i) * ss + c0));
+			tr8x8(a);
+			for (int i = 0; i < 8; i++)
+				_mm_storeu_si128((__m128i *)(dst + (c0 + i) * ds + r0), a[i]);
+		}
+}
+
+bool qv_xf_vector(void)
+{
+	return !force_scalar && __builtin_cpu_supports("avx2");
+}
+#else
+bool qv_xf_vector(void)
+{
+	return false;
+}
+#endif
+
+void qv_xf_dequant(const struct qv_xf_fp8 *m, bool transpose, uint16_t *dst, size_t dst_stride)
+{
+	size_t rows8 = 0, cols8 = 0;
+
+#ifdef XF_X86
+	if (qv_xf_vector() && m->block % 8 == 0) {
+		rows8 = m->rows & ~(size_t)7;
+		cols8 = m->cols & ~(size_t)7;
+		deq_avx2(m, rows8, cols8, transpose, dst, dst_stride);
+	}
+#endif
+	/* what the tiles left: the last columns of every row, then the last rows */
+	deq_scalar(m, 0, rows8, cols8, m->cols, transpose, dst, dst_stride);
+	deq_scalar(m, rows8, m->rows, 0, m->cols, transpose, dst, dst_stride);
+}
+
+void qv_xf_transpose16(const uint16_t *src, size_t rows, size_t cols, size_t src_stride,
+		       uint16_t *dst, size_t dst_stride)
+{
+	size_t rows8 = 0, cols8 = 0;
+
+#ifdef XF_X86
+	if (qv_xf_vector()) {
+		rows8 = rows & ~(size_t)7;
+		cols8 = cols & ~(size_t)7;
+		tr_avx2(src, rows8, cols8, src_stride, dst, dst_stride);
+	}
+#endif
+	tr_scalar(src, 0, rows8, cols8, cols, src_stride, dst, dst_stride);
+	tr_scalar(src, rows8, rows, 0, cols, src_stride, dst, dst_stride);
+}

@@ -1,0 +1,89 @@
+/* xfbench.c - make bench row 9: the dequantize-and-transpose kernel alone, one thread, on one
+ * expert's gate_proj of Qwen3-VL-30B-A3B (FP8 [768, 2048], 128x128 blocks) into its half of
+ * the Hub's [2048, 1536] BF16 slab, against memcpy of the same output bytes in the same run
+ * (the memory-bandwidth reference), and the scalar path. Prints medians of REPS timings:
+ * `xfbench [REPS]`; one line per case: "name seconds GB/s-of-BF16 ratio-to-memcpy". */
+#include "qv_xf.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define ROWS 768  /* moe_intermediate_size */
+#define COLS 2048 /* hidden_size */
+#define BLK 128
+#define ROUNDS 64 /* experts a timing covers */
+
+static double now(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* Median seconds of reps runs of ROUNDS experts by kind (0 memcpy, 1 vector, 2 scalar, 3 the
+ * vector path without the transposition). */
+static double timed(int kind, int reps, const struct qv_xf_fp8 *m, uint16_t *dst, uint16_t *ref)
+{
+	double t[64];
+
+	qv_xf_force_scalar(kind == 2);
+	(void)ref;
+	for (int r = 0; r < reps; r++) {
+		double t0 = now();
+
+		for (int k = 0; k < ROUNDS; k++) {
+			if (kind == 0)
+				memcpy(dst, ref, (size_t)ROWS * COLS * 2);
+			else if (kind == 3)
+				qv_xf_dequant(m, false, dst, COLS);
+			else
+				qv_xf_dequant(m, true, dst, 2 * ROWS);
+		}
+		t[r] = now() - t0;
+	}
+	qv_xf_force_scalar(false);
+	qsort(t, (size_t)reps, sizeof(*t), cmp);
+	return t[reps / 2];
+}
+
+int main(int argc, char **argv)
+{
+	int reps = argc > 1 ? atoi(argv[1]) : 7;
+	uint8_t *src = malloc((size_t)ROWS * COLS);
+	float *sc = malloc((ROWS / BLK) * (COLS / BLK) * sizeof(*sc));
+	uint16_t *dst = malloc((size_t)COLS * 2 * ROWS * 2), *ref = malloc((size_t)ROWS * COLS * 2);
+	double bytes = (double)ROWS * COLS * 2 * ROUNDS, base;
+	const char *name[] = { "memcpy of the output", "dequant+transpose", "dequant+transpose scalar",
+			       "dequant, no transpose" };
+
+	if (reps < 1 || reps > 64 || !src || !sc || !dst || !ref) {
+		fprintf(stderr, "xfbench: REPS 1..64, or out of memory\n");
+		return 1;
+	}
+	for (size_t i = 0; i < (size_t)ROWS * COLS; i++)
+		src[i] = (uint8_t)(i * 2654435761u >> 24) & 0x7e; /* no NaN, every exponent */
+	for (int i = 0; i < (ROWS / BLK) * (COLS / BLK); i++)
+		sc[i] = 1.0f / (float)(i + 3);
+	memset(ref, 1, (size_t)ROWS * COLS * 2);
+	struct qv_xf_fp8 m = { src, ROWS, COLS, COLS, sc, COLS / BLK, BLK };
+
+	base = timed(0, reps, &m, dst, ref);
+	for (int k = 0; k < 4; k++) {
+		double s = k ? timed(k, reps, &m, dst, ref) : base;
+
+		printf("%s\t%.4f\t%.2f\t%.3f\n", name[k], s, bytes / s / 1e9, base / s);
+	}
+	printf("vector path: %s\n", qv_xf_vector() ? "AVX2" : "none (scalar only)");
+	free(src), free(sc), free(dst), free(ref);
+	return 0;
+}
