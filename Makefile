@@ -106,6 +106,9 @@ $(BUILD)/qvbench: tests/bench/qvbench.c | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $< -lpthread
 
 # the null FUSE filesystem: the ceiling of `make bench` (tuned as qvlmoefs, no source I/O)
+$(BUILD)/xfcheck: tests/xfcheck.c $(BUILD)/xf.o | $(BUILD)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ -lm
+
 $(BUILD)/xfbench: tests/bench/xfbench.c $(BUILD)/xf.o | $(BUILD)
 	$(CC) $(ALL_CFLAGS) -o $@ $^ -lm
 

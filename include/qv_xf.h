@@ -3,7 +3,9 @@
  * where the CPU has it, the same results from a scalar path): no I/O, no safetensors.
  *
  * Dequantization is NeMo Automodel's dequantize_from_fp8: each FP8 value, as F32, times its
- * block's scale (F32), rounded to BF16 to nearest even (NaN becomes 0x7FC0, as torch does).
+ * block's scale (F32), rounded to BF16 to nearest even. Any NaN becomes 0x7FC0; torch itself
+ * makes 0xFFFF or 0x7FC0 of a NaN depending on where its vectorized loop ends, so only NaN-ness
+ * can be compared with it (released checkpoints hold no NaN).
  * Blocks are block x block elements; edge blocks may be partial. Not wired into any view yet:
  * issue 23 builds the computed views on these. */
 #ifndef QV_XF_H

@@ -16,7 +16,7 @@
 #endif
 
 #define E4M3_NAN 0x7f /* magnitude bits of the only NaN of e4m3fn */
-#define BF16_NAN 0x7fc0
+#define BF16_NAN 0x7fc0 /* the canonical quiet NaN (c10::BFloat16's; see qv_xf.h) */
 
 static bool force_scalar;
 
@@ -101,7 +101,7 @@ AVX2 static __m128i deq8(const uint8_t *p, __m256 s)
 						 _mm256_and_si256(_mm256_srli_epi32(u, 16),
 								  _mm256_set1_epi32(1))));
 	r = _mm256_srli_epi32(r, 16);
-	/* a NaN in (or made by the scale: inf times 0) is 0x7fc0, as the scalar path says */
+	/* a NaN in (or made by the scale: inf times 0) is BF16_NAN, as the scalar path says */
 	nan_in = _mm256_or_si256(nan_in, _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
 	r = _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
 	return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));

@@ -29,7 +29,7 @@ static uint16_t bf16_ref(float f)
 	float a, b;
 	double da, db;
 
-	if (isnan(f))
+	if (isnan(f)) /* the canonical quiet NaN */
 		return 0x7fc0;
 	memcpy(&u, &f, 4);
 	lo = u & 0xffff0000u; /* toward zero */
