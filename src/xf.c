@@ -80,11 +80,12 @@ static void tr_scalar(const uint16_t *src, size_t r0, size_t r1, size_t c0, size
 
 #ifdef XF_X86
 #define AVX2 __attribute__((target("avx2")))
+/* the helpers below are one kernel: a call per 8 values would cost more than they do */
+#define AVX2_INLINE __attribute__((target("avx2"), always_inline)) inline
 
-/* 8 FP8 bytes at p as 8 BF16 values (scaled by s), in order. */
-AVX2 static __m128i deq8(const uint8_t *p, __m256 s)
+/* 8 FP8 values (one per 32-bit lane of b) as 8 BF16 values, scaled by s, one per lane. */
+AVX2_INLINE static __m256i deq_u32(__m256i b, __m256 s)
 {
-	__m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
 	__m256i mag = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
 	__m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
 	__m256 f = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(mag, 20),
@@ -103,12 +104,41 @@ AVX2 static __m128i deq8(const uint8_t *p, __m256 s)
 	r = _mm256_srli_epi32(r, 16);
 	/* a NaN in (or made by the scale: inf times 0) is BF16_NAN, as the scalar path says */
 	nan_in = _mm256_or_si256(nan_in, _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
-	r = _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
-	return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+	return _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
+}
+
+/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by s, in order. */
+AVX2_INLINE static __m256i deq16(__m128i x, __m256 s)
+{
+	__m256i a = deq_u32(_mm256_cvtepu8_epi32(x), s);
+	__m256i b = deq_u32(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)), s);
+
+	/* packus works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order */
+	return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+}
+
+/* 8 rows of 8 FP8 bytes (row i at p + i * stride) transposed: out[k] holds columns 2k and
+ * 2k + 1, 8 bytes each. Bytes are moved before they are widened: 4 times fewer to move. */
+AVX2_INLINE static void tr_bytes8x8(const uint8_t *p, size_t stride, __m128i out[4])
+{
+	__m128i r[8], t[4], u[4];
+
+	for (int i = 0; i < 8; i++)
+		r[i] = _mm_loadl_epi64((const __m128i *)(p + i * stride));
+	for (int i = 0; i < 4; i++)
+		t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+	u[0] = _mm_unpacklo_epi16(t[0], t[1]);
+	u[1] = _mm_unpackhi_epi16(t[0], t[1]);
+	u[2] = _mm_unpacklo_epi16(t[2], t[3]);
+	u[3] = _mm_unpackhi_epi16(t[2], t[3]);
+	out[0] = _mm_unpacklo_epi32(u[0], u[2]);
+	out[1] = _mm_unpackhi_epi32(u[0], u[2]);
+	out[2] = _mm_unpacklo_epi32(u[1], u[3]);
+	out[3] = _mm_unpackhi_epi32(u[1], u[3]);
 }
 
 /* Transpose 8 rows of 8 16-bit values in a[] in place: a[k] becomes column k. */
-AVX2 static void tr8x8(__m128i a[8])
+AVX2_INLINE static void tr8x8(__m128i a[8])
 {
 	__m128i t[8], u[8];
 
@@ -129,19 +159,35 @@ AVX2 static void tr8x8(__m128i a[8])
 }
 
 /* Tile (r0, c0) of m: 8 rows of 8 values, dequantized, stored plain or transposed. */
-AVX2 static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0, bool t,
+AVX2_INLINE static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0, bool t,
 			  uint16_t *dst, size_t ds)
 {
 	__m256 s = _mm256_set1_ps(m->scale[(r0 / m->block) * m->scale_stride + c0 / m->block]);
-	__m128i a[8];
+	const uint8_t *p = m->src + r0 * m->src_stride + c0;
+	__m128i x[4];
 
-	for (int i = 0; i < 8; i++)
-		a[i] = deq8(m->src + (r0 + i) * m->src_stride + c0, s);
-	if (t)
-		tr8x8(a);
-	for (int i = 0; i < 8; i++)
-		_mm_storeu_si128((__m128i *)(t ? dst + (c0 + i) * ds + r0 : dst + (r0 + i) * ds + c0),
-				 a[i]);
+	if (t) {
+		tr_bytes8x8(p, m->src_stride, x);
+		for (int k = 0; k < 4; k++) { /* columns 2k and 2k + 1 become rows of dst */
+			__m256i v = deq16(x[k], s);
+
+			_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * k) * ds + r0),
+					 _mm256_castsi256_si128(v));
+			_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * k + 1) * ds + r0),
+					 _mm256_extracti128_si256(v, 1));
+		}
+		return;
+	}
+	for (int i = 0; i < 8; i += 2) { /* two rows at a time: 16 values a conversion */
+		__m128i two = _mm_unpacklo_epi64(
+			_mm_loadl_epi64((const __m128i *)(p + i * m->src_stride)),
+			_mm_loadl_epi64((const __m128i *)(p + (i + 1) * m->src_stride)));
+		__m256i v = deq16(two, s);
+
+		_mm_storeu_si128((__m128i *)(dst + (r0 + i) * ds + c0), _mm256_castsi256_si128(v));
+		_mm_storeu_si128((__m128i *)(dst + (r0 + i + 1) * ds + c0),
+				 _mm256_extracti128_si256(v, 1));
+	}
 }
 
 /* The whole-tile part of m (rows and columns rounded down to 8); scales change only at block
