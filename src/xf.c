@@ -107,14 +107,43 @@ AVX2_INLINE static __m256i deq_u32(__m256i b, __m256 s)
 	return _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
 }
 
-/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by s, in order. */
-AVX2_INLINE static __m256i deq16(__m128i x, __m256 s)
+/* 8 F32 values (u's lanes) rounded to BF16, one per 32-bit lane; none is NaN (see deq16). */
+AVX2_INLINE static __m256i bf16_u32(__m256 f)
 {
-	__m256i a = deq_u32(_mm256_cvtepu8_epi32(x), s);
-	__m256i b = deq_u32(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)), s);
+	__m256i u = _mm256_castps_si256(f);
+	__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
 
-	/* packus works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order */
-	return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
+	return _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb,
+							_mm256_set1_epi32(0x7fff))), 16);
+}
+
+/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by s, in order. The common case works on
+ * 16-bit lanes: a normal E4M3 value's F32 has only its top 16 bits set (sign, exponent + 120,
+ * 3 mantissa bits), so 16 of them are made at once and widened by interleaving with zeros. A
+ * vector holding a subnormal or a NaN (rare in weights), or a scale that is not finite (which
+ * could make a NaN), takes the 8-lane path, which handles everything. */
+AVX2_INLINE static __m256i deq16(__m128i x, __m256 s, bool s_finite)
+{
+	__m256i b = _mm256_cvtepu8_epi16(x);
+	__m256i mag = _mm256_and_si256(b, _mm256_set1_epi16(0x7f));
+	__m256i odd = _mm256_or_si256(_mm256_cmpgt_epi16(_mm256_set1_epi16(8), mag),
+				      _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(E4M3_NAN)));
+	__m256i hi, a, z = _mm256_setzero_si256();
+
+	if (!s_finite || !_mm256_testz_si256(odd, odd)) {
+		a = deq_u32(_mm256_cvtepu8_epi32(x), s);
+		hi = deq_u32(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)), s);
+		/* packus works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order */
+		return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, hi), 0xd8);
+	}
+	hi = _mm256_or_si256(_mm256_add_epi16(_mm256_slli_epi16(mag, 4),
+					      _mm256_set1_epi16(120 << 7)),
+			     _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8));
+	/* lane 0 holds values 0-7, lane 1 values 8-15: lo = 0-3 and 8-11, hi = 4-7 and 12-15,
+	 * which packus (per lane) puts back in order */
+	a = bf16_u32(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, hi)), s));
+	hi = bf16_u32(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, hi)), s));
+	return _mm256_packus_epi32(a, hi);
 }
 
 /* 8 rows of 8 FP8 bytes (row i at p + i * stride) transposed: out[k] holds columns 2k and
@@ -162,14 +191,16 @@ AVX2_INLINE static void tr8x8(__m128i a[8])
 AVX2_INLINE static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0, bool t,
 			  uint16_t *dst, size_t ds)
 {
-	__m256 s = _mm256_set1_ps(m->scale[(r0 / m->block) * m->scale_stride + c0 / m->block]);
+	float sc = m->scale[(r0 / m->block) * m->scale_stride + c0 / m->block];
+	__m256 s = _mm256_set1_ps(sc);
+	bool fin = isfinite(sc);
 	const uint8_t *p = m->src + r0 * m->src_stride + c0;
 	__m128i x[4];
 
 	if (t) {
 		tr_bytes8x8(p, m->src_stride, x);
 		for (int k = 0; k < 4; k++) { /* columns 2k and 2k + 1 become rows of dst */
-			__m256i v = deq16(x[k], s);
+			__m256i v = deq16(x[k], s, fin);
 
 			_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * k) * ds + r0),
 					 _mm256_castsi256_si128(v));
@@ -182,7 +213,7 @@ AVX2_INLINE static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0
 		__m128i two = _mm_unpacklo_epi64(
 			_mm_loadl_epi64((const __m128i *)(p + i * m->src_stride)),
 			_mm_loadl_epi64((const __m128i *)(p + (i + 1) * m->src_stride)));
-		__m256i v = deq16(two, s);
+		__m256i v = deq16(two, s, fin);
 
 		_mm_storeu_si128((__m128i *)(dst + (r0 + i) * ds + c0), _mm256_castsi256_si128(v));
 		_mm_storeu_si128((__m128i *)(dst + (r0 + i + 1) * ds + c0),
@@ -191,20 +222,26 @@ AVX2_INLINE static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0
 }
 
 /* The whole-tile part of m (rows and columns rounded down to 8); scales change only at block
- * boundaries, which are multiples of 8 here. Transposed, TR_ROWS rows are done per column
- * tile, so that each destination cache line is written whole before the next one. */
+ * boundaries, which are multiples of 8 here. Transposed, the tiles go in patches of TR_ROWS x
+ * TR_COLS: the patch's source lines stay in L1 while they are used, and each destination cache
+ * line (TR_ROWS values) is written whole before the next one. */
 #define TR_ROWS 32
+#define TR_COLS 64
 AVX2 static void deq_avx2(const struct qv_xf_fp8 *m, size_t rows8, size_t cols8, bool t,
 			  uint16_t *dst, size_t ds)
 {
-	size_t step = t ? TR_ROWS : 8;
+	size_t rstep = t ? TR_ROWS : 8, cstep = t ? TR_COLS : cols8;
 
-	for (size_t rb = 0; rb < rows8; rb += step) {
-		size_t re = rb + step < rows8 ? rb + step : rows8;
+	for (size_t rb = 0; rb < rows8; rb += rstep) {
+		size_t re = rb + rstep < rows8 ? rb + rstep : rows8;
 
-		for (size_t c0 = 0; c0 < cols8; c0 += 8)
-			for (size_t r0 = rb; r0 < re; r0 += 8)
-				deq_tile(m, r0, c0, t, dst, ds);
+		for (size_t cb = 0; cb < cols8; cb += cstep) {
+			size_t ce = cb + cstep < cols8 ? cb + cstep : cols8;
+
+			for (size_t c0 = cb; c0 < ce; c0 += 8)
+				for (size_t r0 = rb; r0 < re; r0 += 8)
+					deq_tile(m, r0, c0, t, dst, ds);
+		}
 	}
 }
 
