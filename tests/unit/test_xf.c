@@ -95,7 +95,7 @@ TEST(xf_bf16_rounds_to_nearest_even)
 
 /* A rows x cols FP8 matrix with a different scale per block, dequantized by both paths,
  * plain and transposed, into a wider destination; every element against the reference. */
-static void check_dequant(size_t rows, size_t cols, unsigned block, uint64_t seed)
+static void check_dequant(size_t rows, size_t cols, unsigned block, uint64_t seed, bool normal)
 {
 	size_t br = (rows + block - 1) / block, bc = (cols + block - 1) / block;
 	size_t ss = cols + 3, ds = (rows > cols ? rows : cols) + 5;
@@ -106,8 +106,11 @@ static void check_dequant(size_t rows, size_t cols, unsigned block, uint64_t see
 
 	if (!CHECK(src && sc && dst))
 		goto out;
-	for (size_t i = 0; i < rows * ss; i++)
+	for (size_t i = 0; i < rows * ss; i++) { /* normal: no subnormal, no NaN (the 16-lane path) */
 		src[i] = (uint8_t)rnd(&seed);
+		while (normal && ((src[i] & 0x7f) < 8 || (src[i] & 0x7f) == 0x7f))
+			src[i] = (uint8_t)rnd(&seed);
+	}
 	for (size_t i = 0; i < br * bc; i++) /* distinct per block: a wrong block shows */
 		sc[i] = ldexpf(1.0f + (float)i / 7.0f, (int)(rnd(&seed) % 9) - 4);
 	for (int path = 0; path < 2; path++) {
@@ -144,10 +147,12 @@ TEST(xf_dequant_blocks_edges_and_paths)
 	static const size_t dims[][2] = { { 1, 1 }, { 7, 9 }, { 8, 8 }, { 128, 128 }, { 130, 257 },
 					  { 200, 384 }, { 300, 40 } };
 
-	for (size_t i = 0; i < sizeof(dims) / sizeof(*dims); i++)
-		check_dequant(dims[i][0], dims[i][1], 128, i + 1);
-	check_dequant(45, 70, 16, 99); /* small blocks: many scales in one tile row */
-	check_dequant(33, 29, 12, 5);  /* a block that is no multiple of 8: scalar only */
+	for (size_t i = 0; i < sizeof(dims) / sizeof(*dims); i++) {
+		check_dequant(dims[i][0], dims[i][1], 128, i + 1, false);
+		check_dequant(dims[i][0], dims[i][1], 128, i + 100, true);
+	}
+	check_dequant(45, 70, 16, 99, true); /* small blocks: many scales in one tile row */
+	check_dequant(33, 29, 12, 5, false); /* a block that is no multiple of 8: scalar only */
 }
 
 TEST(xf_transpose16_any_size)
