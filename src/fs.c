@@ -5,12 +5,10 @@
 #include "qv_util.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
 #include <time.h>
-#include <unistd.h>
 
 #define CACHE_TIMEOUT 86400.0
 #define SPLICE_MIN (2u * 4096)
@@ -171,12 +169,13 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 		const char *name;
 		struct qv_node *n = qv_mount_entry(fs->m, d, i, &name);
 		struct fuse_entry_param e;
+		bool counts = plus && i >= 2 && current;
 		size_t len;
 
 		if (!n)
 			continue;
 		fill_entry(n, &e);
-		if (plus && i >= 2 && current)
+		if (counts)
 			len = fuse_add_direntry_plus(req, buf + *used, size - *used, name, &e,
 						     (off_t)i + 1);
 		else if (plus) /* no lookup count for "." and ".." (the kernel skips them), nor for
@@ -190,7 +189,7 @@ static void fill_dir(fuse_req_t req, struct qv_fs *fs, struct qv_node *d, char *
 		if (len > size - *used)
 			break;
 		*used += len;
-		*counted += plus && i >= 2 && current;
+		*counted += counts;
 	}
 }
 

@@ -30,6 +30,7 @@ static void inval_generation(struct qv_mount *m, struct fuse_session *se, const 
 	uint64_t dir;
 
 	if (qv_mount_names(m, top, &b)) {
+		qv_buf_free(&b); /* its last record may be cut short */
 		qv_log("rescan: out of memory listing the old view's names; the kernel forgets "
 		       "those below the root only when it needs the memory");
 		inval_names(m, se, top);

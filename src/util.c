@@ -24,11 +24,12 @@ static int log_fd = -1;
 static int log_open_error(const char *path, int e, char *err, size_t errlen)
 {
 	struct stat st;
+	bool there = lstat(path, &st) == 0;
 
-	if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode))
+	if (there && S_ISLNK(st.st_mode))
 		return qv_err(err, errlen, -ELOOP, "a symbolic link, not followed (name the file "
 			      "itself)");
-	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode))
+	if (there && !S_ISREG(st.st_mode))
 		return qv_err(err, errlen, -EINVAL, "not a regular file");
 	return qv_err(err, errlen, -e, "%s", strerror(e));
 }
