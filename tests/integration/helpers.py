@@ -10,6 +10,7 @@ one-line error checks, and the daemon's counters (stats, generations, getxattr_r
 the foreground daemon process itself (signals, its log, its descriptors) is in support_daemon.
 """
 import contextlib
+import errno
 import ctypes
 import ctypes.util
 import io
@@ -347,3 +348,15 @@ def getxattr_raw(path, name, size):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), str(path))
     return n, buf.raw[:n] if size else b""
+
+
+def refused_replies(n, call):
+    """call() n times; each must fail with ECANCELED, the error of a reply the daemon's fault
+    injection refused (QVLMOEFS_TEST_FAULTS open=N or entry=N)."""
+    for _ in range(n):
+        try:
+            call()
+        except OSError as e:
+            assert e.errno == errno.ECANCELED, e
+        else:
+            raise AssertionError(f"{call} succeeded; its reply should have been refused")
