@@ -20,6 +20,8 @@
 struct qv_gen_opts {
 	bool view_set; /* else the other naming than the source's */
 	enum qv_naming view;
+	enum qv_layout expert_layout; /* the HF view's fused experts (ASIS: as the source's) */
+	enum qv_layout source_layout; /* the source's, where shapes cannot tell (ASIS: not said) */
 	const char *exclude;
 	uint32_t ep_size, ep_rank;
 	bool ep_rank_set;
@@ -44,6 +46,8 @@ struct qv_gen {
 	bool qwen_experts;     /* ... found by the Qwen3-VL-MoE rule */
 	bool generic;	       /* ... found by the generic stacked-expert rule (config's count) */
 	struct qv_cfg cfg;     /* config.json (.hf_metadata/'s for a sharded save) */
+	uint64_t hidden, inter; /* H and moe I: the config's, else what a layer's shapes say */
+	enum qv_layout writer;	/* the layout every told expert tensor has (ASIS: none, mixed) */
 	bool sharded;	       /* the root is an Automodel per-rank sharded save ... */
 	struct qv_dcp dcp;     /* ... and these are its consolidated tensors */
 	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */

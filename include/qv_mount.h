@@ -52,7 +52,12 @@ struct qv_mount {
 	char (*folder_names)[64];     /* their names */
 	atomic_uint_least64_t *folder_bytes; /* bytes served per folder; [nfolders]: shared files */
 	atomic_int fallback_logged;
+	struct qv_xcache *xc; /* computed blocks, shared by the worker threads' readers */
 };
+
+/* The bytes of computed blocks a mount keeps (DESIGN §14): a few experts of the largest
+ * released models (an expert of Qwen3-VL-235B-A22B's gate_and_up_projs is 24 MiB). */
+#define QV_MOUNT_XCACHE_BYTES (192u << 20)
 
 /* Scan src, parse and check every safetensors header, build the view; 0 or -errno with one
  * line in err naming the file or tensor and the reason. */

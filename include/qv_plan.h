@@ -10,6 +10,11 @@
 
 enum qv_naming { QV_NAMING_HF = 0, QV_NAMING_NATIVE = 1 };
 
+/* How a fused expert tensor [E, ...] holds each expert (DESIGN §14): the Hub's [H, 2I] /
+ * [I, H] (Automodel's native layout too), or nn.Linear's [2I, H] / [H, I], which transformers
+ * 5 saves. QV_LAYOUT_ASIS: not known, or (a view's) as the source has it. */
+enum qv_layout { QV_LAYOUT_ASIS = 0, QV_LAYOUT_HUB = 1, QV_LAYOUT_LINEAR = 2 };
+
 #define QV_DEFAULT_EXCLUDE ".*_extra_state.*"
 #define QV_PLAN_MAX_EP 65536	  /* ep_size and ep_shard_size, before the checkpoint bounds them */
 #define QV_PLAN_MAX_FOLDERS 65536 /* rank (and shard) folders of one mount */
@@ -25,6 +30,9 @@ struct qv_plan_opts {
 	 * every tensor of 2 or more dimensions named ".mlp.experts.X" (X not an index) whose dim 0
 	 * is E is an expert tensor; 0: only the Qwen3-VL-MoE rule */
 	uint64_t generic_experts;
+	uint64_t hidden, inter;	   /* the config's H and moe I: what tells a layout (0: unstated) */
+	enum qv_layout src_layout;  /* for tensors whose shape cannot tell: stated or the writer's */
+	enum qv_layout view_layout; /* the view's experts (ASIS: as each source tensor is) */
 };
 
 struct qv_plan {
@@ -67,6 +75,26 @@ int qv_plan_map_tensor(const struct qv_plan *p, const struct qv_tensor *t, char 
 /* True when key is a stacked expert tensor's name under the generic rule: it holds
  * ".mlp.experts." followed by a name, not by an expert index. */
 bool qv_plan_generic_name(const char *key);
+
+/* Whether expert tensor t's shape fits the Hub's layout and nn.Linear's with H and I
+ * (o->hidden, o->inter): both false when it is no 3-dimensional Qwen3-VL-MoE expert tensor
+ * or H or I is unstated; both true when H == 2I (gate_up) or H == I (down). */
+void qv_plan_layout_fits(const struct qv_plan_opts *o, const struct qv_tensor *t, bool *hub,
+			 bool *lin);
+
+/* The layout expert tensor t's shape tells with H and I (o->hidden, o->inter): ASIS when it
+ * is no 3-dimensional expert tensor, when H or I is unstated, or when it fits both layouts
+ * (H == 2I for gate_up, H == I for down) or neither. */
+enum qv_layout qv_plan_layout_told(const struct qv_plan_opts *o, const struct qv_tensor *t);
+
+/* The layout expert tensor t is read in: told by its shape; o->src_layout when the shape fits
+ * both; ASIS when it fits neither (shown as stored). */
+enum qv_layout qv_plan_layout(const struct qv_plan_opts *o, const struct qv_tensor *t);
+
+/* Expert tensor t as the view shows it into *vt (name and dtype kept): its two last dims
+ * swapped, and *transpose set, when its layout and the view's differ. */
+void qv_plan_view_tensor(const struct qv_plan_opts *o, const struct qv_tensor *t,
+			 struct qv_tensor *vt, bool *transpose);
 
 /* NeMo Automodel's expert range of rank r out of w for n experts. */
 void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count);

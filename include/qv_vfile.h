@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "qv_comp.h"
 #include "qv_io.h"
 #include "qv_util.h"
 
@@ -35,6 +36,7 @@ struct qv_source {
 
 #define QV_SEG_MEM UINT32_MAX
 #define QV_SEG_TILED (UINT32_MAX - 1)
+#define QV_SEG_COMPUTED (UINT32_MAX - 2)
 
 struct qv_chunk;
 
@@ -55,6 +57,7 @@ struct qv_seg {
 	uint32_t src; /* QV_SEG_MEM: bytes at mem; QV_SEG_TILED: see tile */
 	const char *mem;
 	const struct qv_tile *tile;
+	const struct qv_comp *comp; /* QV_SEG_COMPUTED: the blocks its bytes are made in */
 	uint64_t soff, run, stride;
 };
 
@@ -64,15 +67,23 @@ struct qv_vfile {
 	size_t nseg;
 	char *mem;	/* owned memory the segments point into */
 	struct qv_tile *tiles; /* owned, for tiled segments */
+	struct qv_comp **comps; /* owned, for computed segments */
+	size_t ncomps;
 	struct qv_source *base; /* the source table segments' src index into */
 	uint32_t *srcs;		/* distinct sources read, for staleness checks */
 	size_t nsrcs;
 };
 
-/* Per-thread scratch for reads, grown rarely, never freed per request. */
+/* Per-thread scratch for reads, grown rarely, never freed per request: the reads of a
+ * request's source runs; for computed blocks, their reads and input bytes apart, and the
+ * mount's cache of made blocks (NULL: each read makes its blocks afresh). */
 struct qv_rdscratch {
 	struct qv_iop *ops;
 	size_t cap;
+	struct qv_iop *xops;
+	size_t xcap;
+	struct qv_buf xin;
+	struct qv_xcache *xc;
 };
 
 /* What a worker thread keeps between reads: its io ring (and splice pipe), the scratch of
@@ -103,9 +114,13 @@ int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b);
 /* Append a segment; contiguous plain runs of one source merge into the previous one. */
 int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s);
 
+/* Append computed tensor c (taken over: freed with vf, or here on failure) as a segment of
+ * c->nblk * c->blen bytes at the end of vf; 0 or -ENOMEM. */
+int qv_vfile_add_comp(struct qv_vfile *vf, struct qv_comp *c);
+
 /* Make dst (zeroed) the bytes [off, off+len) of src: its segments, trimmed, sharing src's
- * memory and tiles (src must outlive dst). -EINVAL when a cut falls inside a strided or tiled
- * segment; 0 or -ENOMEM. */
+ * memory, tiles and computed tensors (src must outlive dst). -EINVAL when a cut falls inside
+ * a strided, tiled or computed segment; 0 or -ENOMEM. */
 int qv_vfile_slice(struct qv_vfile *dst, const struct qv_vfile *src, uint64_t off, uint64_t len);
 
 /* Record that vf reads source i (kept unique). */
@@ -161,7 +176,8 @@ int qv_vfile_reply(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t o
 		   bool splice, struct qv_reader *r, struct qv_reply *rep);
 
 /* Read [off, off+len) of vf into buf: *got bytes (short only at EOF), *src_bytes read from
- * sources; 0 or -errno. */
+ * sources (for computed bytes, the inputs of the blocks made, none for a cached block); 0 or
+ * -errno. */
 int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
 		  char *buf, struct qv_io *io, struct qv_rdscratch *sc, size_t *got,
 		  uint64_t *src_bytes);

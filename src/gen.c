@@ -102,11 +102,15 @@ static void plan_opts(const struct qv_gen *m, const struct qv_gen_opts *o, size_
 					     m->sharded ? m->src_naming : !m->src_naming,
 				     .model_prefix = m->model_prefix, .exclude = o->exclude,
 				     .ep_size = o->ep_size, .shard_size = o->shard_size,
-				     .generic_experts = m->generic ? m->n_experts : 0 };
+				     .generic_experts = m->generic ? m->n_experts : 0,
+				     .hidden = m->hidden, .inter = m->inter,
+				     .src_layout = o->source_layout ? o->source_layout : m->writer };
 	/* explicit or by default: the adapter's rules (renames, dropped *_scale_inv) are
 	 * Qwen3-VL-MoE's; on another model they would drop its FP8 scales and rename nothing */
 	if (po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF && !m->qwen_experts)
 		po->view = QV_NAMING_HF; /* nothing to rename (logged once at load) */
+	/* Automodel's layout is the Hub's; an HF view keeps the source's unless told */
+	po->view_layout = po->view == QV_NAMING_NATIVE ? QV_LAYOUT_HUB : o->expert_layout;
 	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
 	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
 }
@@ -142,6 +146,135 @@ static const char *per_expert_key(const struct qv_gen *m)
 			    !qv_plan_generic_name(m->st_of[i]->t[k].name))
 				return m->st_of[i]->t[k].name;
 	return NULL;
+}
+
+/* Call fn(arg, t, rel) for every tensor the view shows from the checkpoint (a sharded save's
+ * consolidated ones, rel NULL) until it returns non-zero, which is returned. */
+static int each_tensor(const struct qv_gen *m,
+		       int (*fn)(void *arg, const struct qv_tensor *t, const char *rel), void *arg)
+{
+	int rc = 0;
+
+	for (size_t i = 0; !rc && m->sharded && i < m->dcp.nt; i++) {
+		const struct qv_dtensor *x = &m->dcp.t[i];
+		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
+
+		memcpy(t.shape, x->shape, sizeof(t.shape));
+		rc = fn(arg, &t, NULL);
+	}
+	for (size_t i = 0; !rc && i < m->scan.nn; i++) {
+		const struct qv_st *st = m->sharded && qv_dcp_is_rank_file(m->scan.n[i].name) ?
+						 NULL : m->st_of[i];
+
+		for (size_t k = 0; !rc && st && k < st->nt; k++)
+			rc = fn(arg, &st->t[k], m->scan.n[i].rel);
+	}
+	return rc;
+}
+
+/* What the layout pass gathers and checks (DESIGN §14). */
+struct lay {
+	struct qv_plan_opts po; /* H, I; src_layout and view_layout as the plans will have them */
+	bool sharded, hub, lin;
+	const struct qv_tensor *gate_up, *down; /* a 3-dimensional one of each, for H and I */
+	char *err;
+	size_t errlen;
+};
+
+static const char *const lay_name[] = { "as stored", "hub", "linear" };
+
+static int lay_pick(void *arg, const struct qv_tensor *t, const char *rel)
+{
+	struct lay *l = arg;
+
+	(void)rel;
+	if (t->ndim != 3 || !qv_plan_key_is_expert(t->name))
+		return 0;
+	if (qv_ends_with(t->name, "down_proj") || qv_ends_with(t->name, "down_projs"))
+		l->down = l->down ? l->down : t;
+	else
+		l->gate_up = l->gate_up ? l->gate_up : t;
+	return 0;
+}
+
+static int lay_told(void *arg, const struct qv_tensor *t, const char *rel)
+{
+	struct lay *l = arg;
+	enum qv_layout told = qv_plan_layout_told(&l->po, t);
+
+	l->hub |= told == QV_LAYOUT_HUB;
+	l->lin |= told == QV_LAYOUT_LINEAR;
+	if (told && l->po.src_layout && told != l->po.src_layout)
+		return qv_err(l->err, l->errlen, -EINVAL,
+			      "%s%s\"%s\" is in the %s layout by its shape [%llu, %llu, %llu] "
+			      "(H %llu, I %llu), not source_layout=%s", rel ? rel : "",
+			      rel ? ": " : "", t->name, lay_name[told],
+			      (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
+			      (unsigned long long)t->shape[2], (unsigned long long)l->po.hidden,
+			      (unsigned long long)l->po.inter, lay_name[l->po.src_layout]);
+	return 0;
+}
+
+static int lay_check(void *arg, const struct qv_tensor *t, const char *rel)
+{
+	struct lay *l = arg;
+	struct qv_tensor vt;
+	bool hub, lin, tr;
+
+	qv_plan_layout_fits(&l->po, t, &hub, &lin);
+	if (hub && lin && !l->po.src_layout && l->po.view_layout)
+		return qv_err(l->err, l->errlen, -EINVAL,
+			      "%s%s\"%s\" [%llu, %llu, %llu] fits both expert layouts (H %llu, I "
+			      "%llu) and no other expert tensor tells which it is: state it with "
+			      "-o source_layout=hub|linear", rel ? rel : "", rel ? ": " : "",
+			      t->name, (unsigned long long)t->shape[0],
+			      (unsigned long long)t->shape[1], (unsigned long long)t->shape[2],
+			      (unsigned long long)l->po.hidden, (unsigned long long)l->po.inter);
+	qv_plan_view_tensor(&l->po, t, &vt, &tr);
+	if (tr && !rel) /* a consolidated tensor of a sharded save: its chunks are not computed */
+		return qv_err(l->err, l->errlen, -EINVAL,
+			      "\"%s\" is saved in the %s layout and this view shows %s: transposing "
+			      "the consolidated tensors of a sharded save is not done yet (view=hf "
+			      "without expert_layout shows it as saved)", t->name,
+			      lay_name[qv_plan_layout(&l->po, t)], lay_name[l->po.view_layout]);
+	return 0;
+}
+
+/* H and I (the config's, else a layer's two expert tensors': [E, H, 2I] with [E, I, H], or
+ * [E, 2I, H] with [E, H, I]), the writer's layout, and the checks: a stated layout the shapes
+ * contradict, a shape that cannot tell where the view needs to know, and a transposition the
+ * mount cannot make, are refused. */
+static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, size_t errlen)
+{
+	struct lay l = { .err = err, .errlen = errlen };
+	struct qv_plan_opts po;
+	int rc;
+
+	m->hidden = m->cfg.hidden.v;
+	m->inter = m->cfg.moe_inter.v;
+	if (!m->hidden || !m->inter) {
+		each_tensor(m, lay_pick, &l);
+		if (l.gate_up && l.down) {
+			const uint64_t *g = l.gate_up->shape, *d = l.down->shape;
+			bool hub = g[1] == d[2] && g[2] == 2 * d[1], lin = g[2] == d[1] && g[1] == 2 * d[2];
+
+			if (hub != lin)
+				m->hidden = hub ? g[1] : g[2], m->inter = hub ? d[1] : d[2];
+		}
+	}
+	l.po = (struct qv_plan_opts){ .hidden = m->hidden, .inter = m->inter,
+				      .src_layout = o->source_layout };
+	rc = each_tensor(m, lay_told, &l);
+	if (rc)
+		return rc;
+	m->writer = l.hub && !l.lin ? QV_LAYOUT_HUB : l.lin && !l.hub ? QV_LAYOUT_LINEAR :
+									 QV_LAYOUT_ASIS;
+	plan_opts(m, o, 0, &po);
+	if (po.view == QV_NAMING_NATIVE && o->expert_layout == QV_LAYOUT_LINEAR)
+		return qv_err(err, errlen, -EINVAL, "expert_layout=linear: the native view holds "
+			      "experts as NeMo Automodel does, in the hub layout");
+	l.po = po;
+	return each_tensor(m, lay_check, &l);
 }
 
 /* Tests only (-o scan_pause_ms via QVLMOEFS_TEST_FAULTS): a file swapped now lands between
@@ -232,6 +365,9 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_gen_opts *o, 
 		       ".mlp.experts.{gate_up_proj,down_proj}): there is nothing to rename, the view "
 		       "keeps the source's names and tensors", o->view_set ? "" : " (the default)",
 		       src);
+	rc = layouts(m, o, err, errlen);
+	if (rc)
+		return rc;
 	rc = qv_plan_count(o->ep_size, !o->ep_rank_set, o->shard_size, !o->shard_rank_set,
 			   &m->nplans, err, errlen);
 	if (rc)

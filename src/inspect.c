@@ -295,6 +295,33 @@ int qv_inspect_fill(struct qv_tree *t, const struct qv_gen_opts *o, enum qv_io_b
 	return 0;
 }
 
+/* A computed tensor's inputs, one line per operation of each block: "FILE OFFSET RUN every
+ * STRIDE x ROWS OPERATION block B", and its scales "... scales of block B". */
+static int comp_extents(const struct qv_vfile *vf, const struct qv_comp *c, struct qv_buf *out)
+{
+	static const char *const op[] = { "transpose", "dequantize", "dequantize+transpose" };
+	int rc = 0;
+
+	for (uint64_t i = 0; i < c->nblk * c->nops && !rc; i++) {
+		const struct qv_xop *o = &c->ops[i];
+		unsigned es = o->kind == QV_XOP_T16 ? 2 : 1;
+
+		rc = qv_buf_printf(out, "%s %llu %llu every %llu x %llu %s block %llu\n",
+				   vf->base[o->src].rel, (unsigned long long)o->soff,
+				   (unsigned long long)(o->cols * es), (unsigned long long)o->sstride,
+				   (unsigned long long)o->rows, op[o->kind],
+				   (unsigned long long)(i / c->nops));
+		if (!rc && o->kind != QV_XOP_T16)
+			rc = qv_buf_printf(out, "%s %llu %llu every %llu x %llu scales of block %llu\n",
+					   vf->base[o->scale_src].rel, (unsigned long long)o->scale_off,
+					   (unsigned long long)((o->cols + o->block - 1) / o->block * 4),
+					   (unsigned long long)o->scale_stride,
+					   (unsigned long long)((o->rows + o->block - 1) / o->block),
+					   (unsigned long long)(i / c->nops));
+	}
+	return rc;
+}
+
 /* One line per run the tensor file's bytes come from: "FILE OFFSET LENGTH", strided runs as
  * "FILE OFFSET RUN every STRIDE x COUNT", tiled ones per chunk. */
 static int extents(const struct qv_node *n, struct qv_buf *out)
@@ -306,6 +333,10 @@ static int extents(const struct qv_node *n, struct qv_buf *out)
 
 		if (s->src == QV_SEG_MEM)
 			continue;
+		if (s->src == QV_SEG_COMPUTED) {
+			rc = comp_extents(&n->vf, s->comp, out);
+			continue;
+		}
 		if (s->src == QV_SEG_TILED) {
 			for (size_t c = 0; c < s->tile->nc && !rc; c++)
 				rc = qv_buf_printf(out, "%s %llu chunk\n",

@@ -235,6 +235,8 @@ static struct qv_reader *reader_of(struct qv_mount *m, int *rc)
 	if (r)
 		return r;
 	*rc = qv_reader_new(&m->o.io, &r);
+	if (!*rc)
+		r->sc.xc = m->xc;
 	if (!*rc && pthread_setspecific(m->reader_key, r)) {
 		qv_reader_free(r);
 		*rc = -ENOMEM;
@@ -263,7 +265,7 @@ int qv_mount_init(struct qv_mount *m, const char *src, const struct qv_mount_opt
 		return qv_err(err, errlen, -EAGAIN, "no thread-specific key left");
 	m->reader_key_made = true;
 	raise_nofile();
-	if (qv_tree_init(&m->tree))
+	if (qv_xcache_new(QV_MOUNT_XCACHE_BYTES, &m->xc) || qv_tree_init(&m->tree))
 		return qv_err(err, errlen, -ENOMEM, "out of memory");
 	/* absolute, since the daemon's working folder changes when it detaches */
 	m->source = realpath(src, NULL);
@@ -427,6 +429,7 @@ void qv_mount_fini(struct qv_mount *m)
 		pthread_key_delete(m->reader_key);
 	}
 	qv_tree_fini(&m->tree);
+	qv_xcache_free(m->xc);
 	while (m->gen) {
 		struct qv_gen *g = m->gen;
 
@@ -584,7 +587,7 @@ int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_
 	return -ENOENT;
 }
 
-enum { STATS_N = 11 };
+enum { STATS_N = 13 };
 
 /* The counters v (in the order of the names below) and the uptime as one line of JSON. Every
  * value is an integer, so a line of UINT64_MAX values is the longest there can be. */
@@ -596,13 +599,15 @@ static int stats_format(const struct qv_mount *m, bool max, struct qv_buf *out,
 			     "\"bytes_from_sources_uring\":%llu,\"bytes_from_sources_pread\":%llu,"
 			     "\"bytes_spliced\":%llu,"
 			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%llu,"
-			     "\"generations\":%llu,\"uptime_s\":%llu.%03llu",
+			     "\"generations\":%llu,\"blocks_computed\":%llu,"
+			     "\"blocks_from_cache\":%llu,\"uptime_s\":%llu.%03llu",
 			     (unsigned long long)v[0], (unsigned long long)v[1],
 			     (unsigned long long)v[2], (unsigned long long)v[3],
 			     (unsigned long long)v[4], (unsigned long long)v[5],
 			     (unsigned long long)v[6], (unsigned long long)v[7],
 			     (unsigned long long)v[8], (unsigned long long)v[9],
-			     (unsigned long long)v[10], (unsigned long long)(uptime_ms / 1000),
+			     (unsigned long long)v[10], (unsigned long long)v[11],
+			     (unsigned long long)v[12], (unsigned long long)(uptime_ms / 1000),
 			     (unsigned long long)(uptime_ms % 1000));
 
 	/* rank folders: the bytes each served ("shared": the files all of them list) */
@@ -626,8 +631,9 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 				atomic_load(&s->bytes_pread), atomic_load(&s->bytes_spliced),
 				atomic_load(&s->errors),
 				opens,			      opens > releases ? opens - releases : 0,
-				qv_tree_count(&m->tree),      atomic_load(&m->ngens) };
+				qv_tree_count(&m->tree),      atomic_load(&m->ngens), 0, 0 };
 
+	qv_xcache_counts(m->xc, &v[12], &v[11]);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return stats_format(m, false, out, v,
 			    (uint64_t)(now.tv_sec - s->start.tv_sec) * 1000 +

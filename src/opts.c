@@ -19,6 +19,8 @@ enum { KEY_ALLOW_OTHER, KEY_DROP, KEY_FSNAME, KEY_MAX_READ, KEY_READAHEAD, KEY_S
 #define OPT(t, p) { t, offsetof(struct qv_options, p), 1 }
 static const struct fuse_opt opt_spec[] = {
 	OPT("view=%s", view),
+	OPT("expert_layout=%s", expert_layout),
+	OPT("source_layout=%s", source_layout),
 	/* no exclude=: take_excludes() has it out of every -o before libfuse could unescape it */
 	OPT("io=%s", io),
 	OPT("log=%s", log),
@@ -140,6 +142,21 @@ static int check_slicing(const struct qv_options *o, struct qv_gen_opts *go)
 	return 0;
 }
 
+/* name=s as a layout (hub or linear) into *out; 0 or -EINVAL, logged. */
+static int parse_layout(const char *name, const char *s, enum qv_layout *out)
+{
+	if (!s)
+		return 0;
+	if (!strcmp(s, "hub"))
+		*out = QV_LAYOUT_HUB;
+	else if (!strcmp(s, "linear"))
+		*out = QV_LAYOUT_LINEAR;
+	else
+		return qv_log("%s=%s: expected hub ([E, H, 2I] / [E, I, H]) or linear ([E, 2I, H] / "
+			      "[E, H, I])", name, s), -EINVAL;
+	return 0;
+}
+
 /* Turn option strings into the core's options; one-line message and -EINVAL when invalid. */
 int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu)
 {
@@ -157,6 +174,9 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 		else
 			return qv_log("view=%s: expected native or hf", o->view), -EINVAL;
 	}
+	if (parse_layout("expert_layout", o->expert_layout, &mo->gen.expert_layout) ||
+	    parse_layout("source_layout", o->source_layout, &mo->gen.source_layout))
+		return -EINVAL;
 	if (o->io && strcmp(o->io, "uring") && strcmp(o->io, "pread"))
 		return qv_log("io=%s: expected uring or pread", o->io), -EINVAL;
 	mo->io.backend = o->io && !strcmp(o->io, "pread") ? QV_IO_PREAD : QV_IO_URING;
@@ -263,6 +283,8 @@ static void options_free(struct qv_options *o)
 {
 	free(o->source);
 	free(o->view);
+	free(o->expert_layout);
+	free(o->source_layout);
 	free(o->exclude);
 	free(o->io);
 	free(o->gpu);
@@ -293,6 +315,10 @@ static void help(const char *argv0)
 	printf("Shows a Qwen3-VL-MoE safetensors checkpoint folder with converted key names.\n\n"
 	       "qvlmoefs options:\n"
 	       "    -o view=native|hf      naming of the view (default: the other one than SOURCE's)\n"
+	       "    -o expert_layout=hub|linear  fused experts of an HF view as the Hub's [E, H, 2I]\n"
+	       "                           or transformers 5's [E, 2I, H] (default: the source's;\n"
+	       "                           the native view is always hub, Automodel's)\n"
+	       "    -o source_layout=hub|linear  the source's, where its shapes cannot tell\n"
 	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*);\n"
 	       "                           backslashes are the regex's (\\d), a comma is \\,\n"
 	       "    -o io=uring|pread      how sources are read (default uring)\n"

@@ -208,6 +208,61 @@ bool qv_plan_key_is_expert(const char *key)
 	return qv_plan_key_is_native(key) || match_hf_expert(key, &layer, &llen, &gate_up);
 }
 
+/* Whether expert key k (either naming) is a layer's gate_up tensor (else its down tensor). */
+static bool is_gate_up(const char *k)
+{
+	return qv_ends_with(k, NATIVE_GATE_UP) || qv_ends_with(k, HF_GATE_UP);
+}
+
+void qv_plan_layout_fits(const struct qv_plan_opts *o, const struct qv_tensor *t, bool *hub,
+			 bool *lin)
+{
+	uint64_t h = o->hidden, i = o->inter, a = t->shape[1], b = t->shape[2];
+
+	*hub = *lin = false;
+	if (t->ndim != 3 || !h || !i || !qv_plan_key_is_expert(t->name))
+		return;
+	if (is_gate_up(t->name)) {
+		*hub = a == h && b == 2 * i;
+		*lin = a == 2 * i && b == h;
+	} else {
+		*hub = a == i && b == h;
+		*lin = a == h && b == i;
+	}
+}
+
+enum qv_layout qv_plan_layout_told(const struct qv_plan_opts *o, const struct qv_tensor *t)
+{
+	bool hub, lin;
+
+	qv_plan_layout_fits(o, t, &hub, &lin);
+	return hub == lin ? QV_LAYOUT_ASIS : hub ? QV_LAYOUT_HUB : QV_LAYOUT_LINEAR;
+}
+
+enum qv_layout qv_plan_layout(const struct qv_plan_opts *o, const struct qv_tensor *t)
+{
+	bool hub, lin;
+
+	qv_plan_layout_fits(o, t, &hub, &lin);
+	if (hub != lin)
+		return hub ? QV_LAYOUT_HUB : QV_LAYOUT_LINEAR;
+	return hub ? o->src_layout : QV_LAYOUT_ASIS; /* fits both: the shape cannot tell */
+}
+
+void qv_plan_view_tensor(const struct qv_plan_opts *o, const struct qv_tensor *t,
+			 struct qv_tensor *vt, bool *transpose)
+{
+	enum qv_layout l = qv_plan_layout(o, t);
+
+	*vt = *t;
+	*transpose = o->view_layout != QV_LAYOUT_ASIS && l != QV_LAYOUT_ASIS &&
+		     l != o->view_layout;
+	if (*transpose) {
+		vt->shape[1] = t->shape[2];
+		vt->shape[2] = t->shape[1];
+	}
+}
+
 void qv_plan_ep_range(uint64_t n, uint32_t w, uint32_t r, uint64_t *start, uint64_t *count)
 {
 	uint64_t q = n / w, m = n % w;

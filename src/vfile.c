@@ -21,7 +21,7 @@ int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s)
 	if (s->len == 0)
 		return 0;
 	/* whole tensors packed back to back read as one extent: fewer, larger reads */
-	if (last && s->src != QV_SEG_MEM && s->src != QV_SEG_TILED && last->src == s->src &&
+	if (last && s->src < QV_SEG_COMPUTED && last->src == s->src &&
 	    last->run == last->len &&
 	    s->run == s->len && last->soff + last->len == s->soff &&
 	    last->voff + last->len == s->voff) {
@@ -54,6 +54,21 @@ int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b)
 	return qv_vfile_add(vf, &s);
 }
 
+int qv_vfile_add_comp(struct qv_vfile *vf, struct qv_comp *c)
+{
+	struct qv_comp **p = realloc(vf->comps, (vf->ncomps + 1) * sizeof(*p));
+	struct qv_seg s = { .voff = vf->size, .len = c->nblk * c->blen, .src = QV_SEG_COMPUTED,
+			    .comp = c };
+
+	if (!p) {
+		qv_comp_free(c);
+		return -ENOMEM;
+	}
+	vf->comps = p;
+	vf->comps[vf->ncomps++] = c;
+	return qv_vfile_add(vf, &s);
+}
+
 int qv_vfile_slice(struct qv_vfile *dst, const struct qv_vfile *src, uint64_t off, uint64_t len)
 {
 	int rc = 0;
@@ -69,7 +84,7 @@ int qv_vfile_slice(struct qv_vfile *dst, const struct qv_vfile *src, uint64_t of
 		if (s.voff + s.len <= off || s.voff >= off + len)
 			continue;
 		if (a || e != s.len) {
-			if (s.src == QV_SEG_TILED || (s.src != QV_SEG_MEM && s.run != s.len))
+			if (s.src >= QV_SEG_COMPUTED || (s.src != QV_SEG_MEM && s.run != s.len))
 				return -EINVAL;
 			if (s.src == QV_SEG_MEM)
 				s.mem += a;
@@ -103,6 +118,9 @@ void qv_vfile_fini(struct qv_vfile *vf)
 	free(vf->seg);
 	free(vf->mem);
 	free(vf->tiles);
+	for (size_t i = 0; i < vf->ncomps; i++)
+		qv_comp_free(vf->comps[i]);
+	free(vf->comps);
 	free(vf->srcs);
 	memset(vf, 0, sizeof(*vf));
 }
@@ -242,8 +260,8 @@ int qv_vfile_run(const struct qv_vfile *vf, uint64_t off, size_t len, uint32_t *
 		return -EINVAL;
 	end = len < vf->size - off ? off + len : vf->size;
 	s = &vf->seg[seg_find(vf, off)]; /* off < size: some segment holds it */
-	if (s->voff > off || s->src == QV_SEG_MEM || s->src == QV_SEG_TILED ||
-	    end > s->voff + s->len)
+	/* computed bytes are made in the reader's memory: they never splice */
+	if (s->voff > off || s->src >= QV_SEG_COMPUTED || end > s->voff + s->len)
 		return -EINVAL;
 	a = off - s->voff;
 	in = a % s->run;
@@ -255,20 +273,27 @@ int qv_vfile_run(const struct qv_vfile *vf, uint64_t off, size_t len, uint32_t *
 	return 0;
 }
 
-static int push_op(struct qv_rdscratch *sc, size_t *n, uint32_t src, int fd, uint64_t off,
-		   uint64_t len, char *dst)
+/* Append one read to the array *ops of *cap (grown at need) holding *n. */
+static int push_iop(struct qv_iop **ops, size_t *cap, size_t *n, uint32_t src, int fd,
+		    uint64_t off, uint64_t len, char *dst)
 {
-	if (*n == sc->cap) {
-		size_t cap = sc->cap ? sc->cap * 2 : 64;
-		struct qv_iop *p = realloc(sc->ops, cap * sizeof(*p));
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 64;
+		struct qv_iop *p = realloc(*ops, c * sizeof(*p));
 
 		if (!p)
 			return -ENOMEM;
-		sc->ops = p;
-		sc->cap = cap;
+		*ops = p;
+		*cap = c;
 	}
-	sc->ops[(*n)++] = (struct qv_iop){ .fd = fd, .off = off, .len = len, .dst = dst, .tag = src };
+	(*ops)[(*n)++] = (struct qv_iop){ .fd = fd, .off = off, .len = len, .dst = dst, .tag = src };
 	return 0;
+}
+
+static int push_op(struct qv_rdscratch *sc, size_t *n, uint32_t src, int fd, uint64_t off,
+		   uint64_t len, char *dst)
+{
+	return push_iop(&sc->ops, &sc->cap, n, src, fd, off, len, dst);
 }
 
 /* Bytes [a, b) of extent segment s, as runs, into dst. */
@@ -401,6 +426,79 @@ static int check_touched(struct qv_source *srcs, const struct qv_iop *ops, size_
 	return 0;
 }
 
+/* Where qv_comp_runs hands a computed block's runs: reads into the reader's input buffer. */
+struct xrun {
+	struct qv_source *srcs;
+	struct qv_rdscratch *sc;
+	size_t n;
+	uint64_t bytes;
+};
+
+static int xrun_push(void *arg, uint32_t src, uint64_t soff, uint64_t len, uint64_t in_off)
+{
+	struct xrun *x = arg;
+	int rc = qv_source_open(&x->srcs[src]);
+
+	x->bytes += len;
+	return rc ? rc : push_iop(&x->sc->xops, &x->sc->xcap, &x->n, src,
+				  atomic_load(&x->srcs[src].fd), soff, len, x->sc->xin.p + in_off);
+}
+
+/* Make block b of c into out: its input read in one batch, then computed; *src_bytes grows
+ * by the bytes read. */
+static int make_block(const struct qv_comp *c, uint64_t b, struct qv_source *srcs,
+		      struct qv_io *io, struct qv_rdscratch *sc, char *out, uint64_t *src_bytes)
+{
+	struct xrun x = { .srcs = srcs, .sc = sc };
+	int rc;
+
+	sc->xin.len = 0;
+	rc = qv_buf_reserve(&sc->xin, qv_comp_in_len(c, b));
+	if (!rc)
+		rc = qv_comp_runs(c, b, xrun_push, &x);
+	if (!rc)
+		rc = qv_io_run(io, sc->xops, x.n);
+	if (!rc)
+		rc = check_touched(srcs, sc->xops, x.n);
+	if (rc)
+		return rc;
+	qv_comp_run(c, b, sc->xin.p, out);
+	*src_bytes += x.bytes;
+	return 0;
+}
+
+/* Bytes [a, b) of computed segment s into dst, a block at a time through the mount's cache:
+ * sequential requests inside one block make it once. */
+static int read_computed(const struct qv_seg *s, struct qv_source *srcs, uint64_t a, uint64_t b,
+			 char *dst, struct qv_io *io, struct qv_rdscratch *sc, uint64_t *src_bytes)
+{
+	const struct qv_comp *c = s->comp;
+
+	while (a < b) {
+		uint64_t blk = a / c->blen, in = a % c->blen;
+		uint64_t take = c->blen - in < b - a ? c->blen - in : b - a;
+		struct qv_xslot *slot;
+		int rc = qv_xcache_get(sc->xc, c, blk, &slot);
+
+		if (rc < 0)
+			return rc;
+		if (rc == 0) {
+			rc = make_block(c, blk, srcs, io, sc, qv_xslot_data(slot), src_bytes);
+			qv_xcache_made(sc->xc, slot, rc);
+		} else {
+			rc = 0;
+		}
+		if (!rc)
+			memcpy(dst, qv_xslot_data(slot) + in, take);
+		qv_xcache_put(sc->xc, slot);
+		if (rc)
+			return rc;
+		dst += take;
+		a += take;
+	}
+	return 0;
+}
+
 int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
 		  char *buf, struct qv_io *io, struct qv_rdscratch *sc, size_t *got,
 		  uint64_t *src_bytes)
@@ -424,6 +522,10 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 			break; /* a hole: reported below, never filled with stray bytes */
 		if (s->src == QV_SEG_MEM) {
 			memcpy(dst, s->mem + a, b - a);
+		} else if (s->src == QV_SEG_COMPUTED) {
+			rc = read_computed(s, srcs, a, b, dst, io, sc, src_bytes);
+			if (rc)
+				return rc;
 		} else if (s->src == QV_SEG_TILED) {
 			rc = plan_tiled(s, srcs, a, b, dst, sc, &n);
 			if (rc)
@@ -469,6 +571,8 @@ void qv_reader_free(struct qv_reader *r)
 		return;
 	qv_io_free(r->io);
 	free(r->sc.ops);
+	free(r->sc.xops);
+	qv_buf_free(&r->sc.xin);
 	qv_buf_free(&r->out);
 	free(r);
 }

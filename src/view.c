@@ -48,6 +48,11 @@ static size_t page_pad(const struct qv_seg *sg, size_t n, uint64_t hdr_len)
 	for (size_t i = 0; i < n; i++) {
 		uint64_t shift = (sg[i].soff - voff) % 4096;
 
+		if (sg[i].comp) { /* made in memory: copied whatever its offset */
+			voff += sg[i].len;
+			continue;
+		}
+
 		/* every run of a strided segment keeps the first one's shift only when the stride
 		 * moves the source by whole pages more than the view */
 		if (shift % 8 == 0 && (sg[i].stride - sg[i].run) % 4096 == 0)
@@ -88,6 +93,41 @@ static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, con
 	if (s->run == 0)
 		s->len = 0;
 	vt->size = s->len;
+}
+
+/* Expert tensor t, [E, A, B] per expert in the source, shown transposed as [E, B, A] under
+ * cut c (taken on the view's shape): a computed segment of one block per expert of the cut,
+ * each the transposition of the source columns [d1_start, d1_start + d1_count) of its [A, B]
+ * slab. 0 (s->len 0 for an empty cut), -ENOMEM, or -EINVAL with the reason in why. */
+static int transposed_extent(const struct qv_st *st, const struct qv_tensor *t,
+			     const struct qv_cut *c, uint32_t src, struct qv_vtensor *vt,
+			     struct qv_seg *s, char *why, size_t wl)
+{
+	uint64_t es = qv_dtype_size(t->dtype), a = t->shape[1], b = t->shape[2];
+	uint64_t base = 8 + st->hdr_len + t->begin;
+	struct qv_comp *cp;
+
+	if (es != 2)
+		return qv_err(why, wl, -EINVAL, "tensor \"%s\": its layout differs from the view's, "
+			      "and only 16-bit tensors are transposed (it is %s)", t->name,
+			      qv_dtype_name(t->dtype));
+	*vt = (struct qv_vtensor){ .dtype = t->dtype, .ndim = 3,
+				   .shape = { c->count, c->d1_count, a },
+				   .size = c->count * c->d1_count * a * es };
+	*s = (struct qv_seg){ .len = vt->size };
+	if (!vt->size)
+		return 0;
+	cp = qv_comp_new(c->count, c->d1_count * a * es, 1, "transpose");
+	if (!cp)
+		return -ENOMEM;
+	for (uint64_t k = 0; k < c->count; k++)
+		cp->ops[k] = (struct qv_xop){ .kind = QV_XOP_T16, .src = src,
+					      .soff = base + ((c->start + k) * a * b + c->d1_start) * es,
+					      .sstride = b * es, .rows = a, .cols = c->d1_count,
+					      .dst_stride = a };
+	s->src = QV_SEG_COMPUTED;
+	s->comp = cp;
+	return qv_comp_check(cp);
 }
 
 size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_meta *x,
@@ -134,9 +174,10 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 	}
 	for (size_t i = 0; i < st->nt && !rc; i++) {
 		const struct qv_tensor *t = &st->t[i];
+		struct qv_tensor shown;
 		struct qv_cut cut = { 0 };
 		char *key;
-		bool expert;
+		bool expert, transpose = false;
 
 		rc = qv_plan_map_tensor(p, t, &key, &expert);
 		if (rc <= 0)
@@ -146,13 +187,19 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 			rc = 0;
 			continue;
 		}
-		rc = expert ? qv_plan_cut(p, t, &cut, why, sizeof(why)) : 0;
+		if (expert)
+			qv_plan_view_tensor(&p->o, t, &shown, &transpose);
+		rc = expert ? qv_plan_cut(p, &shown, &cut, why, sizeof(why)) : 0;
+		if (!rc && transpose)
+			rc = transposed_extent(st, t, &cut, src, &vt[fk->n], &sg[fk->n], why,
+					       sizeof(why));
+		else if (!rc)
+			tensor_extent(st, t, &cut, &vt[fk->n], &sg[fk->n]);
 		if (rc) {
 			qv_err(err, errlen, rc, "%s: %s", rel, why);
 			free(key);
 			break;
 		}
-		tensor_extent(st, t, &cut, &vt[fk->n], &sg[fk->n]);
 		vt[fk->n].name = key;
 		fk->total += vt[fk->n].size;
 		fk->keys[fk->n++] = key;
@@ -178,8 +225,13 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 	voff = vf->size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
 		sg[i].voff = voff;
-		sg[i].src = src;
 		voff += sg[i].len;
+		if (sg[i].comp) {
+			rc = qv_vfile_add_comp(vf, (struct qv_comp *)sg[i].comp);
+			sg[i].comp = NULL; /* vf's now, even on failure */
+			continue;
+		}
+		sg[i].src = src;
 		rc = qv_vfile_add(vf, &sg[i]);
 	}
 	if (!rc)
@@ -189,6 +241,8 @@ out:
 		qv_err(err, errlen, rc, "%s: out of memory", rel);
 	qv_buf_free(&hdr);
 	free(vt);
+	for (size_t i = 0; sg && i < st->nt; i++)
+		qv_comp_free((struct qv_comp *)sg[i].comp); /* those not handed to vf */
 	free(sg);
 	return rc;
 }
@@ -568,16 +622,18 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 static int validate_tensor(const struct qv_plan *p, size_t np, const struct qv_tensor *t,
 			   const char *rel, char *err, size_t errlen)
 {
+	struct qv_tensor shown;
 	struct qv_cut cut;
 	char *key, why[QV_ERRLEN];
-	bool expert;
+	bool expert, transpose;
 	int rc = qv_plan_map_tensor(&p[0], t, &key, &expert);
 
 	free(key);
 	if (rc < 0)
 		return qv_err(err, errlen, rc, "out of memory");
+	qv_plan_view_tensor(&p[0].o, t, &shown, &transpose); /* the view's shape is what is cut */
 	for (size_t i = 0; rc == 1 && expert && i < np; i++) {
-		if (!qv_plan_cut(&p[i], t, &cut, why, sizeof(why)))
+		if (!qv_plan_cut(&p[i], &shown, &cut, why, sizeof(why)))
 			continue;
 		return rel ? qv_err(err, errlen, -EINVAL, "%s: %s", rel, why) :
 			     qv_err(err, errlen, -EINVAL, "%s", why);

@@ -43,6 +43,7 @@ static const struct field_opt flag_opts[] = {
 	FLAG("shuffle-keys", shuffle), FLAG("no-metadata", no_metadata),
 	FLAG("scale-inv", scale_inv), FLAG("extra-state", extra_state), FLAG("no-index", no_index),
 	FLAG("dense-split", dense_split), FLAG("empty-chunks", empty_chunks),
+	FLAG("linear-experts", linear),
 };
 
 /* Print the one-line error and hand err back, so callers can "return fail(...)". */
@@ -88,6 +89,8 @@ static void usage(void)
 	       "    --no-metadata                     no __metadata__ in headers\n"
 	       "    --data-order writer|name|reverse  tensor data order (default writer)\n"
 	       "    --scale-inv                       add per-layer F32 *_scale_inv tensors\n"
+	       "    --linear-experts                  fused experts as transformers 5 saves them:\n"
+	       "                                      [E, 2I, H] / [E, H, I] (not the Hub's)\n"
 	       "    --extra-state                     add per-layer U8 _extra_state tensors\n"
 	       "    --no-index                        no model.safetensors.index.json\n"
 	       "    --sharded-save W                  a NeMo Automodel save by W ranks instead:\n"

@@ -44,6 +44,7 @@ struct opts {
 	enum data_order order;
 	int native, no_prefix, sparse, unpadded, shuffle, no_metadata;
 	int scale_inv, extra_state, no_index;
+	int linear; /* --linear-experts: nn.Linear's expert layout, as transformers 5 saves */
 	/* --sharded-save W (0: a normal checkpoint), --save-shard-size K, --sharded-drop-rank */
 	uint64_t save_ranks, save_shard, drop_rank;
 	int dense_split, empty_chunks;

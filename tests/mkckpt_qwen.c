@@ -156,11 +156,11 @@ static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uin
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.q_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.k_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(e, h), "%s.mlp.gate.weight", b);
-	/* Same shapes in both namings: only the two expert keys are renamed, never transposed. */
-	tl_add(tl, DT_BF16, SHAPE(e, h, 2 * in), "%s.mlp.experts.%s", b,
-	       o->native ? "gate_and_up_projs" : "gate_up_proj");
-	tl_add(tl, DT_BF16, SHAPE(e, in, h), "%s.mlp.experts.%s", b,
-	       o->native ? "down_projs" : "down_proj");
+	/* Same shapes in both namings (the Hub's layout); --linear-experts: transformers 5's */
+	tl_add(tl, DT_BF16, SHAPE(e, o->linear ? 2 * in : h, o->linear ? h : 2 * in),
+	       "%s.mlp.experts.%s", b, o->native ? "gate_and_up_projs" : "gate_up_proj");
+	tl_add(tl, DT_BF16, SHAPE(e, o->linear ? h : in, o->linear ? in : h), "%s.mlp.experts.%s",
+	       b, o->native ? "down_projs" : "down_proj");
 	if (o->scale_inv)
 		tl_add(tl, DT_F32, SHAPE(e), "%s.mlp.experts.gate_up_proj_scale_inv", b);
 	if (o->extra_state)

@@ -1,0 +1,221 @@
+"""Fused expert layouts (DESIGN §14): a source whose experts are in nn.Linear's layout, as
+transformers 5 saves them (gate_up_proj [E, 2I, H], down_proj [E, H, I]), shown in the Hub's
+layout ([E, H, 2I], [E, I, H]) that NeMo Automodel's adapter expects.
+
+The oracle is the Hub-layout checkpoint itself: the linear source here is made from it by numpy
+(each expert's matrix transposed, every other byte kept), so every view of the linear source,
+with any slicing, must hold exactly the tensors the same view of the Hub source holds (those
+views are checked against the contract by test_views/test_ep, and against Automodel itself by
+tests/real). Also: the layout told per tensor (H == 2I for gate_up is told by down), what is
+refused (contradicting or missing statements, expert_layout=linear in the native view), the
+block cache (each expert made once for sequential reads), and .qvlmoefs/ naming the operation."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from checkview.reader import read_tensors
+from helpers import one_line_naming, stats, write_st
+
+INDEX = "model.safetensors.index.json"
+EXPERT_SUFFIXES = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj",
+                   "mlp.experts.gate_and_up_projs", "mlp.experts.down_projs")
+
+
+def is_fused_expert(key, shape):
+    """A layer's fused expert tensor: [E, A, B]."""
+    return key.endswith(EXPERT_SUFFIXES) and len(shape) == 3
+
+
+def transposed(shape, data):
+    """Bytes of a 16-bit [E, A, B] tensor with each expert's matrix transposed: [E, B, A]."""
+    a = np.frombuffer(data, dtype=np.uint16).reshape(shape)
+    return [shape[0], shape[2], shape[1]], a.transpose(0, 2, 1).tobytes()
+
+
+def relayout(src, dst, keep=lambda key: True, transpose=True):
+    """Copy checkpoint src to dst with every fused expert tensor transposed per expert (the
+    Hub's layout to nn.Linear's, or back; not without transpose), keys that keep() refuses
+    left out (index too)."""
+    dst.mkdir()
+    for f in sorted(src.iterdir()):
+        if f.name.endswith(".safetensors"):
+            meta, ts = read_tensors(f)
+            out = {}
+            for k, (dt, shape, data) in ts.items():
+                if keep(k):
+                    out[k] = (dt, *transposed(shape, data)) if transpose and \
+                        is_fused_expert(k, shape) else (dt, shape, data)
+            write_st(dst / f.name, meta, out)
+        elif f.name == INDEX:
+            index = json.loads(f.read_text())
+            index["weight_map"] = {k: v for k, v in index["weight_map"].items() if keep(k)}
+            (dst / INDEX).write_text(json.dumps(index))
+        else:
+            shutil.copy(f, dst / f.name)
+    return dst
+
+
+def tensors_below(root):
+    """{relative path: (metadata, {key: (dtype, shape, bytes)})} of every safetensors file below
+    root, and {relative path: weight_map} of every index."""
+    files, maps = {}, {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            rel = str(p.relative_to(root))
+            if n.endswith(".safetensors"):
+                files[rel] = read_tensors(p)
+            elif n.endswith(".safetensors.index.json"):
+                maps[rel] = json.loads(p.read_text())["weight_map"]
+    return files, maps
+
+
+def assert_same_views(got, want):
+    """The two mounted views hold the same files, tensors (names, dtypes, shapes, bytes),
+    metadata and index maps (headers may be padded differently: computed tensors are copied,
+    so their file offsets need no page alignment)."""
+    __tracebackhide__ = True
+    (gf, gm), (wf, wm) = tensors_below(got), tensors_below(want)
+    assert sorted(gf) == sorted(wf), f"files {sorted(gf)} != {sorted(wf)}"
+    assert gm == wm, "index weight maps differ"
+    for rel in wf:
+        (gmeta, gt), (wmeta, wt) = gf[rel], wf[rel]
+        assert gmeta == wmeta, f"{rel}: __metadata__ {gmeta} != {wmeta}"
+        assert list(gt) == list(wt), f"{rel}: keys {list(gt)} != {list(wt)}"
+        for k in wt:
+            assert gt[k][:2] == wt[k][:2], f"{rel}: {k}: {gt[k][:2]} != {wt[k][:2]}"
+            assert gt[k][2] == wt[k][2], f"{rel}: {k}: bytes differ"
+
+
+@pytest.fixture(scope="module")
+def sources(ckpt, work):
+    """{"hub": the Hub-layout checkpoint, "linear": it in nn.Linear's layout}."""
+    hub = ckpt["hf"]
+    lin = work / "layouts-linear"
+    if not lin.exists():
+        relayout(hub, lin)
+    return {"hub": hub, "linear": lin}
+
+
+VIEWS = {  # id: -o options, the same for both mounts
+    "native": [],
+    "rank": ["-o", "ep_size=2,ep_rank=1"],
+    "rank_shard": ["-o", "ep_size=4,ep_rank=3,ep_shard_size=2,ep_shard_rank=1"],
+    "rank_folders": ["-o", "ep_size=4"],
+    "rank_folders_shared": ["-o", "ep_size=2,ep_shared"],
+    "hf_hub": ["-o", "view=hf,expert_layout=hub"],
+    "hf_hub_rank": ["-o", "view=hf,expert_layout=hub,ep_size=2,ep_rank=0"],
+}
+
+
+@pytest.mark.parametrize("opts", VIEWS.values(), ids=VIEWS.keys())
+def test_linear_source_shows_the_hub_views(sources, mount, opts):
+    """Every view of the linear source equals the same view of the Hub source."""
+    want = mount(sources["hub"], None, *opts)
+    got = mount(sources["linear"], None, *opts)
+    assert_same_views(got, want)
+    s = stats(got)
+    assert s["bytes_spliced"] == 0 or s["blocks_computed"] > 0
+    assert s["blocks_computed"] > 0, s
+
+
+def test_hf_view_keeps_the_source_layout(sources, mount):
+    """view=hf without expert_layout shows the linear source as it is."""
+    got = mount(sources["linear"], None, "-o", "view=hf")
+    files, _ = tensors_below(got)
+    for rel, (_, ts) in files.items():
+        assert ts == read_tensors(sources["linear"] / rel)[1], rel
+    assert stats(got)["blocks_computed"] == 0
+
+
+def test_reverse_view_to_linear(ckpt, mount):
+    """A native source shown with HF names in nn.Linear's layout: the transposition of its
+    Hub-layout HF view, expert by expert."""
+    hub = mount(ckpt["native"], None, "-o", "view=hf")
+    lin = mount(ckpt["native"], None, "-o", "view=hf,expert_layout=linear")
+    (hf, _), (lf, _) = tensors_below(hub), tensors_below(lin)
+    n = 0
+    for rel, (_, ts) in hf.items():
+        for k, (dt, shape, data) in ts.items():
+            want = (dt, *transposed(shape, data)) if is_fused_expert(k, shape) else (dt, shape, data)
+            n += is_fused_expert(k, shape)
+            assert lf[rel][1][k] == want, f"{rel}: {k}"
+    assert n >= 4
+
+
+def test_sequential_reads_make_each_expert_once(ckpt, mount, tmp):
+    """Reading a file of big experts front to back in the kernel's requests (128 KiB) makes
+    every expert block exactly once, and reads each source byte of it once."""
+    hub = ckpt.make("layouts-big", "--hidden", "512", "--moe-inter", "1024", "--experts", "4",
+                    "--layers", "1", "--shards", "1", "--vocab", "64")
+    lin = relayout(hub, tmp / "lin")
+    m = mount(lin, None, "-o", "ep_size=2,ep_rank=1")
+    f = next(m.glob("*.safetensors"))
+    before = stats(m)
+    with open(f, "rb") as fh:
+        while fh.read(1 << 20):
+            pass
+    s = stats(m)
+    experts = 2 * 2  # two tensors, this rank's two experts each
+    assert s["blocks_computed"] - before["blocks_computed"] == experts, s
+    assert s["blocks_from_cache"] > 0, s  # 2 MiB blocks, smaller requests
+    src_bytes = s["bytes_from_sources"] - before["bytes_from_sources"]
+    assert src_bytes <= f.stat().st_size, (src_bytes, f.stat().st_size)
+
+
+def test_extents_name_the_operation(sources, mount):
+    """.qvlmoefs/tensors/KEY's extents say the bytes are computed, and from which slab."""
+    m = mount(sources["linear"], None, "-o", "ep_size=2,ep_rank=1")
+    key = "model.language_model.layers.0.mlp.experts.gate_and_up_projs"
+    ext = os.getxattr(m / ".qvlmoefs" / "tensors" / key, "user.qvlmoefs.extents").decode()
+    lines = ext.splitlines()
+    assert len(lines) == 4 and all(" transpose block " in x for x in lines), ext  # experts 4..7
+
+
+# ----------------------------------------------------------------------- told, stated, refused
+
+
+def square_gate_up(ckpt, tmp, keep_down):
+    """A Hub checkpoint with H == 2I (gate_up [E, 48, 48] fits both layouts) and its linear
+    copy, the down tensors left out of both unless keep_down."""
+    hub = ckpt.make("layouts-square", "--hidden", "48", "--moe-inter", "24")
+    if keep_down:
+        return hub, relayout(hub, tmp / "lin")
+    keep = lambda k: not k.endswith("down_proj")  # noqa: E731
+    return relayout(hub, tmp / "hub", keep, transpose=False), relayout(hub, tmp / "lin", keep)
+
+
+def test_square_gate_up_told_by_down(ckpt, mount, tmp):
+    """gate_up [E, 48, 48] cannot tell its layout; down [E, 48, 24] says linear for both."""
+    hub, lin = square_gate_up(ckpt, tmp, keep_down=True)
+    assert_same_views(mount(lin, None), mount(hub, None))
+
+
+def test_square_gate_up_alone_needs_a_statement(ckpt, mount, tmp):
+    """Without down tensors nothing tells: refused, naming source_layout; stated, it mounts."""
+    hub, lin = square_gate_up(ckpt, tmp, keep_down=False)
+    p = mount.fail(lin, None)
+    one_line_naming(p.stderr, "gate_up_proj", "source_layout=hub|linear")
+    assert_same_views(mount(lin, None, "-o", "source_layout=linear"),
+                      mount(hub, None, "-o", "source_layout=hub"))
+
+
+def test_statement_contradicting_a_shape_refused(sources, mount):
+    """source_layout=hub on a source whose shapes say linear: refused, naming a tensor."""
+    p = mount.fail(sources["linear"], None, "-o", "source_layout=hub")
+    one_line_naming(p.stderr, "linear layout", "source_layout=hub")
+
+
+@pytest.mark.parametrize("opts,words", [
+    ("expert_layout=linear", ["expert_layout=linear", "native view"]),
+    ("view=hf,expert_layout=sideways", ["expert_layout=sideways", "hub", "linear"]),
+    ("source_layout=", ["source_layout=", "hub", "linear"]),
+])
+def test_bad_layout_options_refused(sources, mount, opts, words):
+    """Layout options that cannot hold: one line naming the option."""
+    p = mount.fail(sources["linear"], None, "-o", opts)
+    one_line_naming(p.stderr, *words)
