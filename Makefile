@@ -31,7 +31,7 @@ ALL_CFLAGS := -std=gnu11 -D_GNU_SOURCE -Iinclude $(WARN) $(SANFLAGS) $(CFLAGS) \
 	$(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 LIBS := $(shell $(PKG_CONFIG) --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-CORE := util perm xf comp io st scan hdr rx plan cfg dcp dcpcheck vfile gen tree view view_dcp inspect mount stage
+CORE := util perm xf comp io st scan hdr rx plan cfg quant dcp dcpcheck vfile gen vcomp tree view view_dcp inspect mount stage
 # GPU staging: the CUDA runtime loaded with dlopen, no CUDA headers or toolkit needed to build;
 # GPU=gpu_stub builds a binary whose -o gpu and stage fail at once
 GPU ?= gpu_cuda

@@ -10,6 +10,7 @@
 #include "qv_cfg.h"
 #include "qv_dcp.h"
 #include "qv_plan.h"
+#include "qv_quant.h"
 #include "qv_scan.h"
 #include "qv_st.h"
 #include "qv_util.h"
@@ -22,6 +23,7 @@ struct qv_gen_opts {
 	enum qv_naming view;
 	enum qv_layout expert_layout; /* the HF view's fused experts (ASIS: as the source's) */
 	enum qv_layout source_layout; /* the source's, where shapes cannot tell (ASIS: not said) */
+	bool dequant; /* -o dequant=bf16: an HF view of FP8 weights in BF16 (native: always) */
 	const char *exclude;
 	uint32_t ep_size, ep_rank;
 	bool ep_rank_set;
@@ -48,6 +50,7 @@ struct qv_gen {
 	struct qv_cfg cfg;     /* config.json (.hf_metadata/'s for a sharded save) */
 	uint64_t hidden, inter; /* H and moe I: the config's, else what a layer's shapes say */
 	enum qv_layout writer;	/* the layout every told expert tensor has (ASIS: none, mixed) */
+	struct qv_quant quant;	/* FP8 weights and per-expert keys (none for a sharded save) */
 	bool sharded;	       /* the root is an Automodel per-rank sharded save ... */
 	struct qv_dcp dcp;     /* ... and these are its consolidated tensors */
 	struct qv_plan *plans; /* one view: plans[0]; one folder per rank: one plan per folder */

@@ -19,6 +19,7 @@ struct qv_options {
 	char *source;
 	char *view, *exclude, *io, *gpu, *log;
 	char *expert_layout, *source_layout; /* hub or linear, NULL when not given */
+	char *dequant;			     /* bf16, NULL when not given */
 	char *ep_size, *ep_rank, *shard_size, *shard_rank; /* NULL when not given */
 	unsigned readahead_kb;	      /* checked when parsed: from 0 to QV_OPTS_MAX_READAHEAD_KB */
 	unsigned max_read;	      /* libfuse's max_read=, 0 when not given */

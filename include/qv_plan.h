@@ -33,6 +33,8 @@ struct qv_plan_opts {
 	uint64_t hidden, inter;	   /* the config's H and moe I: what tells a layout (0: unstated) */
 	enum qv_layout src_layout;  /* for tensors whose shape cannot tell: stated or the writer's */
 	enum qv_layout view_layout; /* the view's experts (ASIS: as each source tensor is) */
+	bool dequant; /* FP8 weights with block scales shown as BF16, their scales dropped */
+	bool stack;   /* a layer's per-expert weights shown as the Hub's two fused tensors */
 };
 
 struct qv_plan {

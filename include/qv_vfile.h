@@ -115,7 +115,7 @@ int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b);
 int qv_vfile_add(struct qv_vfile *vf, const struct qv_seg *s);
 
 /* Append computed tensor c (taken over: freed with vf, or here on failure) as a segment of
- * c->nblk * c->blen bytes at the end of vf; 0 or -ENOMEM. */
+ * c->len bytes at the end of vf; 0 or -ENOMEM. */
 int qv_vfile_add_comp(struct qv_vfile *vf, struct qv_comp *c);
 
 /* Make dst (zeroed) the bytes [off, off+len) of src: its segments, trimmed, sharing src's

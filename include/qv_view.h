@@ -27,12 +27,11 @@ struct qv_fkeys {
  * sees alike, or the rank's expert slices. Which is which is the plan's expert rule. */
 enum qv_part { QV_PART_ALL, QV_PART_DENSE, QV_PART_EXPERTS };
 
-/* Build the virtual file of part of parsed source st (source index src, named rel in messages)
- * under plan p into vf (zeroed), its keys into fk (file left to the caller); 0 or -errno with
- * one line in err. Every extent lies inside st's data section. */
-int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, uint64_t n_experts,
-		 const char *rel, enum qv_part part, struct qv_vfile *vf, struct qv_fkeys *fk,
-		 char *err, size_t errlen);
+/* Build the virtual file of part of safetensors source file si of generation g under plan p
+ * into vf (zeroed), its keys into fk (file left to the caller); 0 or -errno with one line in
+ * err. Every extent lies inside a source's data section. */
+int qv_view_file(const struct qv_gen *g, const struct qv_plan *p, uint32_t si, enum qv_part part,
+		 struct qv_vfile *vf, struct qv_fkeys *fk, char *err, size_t errlen);
 
 /* -o ep_shared: build, outside any folder, one node per file of generation g whose bytes are
  * the same in every rank folder (pass-through files, the dense part of each safetensors file,

@@ -5,7 +5,9 @@
 #include "qv_util.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -29,6 +31,29 @@ static void dim(const cJSON *top, const char *const *names, struct qv_cfg_dim *d
 				return;
 			}
 		}
+}
+
+/* quantization_config (top level, else text_config): its method and block size. */
+static void quant(const cJSON *top, struct qv_cfg *c)
+{
+	const cJSON *q = cJSON_GetObjectItemCaseSensitive(top, "quantization_config"), *m, *b;
+
+	if (!q)
+		q = cJSON_GetObjectItemCaseSensitive(
+			cJSON_GetObjectItemCaseSensitive(top, "text_config"), "quantization_config");
+	if (!q)
+		return;
+	m = cJSON_GetObjectItemCaseSensitive(q, "quant_method");
+	snprintf(c->quant, sizeof(c->quant), "%s",
+		 cJSON_IsString(m) && m->valuestring[0] ? m->valuestring : "?");
+	b = cJSON_GetObjectItemCaseSensitive(q, "weight_block_size");
+	for (int k = 0; k < 2 && cJSON_GetArraySize(b) == 2; k++) {
+		const cJSON *e = cJSON_GetArrayItem(b, k);
+
+		if (cJSON_IsNumber(e) && e->valuedouble >= 1 && e->valuedouble <= 65536 &&
+		    e->valuedouble == (double)(uint64_t)e->valuedouble)
+			c->qblock[k] = (uint64_t)e->valuedouble;
+	}
 }
 
 int qv_cfg_load(const struct qv_scan *sc, const char *rel, struct qv_cfg *c)
@@ -59,7 +84,33 @@ int qv_cfg_load(const struct qv_scan *sc, const char *rel, struct qv_cfg *c)
 		dim(j, moe, &c->moe_inter);
 		dim(j, experts, &c->experts);
 	}
+	if (c->present)
+		quant(j, c);
 	cJSON_Delete(j);
 	qv_buf_free(&b);
 	return 0;
+}
+
+int qv_cfg_unquantized(const char *json, size_t len, struct qv_buf *out)
+{
+	cJSON *j = cJSON_ParseWithLength(json, len);
+	char *text;
+	int rc;
+
+	if (!cJSON_IsObject(j)) {
+		cJSON_Delete(j);
+		return -EINVAL;
+	}
+	cJSON_DeleteItemFromObjectCaseSensitive(j, "quantization_config");
+	cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "text_config"),
+						"quantization_config");
+	text = cJSON_Print(j);
+	cJSON_Delete(j);
+	if (!text)
+		return -ENOMEM;
+	rc = qv_buf_adds(out, text);
+	if (!rc)
+		rc = qv_buf_adds(out, "\n");
+	free(text);
+	return rc;
 }

@@ -27,6 +27,7 @@ struct qv_comp *qv_comp_new(uint64_t nblk, uint64_t blen, uint32_t nops, const c
 	c->id = atomic_fetch_add(&next_id, 1);
 	c->nblk = nblk;
 	c->blen = blen;
+	c->len = nblk * blen;
 	c->nops = nops;
 	c->what = what;
 	return c;
@@ -145,6 +146,8 @@ void qv_comp_run(const struct qv_comp *c, uint64_t b, const char *in, char *out)
 
 int qv_comp_check(const struct qv_comp *c)
 {
+	if (c->len > c->nblk * c->blen || (c->nblk && c->len <= (c->nblk - 1) * c->blen))
+		return -EINVAL; /* the last block holds some of the tensor, and no more */
 	for (uint64_t i = 0; i < c->nblk * c->nops; i++) {
 		const struct qv_xop *op = &c->ops[i];
 		bool t = op->kind != QV_XOP_DQ;

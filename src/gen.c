@@ -5,6 +5,7 @@
 #include "qv_cfg.h"
 #include "qv_dcpcheck.h"
 #include "qv_plan.h"
+#include "qv_quant.h"
 #include "qv_util.h"
 
 #include <cjson/cJSON.h>
@@ -105,12 +106,18 @@ static void plan_opts(const struct qv_gen *m, const struct qv_gen_opts *o, size_
 				     .generic_experts = m->generic ? m->n_experts : 0,
 				     .hidden = m->hidden, .inter = m->inter,
 				     .src_layout = o->source_layout ? o->source_layout : m->writer };
+	bool native;
 	/* explicit or by default: the adapter's rules (renames, dropped *_scale_inv) are
 	 * Qwen3-VL-MoE's; on another model they would drop its FP8 scales and rename nothing */
-	if (po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF && !m->qwen_experts)
+	if (po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF && !m->qwen_experts &&
+	    !m->quant.ng)
 		po->view = QV_NAMING_HF; /* nothing to rename (logged once at load) */
 	/* Automodel's layout is the Hub's; an HF view keeps the source's unless told */
-	po->view_layout = po->view == QV_NAMING_NATIVE ? QV_LAYOUT_HUB : o->expert_layout;
+	native = po->view == QV_NAMING_NATIVE;
+	po->view_layout = native ? QV_LAYOUT_HUB : o->expert_layout;
+	/* Automodel trains BF16 from fused experts: its view computes both (DESIGN §14) */
+	po->dequant = (native || o->dequant) && m->quant.fp8;
+	po->stack = (native || o->expert_layout == QV_LAYOUT_HUB) && m->quant.ng;
 	po->ep_rank = o->ep_rank_set ? o->ep_rank : (uint32_t)(i / nshards);
 	po->shard_rank = nshards > 1 ? (uint32_t)(i % nshards) : o->shard_rank;
 }
@@ -277,6 +284,33 @@ static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, siz
 	return each_tensor(m, lay_check, &l);
 }
 
+/* What the views of plan options po need of the quantized weights and per-expert keys: a
+ * form no view computes, experts that cannot be stacked, FP8 experts stacked but not
+ * dequantized, are refused here, naming what was found. */
+static int quant_check(const struct qv_gen *m, const struct qv_gen_opts *o,
+		       const struct qv_plan_opts *po, char *err, size_t errlen)
+{
+	const struct qv_quant *q = &m->quant;
+	bool native = po->view == QV_NAMING_NATIVE, fp8_groups = false;
+
+	for (size_t i = 0; i < q->ng; i++)
+		fp8_groups |= q->g[i].fp8;
+	if ((native || o->dequant) && q->problem[0])
+		return qv_err(err, errlen, -EINVAL, "%s (the %s view needs it computed)",
+			      q->problem, native ? "native" : "dequant=bf16");
+	if (po->stack && q->stack_problem[0])
+		return qv_err(err, errlen, -EINVAL, "%s", q->stack_problem);
+	if (o->expert_layout == QV_LAYOUT_LINEAR && q->ng)
+		return qv_err(err, errlen, -EINVAL, "expert_layout=linear: per-expert weights are "
+			      "stacked into the Hub's layout only (expert_layout=hub)");
+	if (po->stack && fp8_groups && !po->dequant)
+		return qv_err(err, errlen, -EINVAL, "expert_layout=hub: the per-expert weights are "
+			      "FP8; stacking them needs dequant=bf16 too");
+	if (o->dequant && !q->fp8)
+		qv_log("dequant=bf16: no FP8 weight with block scales here: nothing to dequantize");
+	return 0;
+}
+
 /* Tests only (-o scan_pause_ms via QVLMOEFS_TEST_FAULTS): a file swapped now lands between
  * the scan and the opens that follow it, deterministically. */
 static void test_pause(unsigned ms)
@@ -345,8 +379,21 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_gen_opts *o, 
 				m->n_experts = m->dcp.t[i].shape[0];
 		m->qwen_experts = m->n_experts != 0;
 	}
+	if (!m->sharded) { /* the rank files of a sharded save hold chunks, not weights */
+		rc = qv_quant_load(&m->quant, &m->scan, m->st_of, &m->cfg);
+		if (rc)
+			return qv_err(err, errlen, rc, "out of memory");
+	}
+	plan_opts(m, o, 0, &po);
+	if (!m->n_experts && po.stack) { /* per-expert weights, stacked: E of them */
+		m->n_experts = m->quant.g[0].E;
+		m->qwen_experts = true;
+	}
 	if (!m->qwen_experts)
 		generic_experts(m);
+	rc = quant_check(m, o, &po, err, errlen);
+	if (rc)
+		return rc;
 	if (o->ep_size && !m->n_experts && per_expert_key(m))
 		return qv_err(err, errlen, -EINVAL,
 			      "%s: ep_size given, but the experts are saved one tensor per expert "
@@ -360,7 +407,7 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_gen_opts *o, 
 			      "\".mlp.experts.\" tensors whose dim 0 is %s's expert count%s)",
 			      src, m->cfg.rel, m->cfg.experts.v ? "" : ", which it does not state");
 	if ((o->view_set ? o->view == QV_NAMING_NATIVE : !m->sharded) &&
-	    m->src_naming == QV_NAMING_HF && !m->qwen_experts)
+	    m->src_naming == QV_NAMING_HF && !m->qwen_experts && !m->quant.ng)
 		qv_log("view=native%s: %s is not a Qwen3-VL-MoE checkpoint (no language_model.layers.N"
 		       ".mlp.experts.{gate_up_proj,down_proj}): there is nothing to rename, the view "
 		       "keeps the source's names and tensors", o->view_set ? "" : " (the default)",
@@ -408,5 +455,6 @@ void qv_gen_free(struct qv_gen *m)
 	free(m->shared);
 	qv_scan_free(&m->scan);
 	qv_dcp_free(&m->dcp);
+	qv_quant_free(&m->quant);
 	memset(m, 0, sizeof(*m));
 }

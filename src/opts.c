@@ -21,6 +21,7 @@ static const struct fuse_opt opt_spec[] = {
 	OPT("view=%s", view),
 	OPT("expert_layout=%s", expert_layout),
 	OPT("source_layout=%s", source_layout),
+	OPT("dequant=%s", dequant),
 	/* no exclude=: take_excludes() has it out of every -o before libfuse could unescape it */
 	OPT("io=%s", io),
 	OPT("log=%s", log),
@@ -177,6 +178,9 @@ int qv_opts_check(const struct qv_options *o, struct qv_mount_opts *mo, int *gpu
 	if (parse_layout("expert_layout", o->expert_layout, &mo->gen.expert_layout) ||
 	    parse_layout("source_layout", o->source_layout, &mo->gen.source_layout))
 		return -EINVAL;
+	if (o->dequant && strcmp(o->dequant, "bf16"))
+		return qv_log("dequant=%s: expected bf16", o->dequant), -EINVAL;
+	mo->gen.dequant = o->dequant != NULL;
 	if (o->io && strcmp(o->io, "uring") && strcmp(o->io, "pread"))
 		return qv_log("io=%s: expected uring or pread", o->io), -EINVAL;
 	mo->io.backend = o->io && !strcmp(o->io, "pread") ? QV_IO_PREAD : QV_IO_URING;
@@ -285,6 +289,7 @@ static void options_free(struct qv_options *o)
 	free(o->view);
 	free(o->expert_layout);
 	free(o->source_layout);
+	free(o->dequant);
 	free(o->exclude);
 	free(o->io);
 	free(o->gpu);
@@ -319,6 +324,8 @@ static void help(const char *argv0)
 	       "                           or transformers 5's [E, 2I, H] (default: the source's;\n"
 	       "                           the native view is always hub, Automodel's)\n"
 	       "    -o source_layout=hub|linear  the source's, where its shapes cannot tell\n"
+	       "    -o dequant=bf16        an HF view of FP8 block-scaled weights in BF16, scales\n"
+	       "                           dropped (the native view always dequantizes)\n"
 	       "    -o exclude=REGEX       keys left out of an HF view (default .*_extra_state.*);\n"
 	       "                           backslashes are the regex's (\\d), a comma is \\,\n"
 	       "    -o io=uring|pread      how sources are read (default uring)\n"

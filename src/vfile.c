@@ -57,7 +57,7 @@ int qv_vfile_add_mem(struct qv_vfile *vf, struct qv_buf *b)
 int qv_vfile_add_comp(struct qv_vfile *vf, struct qv_comp *c)
 {
 	struct qv_comp **p = realloc(vf->comps, (vf->ncomps + 1) * sizeof(*p));
-	struct qv_seg s = { .voff = vf->size, .len = c->nblk * c->blen, .src = QV_SEG_COMPUTED,
+	struct qv_seg s = { .voff = vf->size, .len = c->len, .src = QV_SEG_COMPUTED,
 			    .comp = c };
 
 	if (!p) {

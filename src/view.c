@@ -1,7 +1,9 @@
 /* view.c - build the virtual tree: one node per shown folder or file; safetensors files become
  * a synthesized header plus extents of their source, everything else passes through. */
 #include "qv_view.h"
+#include "qv_cfg.h"
 #include "qv_hdr.h"
+#include "qv_vcomp.h"
 #include "qv_util.h"
 
 #include <errno.h>
@@ -95,41 +97,6 @@ static void tensor_extent(const struct qv_st *st, const struct qv_tensor *t, con
 	vt->size = s->len;
 }
 
-/* Expert tensor t, [E, A, B] per expert in the source, shown transposed as [E, B, A] under
- * cut c (taken on the view's shape): a computed segment of one block per expert of the cut,
- * each the transposition of the source columns [d1_start, d1_start + d1_count) of its [A, B]
- * slab. 0 (s->len 0 for an empty cut), -ENOMEM, or -EINVAL with the reason in why. */
-static int transposed_extent(const struct qv_st *st, const struct qv_tensor *t,
-			     const struct qv_cut *c, uint32_t src, struct qv_vtensor *vt,
-			     struct qv_seg *s, char *why, size_t wl)
-{
-	uint64_t es = qv_dtype_size(t->dtype), a = t->shape[1], b = t->shape[2];
-	uint64_t base = 8 + st->hdr_len + t->begin;
-	struct qv_comp *cp;
-
-	if (es != 2)
-		return qv_err(why, wl, -EINVAL, "tensor \"%s\": its layout differs from the view's, "
-			      "and only 16-bit tensors are transposed (it is %s)", t->name,
-			      qv_dtype_name(t->dtype));
-	*vt = (struct qv_vtensor){ .dtype = t->dtype, .ndim = 3,
-				   .shape = { c->count, c->d1_count, a },
-				   .size = c->count * c->d1_count * a * es };
-	*s = (struct qv_seg){ .len = vt->size };
-	if (!vt->size)
-		return 0;
-	cp = qv_comp_new(c->count, c->d1_count * a * es, 1, "transpose");
-	if (!cp)
-		return -ENOMEM;
-	for (uint64_t k = 0; k < c->count; k++)
-		cp->ops[k] = (struct qv_xop){ .kind = QV_XOP_T16, .src = src,
-					      .soff = base + ((c->start + k) * a * b + c->d1_start) * es,
-					      .sstride = b * es, .rows = a, .cols = c->d1_count,
-					      .dst_stride = a };
-	s->src = QV_SEG_COMPUTED;
-	s->comp = cp;
-	return qv_comp_check(cp);
-}
-
 size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_meta *x,
 		       char buf[6][24])
 {
@@ -153,10 +120,25 @@ size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_me
 	return n;
 }
 
-int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, uint64_t n_experts,
-		 const char *rel, enum qv_part part, struct qv_vfile *vf, struct qv_fkeys *fk,
-		 char *err, size_t errlen)
+/* Record every source a computed tensor's operations read in vf (staleness, permissions). */
+static int use_comp_srcs(struct qv_vfile *vf, const struct qv_comp *c)
 {
+	int rc = 0;
+
+	for (uint64_t i = 0; i < c->nblk * c->nops && !rc; i++) {
+		rc = qv_vfile_use_src(vf, c->ops[i].src);
+		if (!rc && c->ops[i].kind != QV_XOP_T16)
+			rc = qv_vfile_use_src(vf, c->ops[i].scale_src);
+	}
+	return rc;
+}
+
+int qv_view_file(const struct qv_gen *g, const struct qv_plan *p, uint32_t si, enum qv_part part,
+		 struct qv_vfile *vf, struct qv_fkeys *fk, char *err, size_t errlen)
+{
+	const struct qv_st *st = g->st_of[si];
+	const char *rel = g->scan.n[si].rel;
+	uint32_t src = g->src_of[si];
 	struct qv_vtensor *vt = calloc(st->nt ? st->nt : 1, sizeof(*vt));
 	struct qv_seg *sg = calloc(st->nt ? st->nt : 1, sizeof(*sg));
 	struct qv_meta extra[6];
@@ -174,12 +156,15 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 	}
 	for (size_t i = 0; i < st->nt && !rc; i++) {
 		const struct qv_tensor *t = &st->t[i];
-		struct qv_tensor shown;
+		struct qv_vcsrc vs;
 		struct qv_cut cut = { 0 };
 		char *key;
-		bool expert, transpose = false;
+		bool expert;
 
-		rc = qv_plan_map_tensor(p, t, &key, &expert);
+		qv_vcomp_how(g, p, si, t, &vs);
+		if (vs.how == QV_VC_SKIP)
+			continue; /* inside another tensor's computation */
+		rc = qv_plan_map_tensor(p, &vs.shown, &key, &expert);
 		if (rc <= 0)
 			continue; /* dropped, or out of memory */
 		if ((part == QV_PART_DENSE && expert) || (part == QV_PART_EXPERTS && !expert)) {
@@ -187,12 +172,10 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 			rc = 0;
 			continue;
 		}
-		if (expert)
-			qv_plan_view_tensor(&p->o, t, &shown, &transpose);
-		rc = expert ? qv_plan_cut(p, &shown, &cut, why, sizeof(why)) : 0;
-		if (!rc && transpose)
-			rc = transposed_extent(st, t, &cut, src, &vt[fk->n], &sg[fk->n], why,
-					       sizeof(why));
+		rc = expert ? qv_plan_cut(p, &vs.shown, &cut, why, sizeof(why)) : 0;
+		if (!rc && vs.how != QV_VC_STORED)
+			rc = qv_vcomp_build(g, &vs, si, expert ? &cut : NULL, &vt[fk->n], &sg[fk->n],
+					    why, sizeof(why));
 		else if (!rc)
 			tensor_extent(st, t, &cut, &vt[fk->n], &sg[fk->n]);
 		if (rc) {
@@ -213,7 +196,7 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		goto out;
 	}
 	/* the dense part is every rank's: it names none */
-	nextra = part == QV_PART_DENSE ? 0 : qv_view_ep_meta(n_experts, p, extra, ebuf);
+	nextra = part == QV_PART_DENSE ? 0 : qv_view_ep_meta(g->n_experts, p, extra, ebuf);
 	rc = qv_hdr_build(st->meta, st->nmeta, extra, nextra, vt, fk->n, &hdr, why, sizeof(why));
 	if (rc) {
 		qv_err(err, errlen, rc, "%s: %s", rel, why);
@@ -227,8 +210,12 @@ int qv_view_file(const struct qv_plan *p, const struct qv_st *st, uint32_t src, 
 		sg[i].voff = voff;
 		voff += sg[i].len;
 		if (sg[i].comp) {
-			rc = qv_vfile_add_comp(vf, (struct qv_comp *)sg[i].comp);
+			struct qv_comp *c = (struct qv_comp *)sg[i].comp;
+
 			sg[i].comp = NULL; /* vf's now, even on failure */
+			rc = qv_vfile_add_comp(vf, c);
+			if (!rc)
+				rc = use_comp_srcs(vf, c);
 			continue;
 		}
 		sg[i].src = src;
@@ -444,6 +431,36 @@ int qv_view_passthrough(struct qv_gen *g, uint32_t si, struct qv_node *n)
 	return rc ? rc : qv_vfile_use_src(&n->vf, g->src_of[si]);
 }
 
+/* A file that is no safetensors file, node n: as stored, but for the root's config.json in a
+ * view that dequantizes, which loses its quantization_config (the weights are BF16 now);
+ * 0 or -errno with one line in err. */
+static int plain_file(struct qv_gen *g, const struct qv_plan *p, uint32_t si, struct qv_node *n,
+		      char *err, size_t errlen)
+{
+	const struct qv_snode *c = &g->scan.n[si];
+	struct qv_buf src = { 0 }, out = { 0 };
+	char why[QV_ERRLEN] = "";
+	int rc;
+
+	if (!p->o.dequant || c->parent != 0 || strcmp(c->name, "config.json"))
+		return qv_view_passthrough(g, si, n);
+	rc = qv_scan_read(c, MAX_INDEX_BYTES, &src, why, sizeof(why));
+	if (!rc)
+		rc = qv_cfg_unquantized(src.p, src.len, &out);
+	if (rc == -EINVAL)
+		snprintf(why, sizeof(why), "not a JSON object: its quantization_config cannot be "
+			 "dropped from the view of dequantized weights");
+	if (!rc)
+		rc = qv_vfile_add_mem(&n->vf, &out);
+	if (!rc)
+		rc = qv_vfile_use_src(&n->vf, g->src_of[si]);
+	if (rc)
+		qv_err(err, errlen, rc, "%s: %s", c->rel, why[0] ? why : strerror(-rc));
+	qv_buf_free(&src);
+	qv_buf_free(&out);
+	return rc;
+}
+
 /* In a sharded save's root the rank files and .hf_metadata are shown consolidated instead. */
 static bool consolidated_away(const struct qv_gen *g, uint32_t sd, const struct qv_snode *c)
 {
@@ -452,14 +469,23 @@ static bool consolidated_away(const struct qv_gen *g, uint32_t sd, const struct 
 		is_index_name(c->name));
 }
 
-/* Whether source st has a tensor of part under plan p (a key kept by the view); 0/1 or -ENOMEM. */
-static int has_part(const struct qv_plan *p, const struct qv_st *st, enum qv_part part)
+/* Whether source file si has a tensor of part under plan p (a key the view keeps); 0/1 or
+ * -ENOMEM. */
+static int has_part(const struct qv_gen *g, const struct qv_plan *p, uint32_t si,
+		    enum qv_part part)
 {
+	const struct qv_st *st = g->st_of[si];
+
 	for (size_t i = 0; i < st->nt; i++) {
+		struct qv_vcsrc vs;
 		char *key;
 		bool expert;
-		int rc = qv_plan_map_tensor(p, &st->t[i], &key, &expert);
+		int rc;
 
+		qv_vcomp_how(g, p, si, &st->t[i], &vs);
+		if (vs.how == QV_VC_SKIP)
+			continue;
+		rc = qv_plan_map_tensor(p, &vs.shown, &key, &expert);
 		free(key);
 		if (rc < 0)
 			return rc;
@@ -485,7 +511,7 @@ int qv_view_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 
 		if (S_ISDIR(c->st.st_mode) || (!st && is_index_name(c->name)))
 			continue; /* folders are per rank; an index names the rank's files */
-		rc = st ? has_part(p, st, QV_PART_DENSE) : 1;
+		rc = st ? has_part(g, p, si, QV_PART_DENSE) : 1;
 		if (rc <= 0)
 			continue;
 		n = qv_tree_new(t, c->name, top->ino, false, &c->st.st_mtim);
@@ -496,9 +522,8 @@ int qv_view_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		n->nlink = nlink;
 		n->vf.base = g->src;
 		qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->vmode);
-		rc = st ? qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_DENSE,
-				       &n->vf, &fk, err, errlen) :
-			  qv_view_passthrough(g, si, n);
+		rc = st ? qv_view_file(g, p, si, QV_PART_DENSE, &n->vf, &fk, err, errlen) :
+			  plain_file(g, p, si, n, err, errlen);
 		qv_fkeys_fini(&fk);
 		if (!rc)
 			qv_view_perm_of_sources(n);
@@ -537,12 +562,11 @@ static int link_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan
 		struct qv_vfile vf = { .base = g->src };
 
 		fk[*nfk] = (struct qv_fkeys){ .file = c->name, .src = c->name, .node = sh };
-		rc = qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_DENSE, &vf,
-				  &fk[(*nfk)++], err, errlen);
+		rc = qv_view_file(g, p, si, QV_PART_DENSE, &vf, &fk[(*nfk)++], err, errlen);
 		qv_vfile_fini(&vf);
 	}
 	if (!rc && st)
-		rc = has_part(p, st, QV_PART_EXPERTS);
+		rc = has_part(g, p, si, QV_PART_EXPERTS);
 	if (rc <= 0)
 		return rc;
 	name = experts_name(c->name);
@@ -553,8 +577,7 @@ static int link_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan
 	n->vf.base = g->src;
 	qv_tree_perm_set(n, c->st.st_uid, c->st.st_gid, c->vmode);
 	fk[*nfk] = (struct qv_fkeys){ .file = n->name, .src = c->name, .node = n };
-	rc = qv_view_file(p, st, g->src_of[si], g->n_experts, c->rel, QV_PART_EXPERTS, &n->vf,
-			  &fk[(*nfk)++], err, errlen);
+	rc = qv_view_file(g, p, si, QV_PART_EXPERTS, &n->vf, &fk[(*nfk)++], err, errlen);
 	if (!rc)
 		qv_view_perm_of_sources(n);
 	return rc;
@@ -594,10 +617,9 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 		} else if (g->st_of[si]) {
 			fk[nfk].file = c->name;
 			fk[nfk].node = n;
-			rc = qv_view_file(p, g->st_of[si], g->src_of[si], g->n_experts, c->rel,
-					  QV_PART_ALL, &n->vf, &fk[nfk++], err, errlen);
+			rc = qv_view_file(g, p, si, QV_PART_ALL, &n->vf, &fk[nfk++], err, errlen);
 		} else if (!is_index_name(c->name)) {
-			rc = qv_view_passthrough(g, si, n);
+			rc = plain_file(g, p, si, n, err, errlen);
 		}
 		if (!rc && !dir)
 			qv_view_perm_of_sources(n);
@@ -617,27 +639,47 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 	return rc;
 }
 
-/* Tensor t (of file rel; NULL: a consolidated one) under plans p[0..np): an expert tensor must
- * be cut by each. The plans differ only in their slice, so one of them maps the key for all. */
-static int validate_tensor(const struct qv_plan *p, size_t np, const struct qv_tensor *t,
-			   const char *rel, char *err, size_t errlen)
+/* Tensor t (of scan node si, file rel; rel NULL: a consolidated one) under plans p[0..np): an
+ * expert tensor, as the view shows it, must be cut by each, and a computed FP8 one on a
+ * boundary of its scale blocks. The plans differ only in their slice, so one of them maps the
+ * key for all. */
+static int validate_tensor(const struct qv_gen *g, uint32_t si, const struct qv_plan *p,
+			   size_t np, const struct qv_tensor *t, const char *rel, char *err,
+			   size_t errlen)
 {
-	struct qv_tensor shown;
+	struct qv_vcsrc vs;
 	struct qv_cut cut;
 	char *key, why[QV_ERRLEN];
-	bool expert, transpose;
-	int rc = qv_plan_map_tensor(&p[0], t, &key, &expert);
+	bool expert, fp8;
+	int rc;
 
-	free(key);
+	if (rel) {
+		qv_vcomp_how(g, &p[0], si, t, &vs);
+	} else { /* a sharded save's: transposition is refused at load, nothing else computed */
+		vs = (struct qv_vcsrc){ .how = QV_VC_STORED, .t = t };
+		qv_plan_view_tensor(&p[0].o, t, &vs.shown, &vs.transpose);
+	}
+	if (vs.how == QV_VC_SKIP)
+		return 0;
+	rc = qv_plan_map_tensor(&p[0], &vs.shown, &key, &expert);
 	if (rc < 0)
 		return qv_err(err, errlen, rc, "out of memory");
-	qv_plan_view_tensor(&p[0].o, t, &shown, &transpose); /* the view's shape is what is cut */
+	fp8 = vs.shown.dtype != vs.t->dtype; /* dequantized: its cut follows the scale blocks */
 	for (size_t i = 0; rc == 1 && expert && i < np; i++) {
-		if (!qv_plan_cut(&p[i], &shown, &cut, why, sizeof(why)))
+		int bad = qv_plan_cut(&p[i], &vs.shown, &cut, why, sizeof(why));
+
+		if (!bad && fp8 && cut.d1_start % g->quant.block)
+			bad = qv_err(why, sizeof(why), -EINVAL, "tensor \"%s\": ep_shard_rank=%u "
+				     "cuts dim 1 at %llu, not on a %u-element boundary of its FP8 "
+				     "scale blocks", key, p[i].o.shard_rank,
+				     (unsigned long long)cut.d1_start, g->quant.block);
+		if (!bad)
 			continue;
+		free(key);
 		return rel ? qv_err(err, errlen, -EINVAL, "%s: %s", rel, why) :
 			     qv_err(err, errlen, -EINVAL, "%s", why);
 	}
+	free(key);
 	return 0;
 }
 
@@ -651,14 +693,14 @@ int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, size_t np, char 
 		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
 
 		memcpy(t.shape, x->shape, sizeof(t.shape));
-		rc = validate_tensor(p, np, &t, NULL, err, errlen);
+		rc = validate_tensor(g, 0, p, np, &t, NULL, err, errlen);
 	}
-	for (size_t i = 0; !rc && i < g->scan.nn; i++) {
+	for (uint32_t i = 0; !rc && i < g->scan.nn; i++) {
 		const struct qv_st *st = g->sharded && qv_dcp_is_rank_file(g->scan.n[i].name) ?
 						 NULL : g->st_of[i];
 
 		for (size_t k = 0; !rc && st && k < st->nt; k++)
-			rc = validate_tensor(p, np, &st->t[k], g->scan.n[i].rel, err, errlen);
+			rc = validate_tensor(g, i, p, np, &st->t[k], g->scan.n[i].rel, err, errlen);
 	}
 	return rc;
 }

@@ -89,6 +89,9 @@ static void usage(void)
 	       "    --no-metadata                     no __metadata__ in headers\n"
 	       "    --data-order writer|name|reverse  tensor data order (default writer)\n"
 	       "    --scale-inv                       add per-layer F32 *_scale_inv tensors\n"
+	       "    --fp8 per-expert|fused            an FP8 release: F8_E4M3 linear weights with\n"
+	       "                                      F32 128x128 block scales (*_scale_inv),\n"
+	       "                                      experts one weight each or fused\n"
 	       "    --linear-experts                  fused experts as transformers 5 saves them:\n"
 	       "                                      [E, 2I, H] / [E, H, I] (not the Hub's)\n"
 	       "    --extra-state                     add per-layer U8 _extra_state tensors\n"
@@ -135,7 +138,7 @@ static int parse_choice(const char *opt, const char *arg, const char *const *cho
 }
 
 enum { OPT_PRESET = 0x100, OPT_SEED, OPT_NAMING, OPT_ORDER, OPT_SAVE, OPT_SAVE_SHARD, OPT_DROP,
-       OPT_ARCH, OPT_DENSE_DIM,
+       OPT_ARCH, OPT_DENSE_DIM, OPT_FP8,
        OPT_FLAG = 0x200, OPT_DIM = 0x300 };
 #define MAX_RANKS 99999		/* rank file names have five digits */
 
@@ -149,6 +152,7 @@ static const struct option fixed_opts[] = {
 	{ "sharded-drop-rank", required_argument, NULL, OPT_DROP },
 	{ "arch", required_argument, NULL, OPT_ARCH },
 	{ "dense-dim", required_argument, NULL, OPT_DENSE_DIM },
+	{ "fp8", required_argument, NULL, OPT_FP8 },
 	{ "help", no_argument, NULL, 'h' },
 };
 
@@ -158,6 +162,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	static const char *const namings[] = { "hf", "native", NULL };
 	static const char *const orders[] = { "writer", "name", "reverse", NULL };
 	static const char *const archs[] = { "qwen3vl", "llama", "moe", "gptoss", NULL };
+	static const char *const fp8s[] = { "none", "per-expert", "fused", NULL };
 	struct option lo[ARRAY_SIZE(fixed_opts) + ARRAY_SIZE(flag_opts) + ARRAY_SIZE(dim_opts) + 1];
 	struct option *l = lo;
 	uint64_t dims[ARRAY_SIZE(dim_opts)];
@@ -196,6 +201,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 			o->drop_rank = parse_u64("sharded-drop-rank", optarg, 0, MAX_RANKS - 1);
 		} else if (c == OPT_ARCH) {
 			o->arch = (enum arch)parse_choice("--arch", optarg, archs);
+		} else if (c == OPT_FP8) {
+			o->fp8 = parse_choice("--fp8", optarg, fp8s);
 		} else if (c == OPT_DENSE_DIM) {
 			o->dense_dim = parse_u64("dense-dim", optarg, 0, 1);
 		} else if (c == 'h') {

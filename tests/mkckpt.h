@@ -30,6 +30,8 @@ struct model {
 
 enum data_order { ORDER_WRITER, ORDER_NAME, ORDER_REVERSE };
 
+enum { FP8_NONE, FP8_PER_EXPERT, FP8_FUSED };
+
 /* --arch: the model schema (mkckpt_qwen.c for Qwen3-VL-MoE, mkckpt_models.c the others). */
 enum arch { ARCH_QWEN, ARCH_LLAMA, ARCH_MOE, ARCH_GPTOSS };
 
@@ -45,6 +47,7 @@ struct opts {
 	int native, no_prefix, sparse, unpadded, shuffle, no_metadata;
 	int scale_inv, extra_state, no_index;
 	int linear; /* --linear-experts: nn.Linear's expert layout, as transformers 5 saves */
+	int fp8;    /* --fp8: FP8_PER_EXPERT or FP8_FUSED (0: BF16) */
 	/* --sharded-save W (0: a normal checkpoint), --save-shard-size K, --sharded-drop-rank */
 	uint64_t save_ranks, save_shard, drop_rank;
 	int dense_split, empty_chunks;

@@ -144,6 +144,63 @@ void add_attention(struct tlist *tl, const struct model *m, const char *b)
 	tl_add(tl, DT_BF16, SHAPE(h, q), "%s.self_attn.o_proj.weight", b);
 }
 
+#define FP8_BLOCK 128
+
+static uint64_t blocks(uint64_t n)
+{
+	return (n + FP8_BLOCK - 1) / FP8_BLOCK;
+}
+
+/* A weight of an FP8 release: F8_E4M3 [n?, r, c] (n 0: 2-dimensional) and its F32 scales, one
+ * per 128 x 128 block, named NAME and NAME_scale_inv. */
+static void add_fp8(struct tlist *tl, uint64_t n, uint64_t r, uint64_t c, const char *name)
+{
+	if (n) {
+		tl_add(tl, DT_F8_E4M3, SHAPE(n, r, c), "%s", name);
+		tl_add(tl, DT_F32, SHAPE(n, blocks(r), blocks(c)), "%s_scale_inv", name);
+	} else {
+		tl_add(tl, DT_F8_E4M3, SHAPE(r, c), "%s", name);
+		tl_add(tl, DT_F32, SHAPE(blocks(r), blocks(c)), "%s_scale_inv", name);
+	}
+}
+
+/* A layer of an FP8 release (--fp8): norms and the router in BF16, every other linear weight
+ * FP8 with block scales; experts one weight each (per-expert, as Qwen's FP8 releases of its
+ * MoE models) or fused ([E, H, 2I], or [E, 2I, H] with --linear-experts). */
+static void add_fp8_layer(struct tlist *tl, const struct opts *o, const char *b)
+{
+	static const char *const proj[] = { "q_proj", "k_proj", "v_proj", "o_proj" };
+	const struct model *m = &o->m;
+	uint64_t h = m->hidden, e = m->experts, in = m->moe_inter, hd = m->head_dim;
+	uint64_t q = m->heads * hd, kv = m->kv_heads * hd;
+	char w[NAME_MAX_LEN + 64]; /* b plus the longest suffix */
+
+	tl_add(tl, DT_BF16, SHAPE(h), "%s.input_layernorm.weight", b);
+	tl_add(tl, DT_BF16, SHAPE(h), "%s.post_attention_layernorm.weight", b);
+	for (int k = 0; k < 4; k++) {
+		snprintf(w, sizeof(w), "%s.self_attn.%s.weight", b, proj[k]);
+		add_fp8(tl, 0, k == 0 ? q : k == 3 ? h : kv, k == 3 ? q : h, w);
+	}
+	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.q_norm.weight", b);
+	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.k_norm.weight", b);
+	tl_add(tl, DT_BF16, SHAPE(e, h), "%s.mlp.gate.weight", b);
+	if (o->fp8 == FP8_FUSED) {
+		snprintf(w, sizeof(w), "%s.mlp.experts.gate_up_proj", b);
+		add_fp8(tl, e, o->linear ? 2 * in : h, o->linear ? h : 2 * in, w);
+		snprintf(w, sizeof(w), "%s.mlp.experts.down_proj", b);
+		add_fp8(tl, e, o->linear ? h : in, o->linear ? in : h, w);
+		return;
+	}
+	for (uint64_t j = 0; j < e; j++) {
+		snprintf(w, sizeof(w), "%s.mlp.experts.%" PRIu64 ".gate_proj.weight", b, j);
+		add_fp8(tl, 0, in, h, w);
+		snprintf(w, sizeof(w), "%s.mlp.experts.%" PRIu64 ".up_proj.weight", b, j);
+		add_fp8(tl, 0, in, h, w);
+		snprintf(w, sizeof(w), "%s.mlp.experts.%" PRIu64 ".down_proj.weight", b, j);
+		add_fp8(tl, 0, h, in, w);
+	}
+}
+
 /* One decoder layer, in module order, plus the optional quirk tensors. */
 static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uint64_t l)
 {
@@ -152,6 +209,8 @@ static void add_layer(struct tlist *tl, const struct opts *o, const char *p, uin
 	char b[NAME_MAX_LEN];
 
 	snprintf(b, sizeof(b), "%slanguage_model.layers.%" PRIu64, p, l);
+	if (o->fp8)
+		return add_fp8_layer(tl, o, b);
 	add_attention(tl, m, b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.q_norm.weight", b);
 	tl_add(tl, DT_BF16, SHAPE(hd), "%s.self_attn.k_norm.weight", b);
@@ -214,8 +273,11 @@ int write_config(int dirfd, const struct opts *o)
 		  "  \"model_type\": \"qwen3_vl_moe\",\n  \"image_token_id\": 151655,\n"
 		  "  \"video_token_id\": 151656,\n  \"vision_start_token_id\": 151652,\n"
 		  "  \"vision_end_token_id\": 151653,\n  \"tie_word_embeddings\": false,\n"
-		  "  \"torch_dtype\": \"bfloat16\",\n  \"text_config\": {\n"
-		  "    \"model_type\": \"qwen3_vl_moe_text\",\n    \"hidden_act\": \"silu\",\n");
+		  "  \"torch_dtype\": \"bfloat16\",\n%s  \"text_config\": {\n"
+		  "    \"model_type\": \"qwen3_vl_moe_text\",\n    \"hidden_act\": \"silu\",\n",
+		  o->fp8 ? "  \"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": "
+			   "\"e4m3\", \"activation_scheme\": \"dynamic\", "
+			   "\"weight_block_size\": [128, 128]},\n" : "");
 	sb_printf(&sb, "    \"hidden_size\": %" PRIu64 ",\n    \"num_hidden_layers\": %" PRIu64 ",\n"
 		  "    \"num_attention_heads\": %" PRIu64 ",\n    \"num_key_value_heads\": %" PRIu64 ",\n"
 		  "    \"head_dim\": %" PRIu64 ",\n    \"num_experts\": %" PRIu64 ",\n"

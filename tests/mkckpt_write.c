@@ -116,7 +116,26 @@ static int wb_flush(struct wbuf *wb)
 }
 
 /* Generate bytes [from, from + len) of the stream whose words are splitmix64(base ^ j). */
-static int wb_bytes(struct wbuf *wb, uint64_t base, uint64_t from, uint64_t len)
+/* What wb_bytes' random words become: raw bytes, FP8 E4M3 without NaN (0x7f, 0xff), or F32
+ * block scales (positive, from 2^-7 to 2), so dequantized fixtures hold finite values. */
+enum fill { FILL_RAW, FILL_FP8, FILL_SCALE };
+
+static void fill_fix(unsigned char *p, size_t n, enum fill f)
+{
+	if (f == FILL_FP8)
+		for (size_t i = 0; i < n; i++)
+			p[i] ^= (p[i] & 0x7f) == 0x7f; /* the NaN pattern: its neighbour */
+	if (f == FILL_SCALE)
+		for (size_t i = 0; i + 4 <= n; i += 4) {
+			uint32_t v;
+
+			memcpy(&v, p + i, 4);
+			v = (v & 0x007fffffu) | ((120u + ((v >> 23) & 7u)) << 23);
+			memcpy(p + i, &v, 4);
+		}
+}
+
+static int wb_bytes(struct wbuf *wb, uint64_t base, uint64_t from, uint64_t len, enum fill f)
 {
 	while (len) {
 		size_t room = WBUF_SIZE - wb->len, head = (size_t)(from % 8), n;
@@ -142,6 +161,7 @@ static int wb_bytes(struct wbuf *wb, uint64_t base, uint64_t from, uint64_t len)
 			for (size_t k = 0; k < n; k += 8)
 				put_le64(dst + k, splitmix64(base ^ j++));
 		}
+		fill_fix(dst, n, f); /* whole elements: runs start and end on them */
 		wb->len += n;
 		from += n;
 		len -= n;
@@ -157,11 +177,15 @@ static int wb_tensor(struct wbuf *wb, const struct tensor *t, uint64_t seed)
 {
 	uint64_t base = seed ^ fnv1a64(t->name), stride[MAX_DIMS], idx[MAX_DIMS] = { 0 };
 	int cut = (int)t->ndim - 1, d;
+	size_t nl = strlen(t->name);
+	enum fill f = t->dtype == DT_F8_E4M3 ? FILL_FP8 :
+		      t->dtype == DT_F32 && nl > 10 && !strcmp(t->name + nl - 10, "_scale_inv") ?
+							       FILL_SCALE : FILL_RAW;
 
 	while (cut >= 0 && t->shape[cut] == t->whole[cut])
 		cut--;
 	if (cut < 0 || !t->nbytes)
-		return wb_bytes(wb, base, 0, t->nbytes);
+		return wb_bytes(wb, base, 0, t->nbytes, f);
 	stride[t->ndim - 1] = dt_size[t->dtype];
 	for (d = (int)t->ndim - 1; d > 0; d--)
 		stride[d - 1] = stride[d] * t->whole[d];
@@ -171,7 +195,7 @@ static int wb_tensor(struct wbuf *wb, const struct tensor *t, uint64_t seed)
 
 		for (d = 0; d <= cut; d++)
 			at += (t->start[d] + idx[d]) * stride[d];
-		err = wb_bytes(wb, base, at, t->shape[cut] * stride[cut]);
+		err = wb_bytes(wb, base, at, t->shape[cut] * stride[cut], f);
 		if (err)
 			return err;
 		for (d = cut - 1; d >= 0 && ++idx[d] == t->shape[d]; d--)

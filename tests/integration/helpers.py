@@ -38,6 +38,7 @@ if str(ROOT / "tests") not in sys.path:  # the checkview package lives in tests/
     sys.path.insert(0, str(ROOT / "tests"))
 
 import checkview  # noqa: E402  (needs the sys.path entry above)
+from checkview.reader import read_tensors  # noqa: E402
 from checkview import ep as _ep  # noqa: E402
 
 
@@ -360,3 +361,37 @@ def refused_replies(n, call):
             assert e.errno == errno.ECANCELED, e
         else:
             raise AssertionError(f"{call} succeeded; its reply should have been refused")
+
+
+# ---------------------------------------------------------------------------- comparing views
+
+def tensors_below(root):
+    """{relative path: (metadata, {key: (dtype, shape, bytes)})} of every safetensors file below
+    root, and {relative path: weight_map} of every index."""
+    files, maps = {}, {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            rel = str(p.relative_to(root))
+            if n.endswith(".safetensors"):
+                files[rel] = read_tensors(p)
+            elif n.endswith(".safetensors.index.json"):
+                maps[rel] = json.loads(p.read_text())["weight_map"]
+    return files, maps
+
+
+def assert_same_views(got, want):
+    """The two mounted views hold the same files, tensors (names, dtypes, shapes, bytes),
+    metadata and index maps (headers may be padded differently: computed tensors are copied,
+    so their file offsets need no page alignment)."""
+    __tracebackhide__ = True
+    (gf, gm), (wf, wm) = tensors_below(got), tensors_below(want)
+    assert sorted(gf) == sorted(wf), f"files {sorted(gf)} != {sorted(wf)}"
+    assert gm == wm, "index weight maps differ"
+    for rel in wf:
+        (gmeta, gt), (wmeta, wt) = gf[rel], wf[rel]
+        assert gmeta == wmeta, f"{rel}: __metadata__ {gmeta} != {wmeta}"
+        assert list(gt) == list(wt), f"{rel}: keys {list(gt)} != {list(wt)}"
+        for k in wt:
+            assert gt[k][:2] == wt[k][:2], f"{rel}: {k}: {gt[k][:2]} != {wt[k][:2]}"
+            assert gt[k][2] == wt[k][2], f"{rel}: {k}: bytes differ"
