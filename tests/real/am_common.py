@@ -41,7 +41,7 @@ def moe_config(text):
         dim=text["hidden_size"],
         inter_dim=text["intermediate_size"],
         moe_inter_dim=text.get("moe_intermediate_size", text["intermediate_size"]),
-        n_routed_experts=text["num_experts"],
+        n_routed_experts=text.get("num_experts", text.get("num_local_experts")),  # tf 5 writes the latter
         n_shared_experts=0,
         n_activated_experts=text.get("num_experts_per_tok", 1),
         n_expert_groups=1,

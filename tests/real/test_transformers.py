@@ -15,7 +15,8 @@ batch must give logits torch.equal to the original's:
 Each folder comes in two expert layouts: as transformers 5.18 writes it ("tf5": gate_up_proj
 [E, 2I, H], down_proj [E, H, I], its in-memory layout) and as the Hub's Qwen3-VL-MoE checkpoints
 hold it ("hub": [E, H, 2I], [E, I, H]); from_pretrained accepts both (its qwen3_vl_moe conversion
-transposes when the shape says so), and the mount never transposes (DESIGN §1). The Automodel
+transposes when the shape says so), and these views keep the layout they read (an HF view
+transposes only when asked, -o expert_layout=: test_computed.py, DESIGN §14). The Automodel
 save is tf5 only: the checkpointer writes the model's state dict as it is.
 """
 import json
