@@ -205,12 +205,18 @@ void qv_xcache_free(struct qv_xcache *xc)
 	free(xc);
 }
 
+/* A block buffer: line-aligned, so the transposing kernel writes whole lines (qv_xf). */
+static char *block_alloc(size_t len)
+{
+	return aligned_alloc(64, (len + 63) / 64 * 64 + (len ? 0 : 64));
+}
+
 static int own_slot(size_t len, struct qv_xslot **slot)
 {
 	struct qv_xslot *s = calloc(1, sizeof(*s));
 
 	if (s)
-		s->buf = malloc(len ? len : 1);
+		s->buf = block_alloc(len);
 	if (!s || !s->buf) {
 		free(s);
 		return -ENOMEM;
@@ -269,7 +275,7 @@ static int slot_room(struct qv_xcache *xc, struct qv_xslot *v, size_t len)
 			break; /* only held blocks left: go over, by this one */
 		slot_drop(xc, o);
 	}
-	v->buf = malloc(len);
+	v->buf = block_alloc(len);
 	if (!v->buf)
 		return -ENOMEM;
 	v->cap = len;

@@ -107,43 +107,59 @@ AVX2_INLINE static __m256i deq_u32(__m256i b, __m256 s)
 	return _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
 }
 
-/* 8 F32 values (u's lanes) rounded to BF16, one per 32-bit lane; none is NaN (see deq16). */
-AVX2_INLINE static __m256i bf16_u32(__m256 f)
-{
-	__m256i u = _mm256_castps_si256(f);
-	__m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+/* The constants of the 16-lane conversion, made once per tile rather than per vector. */
+struct k16 {
+	__m256i m7f, m80, e120, hmask, one, r7fff, eight, nan;
+	__m256 s;
+	bool fin;
+};
 
-	return _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb,
-							_mm256_set1_epi32(0x7fff))), 16);
+AVX2_INLINE static void k16_init(struct k16 *k, float sc)
+{
+	k->m7f = _mm256_set1_epi16(0x7f);
+	k->m80 = _mm256_set1_epi16(0x80);
+	k->e120 = _mm256_set1_epi16(120 << 7);
+	k->hmask = _mm256_set1_epi32((int)0xffff0000u);
+	k->one = _mm256_set1_epi32(1);
+	k->r7fff = _mm256_set1_epi32(0x7fff);
+	k->eight = _mm256_set1_epi16(8);
+	k->nan = _mm256_set1_epi16(E4M3_NAN);
+	k->s = _mm256_set1_ps(sc);
+	k->fin = isfinite(sc);
 }
 
-/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by s, in order. The common case works on
- * 16-bit lanes: a normal E4M3 value's F32 has only its top 16 bits set (sign, exponent + 120,
- * 3 mantissa bits), so 16 of them are made at once and widened by interleaving with zeros. A
- * vector holding a subnormal or a NaN (rare in weights), or a scale that is not finite (which
- * could make a NaN), takes the 8-lane path, which handles everything. */
-AVX2_INLINE static __m256i deq16(__m128i x, __m256 s, bool s_finite)
+/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by k->s, in order. The common case works
+ * on 16-bit lanes: a normal E4M3 value's F32 has only its top 16 bits set (sign, exponent + 120,
+ * 3 mantissa bits), so 16 of them are made at once; the even lanes shifted up and the odd ones
+ * masked in place are two vectors of 8 F32 values, whose BF16 results go back to the same
+ * lanes with a shift and a mask, no shuffle. A vector holding a subnormal or a NaN (rare in
+ * weights), or a scale that is not finite (which could make a NaN), takes the 8-lane path,
+ * which handles everything. */
+AVX2_INLINE static __m256i deq16(__m128i x, const struct k16 *k)
 {
 	__m256i b = _mm256_cvtepu8_epi16(x);
-	__m256i mag = _mm256_and_si256(b, _mm256_set1_epi16(0x7f));
-	__m256i odd = _mm256_or_si256(_mm256_cmpgt_epi16(_mm256_set1_epi16(8), mag),
-				      _mm256_cmpeq_epi16(mag, _mm256_set1_epi16(E4M3_NAN)));
-	__m256i hi, a, z = _mm256_setzero_si256();
+	__m256i mag = _mm256_and_si256(b, k->m7f);
+	__m256i odd = _mm256_or_si256(_mm256_cmpgt_epi16(k->eight, mag),
+				      _mm256_cmpeq_epi16(mag, k->nan));
+	__m256i hi, a, o;
 
-	if (!s_finite || !_mm256_testz_si256(odd, odd)) {
-		a = deq_u32(_mm256_cvtepu8_epi32(x), s);
-		hi = deq_u32(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)), s);
+	if (!k->fin || !_mm256_testz_si256(odd, odd)) {
+		a = deq_u32(_mm256_cvtepu8_epi32(x), k->s);
+		hi = deq_u32(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)), k->s);
 		/* packus works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order */
 		return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, hi), 0xd8);
 	}
-	hi = _mm256_or_si256(_mm256_add_epi16(_mm256_slli_epi16(mag, 4),
-					      _mm256_set1_epi16(120 << 7)),
-			     _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8));
-	/* lane 0 holds values 0-7, lane 1 values 8-15: lo = 0-3 and 8-11, hi = 4-7 and 12-15,
-	 * which packus (per lane) puts back in order */
-	a = bf16_u32(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(z, hi)), s));
-	hi = bf16_u32(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(z, hi)), s));
-	return _mm256_packus_epi32(a, hi);
+	hi = _mm256_or_si256(_mm256_add_epi16(_mm256_slli_epi16(mag, 4), k->e120),
+			     _mm256_slli_epi16(_mm256_and_si256(b, k->m80), 8));
+	a = _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)), k->s));
+	o = _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(hi, k->hmask)),
+					      k->s));
+	/* to nearest even: add 0x7fff and the lowest kept bit, keep the top 16 bits */
+	a = _mm256_add_epi32(a, _mm256_add_epi32(k->r7fff,
+						 _mm256_and_si256(_mm256_srli_epi32(a, 16), k->one)));
+	o = _mm256_add_epi32(o, _mm256_add_epi32(k->r7fff,
+						 _mm256_and_si256(_mm256_srli_epi32(o, 16), k->one)));
+	return _mm256_or_si256(_mm256_srli_epi32(a, 16), _mm256_and_si256(o, k->hmask));
 }
 
 /* 8 rows of 8 FP8 bytes (row i at p + i * stride) transposed: out[k] holds columns 2k and
@@ -152,8 +168,10 @@ AVX2_INLINE static void tr_bytes8x8(const uint8_t *p, size_t stride, __m128i out
 {
 	__m128i r[8], t[4], u[4];
 
+#pragma GCC unroll 8
 	for (int i = 0; i < 8; i++)
 		r[i] = _mm_loadl_epi64((const __m128i *)(p + i * stride));
+#pragma GCC unroll 4
 	for (int i = 0; i < 4; i++)
 		t[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
 	u[0] = _mm_unpacklo_epi16(t[0], t[1]);
@@ -187,60 +205,126 @@ AVX2_INLINE static void tr8x8(__m128i a[8])
 	}
 }
 
-/* Tile (r0, c0) of m: 8 rows of 8 values, dequantized, stored plain or transposed. */
-AVX2_INLINE static void deq_tile(const struct qv_xf_fp8 *m, size_t r0, size_t c0, bool t,
-			  uint16_t *dst, size_t ds)
+/* Transposed tile (r0, c0) of m: 8 rows of 8 values, scaled by k's scale. */
+AVX2_INLINE static void deq_tile8_t(const struct qv_xf_fp8 *m, size_t r0, size_t c0,
+				    const struct k16 *k, uint16_t *dst, size_t ds)
 {
-	float sc = m->scale[(r0 / m->block) * m->scale_stride + c0 / m->block];
-	__m256 s = _mm256_set1_ps(sc);
-	bool fin = isfinite(sc);
-	const uint8_t *p = m->src + r0 * m->src_stride + c0;
 	__m128i x[4];
 
-	if (t) {
-		tr_bytes8x8(p, m->src_stride, x);
-		for (int k = 0; k < 4; k++) { /* columns 2k and 2k + 1 become rows of dst */
-			__m256i v = deq16(x[k], s, fin);
+	tr_bytes8x8(m->src + r0 * m->src_stride + c0, m->src_stride, x);
+#pragma GCC unroll 4
+	for (int j = 0; j < 4; j++) { /* columns 2j and 2j + 1 become rows of dst */
+		__m256i v = deq16(x[j], k);
 
-			_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * k) * ds + r0),
-					 _mm256_castsi256_si128(v));
-			_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * k + 1) * ds + r0),
-					 _mm256_extracti128_si256(v, 1));
-		}
-		return;
-	}
-	for (int i = 0; i < 8; i += 2) { /* two rows at a time: 16 values a conversion */
-		__m128i two = _mm_unpacklo_epi64(
-			_mm_loadl_epi64((const __m128i *)(p + i * m->src_stride)),
-			_mm_loadl_epi64((const __m128i *)(p + (i + 1) * m->src_stride)));
-		__m256i v = deq16(two, s, fin);
-
-		_mm_storeu_si128((__m128i *)(dst + (r0 + i) * ds + c0), _mm256_castsi256_si128(v));
-		_mm_storeu_si128((__m128i *)(dst + (r0 + i + 1) * ds + c0),
+		_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * j) * ds + r0), _mm256_castsi256_si128(v));
+		_mm_storeu_si128((__m128i *)(dst + (c0 + 2 * j + 1) * ds + r0),
 				 _mm256_extracti128_si256(v, 1));
 	}
 }
 
-/* The whole-tile part of m (rows and columns rounded down to 8); scales change only at block
- * boundaries, which are multiples of 8 here. Transposed, the tiles go in patches of TR_ROWS x
- * TR_COLS: the patch's source lines stay in L1 while they are used, and each destination cache
- * line (TR_ROWS values) is written whole before the next one. */
+/* Row r of m, columns [c0, c1) (a multiple of 8 apart), scaled by k's scale, stored plain:
+ * 16 values a conversion, the last 8 alone. */
+AVX2_INLINE static void deq_row(const struct qv_xf_fp8 *m, size_t r, size_t c0, size_t c1,
+				const struct k16 *k, uint16_t *dst, size_t ds)
+{
+	const uint8_t *p = m->src + r * m->src_stride;
+	size_t c = c0;
+
+	for (; c + 16 <= c1; c += 16)
+		_mm256_storeu_si256((__m256i *)(dst + r * ds + c),
+				    deq16(_mm_loadu_si128((const __m128i *)(p + c)), k));
+	if (c < c1)
+		_mm_storeu_si128((__m128i *)(dst + r * ds + c),
+				 _mm256_castsi256_si128(deq16(_mm_loadl_epi64((const __m128i *)(p + c)),
+							      k)));
+}
+
+/* Transposed tile (r0, c0) of m, 32 rows of 8 values: each source column becomes 32 values,
+ * one whole 64-byte line of the destination (when it is line-aligned), two 32-byte stores.
+ * (Streaming stores were tried here: no faster on the development VM, so none.) The 32 rows
+ * share k's scale: blocks are multiples of 32 where this is used. */
+AVX2_INLINE static void deq_tile32_t(const struct qv_xf_fp8 *m, size_t r0, size_t c0,
+				     const struct k16 *k, uint16_t *dst, size_t ds)
+{
+	const uint8_t *p = m->src + r0 * m->src_stride + c0;
+	__m128i q[4][4];
+
+	/* unrolled: the arrays must be registers, not stack slots indexed at run time */
+#pragma GCC unroll 4
+	for (int h = 0; h < 4; h++) /* q[h][k]: columns 2k and 2k + 1 of rows 8h to 8h + 7 */
+		tr_bytes8x8(p + 8 * h * m->src_stride, m->src_stride, q[h]);
+#pragma GCC unroll 8
+	for (int c = 0; c < 8; c++) {
+		__m256i *d = (__m256i *)(void *)(dst + (c0 + c) * ds + r0);
+		__m256i lo = deq16(c & 1 ? _mm_unpackhi_epi64(q[0][c / 2], q[1][c / 2]) :
+					   _mm_unpacklo_epi64(q[0][c / 2], q[1][c / 2]), k);
+		__m256i hi = deq16(c & 1 ? _mm_unpackhi_epi64(q[2][c / 2], q[3][c / 2]) :
+					   _mm_unpacklo_epi64(q[2][c / 2], q[3][c / 2]), k);
+
+		_mm256_storeu_si256(d, lo);
+		_mm256_storeu_si256(d + 1, hi);
+	}
+}
+
+/* The whole-tile part of m (rows and columns rounded down to 8), one scale block at a time:
+ * its constants are made once (a tile-by-tile scale lookup costs two divisions, more than the
+ * conversion). Transposed, a block's tiles go in patches of TR_ROWS x TR_COLS: the patch's
+ * source lines stay in L1 while they are used, and each destination line (32 values) is
+ * written whole, by one 32-row tile. Blocks are multiples of 8 here. */
 #define TR_ROWS 32
 #define TR_COLS 64
 AVX2 static void deq_avx2(const struct qv_xf_fp8 *m, size_t rows8, size_t cols8, bool t,
 			  uint16_t *dst, size_t ds)
 {
-	size_t rstep = t ? TR_ROWS : 8, cstep = t ? TR_COLS : cols8;
+	size_t b = m->block;
 
-	for (size_t rb = 0; rb < rows8; rb += rstep) {
-		size_t re = rb + rstep < rows8 ? rb + rstep : rows8;
+	for (size_t br = 0; br < rows8; br += b) {
+		size_t re = br + b < rows8 ? br + b : rows8;
 
-		for (size_t cb = 0; cb < cols8; cb += cstep) {
-			size_t ce = cb + cstep < cols8 ? cb + cstep : cols8;
+		for (size_t bc = 0; bc < cols8; bc += b) {
+			size_t ce = bc + b < cols8 ? bc + b : cols8;
+			struct k16 k;
 
-			for (size_t c0 = cb; c0 < ce; c0 += 8)
-				for (size_t r0 = rb; r0 < re; r0 += 8)
-					deq_tile(m, r0, c0, t, dst, ds);
+			k16_init(&k, m->scale[(br / b) * m->scale_stride + bc / b]);
+			if (!t) {
+				for (size_t r = br; r < re; r++)
+					deq_row(m, r, bc, ce, &k, dst, ds);
+				continue;
+			}
+			for (size_t rb = br; rb < re; rb += TR_ROWS) {
+				size_t pe = rb + TR_ROWS < re ? rb + TR_ROWS : re;
+
+				for (size_t c0 = bc; c0 < ce; c0 += 8) {
+					size_t r0 = rb;
+
+					for (; b % 32 == 0 && r0 + 32 <= pe; r0 += 32)
+						deq_tile32_t(m, r0, c0, &k, dst, ds);
+					for (; r0 < pe; r0 += 8)
+						deq_tile8_t(m, r0, c0, &k, dst, ds);
+				}
+			}
+		}
+	}
+}
+
+/* Transposed, row band by row band: TR_ROWS rows of the source are read front to back (a few
+ * sequential streams the prefetcher follows), each column of the band making one whole line
+ * of the destination; the scale's constants change at each block's first column. Blocks are
+ * multiples of 32 here. */
+AVX2 static void deq_avx2_t(const struct qv_xf_fp8 *m, size_t rows32, size_t cols8, uint16_t *dst,
+			    size_t ds)
+{
+	size_t b = m->block;
+
+	for (size_t rb = 0; rb < rows32; rb += 32) {
+		const float *srow = m->scale + (rb / b) * m->scale_stride;
+		struct k16 k;
+
+		k16_init(&k, srow[0]);
+		for (size_t c0 = 0; c0 < cols8; c0 += 8) {
+			if (c0 && c0 % b == 0)
+				k16_init(&k, srow[c0 / b]);
+			deq_tile32_t(m, rb, c0, &k, dst, ds);
 		}
 	}
 }
@@ -280,7 +364,21 @@ void qv_xf_dequant(const struct qv_xf_fp8 *m, bool transpose, uint16_t *dst, siz
 	if (qv_xf_vector() && m->block % 8 == 0) {
 		rows8 = m->rows & ~(size_t)7;
 		cols8 = m->cols & ~(size_t)7;
-		deq_avx2(m, rows8, cols8, transpose, dst, dst_stride);
+		if (transpose && m->block % 32 == 0) { /* 32-row bands, then what is left */
+			size_t rows32 = m->rows & ~(size_t)31;
+
+			deq_avx2_t(m, rows32, cols8, dst, dst_stride);
+			deq_avx2(&(struct qv_xf_fp8){ .src = m->src + rows32 * m->src_stride,
+						      .rows = rows8 - rows32, .cols = m->cols,
+						      .src_stride = m->src_stride,
+						      .scale = m->scale + rows32 / m->block *
+								      m->scale_stride,
+						      .scale_stride = m->scale_stride,
+						      .block = m->block },
+				 rows8 - rows32, cols8, true, dst + rows32, dst_stride);
+		} else {
+			deq_avx2(m, rows8, cols8, transpose, dst, dst_stride);
+		}
 	}
 #endif
 	/* what the tiles left: the last columns of every row, then the last rows */
