@@ -116,15 +116,16 @@ static int wb_flush(struct wbuf *wb)
 }
 
 /* Generate bytes [from, from + len) of the stream whose words are splitmix64(base ^ j). */
-/* What wb_bytes' random words become: raw bytes, FP8 E4M3 without NaN (0x7f, 0xff), or F32
- * block scales (positive, from 2^-7 to 2), so dequantized fixtures hold finite values. */
+/* What wb_bytes' random words become: raw bytes, FP8 E4M3 normal values (magnitude codes 8 to
+ * 126: no subnormal, no NaN, as block-quantized weights nearly always are), or F32 block
+ * scales (positive, from 2^-7 to 2), so dequantized fixtures hold finite values. */
 enum fill { FILL_RAW, FILL_FP8, FILL_SCALE };
 
 static void fill_fix(unsigned char *p, size_t n, enum fill f)
 {
 	if (f == FILL_FP8)
 		for (size_t i = 0; i < n; i++)
-			p[i] ^= (p[i] & 0x7f) == 0x7f; /* the NaN pattern: its neighbour */
+			p[i] = (unsigned char)((p[i] & 0x80) | (8 + (p[i] & 0x7f) % 119));
 	if (f == FILL_SCALE)
 		for (size_t i = 0; i + 4 <= n; i += 4) {
 			uint32_t v;

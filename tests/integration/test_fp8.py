@@ -298,3 +298,15 @@ def test_dequant_option_checked(fp8, mount):
     """dequant= takes bf16 only."""
     p = mount.fail(fp8["per_expert"][0], None, "-o", "view=hf,dequant=fp16")
     one_line_naming(p.stderr, "dequant=fp16", "bf16")
+
+
+def test_every_fp8_byte_value(fp8, mount, tmp):
+    """A weight holding all 256 E4M3 bytes (subnormals, both zeros, both NaNs: the kernel's
+    slow path) and an expert holding them too: the native view still equals the oracle's."""
+    def every_byte(k, v):
+        if k in (ATTN, UP3):
+            return [(k, (v[0], v[1], bytes(i % 256 for i in range(len(v[2])))))]
+        return [(k, v)]
+    src = edited(fp8["per_expert"][0], tmp / "src", every_byte)
+    want = bf16_checkpoint(src, tmp / "bf16")
+    assert_same_views(mount(src, None), mount(want, None))
