@@ -567,6 +567,9 @@ static int link_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan
 	}
 	if (!rc && st)
 		rc = has_part(g, p, si, QV_PART_EXPERTS);
+	if (rc == 0 && st && !sh) /* nothing of it shown (its weights went into another file's
+				    * computed tensors): the index names it, and finds no key */
+		fk[(*nfk)++] = (struct qv_fkeys){ .file = c->name, .src = c->name, .node = dn };
 	if (rc <= 0)
 		return rc;
 	name = experts_name(c->name);

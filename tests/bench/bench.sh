@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 BUILD=${BUILD:-build}
 REPS=${BENCH_REPS:-5}
-ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8 9} # a subset, e.g. BENCH_ROWS="1 6"
+ROWS=${BENCH_ROWS:-1 2 3 4 5 6 7 8 9 10} # a subset, e.g. BENCH_ROWS="1 6"
 PAIRS=${BENCH_PAIRS:-7}
 QVX=${BENCH_QV_OPTS:+,$BENCH_QV_OPTS} # more -o options of qvlmoefs in row 7, e.g. nosplice
 LAYERS=${BENCH_LAYERS:-8} # 8: the 2.4 GB checkpoint of doc/performance.md's table; 1: 0.3 GB
@@ -344,5 +344,61 @@ if want 9; then
 			"$name" "$s" "$gbs" "$r"
 		printf '9\t%s\t%s\t%s\tmemcpy of the output\t\t%s\n' "$name" "$s" "$gbs" "$r" >>"$TSV"
 	done
+fi
+if want 10; then
+	# computed views (issue 23), on Qwen3-VL-30B-A3B's dims (H 2048, I 768, 128 experts; 2
+	# layers): rank 0 of ep_size=8 (16 experts a layer) with -o ep_shared, whose -experts files
+	# hold the rank's expert tensors alone. The FP8 release's (per-expert F8_E4M3 weights with
+	# 128x128 scales: dequantized, transposed, stacked) against the BF16 Hub checkpoint's
+	# (renamed and sliced: spliced), fresh mounts, warm sources, in interleaved pairs; then the
+	# bytes the FP8 view read against the rank's FP8 minimum (its experts' weights and scales).
+	for f in bf16 fp8; do
+		[ -f "$W/30b-$f/.complete" ] && continue
+		rm -rf "$W/30b-$f"
+		"$MK" --preset 30b-a3b --layers 2 $([ $f = fp8 ] && echo --fp8 per-expert) "$W/30b-$f" >/dev/null
+		touch "$W/30b-$f/.complete"
+	done
+	xfiles() { ls "$M"/ep-rank-0/*-experts.safetensors; }
+	xpairs() {
+		local i a s q n
+		for i in $(seq $PAIRS); do
+			for a in $( ((i % 2)) && echo bf16 fp8 || echo fp8 bf16); do
+				$QB read 1048576 "$W/30b-$a"/*.safetensors >/dev/null
+				"$QV" "$W/30b-$a" "$M" -o "ep_size=8,ep_shared,log=$W/qvlmoefs.log"
+				s=$($QB read 1048576 $(xfiles) | secs)
+				[ $a = fp8 ] && stat_field "$M" bytes_from_sources >"$W/fp8-src-bytes"
+				fusermount3 -u "$M"
+				if [ $a = fp8 ]; then q=$s; else n=$s; fi
+			done
+			echo "$q $n"
+		done
+	}
+	"$QV" "$W/30b-bf16" "$M" -o "ep_size=8,ep_shared"
+	xbytes=$(cat $(xfiles) | wc -c)
+	fusermount3 -u "$M"
+	p=$(xpairs)
+	echo "$p" | awk '{printf "10\tpair %d\t%s\t\trename view\t%s\t%.4f\n", NR, $1, $2, $2 / $1}' >>"$TSV"
+	set -- $(echo "$p" | awk '{print $1}' | median) $(echo "$p" | awk '{print $2}' | median) \
+		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median)
+	minfp8=$(python3 - "$W/30b-fp8" <<'PY'
+import json, struct, sys, glob
+need = 0
+for f in glob.glob(sys.argv[1] + "/*.safetensors"):
+    with open(f, "rb") as fh:
+        h = json.loads(fh.read(struct.unpack("<Q", fh.read(8))[0]))
+    for k, v in h.items():
+        head, sep, tail = k.partition(".mlp.experts.")
+        if sep and tail[0].isdigit() and int(tail.split(".")[0]) < 16:  # rank 0 of 8: 0-15
+            need += v["data_offsets"][1] - v["data_offsets"][0]
+print(need)
+PY
+)
+	got=$(cat "$W/fp8-src-bytes")
+	printf '10   FP8 rank view, 30B-A3B dims: %s GB of experts  fp8 %.3f s (%.2f GB/s)  rename %.3f s (%.2f GB/s)  pair ratio %5.3f\n' \
+		"$(echo "scale=3; $xbytes / 1000000000" | bc)" "$1" "$(echo "scale=3; $xbytes / $1 / 1000000000" | bc)" \
+		"$2" "$(echo "scale=3; $xbytes / $2 / 1000000000" | bc)" "$3"
+	printf '10   FP8 source bytes read %s, FP8 minimum %s: %s x\n' "$got" "$minfp8" "$(echo "scale=4; $got / $minfp8" | bc)"
+	printf '10\tFP8 rank view (30B-A3B dims)\t%s\t\trename view\t%s\t%s\tpairs=%s bytes=%s\n' "$1" "$2" "$3" "$PAIRS" "$xbytes" >>"$TSV"
+	printf '10\tFP8 source bytes\t%s\t\tFP8 minimum\t%s\t%s\n' "$got" "$minfp8" "$(echo "scale=4; $got / $minfp8" | bc)" >>"$TSV"
 fi
 echo "results: $TSV"

@@ -119,7 +119,9 @@ def fp8(ckpt, work):
     """{name: (FP8 source, its BF16 checkpoint stacked, unstacked)}."""
     out = {}
     for name, args in {"per_expert": ["--fp8", "per-expert"], "fused": ["--fp8", "fused"],
-                       "fused_linear": ["--fp8", "fused", "--linear-experts"]}.items():
+                       "fused_linear": ["--fp8", "fused", "--linear-experts"],
+                       # shards holding only experts 1..E-1 of a layer: nothing of them shown
+                       "per_expert_8_shards": ["--fp8", "per-expert", "--shards", "8"]}.items():
         src = ckpt.make("fp8-" + name, *args, *DIMS)
         hub, flat = work / f"fp8-{name}-bf16", work / f"fp8-{name}-bf16-flat"
         if not hub.exists():
@@ -149,7 +151,7 @@ def same_config(got, want):
         assert a == b, f"{rel} differs"
 
 
-@pytest.mark.parametrize("name", ["per_expert", "fused", "fused_linear"])
+@pytest.mark.parametrize("name", ["per_expert", "fused", "fused_linear", "per_expert_8_shards"])
 @pytest.mark.parametrize("opts", NATIVE_VIEWS.values(), ids=NATIVE_VIEWS.keys())
 def test_native_view_is_the_bf16_checkpoints(fp8, mount, name, opts):
     """The native view of an FP8 release, with any slicing, is that of its BF16 checkpoint."""
