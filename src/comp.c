@@ -236,23 +236,35 @@ static void slot_drop(struct qv_xcache *xc, struct qv_xslot *s)
 	s->state = SLOT_EMPTY;
 }
 
-/* The unheld slot to reuse: an empty one, else the least recently used made one; NULL when
- * every slot is held. */
-static struct qv_xslot *victim(struct qv_xcache *xc)
+/* The unheld slot to reuse for a block of len bytes, avoiding new buffers (each costs a page
+ * fault per page, more than making the block): an empty slot whose buffer is big enough; an
+ * empty one at all while the budget has room; the least recently used made block whose buffer
+ * is big enough; the least recently used of any. NULL when every slot is held. */
+static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 {
-	struct qv_xslot *v = NULL;
+	struct qv_xslot *best[4] = { NULL, NULL, NULL, NULL };
+	bool room = xc->bytes + len <= xc->budget;
 
 	for (size_t i = 0; i < XCACHE_SLOTS; i++) {
 		struct qv_xslot *s = &xc->s[i];
+		bool empty = s->state == SLOT_EMPTY, big = s->cap >= len;
 
 		if (s->holds)
 			continue;
-		if (s->state == SLOT_EMPTY)
-			return s;
-		if (!v || s->tick < v->tick)
-			v = s;
+		if (empty && big && !best[0])
+			best[0] = s;
+		if (empty && room && !best[1])
+			best[1] = s;
+		if (!empty && big && (!best[2] || s->tick < best[2]->tick))
+			best[2] = s;
+		if (!best[3] || (empty && best[3]->state != SLOT_EMPTY) ||
+		    (!empty && best[3]->state != SLOT_EMPTY && s->tick < best[3]->tick))
+			best[3] = s;
 	}
-	return v;
+	for (int k = 0; k < 4; k++)
+		if (best[k])
+			return best[k];
+	return NULL;
 }
 
 /* Give slot v (unheld) a buffer of len bytes within the budget, dropping the least recently
@@ -310,7 +322,7 @@ int qv_xcache_get(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
 		}
 		pthread_cond_wait(&xc->cv, &xc->mu); /* another thread is making it */
 	}
-	v = victim(xc);
+	v = victim(xc, c->blen);
 	if (!v) {
 		pthread_mutex_unlock(&xc->mu);
 		return own_slot(c->blen, slot);
