@@ -47,6 +47,8 @@ for p in 30b-a3b 235b-a22b; do # the layouts of row 6
 	want 6 || break
 	[ -f "$W/$p/.complete" ] || { rm -rf "$W/$p"; "$MK" --preset $p --sparse "$W/$p" >/dev/null && touch "$W/$p/.complete"; }
 done
+! want 6 || [ -f "$W/30b-fp8-sparse/.complete" ] || { rm -rf "$W/30b-fp8-sparse"; "$MK" --preset 30b-a3b --sparse \
+	--fp8 per-expert "$W/30b-fp8-sparse" >/dev/null && touch "$W/30b-fp8-sparse/.complete"; }
 ! want 6 || [ -f "$W/235b-dcp64/.complete" ] || { rm -rf "$W/235b-dcp64"; "$MK" --preset 235b-a22b --sparse \
 	--sharded-save 64 --save-shard-size 2 --dense-split "$W/235b-dcp64" >/dev/null &&
 	touch "$W/235b-dcp64/.complete"; }
@@ -287,7 +289,7 @@ for io in uring pread; do
 	printf '5    source bytes read %s, minimal %s: %s x\n' "$2" "$minimal" "$(echo "scale=4; $2 / $minimal" | bc)"
 	printf '5\tsource bytes io=%s\t%s\t\tminimal bytes\t%s\t%s\n' "$io" "$2" "$minimal" "$(echo "scale=4; $2 / $minimal" | bc)" >>"$TSV"
 done
-for l in 30b-a3b 235b-a22b 235b-dcp64 100k; do
+for l in 30b-a3b 30b-fp8-sparse 235b-a22b 235b-dcp64 100k; do
 	want 6 || break
 	n=$(python3 -c 'import json,os,sys
 d = sys.argv[1]
