@@ -136,6 +136,9 @@ void qv_mount_release_file(struct qv_mount *m, struct qv_node *n);
 int qv_mount_reply(struct qv_mount *m, uint64_t ino, const struct qv_buf *dyn, uint64_t off,
 		   size_t len, bool splice, struct qv_reply *rep);
 
+/* The reply qv_mount_reply made was sent (or not): what it pointed into is let go. */
+void qv_mount_done(struct qv_mount *m);
+
 /* The calling thread's last reply was not taken (an interrupted request): drop its pipe. */
 void qv_mount_unsent(struct qv_mount *m);
 

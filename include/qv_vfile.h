@@ -92,6 +92,7 @@ struct qv_reader {
 	struct qv_io *io;
 	struct qv_rdscratch sc;
 	struct qv_buf out; /* kept empty (len 0): only its capacity is used */
+	struct qv_xslot *held; /* the computed block the last reply points into, until sent */
 };
 
 /* The answer to one read: len bytes at p (in the reader's buffer), or, when fd >= 0, len bytes
@@ -164,14 +165,18 @@ int qv_reader_reserve(struct qv_reader *r, size_t len);
 /* A reply r made was not taken (an interrupted request): drop what its pipe holds. */
 void qv_reader_unsent(struct qv_reader *r);
 
+/* The reply r made was sent (or dropped): let go of the computed block it pointed into. */
+void qv_reader_done(struct qv_reader *r);
+
 /* Serve [off, off+len) of vf as a pipe holding the source's own pages, when they are one run of
  * one source: 0 with *rep (exactly the whole reply); -EAGAIN when they are not (copy them
  * instead); -EIO when the source changed or ends early (the pipe is then empty). */
 int qv_vfile_splice(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
 		    struct qv_reader *r, struct qv_reply *rep);
 
-/* Serve [off, off+len) of vf: spliced when splice is set and qv_vfile_splice can, else copied
- * into r's buffer (short only at EOF); 0 with *rep, or -errno (never a short reply). */
+/* Serve [off, off+len) of vf: spliced when splice is set and qv_vfile_splice can; from the
+ * computed block itself when it lies inside one (held until qv_reader_done); else copied into
+ * r's buffer (short only at EOF); 0 with *rep, or -errno (never a short reply). */
 int qv_vfile_reply(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
 		   bool splice, struct qv_reader *r, struct qv_reply *rep);
 

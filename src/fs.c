@@ -276,6 +276,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (fuse_reply_data(req, &bv, 0))
 			qv_mount_unsent(fs->m);
 	}
+	qv_mount_done(fs->m); /* a reply made from a computed block is sent: the block is free */
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -570,6 +570,14 @@ int qv_mount_reply(struct qv_mount *m, uint64_t ino, const struct qv_buf *dyn, u
 	return 0;
 }
 
+void qv_mount_done(struct qv_mount *m)
+{
+	struct qv_reader *r = pthread_getspecific(m->reader_key);
+
+	if (r)
+		qv_reader_done(r);
+}
+
 void qv_mount_unsent(struct qv_mount *m)
 {
 	struct qv_reader *r = pthread_getspecific(m->reader_key);

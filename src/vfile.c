@@ -467,6 +467,43 @@ static int make_block(const struct qv_comp *c, uint64_t b, struct qv_source *src
 	return 0;
 }
 
+/* A block made earlier is served only while its sources are unchanged, as a read would find
+ * (a fstat of each: a block reads one or two files); 0 or -EIO. */
+static int block_unchanged(const struct qv_comp *c, uint64_t b, struct qv_source *srcs)
+{
+	int rc = 0;
+
+	for (uint32_t k = 0; k < c->nops && !rc; k++) {
+		const struct qv_xop *op = &c->ops[b * c->nops + k];
+
+		rc = qv_source_unchanged(&srcs[op->src]);
+		if (!rc && op->kind != QV_XOP_T16 && op->scale_src != op->src)
+			rc = qv_source_unchanged(&srcs[op->scale_src]);
+	}
+	return rc;
+}
+
+/* Block b of c in a slot of r's cache: made now (its inputs read, *src_bytes grows), or made
+ * earlier and its sources still unchanged; 0 with *slot held, or -errno. */
+static int block_of(const struct qv_comp *c, uint64_t b, struct qv_source *srcs,
+		    struct qv_io *io, struct qv_rdscratch *sc, struct qv_xslot **slot,
+		    uint64_t *src_bytes)
+{
+	int rc = qv_xcache_get(sc->xc, c, b, slot);
+
+	if (rc < 0)
+		return rc;
+	if (rc == 0) {
+		rc = make_block(c, b, srcs, io, sc, qv_xslot_data(*slot), src_bytes);
+		qv_xcache_made(sc->xc, *slot, rc);
+	} else {
+		rc = block_unchanged(c, b, srcs);
+	}
+	if (rc)
+		qv_xcache_put(sc->xc, *slot);
+	return rc;
+}
+
 /* Bytes [a, b) of computed segment s into dst, a block at a time through the mount's cache:
  * sequential requests inside one block make it once. */
 static int read_computed(const struct qv_seg *s, struct qv_source *srcs, uint64_t a, uint64_t b,
@@ -478,21 +515,12 @@ static int read_computed(const struct qv_seg *s, struct qv_source *srcs, uint64_
 		uint64_t blk = a / c->blen, in = a % c->blen;
 		uint64_t take = c->blen - in < b - a ? c->blen - in : b - a;
 		struct qv_xslot *slot;
-		int rc = qv_xcache_get(sc->xc, c, blk, &slot);
+		int rc = block_of(c, blk, srcs, io, sc, &slot, src_bytes);
 
-		if (rc < 0)
-			return rc;
-		if (rc == 0) {
-			rc = make_block(c, blk, srcs, io, sc, qv_xslot_data(slot), src_bytes);
-			qv_xcache_made(sc->xc, slot, rc);
-		} else {
-			rc = 0;
-		}
-		if (!rc)
-			memcpy(dst, qv_xslot_data(slot) + in, take);
-		qv_xcache_put(sc->xc, slot);
 		if (rc)
 			return rc;
+		memcpy(dst, qv_xslot_data(slot) + in, take);
+		qv_xcache_put(sc->xc, slot);
 		dst += take;
 		a += take;
 	}
@@ -569,6 +597,7 @@ void qv_reader_free(struct qv_reader *r)
 {
 	if (!r)
 		return;
+	qv_reader_done(r);
 	qv_io_free(r->io);
 	free(r->sc.ops);
 	free(r->sc.xops);
@@ -620,11 +649,55 @@ int qv_vfile_splice(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t 
 	return 0;
 }
 
+/* [off, off+len) of vf straight from its computed block, when it lies inside one block of
+ * one computed segment (a copy fewer: the block is what the kernel copies from): 0 with *rep,
+ * the block held by r until qv_reader_done; -EAGAIN when it does not lie so; -errno. */
+static int reply_block(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off,
+		       size_t len, struct qv_reader *r, struct qv_reply *rep)
+{
+	const struct qv_seg *s;
+	const struct qv_comp *c;
+	uint64_t end, a, blk, from = 0;
+	struct qv_xslot *slot;
+	int rc;
+
+	if (off >= vf->size || !len)
+		return -EAGAIN;
+	end = len < vf->size - off ? off + len : vf->size;
+	s = &vf->seg[seg_find(vf, off)];
+	c = s->comp;
+	if (s->src != QV_SEG_COMPUTED || s->voff > off || end > s->voff + s->len)
+		return -EAGAIN;
+	a = off - s->voff;
+	blk = a / c->blen;
+	if ((end - 1 - s->voff) / c->blen != blk)
+		return -EAGAIN; /* across blocks: copied */
+	rc = block_of(c, blk, srcs, r->io, &r->sc, &slot, &from);
+	if (rc)
+		return rc;
+	r->held = slot;
+	*rep = (struct qv_reply){ .p = qv_xslot_data(slot) + a % c->blen, .fd = -1,
+				  .len = (size_t)(end - off), .from_src = from,
+				  .backend = (int)qv_io_backend_of(r->io) };
+	return 0;
+}
+
+void qv_reader_done(struct qv_reader *r)
+{
+	if (r->held)
+		qv_xcache_put(r->sc.xc, r->held);
+	r->held = NULL;
+}
+
 int qv_vfile_reply(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
 		   bool splice, struct qv_reader *r, struct qv_reply *rep)
 {
-	int rc = splice ? qv_vfile_splice(vf, srcs, off, len, r, rep) : -EAGAIN;
+	int rc;
 
+	qv_reader_done(r); /* a reply not marked done (a caller's slip) holds its block no longer */
+	rc = splice ? qv_vfile_splice(vf, srcs, off, len, r, rep) : -EAGAIN;
+	if (rc == -EAGAIN)
+		rc = reply_block(vf, srcs, off, len, r, rep);
 	if (rc != -EAGAIN)
 		return rc;
 	*rep = (struct qv_reply){ .fd = -1, .backend = (int)qv_io_backend_of(r->io) };

@@ -186,3 +186,25 @@ def test_bad_layout_options_refused(sources, mount, opts, words):
     """Layout options that cannot hold: one line naming the option."""
     p = mount.fail(sources["linear"], None, "-o", opts)
     one_line_naming(p.stderr, *words)
+
+
+def test_cached_block_of_a_changed_source_is_eio(sources, mount, tmp):
+    """A computed block already made is not served once its source changed (touched here):
+    the read fails with EIO, as every read of a changed source does."""
+    src = tmp / "src"
+    shutil.copytree(sources["linear"], src)
+    m = mount(src, None, "-o", "direct_io")
+    key = "model.language_model.layers.0.mlp.experts.gate_and_up_projs"
+    f = m / ".qvlmoefs" / "tensors" / key
+    src_file = src / json.loads((src / INDEX).read_text())["weight_map"][
+        key.replace("gate_and_up_projs", "gate_up_proj")]
+    with open(f, "rb") as fh:  # open across the change: an open checks its sources itself
+        first = fh.read()  # made and cached
+        fh.seek(0)
+        assert fh.read() == first and stats(m)["blocks_from_cache"] > 0
+        st = src_file.stat()
+        os.utime(src_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        fh.seek(0)
+        with pytest.raises(OSError) as e:
+            fh.read()
+    assert e.value.errno == 5, e.value  # EIO
