@@ -10,6 +10,7 @@
 #include <string.h>
 
 #define XCACHE_SLOTS 32
+#define XCACHE_KEEP 8 /* buffers made before made blocks are reused: 8 readers' blocks */
 
 static atomic_uint_least64_t next_id = 1;
 
@@ -237,13 +238,19 @@ static void slot_drop(struct qv_xcache *xc, struct qv_xslot *s)
 }
 
 /* The unheld slot to reuse for a block of len bytes, avoiding new buffers (each costs a page
- * fault per page, more than making the block): an empty slot whose buffer is big enough; an
- * empty one at all while the budget has room; the least recently used made block whose buffer
- * is big enough; the least recently used of any. NULL when every slot is held. */
+ * fault per page, more than making the block): an empty slot whose buffer is big enough; while
+ * fewer than XCACHE_KEEP slots have buffers and the budget has room, a new one (a few readers
+ * at once each keep their block); the least recently used made block whose buffer is big
+ * enough; the least recently used of any. NULL when every slot is held. */
 static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 {
 	struct qv_xslot *best[4] = { NULL, NULL, NULL, NULL };
-	bool room = xc->bytes + len <= xc->budget;
+	size_t with = 0;
+	bool room;
+
+	for (size_t i = 0; i < XCACHE_SLOTS; i++)
+		with += xc->s[i].cap > 0;
+	room = with < XCACHE_KEEP && xc->bytes + len <= xc->budget;
 
 	for (size_t i = 0; i < XCACHE_SLOTS; i++) {
 		struct qv_xslot *s = &xc->s[i];
