@@ -98,6 +98,13 @@ check-real: deps
 	$(MAKE) all
 	tests/real/run.sh
 
+# qvlmoefs under a real Slurm (Debian's slurm-wlm, started by the suite), one node and two, in
+# the venv of tests/real/setup.sh; needs root (daemons, network namespaces, mounts)
+check-cluster: deps test-user
+	@tests/cluster/deps.sh
+	$(MAKE) all
+	BUILD=$(BUILD) tests/cluster/run.sh
+
 check-valgrind: deps
 	$(MAKE) all $(BUILD)/unit
 	tests/valgrind.sh
@@ -185,4 +192,4 @@ uninstall:
 clean:
 	rm -rf $(BUILD)
 
-.PHONY: all have-pkgs deps test-user bench fuzz stress check check-loaders check-real check-valgrind demo install uninstall clean
+.PHONY: all have-pkgs deps test-user bench fuzz stress check check-loaders check-real check-cluster check-valgrind demo install uninstall clean
