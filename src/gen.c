@@ -4,6 +4,7 @@
 #include "qv_perm.h"
 #include "qv_cfg.h"
 #include "qv_dcpcheck.h"
+#include "qv_hdr.h"
 #include "qv_plan.h"
 #include "qv_quant.h"
 #include "qv_util.h"
@@ -11,6 +12,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -311,6 +313,44 @@ static int quant_check(const struct qv_gen *m, const struct qv_gen_opts *o,
 	return 0;
 }
 
+/* Every file an index names is in its folder: a checkpoint missing a shard is refused here,
+ * by name, before anything else is concluded from the tensors it lacks (no experts, say).
+ * The view checks the keys too, when it builds the index (view.c). 0 or -EINVAL/-ENOMEM. */
+static int shards_present(const struct qv_gen *m, char *err, size_t errlen)
+{
+	int rc = 0;
+
+	for (uint32_t i = 0; i < m->scan.nn && !rc; i++) {
+		const struct qv_snode *c = &m->scan.n[i];
+		const char *dir = m->scan.n[c->parent].rel;
+		struct qv_buf text = { 0 };
+		char **files = NULL, why[QV_ERRLEN] = "";
+		size_t nfiles = 0;
+
+		if (S_ISDIR(c->st.st_mode) || !qv_ends_with(c->name, ".safetensors.index.json") ||
+		    (m->sharded && c->parent == 0))
+			continue;
+		/* an unreadable or malformed index is the view's to refuse, with its reason */
+		if (qv_scan_read(c, 64u << 20, &text, why, sizeof(why)) == 0 &&
+		    qv_hdr_index_files(text.p, text.len, &files, &nfiles, why, sizeof(why)) == 0)
+			for (size_t f = 0; f < nfiles && !rc; f++) {
+				char *rel;
+
+				if (asprintf(&rel, "%s%s%s", dir, dir[0] ? "/" : "", files[f]) < 0)
+					rc = qv_err(err, errlen, -ENOMEM, "out of memory");
+				else if (!qv_scan_find(&m->scan, rel))
+					rc = qv_err(err, errlen, -EINVAL, "%s: names %s, which is not in "
+						    "the folder (a missing shard?)", c->rel, files[f]);
+				free(rel);
+			}
+		for (size_t f = 0; f < nfiles; f++)
+			free(files[f]);
+		free(files);
+		qv_buf_free(&text);
+	}
+	return rc;
+}
+
 /* Tests only (-o scan_pause_ms via QVLMOEFS_TEST_FAULTS): a file swapped now lands between
  * the scan and the opens that follow it, deterministically. */
 static void test_pause(unsigned ms)
@@ -356,6 +396,9 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_gen_opts *o, 
 	m->qwen_experts = m->n_experts != 0;
 	/* a sharded save keeps its config in .hf_metadata/, a checkpoint at its root */
 	m->sharded = qv_dcp_detect(&m->scan, m->st_of);
+	rc = shards_present(m, err, errlen);
+	if (rc)
+		return rc;
 	qv_cfg_load(&m->scan, m->sharded ? ".hf_metadata/config.json" : "config.json", &m->cfg);
 	if (m->sharded) {
 		rc = qv_dcp_build(&m->scan, m->st_of, m->src_of, o->max_file ? o->max_file : 5000000000ULL,

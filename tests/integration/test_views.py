@@ -332,6 +332,20 @@ def test_index_names_key_its_shard_lacks_refused(ckpt, mount, tmp, case):
     one_line_naming(p.stdout + p.stderr, f'"{key}"', shard, INDEX)
 
 
+@pytest.mark.parametrize("opts", [[], ["-o", "ep_size=8"], ["-o", "view=hf"]],
+                         ids=["native", "ep_size", "hf"])
+def test_missing_shard_refused_by_name(ckpt, mount, tmp, opts):
+    """A checkpoint missing the shard that holds its experts: one line naming the index and the
+    shard, whatever the options (with ep_size it said "no expert tensors found"; without, a log
+    line first said there was nothing to rename)."""
+    src = tmp / "src"
+    run("cp", "-r", ckpt["hf"], src)
+    shards = sorted(src.glob("model-*.safetensors"))
+    shards[-1].unlink()
+    p = mount.fail(src, None, *opts, stderr=subprocess.STDOUT)
+    one_line_naming(p.stdout, INDEX, shards[-1].name, "missing shard")
+
+
 def test_index_naming_only_held_keys_mounts(ckpt, mount, tmp):
     """The check refuses nothing a consistent checkpoint holds: the same re-saved shard with the
     key also gone from the index mounts, and its index has every key the shards hold."""
