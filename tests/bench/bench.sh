@@ -352,8 +352,9 @@ if want 10; then
 	# layers): rank 0 of ep_size=8 (16 experts a layer) with -o ep_shared, whose -experts files
 	# hold the rank's expert tensors alone. The FP8 release's (per-expert F8_E4M3 weights with
 	# 128x128 scales: dequantized, transposed, stacked) against the BF16 Hub checkpoint's
-	# (renamed and sliced: spliced), fresh mounts, warm sources, in interleaved pairs; then the
-	# bytes the FP8 view read against the rank's FP8 minimum (its experts' weights and scales).
+	# (renamed and sliced: spliced, and copied with nosplice), fresh mounts, warm sources, in
+	# interleaved rounds; then the bytes the FP8 view read against the rank's FP8 minimum (its
+	# experts' weights and scales).
 	for f in bf16 fp8; do
 		[ -f "$W/30b-$f/.complete" ] && continue
 		rm -rf "$W/30b-$f"
@@ -361,27 +362,30 @@ if want 10; then
 		touch "$W/30b-$f/.complete"
 	done
 	xfiles() { ls "$M"/ep-rank-0/*-experts.safetensors; }
-	xpairs() {
-		local i a s q n
+	# rounds of three fresh mounts, the order rotating: the FP8 view, the rename view (spliced),
+	# the rename view with -o nosplice (copied, as computed bytes always are: their ceiling)
+	xrounds() {
+		local i a s f n c
 		for i in $(seq $PAIRS); do
-			for a in $( ((i % 2)) && echo bf16 fp8 || echo fp8 bf16); do
-				$QB read 1048576 "$W/30b-$a"/*.safetensors >/dev/null
-				"$QV" "$W/30b-$a" "$M" -o "ep_size=8,ep_shared,log=$W/qvlmoefs.log"
+			for a in $(echo fp8 bf16 bf16c fp8 bf16 | cut -d' ' -f$((i % 3 + 1))-$((i % 3 + 3))); do
+				$QB read 1048576 "$W/30b-${a%c}"/*.safetensors >/dev/null
+				"$QV" "$W/30b-${a%c}" "$M" -o "ep_size=8,ep_shared,log=$W/qvlmoefs.log$([ $a = bf16c ] && echo ,nosplice)"
 				s=$($QB read 1048576 $(xfiles) | secs)
 				[ $a = fp8 ] && stat_field "$M" bytes_from_sources >"$W/fp8-src-bytes"
 				fusermount3 -u "$M"
-				if [ $a = fp8 ]; then q=$s; else n=$s; fi
+				case $a in fp8) f=$s ;; bf16) n=$s ;; bf16c) c=$s ;; esac
 			done
-			echo "$q $n"
+			echo "$f $n $c"
 		done
 	}
 	"$QV" "$W/30b-bf16" "$M" -o "ep_size=8,ep_shared"
 	xbytes=$(cat $(xfiles) | wc -c)
 	fusermount3 -u "$M"
-	p=$(xpairs)
-	echo "$p" | awk '{printf "10\tpair %d\t%s\t\trename view\t%s\t%.4f\n", NR, $1, $2, $2 / $1}' >>"$TSV"
+	p=$(xrounds)
+	echo "$p" | awk '{printf "10\tround %d\t%s\t\trename view, nosplice\t%s\t%.4f\t%.4f vs spliced %s\n", NR, $1, $3, $3 / $1, $2 / $1, $2}' >>"$TSV"
 	set -- $(echo "$p" | awk '{print $1}' | median) $(echo "$p" | awk '{print $2}' | median) \
-		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median)
+		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median) \
+		$(echo "$p" | awk '{print $3}' | median) $(echo "$p" | awk '{printf "%.6f\n", $3 / $1}' | median)
 	minfp8=$(python3 - "$W/30b-fp8" <<'PY'
 import json, struct, sys, glob
 need = 0
@@ -396,11 +400,14 @@ print(need)
 PY
 )
 	got=$(cat "$W/fp8-src-bytes")
-	printf '10   FP8 rank view, 30B-A3B dims: %s GB of experts  fp8 %.3f s (%.2f GB/s)  rename %.3f s (%.2f GB/s)  pair ratio %5.3f\n' \
+	printf '10   FP8 rank view, 30B-A3B dims: %s GB of experts  fp8 %.3f s (%.2f GB/s)  rename %.3f s (%.2f GB/s)  ratio %5.3f\n' \
 		"$(echo "scale=3; $xbytes / 1000000000" | bc)" "$1" "$(echo "scale=3; $xbytes / $1 / 1000000000" | bc)" \
 		"$2" "$(echo "scale=3; $xbytes / $2 / 1000000000" | bc)" "$3"
+	printf '10   the same against the rename view with -o nosplice (copied like computed bytes) %.3f s (%.2f GB/s)  ratio %5.3f\n' \
+		"$4" "$(echo "scale=3; $xbytes / $4 / 1000000000" | bc)" "$5"
 	printf '10   FP8 source bytes read %s, FP8 minimum %s: %s x\n' "$got" "$minfp8" "$(echo "scale=4; $got / $minfp8" | bc)"
-	printf '10\tFP8 rank view (30B-A3B dims)\t%s\t\trename view\t%s\t%s\tpairs=%s bytes=%s\n' "$1" "$2" "$3" "$PAIRS" "$xbytes" >>"$TSV"
+	printf '10\tFP8 rank view (30B-A3B dims)\t%s\t\trename view\t%s\t%s\trounds=%s bytes=%s\n' "$1" "$2" "$3" "$PAIRS" "$xbytes" >>"$TSV"
+	printf '10\tFP8 rank view (30B-A3B dims)\t%s\t\trename view, nosplice\t%s\t%s\trounds=%s\n' "$1" "$4" "$5" "$PAIRS" >>"$TSV"
 	printf '10\tFP8 source bytes\t%s\t\tFP8 minimum\t%s\t%s\n' "$got" "$minfp8" "$(echo "scale=4; $got / $minfp8" | bc)" >>"$TSV"
 fi
 echo "results: $TSV"
