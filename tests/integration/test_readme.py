@@ -65,3 +65,27 @@ def test_readme_examples_run_on_the_demo_sample(fuse, tmp):
         "trace says which block)\n" + helpers._show(["in_private_ns", "README blocks"],
                                                     p.returncode, p.stdout, p.stderr[-6000:])
     assert not helpers.mounts_below(tmp), "a README example's mount outlived the namespace"
+
+
+CLUSTER_MARK = re.compile(r"^<!-- cluster-test: (\S+) -->$")
+
+
+def cluster_blocks(text):
+    """{NAME: the fenced block after `<!-- cluster-test: NAME -->`} of text."""
+    out, lines = {}, text.splitlines()
+    for i, line in enumerate(lines):
+        m = CLUSTER_MARK.match(line.strip())
+        if m:
+            j = lines.index("```", i + 2)
+            out[m.group(1)] = "\n".join(lines[i + 1:j + 1])
+    return out
+
+
+def test_readme_slurm_blocks_are_the_tested_ones():
+    """The Slurm forms the README shows are doc/cluster.md's, which make check-cluster runs as
+    written: every README block marked `cluster-test: NAME` is that block, character for
+    character."""
+    mine, tested = cluster_blocks(README.read_text()), cluster_blocks((ROOT / "doc" / "cluster.md").read_text())
+    assert {"batch-script", "prolog-submit"} <= set(mine), sorted(mine)
+    for name, text in mine.items():
+        assert text == tested.get(name), f"README.md's block {name} differs from doc/cluster.md's"
