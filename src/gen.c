@@ -316,7 +316,7 @@ static int quant_check(const struct qv_gen *m, const struct qv_gen_opts *o,
 /* Every file an index names is in its folder: a checkpoint missing a shard is refused here,
  * by name, before anything else is concluded from the tensors it lacks (no experts, say).
  * The view checks the keys too, when it builds the index (view.c). 0 or -EINVAL/-ENOMEM. */
-static int shards_present(const struct qv_gen *m, char *err, size_t errlen)
+static int shards_present(const struct qv_gen *m, const char *src, char *err, size_t errlen)
 {
 	int rc = 0;
 
@@ -339,8 +339,9 @@ static int shards_present(const struct qv_gen *m, char *err, size_t errlen)
 				if (asprintf(&rel, "%s%s%s", dir, dir[0] ? "/" : "", files[f]) < 0)
 					rc = qv_err(err, errlen, -ENOMEM, "out of memory");
 				else if (!qv_scan_find(&m->scan, rel))
-					rc = qv_err(err, errlen, -EINVAL, "%s: names %s, which is not in "
-						    "the folder (a missing shard?)", c->rel, files[f]);
+					rc = qv_err(err, errlen, -EINVAL, "%s: %s names %s, which is not "
+						    "in the folder (a missing shard?)", src, c->rel,
+						    files[f]);
 				free(rel);
 			}
 		for (size_t f = 0; f < nfiles; f++)
@@ -396,7 +397,7 @@ int qv_gen_load(struct qv_gen *m, const char *src, const struct qv_gen_opts *o, 
 	m->qwen_experts = m->n_experts != 0;
 	/* a sharded save keeps its config in .hf_metadata/, a checkpoint at its root */
 	m->sharded = qv_dcp_detect(&m->scan, m->st_of);
-	rc = shards_present(m, err, errlen);
+	rc = shards_present(m, src, err, errlen);
 	if (rc)
 		return rc;
 	qv_cfg_load(&m->scan, m->sharded ? ".hf_metadata/config.json" : "config.json", &m->cfg);
