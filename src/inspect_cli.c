@@ -7,6 +7,7 @@
 #include "qv_opts.h"
 #include "qv_plan.h"
 #include "qv_util.h"
+#include "qv_vcomp.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -45,10 +46,16 @@ static struct origin *origins(struct qv_gen *g, const struct qv_plan *p, size_t 
 
 		for (size_t k = 0; k < nt; k++) {
 			const char *name = dcp ? g->dcp.t[k].name : g->st_of[i]->t[k].name;
+			struct qv_vcsrc vs = { .how = QV_VC_STORED };
 			char *key;
 			bool expert;
 
-			if (qv_plan_map_key(p, name, &key, &expert) != 1)
+			/* a computed tensor is named by the source tensor it stands in for (a stack:
+			 * expert 0's weight); those inside another's computation have no key */
+			if (!dcp)
+				qv_vcomp_how(g, p, (uint32_t)i, &g->st_of[i]->t[k], &vs);
+			if (vs.how == QV_VC_SKIP ||
+			    qv_plan_map_key(p, dcp ? name : vs.shown.name, &key, &expert) != 1)
 				continue;
 			if (*n == cap) {
 				struct origin *x = realloc(o, (cap = cap * 2 + 64) * sizeof(*o));
