@@ -312,3 +312,17 @@ def test_every_fp8_byte_value(fp8, mount, tmp):
     src = edited(fp8["per_expert"][0], tmp / "src", every_byte)
     want = bf16_checkpoint(src, tmp / "bf16")
     assert_same_views(mount(src, None), mount(want, None))
+
+
+def test_inspect_names_what_a_stack_stands_for(fp8):
+    """qvlmoefs inspect --keys: a stacked tensor's source is expert 0's weight, its extents
+    list each expert's dequantize+transpose (gate and up) with its scales."""
+    from helpers import QV, run
+    p = run(QV, "inspect", fp8["per_expert"][0], "-o", "ep_size=4,ep_rank=1", "--keys", "--json")
+    keys = {k["view_key"]: k for k in json.loads(p.stdout)["keys"]}
+    k = keys["model.language_model.layers.0.mlp.experts.gate_and_up_projs"]
+    assert k["source_key"] == "model.language_model.layers.0.mlp.experts.0.gate_proj.weight", k
+    assert k["dtype"] == "BF16" and k["view_shape"] == [2, 160, 272], k
+    lines = k["extents"].splitlines()
+    assert sum("dequantize+transpose block" in x for x in lines) == 4, lines  # 2 experts x 2
+    assert sum("scales of block" in x for x in lines) == 4, lines
