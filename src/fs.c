@@ -100,9 +100,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fuse_entry_param e = { .entry_timeout = CACHE_TIMEOUT };
 	int rc = qv_mount_lookup(fs->m, parent, name, &n);
 
-	if (!rc && fs->slow_lookup_ms)
+	if (!rc && fs->slow_lookup_ms) { /* tests: said first, so a test knows it is held */
+		qv_log("test: lookup of %s held %d ms", name, fs->slow_lookup_ms);
 		nanosleep(&(struct timespec){ fs->slow_lookup_ms / 1000,
 					      fs->slow_lookup_ms % 1000 * 1000000L }, NULL);
+	}
 	if (rc) {
 		fuse_reply_err(req, -rc);
 	} else if (!n) { /* a generation never changes: a negative entry may be cached too */

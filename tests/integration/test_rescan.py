@@ -154,7 +154,10 @@ def test_lookup_in_flight_during_rescan_is_not_cached(daemon, ckpt, tmp, path):
 
     t = threading.Thread(target=look)
     t.start()
-    time.sleep(0.2)  # the lookup is in the daemon now, waiting
+    # the lookup is in the daemon now, held (its line says so): a sleep instead lost the race
+    # on a loaded machine, the SIGHUP coming first
+    held = f"test: lookup of {path.rsplit('/', 1)[-1]} held"
+    assert wait_for(lambda: log.count(held) > 0, timeout=10), log.text
     d.signal(signal.SIGHUP)
     t.join(timeout=30)
     assert done, "the lookup did not return"
