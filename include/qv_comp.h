@@ -28,6 +28,10 @@ struct qv_xop {
 	uint64_t dst_off, dst_stride;
 };
 
+/* An operation that does nothing (T16, no rows, no columns): blocks whose parts come from
+ * fewer source matrices than others' pad their operations with it. */
+bool qv_xop_empty(const struct qv_xop *op);
+
 /* A computed tensor of len bytes: nblk blocks of blen bytes (whole experts of the view, or
  * bands of rows; the last may be cut short by len), block b made by the nops operations
  * ops[b * nops ...]; what says what it computes, for .qvlmoefs/. */

@@ -47,4 +47,12 @@ int qv_vcomp_build(const struct qv_gen *g, const struct qv_vcsrc *vs, uint32_t s
 		   const struct qv_cut *c, struct qv_vtensor *vt, struct qv_seg *s, char *why,
 		   size_t wl);
 
+/* A sharded save's consolidated fused expert tensor x ([E, A, B] per expert across the ranks'
+ * chunks, 16-bit) shown transposed ([E, B, A]) under cut c of the view's shape: *vt (name left
+ * NULL) and a computed segment *s of one block per expert of the cut, an operation per chunk
+ * holding part of that expert (its rows of A, the cut's columns of B). 0, -ENOMEM, or -EINVAL
+ * with the reason in why. */
+int qv_vcomp_chunks(const struct qv_dtensor *x, const struct qv_cut *c, struct qv_vtensor *vt,
+		    struct qv_seg *s, char *why, size_t wl);
+
 #endif

@@ -40,6 +40,10 @@ int qv_view_file(const struct qv_gen *g, const struct qv_plan *p, uint32_t si, e
 int qv_view_shared(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p,
 		   struct qv_node *top, uint32_t nlink, char *err, size_t errlen);
 
+/* Record in vf every source computed tensor c's operations read (for staleness checks and
+ * permissions); 0 or -ENOMEM. */
+int qv_view_comp_srcs(struct qv_vfile *vf, const struct qv_comp *c);
+
 /* Free the keys of fk. */
 void qv_fkeys_fini(struct qv_fkeys *fk);
 

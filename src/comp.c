@@ -119,6 +119,11 @@ int qv_comp_runs(const struct qv_comp *c, uint64_t b,
 	return rc;
 }
 
+bool qv_xop_empty(const struct qv_xop *op)
+{
+	return op->kind == QV_XOP_T16 && op->rows == 0 && op->cols == 0;
+}
+
 void qv_comp_run(const struct qv_comp *c, uint64_t b, const char *in, char *out)
 {
 	uint16_t *dst = (uint16_t *)(void *)out;
@@ -154,6 +159,8 @@ int qv_comp_check(const struct qv_comp *c)
 		bool t = op->kind != QV_XOP_DQ;
 		uint64_t r = t ? op->cols : op->rows, w = t ? op->rows : op->cols;
 
+		if (qv_xop_empty(op))
+			continue;
 		if (op->kind > QV_XOP_DQ_T || (is_fp8(op) && !op->block) || !op->rows || !op->cols ||
 		    w > op->dst_stride ||
 		    (op->dst_off + (r - 1) * op->dst_stride + w) * 2 > c->blen)

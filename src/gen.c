@@ -227,8 +227,7 @@ static int lay_told(void *arg, const struct qv_tensor *t, const char *rel)
 static int lay_check(void *arg, const struct qv_tensor *t, const char *rel)
 {
 	struct lay *l = arg;
-	struct qv_tensor vt;
-	bool hub, lin, tr;
+	bool hub, lin;
 
 	qv_plan_layout_fits(&l->po, t, &hub, &lin);
 	if (hub && lin && !l->po.src_layout && l->po.view_layout)
@@ -239,13 +238,6 @@ static int lay_check(void *arg, const struct qv_tensor *t, const char *rel)
 			      t->name, (unsigned long long)t->shape[0],
 			      (unsigned long long)t->shape[1], (unsigned long long)t->shape[2],
 			      (unsigned long long)l->po.hidden, (unsigned long long)l->po.inter);
-	qv_plan_view_tensor(&l->po, t, &vt, &tr);
-	if (tr && !rel) /* a consolidated tensor of a sharded save: its chunks are not computed */
-		return qv_err(l->err, l->errlen, -EINVAL,
-			      "\"%s\" is saved in the %s layout and this view shows %s: transposing "
-			      "the consolidated tensors of a sharded save is not done yet (view=hf "
-			      "without expert_layout shows it as saved)", t->name,
-			      lay_name[qv_plan_layout(&l->po, t)], lay_name[l->po.view_layout]);
 	return 0;
 }
 

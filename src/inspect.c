@@ -306,6 +306,9 @@ static int comp_extents(const struct qv_vfile *vf, const struct qv_comp *c, stru
 		const struct qv_xop *o = &c->ops[i];
 		unsigned es = o->kind == QV_XOP_T16 ? 2 : 1;
 
+		if (qv_xop_empty(o))
+			continue;
+
 		rc = qv_buf_printf(out, "%s %llu %llu every %llu x %llu %s block %llu\n",
 				   vf->base[o->src].rel, (unsigned long long)o->soff,
 				   (unsigned long long)(o->cols * es), (unsigned long long)o->sstride,

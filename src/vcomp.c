@@ -207,3 +207,67 @@ int qv_vcomp_build(const struct qv_gen *g, const struct qv_vcsrc *vs, uint32_t s
 	return rc ? qv_err(why, wl, rc, "tensor \"%s\": computed blocks out of bounds (a bug)",
 			   sh->name) : 0;
 }
+
+/* Whether chunk ch holds part of expert e and of columns [c0, c1) of B. */
+static bool chunk_has(const struct qv_chunk *ch, uint64_t e, uint64_t c0, uint64_t c1)
+{
+	return e >= ch->off[0] && e < ch->off[0] + ch->shape[0] && ch->off[2] < c1 &&
+	       ch->off[2] + ch->shape[2] > c0 && ch->shape[1];
+}
+
+int qv_vcomp_chunks(const struct qv_dtensor *x, const struct qv_cut *c, struct qv_vtensor *vt,
+		    struct qv_seg *s, char *why, size_t wl)
+{
+	uint64_t A = x->shape[1], c0 = c->d1_start, c1 = c->d1_start + c->d1_count;
+	uint32_t nops = 0;
+	struct qv_comp *cp;
+
+	if (x->ndim != 3 || qv_dtype_size(x->dtype) != 2)
+		return qv_err(why, wl, -EINVAL, "tensor \"%s\": its layout differs from the view's, "
+			      "and only 3-dimensional 16-bit tensors are transposed (it is %s)",
+			      x->name, qv_dtype_name(x->dtype));
+	*vt = (struct qv_vtensor){ .dtype = x->dtype, .ndim = 3,
+				   .shape = { c->count, c->d1_count, A },
+				   .size = c->count * c->d1_count * A * 2 };
+	*s = (struct qv_seg){ .len = vt->size };
+	if (!vt->size)
+		return 0;
+	for (uint64_t k = 0; k < c->count; k++) { /* the most chunks any expert is cut into */
+		uint32_t n = 0;
+
+		for (size_t i = 0; i < x->nc; i++)
+			n += chunk_has(&x->c[i], c->start + k, c0, c1);
+		nops = n > nops ? n : nops;
+	}
+	cp = qv_comp_new(c->count, c->d1_count * A * 2, nops, "transpose");
+	if (!cp)
+		return -ENOMEM;
+	for (uint64_t k = 0; k < c->count; k++) {
+		uint64_t e = c->start + k;
+		uint32_t j = 0;
+
+		for (size_t i = 0; i < x->nc; i++) { /* the rest of the block's ops stay empty */
+			const struct qv_chunk *ch = &x->c[i];
+			uint64_t a = ch->off[2] > c0 ? ch->off[2] : c0;
+			uint64_t b = ch->off[2] + ch->shape[2] < c1 ? ch->off[2] + ch->shape[2] : c1;
+
+			if (!chunk_has(ch, e, c0, c1))
+				continue;
+			cp->ops[k * nops + j++] = (struct qv_xop){
+				.kind = QV_XOP_T16, .src = ch->src,
+				.soff = ch->soff + ((e - ch->off[0]) * ch->shape[1] * ch->shape[2] +
+						    (a - ch->off[2])) * 2,
+				.sstride = ch->shape[2] * 2, .rows = ch->shape[1], .cols = b - a,
+				.dst_off = (a - c0) * A + ch->off[1], .dst_stride = A };
+		}
+	}
+	s->src = QV_SEG_COMPUTED;
+	s->comp = cp;
+	if (qv_comp_check(cp)) {
+		qv_comp_free(cp);
+		*s = (struct qv_seg){ 0 };
+		return qv_err(why, wl, -EINVAL, "tensor \"%s\": computed blocks out of bounds (a "
+			      "bug)", x->name);
+	}
+	return 0;
+}

@@ -476,6 +476,8 @@ static int block_unchanged(const struct qv_comp *c, uint64_t b, struct qv_source
 	for (uint32_t k = 0; k < c->nops && !rc; k++) {
 		const struct qv_xop *op = &c->ops[b * c->nops + k];
 
+		if (qv_xop_empty(op))
+			continue;
 		rc = qv_source_unchanged(&srcs[op->src]);
 		if (!rc && op->kind != QV_XOP_T16 && op->scale_src != op->src)
 			rc = qv_source_unchanged(&srcs[op->scale_src]);

@@ -121,11 +121,13 @@ size_t qv_view_ep_meta(uint64_t n_experts, const struct qv_plan *p, struct qv_me
 }
 
 /* Record every source a computed tensor's operations read in vf (staleness, permissions). */
-static int use_comp_srcs(struct qv_vfile *vf, const struct qv_comp *c)
+int qv_view_comp_srcs(struct qv_vfile *vf, const struct qv_comp *c)
 {
 	int rc = 0;
 
 	for (uint64_t i = 0; i < c->nblk * c->nops && !rc; i++) {
+		if (qv_xop_empty(&c->ops[i]))
+			continue;
 		rc = qv_vfile_use_src(vf, c->ops[i].src);
 		if (!rc && c->ops[i].kind != QV_XOP_T16)
 			rc = qv_vfile_use_src(vf, c->ops[i].scale_src);
@@ -215,7 +217,7 @@ int qv_view_file(const struct qv_gen *g, const struct qv_plan *p, uint32_t si, e
 			sg[i].comp = NULL; /* vf's now, even on failure */
 			rc = qv_vfile_add_comp(vf, c);
 			if (!rc)
-				rc = use_comp_srcs(vf, c);
+				rc = qv_view_comp_srcs(vf, c);
 			continue;
 		}
 		sg[i].src = src;

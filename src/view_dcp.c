@@ -4,6 +4,7 @@
 #include "qv_hdr.h"
 #include "qv_plan.h"
 #include "qv_util.h"
+#include "qv_vcomp.h"
 #include "qv_view.h"
 #include "qv_view_dcp.h"
 
@@ -58,9 +59,9 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 		rc = -ENOMEM;
 	for (size_t i = 0; i < d->nt && !rc; i++) {
 		const struct qv_dtensor *x = &d->t[i];
-		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
+		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim }, shown;
 		struct qv_cut cut = { 0 };
-		bool expert;
+		bool expert, transpose = false;
 		char *key;
 
 		if (x->file != k)
@@ -69,13 +70,18 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 		rc = qv_plan_map_tensor(p, &t, &key, &expert);
 		if (rc <= 0)
 			continue;
-		rc = expert ? qv_plan_cut(p, &t, &cut, why, sizeof(why)) : 0;
+		if (expert) /* the cut is taken on the view's shape (§14) */
+			qv_plan_view_tensor(&p->o, &t, &shown, &transpose);
+		rc = expert ? qv_plan_cut(p, &shown, &cut, why, sizeof(why)) : 0;
+		if (!rc && transpose)
+			rc = qv_vcomp_chunks(x, &cut, &vt[fk->n], &sg[fk->n], why, sizeof(why));
+		else if (!rc)
+			tensor_seg(x, &cut, &n->vf.tiles[fk->n], &vt[fk->n], &sg[fk->n]);
 		if (rc) {
 			free(key);
 			qv_err(err, errlen, rc, "%s", why);
 			break;
 		}
-		tensor_seg(x, &cut, &n->vf.tiles[fk->n], &vt[fk->n], &sg[fk->n]);
 		vt[fk->n].name = fk->keys[fk->n] = key;
 		fk->total += vt[fk->n].size;
 		for (size_t c = 0; c < x->nc && !rc; c++)
@@ -89,14 +95,21 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 		rc = qv_vfile_add_mem(&n->vf, &hdr);
 	voff = n->vf.size;
 	for (size_t i = 0; i < fk->n && !rc; i++) {
+		struct qv_comp *c = (struct qv_comp *)sg[i].comp;
+
 		sg[i].voff = voff;
 		voff += sg[i].len;
-		rc = qv_vfile_add(&n->vf, &sg[i]);
+		sg[i].comp = NULL; /* the vfile's now, even on failure */
+		rc = c ? qv_vfile_add_comp(&n->vf, c) : qv_vfile_add(&n->vf, &sg[i]);
+		if (!rc && c)
+			rc = qv_view_comp_srcs(&n->vf, c);
 	}
 	if (rc == -ENOMEM)
 		qv_err(err, errlen, rc, "out of memory");
 	qv_buf_free(&hdr);
 	free(vt);
+	for (size_t i = 0; sg && i < d->nt; i++)
+		qv_comp_free((struct qv_comp *)sg[i].comp); /* those not handed to the vfile */
 	free(sg);
 	return rc;
 }

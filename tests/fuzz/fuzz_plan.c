@@ -32,6 +32,8 @@ static void check_comp(const struct qv_comp *c, uint64_t lo, uint64_t hi)
 	for (uint64_t i = 0; i < c->nblk * c->nops; i++) {
 		const struct qv_xop *o = &c->ops[i];
 
+		if (qv_xop_empty(o))
+			continue;
 		inside(o->soff, o->rows, o->cols * (o->kind == QV_XOP_T16 ? 2 : 1), o->sstride, lo, hi);
 		if (o->kind != QV_XOP_T16)
 			inside(o->scale_off, (o->rows + o->block - 1) / o->block,

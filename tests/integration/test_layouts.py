@@ -208,3 +208,19 @@ def test_cached_block_of_a_changed_source_is_eio(sources, mount, tmp):
         with pytest.raises(OSError) as e:
             fh.read()
     assert e.value.errno == 5, e.value  # EIO
+
+
+@pytest.mark.parametrize("opts", [["-o", "view=native"], ["-o", "view=native,ep_size=2,ep_rank=1"],
+                                  ["-o", "view=native,ep_size=4,ep_rank=3,ep_shard_size=2,"
+                                   "ep_shard_rank=1"]], ids=["whole", "rank", "rank_shard"])
+def test_sharded_save_in_linear_layout(ckpt, mount, tmp, opts):
+    """An Automodel per-rank save of a model in nn.Linear's layout (4 ranks, experts cut on dim 1
+    too, so an expert lies in two chunks): its native view, transposed from the chunks, equals
+    the native view of its consolidated HF view (as saved: proven in test_sharded) turned into
+    the Hub's layout by numpy."""
+    save = ckpt.make("layouts-sharded-linear", "--linear-experts", "--sharded-save", "4",
+                     "--save-shard-size", "2")
+    hub = relayout(mount(save, None, "-o", "view=hf"), tmp / "hub")
+    got = mount(save, None, *opts)
+    assert_same_views(got, mount(hub, None, *opts))
+    assert stats(got)["blocks_computed"] > 0

@@ -3,8 +3,10 @@
 - A transformers-5 save: tf_model's tiny model written by transformers 5.18's own
   save_pretrained, its experts in nn.Linear's layout ([E, 2I, H], [E, H, I]). Its native view,
   and each rank folder of ep_size=2, is Automodel's from_hf of the Hub-layout state dict (the
-  saved experts transposed by torch); from_pretrained through view=hf,expert_layout=hub gives
-  the saved model, tensor for tensor, and its logits.
+  saved experts transposed by torch), and so is the native view of the same model saved by
+  Automodel's Checkpointer in its per-rank format (transposed from the ranks' chunks);
+  from_pretrained through view=hf,expert_layout=hub gives the saved model, tensor for tensor,
+  and its logits.
 - An FP8 release made here from the same model the way Qwen's FP8 releases are laid out
   (experts one weight each, [out, in]; every linear weight of the language model F8_E4M3 with
   one F32 scale per 128x128 block in weight_scale_inv; quantization_config fp8 [128, 128]).
@@ -22,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 import tf_model
@@ -59,9 +60,9 @@ def rank_slice(want, folder):
 def assert_native_views(mount, src, want, what):
     """The native view of src, and each rank folder of ep_size=2, hold want (sliced)."""
     __tracebackhide__ = True
-    view, _ = load_folder(mount(src))
+    view, _ = load_folder(mount(src, None, "-o", "view=native"))
     assert_same(view, want, f"native view of {what}", want_name="from_hf")
-    ranks = mount(src, None, "-o", "ep_size=2")
+    ranks = mount(src, None, "-o", "view=native,ep_size=2")
     for r in range(2):
         got, _ = load_folder(ranks / f"ep-rank-{r}")
         assert_same(got, rank_slice(want, ranks / f"ep-rank-{r}"),
@@ -73,6 +74,23 @@ def test_tf5_save_native_view_is_from_hf_of_hub_layout(saves, mount):
     hub, _ = load_folder(saves["hub"])
     want = make_adapter(saves["hub"]).from_hf(hub)
     assert_native_views(mount, saves["tf5"], want, "the transformers-5 save")
+
+
+def test_automodel_save_of_tf5_layout_native_view(saves, mount, work):
+    """The same model saved by Automodel's Checkpointer in its per-rank format (2 gloo ranks,
+    experts Shard(0), as the model holds them: nn.Linear's layout): its native view, transposed
+    from the ranks' chunks, and both rank folders are Automodel's from_hf of the Hub-layout
+    state dict."""
+    import subprocess
+    import sys
+    out = work / "computed" / "automodel"
+    shutil.rmtree(out, ignore_errors=True)
+    p = subprocess.run([sys.executable, str(Path(__file__).parent / "tf_save.py"), str(out), "2"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    hub, _ = load_folder(saves["hub"])
+    want = make_adapter(saves["hub"]).from_hf(hub)
+    assert_native_views(mount, out / "model", want, "Automodel's per-rank save")
 
 
 def test_tf5_save_through_expert_layout_hub(saves, original, mount):
