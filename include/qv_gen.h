@@ -71,6 +71,12 @@ int qv_gen_load(struct qv_gen *g, const char *src, const struct qv_gen_opts *o, 
 /* Free a generation (closes its source files); safe on a zeroed or half-loaded one. */
 void qv_gen_free(struct qv_gen *g);
 
+/* Call fn(arg, t, si) for every tensor the view shows from g: a sharded save's consolidated
+ * ones (si 0), then each safetensors file's (si its scan node; a sharded save's rank files
+ * left out), until fn returns non-zero, which is returned; else 0. */
+int qv_gen_each_tensor(const struct qv_gen *g,
+		       int (*fn)(void *arg, const struct qv_tensor *t, uint32_t si), void *arg);
+
 /* True when the options make one folder per rank (and shard) instead of one view. */
 bool qv_gen_multi(const struct qv_gen_opts *o);
 

@@ -39,6 +39,12 @@ struct qv_vcsrc {
 void qv_vcomp_how(const struct qv_gen *g, const struct qv_plan *p, uint32_t si,
 		  const struct qv_tensor *t, struct qv_vcsrc *vs);
 
+/* How tensor t of scan node si (0: a sharded save's consolidated tensor) is shown under plan
+ * p, and its view key: 1 with *vs, *key (malloc'd) and *expert (plan's expert rule); 0 when
+ * the view leaves it out (its key dropped, or inside another tensor's computation); -ENOMEM. */
+int qv_vcomp_key(const struct qv_gen *g, const struct qv_plan *p, uint32_t si,
+		 const struct qv_tensor *t, struct qv_vcsrc *vs, char **key, bool *expert);
+
 /* The computed segment *s (src QV_SEG_COMPUTED, its comp the caller's to free or hand to a
  * vfile; len 0 and no comp for an empty cut) and view tensor *vt (name left NULL) of vs, a
  * computed one, under cut c of vs->shown (for a non-expert tensor: c zeroed); 0, -ENOMEM, or

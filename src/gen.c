@@ -157,10 +157,8 @@ static const char *per_expert_key(const struct qv_gen *m)
 	return NULL;
 }
 
-/* Call fn(arg, t, rel) for every tensor the view shows from the checkpoint (a sharded save's
- * consolidated ones, rel NULL) until it returns non-zero, which is returned. */
-static int each_tensor(const struct qv_gen *m,
-		       int (*fn)(void *arg, const struct qv_tensor *t, const char *rel), void *arg)
+int qv_gen_each_tensor(const struct qv_gen *m,
+		       int (*fn)(void *arg, const struct qv_tensor *t, uint32_t si), void *arg)
 {
 	int rc = 0;
 
@@ -169,34 +167,42 @@ static int each_tensor(const struct qv_gen *m,
 		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
 
 		memcpy(t.shape, x->shape, sizeof(t.shape));
-		rc = fn(arg, &t, NULL);
+		rc = fn(arg, &t, 0);
 	}
-	for (size_t i = 0; !rc && i < m->scan.nn; i++) {
+	for (uint32_t i = 0; !rc && i < m->scan.nn; i++) {
 		const struct qv_st *st = m->sharded && qv_dcp_is_rank_file(m->scan.n[i].name) ?
 						 NULL : m->st_of[i];
 
 		for (size_t k = 0; !rc && st && k < st->nt; k++)
-			rc = fn(arg, &st->t[k], m->scan.n[i].rel);
+			rc = fn(arg, &st->t[k], i);
 	}
 	return rc;
 }
 
 /* What the layout pass gathers and checks (DESIGN §14). */
 struct lay {
+	const struct qv_gen *m;
 	struct qv_plan_opts po; /* H, I; src_layout and view_layout as the plans will have them */
-	bool sharded, hub, lin;
+	bool hub, lin;
 	const struct qv_tensor *gate_up, *down; /* a 3-dimensional one of each, for H and I */
 	char *err;
 	size_t errlen;
 };
 
+/* "FILE: " of scan node si in a message, "" for a consolidated tensor (si 0). */
+static const char *lay_rel(const struct lay *l, uint32_t si, const char **sep)
+{
+	*sep = si ? ": " : "";
+	return si ? l->m->scan.n[si].rel : "";
+}
+
 static const char *const lay_name[] = { "as stored", "hub", "linear" };
 
-static int lay_pick(void *arg, const struct qv_tensor *t, const char *rel)
+static int lay_pick(void *arg, const struct qv_tensor *t, uint32_t si)
 {
 	struct lay *l = arg;
 
-	(void)rel;
+	(void)si;
 	if (t->ndim != 3 || !qv_plan_key_is_expert(t->name))
 		return 0;
 	if (qv_ends_with(t->name, "down_proj") || qv_ends_with(t->name, "down_projs"))
@@ -206,27 +212,29 @@ static int lay_pick(void *arg, const struct qv_tensor *t, const char *rel)
 	return 0;
 }
 
-static int lay_told(void *arg, const struct qv_tensor *t, const char *rel)
+static int lay_told(void *arg, const struct qv_tensor *t, uint32_t si)
 {
 	struct lay *l = arg;
 	enum qv_layout told = qv_plan_layout_told(&l->po, t);
+	const char *sep, *rel = lay_rel(l, si, &sep);
 
 	l->hub |= told == QV_LAYOUT_HUB;
 	l->lin |= told == QV_LAYOUT_LINEAR;
 	if (told && l->po.src_layout && told != l->po.src_layout)
 		return qv_err(l->err, l->errlen, -EINVAL,
 			      "%s%s\"%s\" is in the %s layout by its shape [%llu, %llu, %llu] "
-			      "(H %llu, I %llu), not source_layout=%s", rel ? rel : "",
-			      rel ? ": " : "", t->name, lay_name[told],
+			      "(H %llu, I %llu), not source_layout=%s", rel, sep, t->name,
+			      lay_name[told],
 			      (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
 			      (unsigned long long)t->shape[2], (unsigned long long)l->po.hidden,
 			      (unsigned long long)l->po.inter, lay_name[l->po.src_layout]);
 	return 0;
 }
 
-static int lay_check(void *arg, const struct qv_tensor *t, const char *rel)
+static int lay_check(void *arg, const struct qv_tensor *t, uint32_t si)
 {
 	struct lay *l = arg;
+	const char *sep, *rel = lay_rel(l, si, &sep);
 	bool hub, lin;
 
 	qv_plan_layout_fits(&l->po, t, &hub, &lin);
@@ -234,8 +242,7 @@ static int lay_check(void *arg, const struct qv_tensor *t, const char *rel)
 		return qv_err(l->err, l->errlen, -EINVAL,
 			      "%s%s\"%s\" [%llu, %llu, %llu] fits both expert layouts (H %llu, I "
 			      "%llu) and no other expert tensor tells which it is: state it with "
-			      "-o source_layout=hub|linear", rel ? rel : "", rel ? ": " : "",
-			      t->name, (unsigned long long)t->shape[0],
+			      "-o source_layout=hub|linear", rel, sep, t->name, (unsigned long long)t->shape[0],
 			      (unsigned long long)t->shape[1], (unsigned long long)t->shape[2],
 			      (unsigned long long)l->po.hidden, (unsigned long long)l->po.inter);
 	return 0;
@@ -243,18 +250,17 @@ static int lay_check(void *arg, const struct qv_tensor *t, const char *rel)
 
 /* H and I (the config's, else a layer's two expert tensors': [E, H, 2I] with [E, I, H], or
  * [E, 2I, H] with [E, H, I]), the writer's layout, and the checks: a stated layout the shapes
- * contradict, a shape that cannot tell where the view needs to know, and a transposition the
- * mount cannot make, are refused. */
+ * contradict, and a shape that cannot tell where the view needs to know, are refused. */
 static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, size_t errlen)
 {
-	struct lay l = { .err = err, .errlen = errlen };
+	struct lay l = { .m = m, .err = err, .errlen = errlen };
 	struct qv_plan_opts po;
 	int rc;
 
 	m->hidden = m->cfg.hidden.v;
 	m->inter = m->cfg.moe_inter.v;
 	if (!m->hidden || !m->inter) {
-		each_tensor(m, lay_pick, &l);
+		qv_gen_each_tensor(m, lay_pick, &l);
 		if (l.gate_up && l.down) {
 			const uint64_t *g = l.gate_up->shape, *d = l.down->shape;
 			bool hub = g[1] == d[2] && g[2] == 2 * d[1], lin = g[2] == d[1] && g[1] == 2 * d[2];
@@ -265,7 +271,7 @@ static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, siz
 	}
 	l.po = (struct qv_plan_opts){ .hidden = m->hidden, .inter = m->inter,
 				      .src_layout = o->source_layout };
-	rc = each_tensor(m, lay_told, &l);
+	rc = qv_gen_each_tensor(m, lay_told, &l);
 	if (rc)
 		return rc;
 	m->writer = l.hub && !l.lin ? QV_LAYOUT_HUB : l.lin && !l.hub ? QV_LAYOUT_LINEAR :
@@ -275,7 +281,7 @@ static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, siz
 		return qv_err(err, errlen, -EINVAL, "expert_layout=linear: the native view holds "
 			      "experts as NeMo Automodel does, in the hub layout");
 	l.po = po;
-	return each_tensor(m, lay_check, &l);
+	return qv_gen_each_tensor(m, lay_check, &l);
 }
 
 /* What the views of plan options po need of the quantized weights and per-expert keys: a

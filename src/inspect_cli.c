@@ -46,16 +46,21 @@ static struct origin *origins(struct qv_gen *g, const struct qv_plan *p, size_t 
 
 		for (size_t k = 0; k < nt; k++) {
 			const char *name = dcp ? g->dcp.t[k].name : g->st_of[i]->t[k].name;
-			struct qv_vcsrc vs = { .how = QV_VC_STORED };
+			struct qv_tensor dt;
+			struct qv_vcsrc vs;
 			char *key;
 			bool expert;
 
+			if (dcp) {
+				dt = (struct qv_tensor){ .name = g->dcp.t[k].name,
+							 .dtype = g->dcp.t[k].dtype,
+							 .ndim = g->dcp.t[k].ndim };
+				memcpy(dt.shape, g->dcp.t[k].shape, sizeof(dt.shape));
+			}
 			/* a computed tensor is named by the source tensor it stands in for (a stack:
 			 * expert 0's weight); those inside another's computation have no key */
-			if (!dcp)
-				qv_vcomp_how(g, p, (uint32_t)i, &g->st_of[i]->t[k], &vs);
-			if (vs.how == QV_VC_SKIP ||
-			    qv_plan_map_key(p, dcp ? name : vs.shown.name, &key, &expert) != 1)
+			if (qv_vcomp_key(g, p, dcp ? 0 : (uint32_t)i, dcp ? &dt : &g->st_of[i]->t[k],
+					 &vs, &key, &expert) != 1)
 				continue;
 			if (*n == cap) {
 				struct origin *x = realloc(o, (cap = cap * 2 + 64) * sizeof(*o));

@@ -48,6 +48,18 @@ void qv_vcomp_how(const struct qv_gen *g, const struct qv_plan *p, uint32_t si,
 	}
 }
 
+int qv_vcomp_key(const struct qv_gen *g, const struct qv_plan *p, uint32_t si,
+		 const struct qv_tensor *t, struct qv_vcsrc *vs, char **key, bool *expert)
+{
+	qv_vcomp_how(g, p, si, t, vs);
+	if (vs->how == QV_VC_SKIP) {
+		*key = NULL;
+		*expert = false;
+		return 0;
+	}
+	return qv_plan_map_tensor(p, &vs->shown, key, expert);
+}
+
 /* Where a tensor's bytes start in its source file. */
 static uint64_t data_off(const struct qv_gen *g, uint32_t node, const struct qv_tensor *t)
 {

@@ -163,12 +163,9 @@ int qv_view_file(const struct qv_gen *g, const struct qv_plan *p, uint32_t si, e
 		char *key;
 		bool expert;
 
-		qv_vcomp_how(g, p, si, t, &vs);
-		if (vs.how == QV_VC_SKIP)
-			continue; /* inside another tensor's computation */
-		rc = qv_plan_map_tensor(p, &vs.shown, &key, &expert);
+		rc = qv_vcomp_key(g, p, si, t, &vs, &key, &expert);
 		if (rc <= 0)
-			continue; /* dropped, or out of memory */
+			continue; /* dropped (or inside another's computation), or out of memory */
 		if ((part == QV_PART_DENSE && expert) || (part == QV_PART_EXPERTS && !expert)) {
 			free(key); /* in the other part's file */
 			rc = 0;
@@ -482,12 +479,8 @@ static int has_part(const struct qv_gen *g, const struct qv_plan *p, uint32_t si
 		struct qv_vcsrc vs;
 		char *key;
 		bool expert;
-		int rc;
+		int rc = qv_vcomp_key(g, p, si, &st->t[i], &vs, &key, &expert);
 
-		qv_vcomp_how(g, p, si, &st->t[i], &vs);
-		if (vs.how == QV_VC_SKIP)
-			continue;
-		rc = qv_plan_map_tensor(p, &vs.shown, &key, &expert);
 		free(key);
 		if (rc < 0)
 			return rc;
@@ -644,45 +637,43 @@ int qv_view_build(struct qv_tree *t, struct qv_gen *g, const struct qv_plan *p, 
 	return rc;
 }
 
-/* Tensor t (of scan node si, file rel; rel NULL: a consolidated one) under plans p[0..np): an
- * expert tensor, as the view shows it, must be cut by each, and a computed FP8 one on a
- * boundary of its scale blocks. The plans differ only in their slice, so one of them maps the
- * key for all. */
-static int validate_tensor(const struct qv_gen *g, uint32_t si, const struct qv_plan *p,
-			   size_t np, const struct qv_tensor *t, const char *rel, char *err,
-			   size_t errlen)
+/* What qv_view_validate checks each tensor against. */
+struct validation {
+	const struct qv_gen *g;
+	const struct qv_plan *p;
+	size_t np;
+	char *err;
+	size_t errlen;
+};
+
+/* Tensor t of scan node si (0: a consolidated one) under plans p[0..np): an expert tensor, as
+ * the view shows it, must be cut by each, and a computed FP8 one on a boundary of its scale
+ * blocks. The plans differ only in their slice, so one of them maps the key for all. */
+static int validate_tensor(void *arg, const struct qv_tensor *t, uint32_t si)
 {
+	const struct validation *v = arg;
 	struct qv_vcsrc vs;
 	struct qv_cut cut;
 	char *key, why[QV_ERRLEN];
 	bool expert, fp8;
-	int rc;
+	int rc = qv_vcomp_key(v->g, &v->p[0], si, t, &vs, &key, &expert);
 
-	if (rel) {
-		qv_vcomp_how(g, &p[0], si, t, &vs);
-	} else { /* a sharded save's: transposition is refused at load, nothing else computed */
-		vs = (struct qv_vcsrc){ .how = QV_VC_STORED, .t = t };
-		qv_plan_view_tensor(&p[0].o, t, &vs.shown, &vs.transpose);
-	}
-	if (vs.how == QV_VC_SKIP)
-		return 0;
-	rc = qv_plan_map_tensor(&p[0], &vs.shown, &key, &expert);
 	if (rc < 0)
-		return qv_err(err, errlen, rc, "out of memory");
-	fp8 = vs.shown.dtype != vs.t->dtype; /* dequantized: its cut follows the scale blocks */
-	for (size_t i = 0; rc == 1 && expert && i < np; i++) {
-		int bad = qv_plan_cut(&p[i], &vs.shown, &cut, why, sizeof(why));
+		return qv_err(v->err, v->errlen, rc, "out of memory");
+	fp8 = vs.shown.dtype != t->dtype; /* dequantized: its cut follows the scale blocks */
+	for (size_t i = 0; rc == 1 && expert && i < v->np; i++) {
+		int bad = qv_plan_cut(&v->p[i], &vs.shown, &cut, why, sizeof(why));
 
-		if (!bad && fp8 && cut.d1_start % g->quant.block)
+		if (!bad && fp8 && cut.d1_start % v->g->quant.block)
 			bad = qv_err(why, sizeof(why), -EINVAL, "tensor \"%s\": ep_shard_rank=%u "
 				     "cuts dim 1 at %llu, not on a %u-element boundary of its FP8 "
-				     "scale blocks", key, p[i].o.shard_rank,
-				     (unsigned long long)cut.d1_start, g->quant.block);
+				     "scale blocks", key, v->p[i].o.shard_rank,
+				     (unsigned long long)cut.d1_start, v->g->quant.block);
 		if (!bad)
 			continue;
 		free(key);
-		return rel ? qv_err(err, errlen, -EINVAL, "%s: %s", rel, why) :
-			     qv_err(err, errlen, -EINVAL, "%s", why);
+		return si ? qv_err(v->err, v->errlen, -EINVAL, "%s: %s", v->g->scan.n[si].rel, why) :
+			    qv_err(v->err, v->errlen, -EINVAL, "%s", why);
 	}
 	free(key);
 	return 0;
@@ -691,23 +682,9 @@ static int validate_tensor(const struct qv_gen *g, uint32_t si, const struct qv_
 int qv_view_validate(struct qv_gen *g, const struct qv_plan *p, size_t np, char *err,
 		     size_t errlen)
 {
-	int rc = 0;
+	struct validation v = { .g = g, .p = p, .np = np, .err = err, .errlen = errlen };
 
-	for (size_t i = 0; !rc && g->sharded && i < g->dcp.nt; i++) { /* consolidated shapes */
-		const struct qv_dtensor *x = &g->dcp.t[i];
-		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
-
-		memcpy(t.shape, x->shape, sizeof(t.shape));
-		rc = validate_tensor(g, 0, p, np, &t, NULL, err, errlen);
-	}
-	for (uint32_t i = 0; !rc && i < g->scan.nn; i++) {
-		const struct qv_st *st = g->sharded && qv_dcp_is_rank_file(g->scan.n[i].name) ?
-						 NULL : g->st_of[i];
-
-		for (size_t k = 0; !rc && st && k < st->nt; k++)
-			rc = validate_tensor(g, i, p, np, &st->t[k], g->scan.n[i].rel, err, errlen);
-	}
-	return rc;
+	return qv_gen_each_tensor(g, validate_tensor, &v);
 }
 
 void qv_fkeys_fini(struct qv_fkeys *fk)

@@ -59,21 +59,21 @@ static int build_file(struct qv_gen *g, const struct qv_plan *p, uint32_t k, str
 		rc = -ENOMEM;
 	for (size_t i = 0; i < d->nt && !rc; i++) {
 		const struct qv_dtensor *x = &d->t[i];
-		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim }, shown;
+		struct qv_tensor t = { .name = x->name, .dtype = x->dtype, .ndim = x->ndim };
+		struct qv_vcsrc vs;
 		struct qv_cut cut = { 0 };
-		bool expert, transpose = false;
+		bool expert;
 		char *key;
 
 		if (x->file != k)
 			continue;
 		memcpy(t.shape, x->shape, sizeof(t.shape));
-		rc = qv_plan_map_tensor(p, &t, &key, &expert);
+		rc = qv_vcomp_key(g, p, 0, &t, &vs, &key, &expert);
 		if (rc <= 0)
 			continue;
-		if (expert) /* the cut is taken on the view's shape (§14) */
-			qv_plan_view_tensor(&p->o, &t, &shown, &transpose);
-		rc = expert ? qv_plan_cut(p, &shown, &cut, why, sizeof(why)) : 0;
-		if (!rc && transpose)
+		/* the cut is taken on the view's shape (§14) */
+		rc = expert ? qv_plan_cut(p, &vs.shown, &cut, why, sizeof(why)) : 0;
+		if (!rc && vs.transpose)
 			rc = qv_vcomp_chunks(x, &cut, &vt[fk->n], &sg[fk->n], why, sizeof(why));
 		else if (!rc)
 			tensor_seg(x, &cut, &n->vf.tiles[fk->n], &vt[fk->n], &sg[fk->n]);
