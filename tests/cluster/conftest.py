@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -469,29 +470,7 @@ def results(dirpath):
 
 # ----------------------------------------------------------------------------- the tally line
 
-_outcomes = {}
-
-
-def pytest_runtest_logreport(report):
-    old = _outcomes.get(report.nodeid)
-    if report.failed:
-        _outcomes[report.nodeid] = "failed"
-    elif report.skipped and old != "failed":
-        _outcomes[report.nodeid] = "skipped"
-    elif report.passed and report.when == "call" and old is None:
-        _outcomes[report.nodeid] = "passed"
-
-
-def pytest_collectreport(report):
-    if report.failed:
-        _outcomes[report.nodeid or "collection"] = "failed"
-
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_sessionfinish(session):
-    yield
-    n = {k: sum(1 for v in _outcomes.values() if v == k) for k in ("passed", "failed", "skipped")}
-    line = f"{n['passed']} passed, {n['failed']} failed" + (f", {n['skipped']} skipped" if n["skipped"] else "")
-    tr = session.config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(line)
+# the integration suite's closing line, the same hooks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from tally import (pytest_collectreport, pytest_runtest_logreport,  # noqa: E402,F401
+                   pytest_sessionfinish, pytest_terminal_summary)
