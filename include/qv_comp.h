@@ -34,19 +34,18 @@ bool qv_xop_empty(const struct qv_xop *op);
 
 /* A computed tensor of len bytes: nblk blocks of blen bytes (whole experts of the view, or
  * bands of rows; the last may be cut short by len), block b made by the nops operations
- * ops[b * nops ...]; what says what it computes, for .qvlmoefs/. */
+ * ops[b * nops ...]. */
 struct qv_comp {
 	uint64_t id; /* unique in the process: the cache's key, never reused by a later view */
 	uint64_t blen, nblk, len;
 	uint32_t nops;
 	struct qv_xop *ops;
-	const char *what;
 };
 
 /* A computed tensor of nblk blocks of blen bytes (len nblk * blen, which the caller may
  * lower) with nops operations each (zeroed, to be filled by the caller), a fresh id; NULL
  * when out of memory. */
-struct qv_comp *qv_comp_new(uint64_t nblk, uint64_t blen, uint32_t nops, const char *what);
+struct qv_comp *qv_comp_new(uint64_t nblk, uint64_t blen, uint32_t nops);
 
 /* Free c (NULL is fine). */
 void qv_comp_free(struct qv_comp *c);

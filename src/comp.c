@@ -14,7 +14,7 @@
 
 static atomic_uint_least64_t next_id = 1;
 
-struct qv_comp *qv_comp_new(uint64_t nblk, uint64_t blen, uint32_t nops, const char *what)
+struct qv_comp *qv_comp_new(uint64_t nblk, uint64_t blen, uint32_t nops)
 {
 	struct qv_comp *c = calloc(1, sizeof(*c));
 
@@ -30,7 +30,6 @@ struct qv_comp *qv_comp_new(uint64_t nblk, uint64_t blen, uint32_t nops, const c
 	c->blen = blen;
 	c->len = nblk * blen;
 	c->nops = nops;
-	c->what = what;
 	return c;
 }
 

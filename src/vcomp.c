@@ -167,9 +167,6 @@ int qv_vcomp_build(const struct qv_gen *g, const struct qv_vcsrc *vs, uint32_t s
 		   const struct qv_cut *c, struct qv_vtensor *vt, struct qv_seg *s, char *why,
 		   size_t wl)
 {
-	static const char *const what[] = { [QV_VC_TRANSPOSE] = "transpose",
-					    [QV_VC_DEQUANT] = "dequantize",
-					    [QV_VC_STACK] = "stack" };
 	const struct qv_tensor *sh = &vs->shown;
 	bool experts = c && (vs->how != QV_VC_DEQUANT || sh->ndim == 3);
 	uint64_t row = 2, rpb = 0, nblk;
@@ -196,8 +193,7 @@ int qv_vcomp_build(const struct qv_gen *g, const struct qv_vcsrc *vs, uint32_t s
 		nblk = (vt->shape[0] + rpb - 1) / rpb;
 		row *= rpb;
 	}
-	cp = qv_comp_new(nblk, row, vs->how == QV_VC_STACK && !vs->qk->down ? 2 : 1,
-			 what[vs->how]);
+	cp = qv_comp_new(nblk, row, vs->how == QV_VC_STACK && !vs->qk->down ? 2 : 1);
 	if (!cp)
 		return -ENOMEM;
 	cp->len = vt->size;
@@ -251,7 +247,7 @@ int qv_vcomp_chunks(const struct qv_dtensor *x, const struct qv_cut *c, struct q
 			n += chunk_has(&x->c[i], c->start + k, c0, c1);
 		nops = n > nops ? n : nops;
 	}
-	cp = qv_comp_new(c->count, c->d1_count * A * 2, nops, "transpose");
+	cp = qv_comp_new(c->count, c->d1_count * A * 2, nops);
 	if (!cp)
 		return -ENOMEM;
 	for (uint64_t k = 0; k < c->count; k++) {

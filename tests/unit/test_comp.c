@@ -47,7 +47,7 @@ TEST(comp_transpose_columns_of_a_strided_slab)
 	/* 3 experts of [A=5, B=7] 16-bit; the view takes columns [2, 6) of expert 1 and 2 */
 	enum { E = 3, A = 5, B = 7, C0 = 2, NC = 4 };
 	uint16_t src[E * A * B], out[2 * NC * A];
-	struct qv_comp *c = qv_comp_new(2, NC * A * 2, 1, "transpose");
+	struct qv_comp *c = qv_comp_new(2, NC * A * 2, 1);
 	struct fake f = { .src = { (const char *)src, NULL } };
 
 	for (unsigned i = 0; i < E * A * B; i++)
@@ -79,7 +79,7 @@ TEST(comp_dequant_two_halves_of_one_block)
 	uint8_t *w = malloc(2 * I * H);
 	float *s = malloc(2 * sr * sc * sizeof(float));
 	uint16_t *out = calloc((size_t)H * 2 * I, 2);
-	struct qv_comp *c = qv_comp_new(1, (uint64_t)H * 2 * I * 2, 2, "dequantize");
+	struct qv_comp *c = qv_comp_new(1, (uint64_t)H * 2 * I * 2, 2);
 	struct fake f = { .src = { (const char *)w, (const char *)s } };
 	unsigned bad = 0;
 
@@ -114,7 +114,7 @@ TEST(comp_dequant_two_halves_of_one_block)
 
 TEST(comp_check_refuses_ops_outside_the_block)
 {
-	struct qv_comp *c = qv_comp_new(1, 4 * 6 * 2, 1, "transpose");
+	struct qv_comp *c = qv_comp_new(1, 4 * 6 * 2, 1);
 
 	c->ops[0] = (struct qv_xop){ .kind = QV_XOP_T16, .rows = 4, .cols = 6, .dst_stride = 4 };
 	CHECK_EQ_INT(qv_comp_check(c), 0);
@@ -130,11 +130,11 @@ TEST(comp_check_refuses_ops_outside_the_block)
 
 TEST(comp_ids_are_never_reused)
 {
-	struct qv_comp *a = qv_comp_new(1, 2, 1, "x"), *b;
+	struct qv_comp *a = qv_comp_new(1, 2, 1), *b;
 	uint64_t id = a->id;
 
 	qv_comp_free(a);
-	b = qv_comp_new(1, 2, 1, "x"); /* may sit where a was: its blocks must not be a's */
+	b = qv_comp_new(1, 2, 1); /* may sit where a was: its blocks must not be a's */
 	CHECK(b->id != id);
 	qv_comp_free(b);
 }
@@ -142,7 +142,7 @@ TEST(comp_ids_are_never_reused)
 TEST(xcache_hit_after_make_and_retry_after_failure)
 {
 	struct qv_xcache *xc;
-	struct qv_comp *c = qv_comp_new(4, 64, 1, "t");
+	struct qv_comp *c = qv_comp_new(4, 64, 1);
 	struct qv_xslot *s;
 	uint64_t hits, made;
 
@@ -170,7 +170,7 @@ TEST(xcache_hit_after_make_and_retry_after_failure)
 TEST(xcache_budget_and_every_slot_held)
 {
 	struct qv_xcache *xc;
-	struct qv_comp *c = qv_comp_new(64, 1000, 1, "t");
+	struct qv_comp *c = qv_comp_new(64, 1000, 1);
 	struct qv_xslot *held[40];
 	struct qv_xslot *s;
 	int n = 0;
@@ -234,7 +234,7 @@ static void *race(void *arg)
 TEST(xcache_concurrent_requests_make_a_block_once)
 {
 	struct qv_xcache *xc;
-	struct qv_comp *c = qv_comp_new(8, 4096, 1, "t");
+	struct qv_comp *c = qv_comp_new(8, 4096, 1);
 	atomic_int makers = 0;
 	struct racer r[6];
 	pthread_t th[6];
