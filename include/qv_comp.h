@@ -84,6 +84,12 @@ void qv_xcache_free(struct qv_xcache *xc);
 int qv_xcache_get(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
 		  struct qv_xslot **slot);
 
+/* A slot to make block b of c in ahead of its requests: 0 with *slot claimed and held, as
+ * qv_xcache_get's 0; 1 when there is nothing to make (the block is there or being made, every
+ * slot is held, or xc is NULL); -ENOMEM. Never waits. */
+int qv_xcache_claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
+		    struct qv_xslot **slot);
+
 /* The bytes of a held slot (the comp's blen). */
 char *qv_xslot_data(struct qv_xslot *s);
 
@@ -94,7 +100,7 @@ void qv_xcache_made(struct qv_xcache *xc, struct qv_xslot *s, int rc);
 /* Let go of a held slot. */
 void qv_xcache_put(struct qv_xcache *xc, struct qv_xslot *s);
 
-/* Blocks served from the cache, and blocks made. */
-void qv_xcache_counts(struct qv_xcache *xc, uint64_t *hits, uint64_t *made);
+/* Blocks served from the cache, blocks made, and those of them made ahead (qv_xcache_claim). */
+void qv_xcache_counts(struct qv_xcache *xc, uint64_t *hits, uint64_t *made, uint64_t *ahead);
 
 #endif

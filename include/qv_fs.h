@@ -15,6 +15,7 @@ struct qv_fs {
 	int direct_io; /* -o direct_io: read() bypasses the page cache */
 	int splice;    /* single-run reads reply with the source's pages (off: -o nosplice) */
 	unsigned max_read; /* the mount's max_read= (0: none), which INIT must repeat */
+	struct fuse_session *se; /* set once the session exists: lookups' late invalidations */
 	/* tests only (struct qv_glue_opts): replies still to refuse; each lookup's wait before
 	 * its reply */
 	atomic_int fail_open, fail_entry;

@@ -97,9 +97,12 @@ void qv_mount_drop(struct qv_mount *m, struct qv_node *n, uint64_t count);
 int qv_mount_dir(struct qv_mount *m, uint64_t ino, struct qv_node **out);
 
 /* Entry name of folder parent for the kernel: 0 with *out held once (the kernel's lookup,
- * until it forgets it) or NULL (no such entry); -ESTALE when a rescan has replaced parent's
- * generation (the kernel then walks again from the root), or what qv_mount_dir says. */
-int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struct qv_node **out);
+ * until it forgets it) or NULL (no such entry), and *dir the folder that answered, held once
+ * (give it back with qv_mount_drop; NULL on error); -ESTALE when a rescan has replaced
+ * parent's generation (the kernel then walks again from the root), or what qv_mount_dir
+ * says. */
+int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struct qv_node **out,
+		    struct qv_node **dir);
 
 /* The kernel forgets nlookup lookups of ino (the root's are never counted). */
 void qv_mount_forget(struct qv_mount *m, uint64_t ino, uint64_t nlookup);
@@ -138,6 +141,10 @@ int qv_mount_reply(struct qv_mount *m, uint64_t ino, const struct qv_buf *dyn, u
 
 /* The reply qv_mount_reply made was sent (or not): what it pointed into is let go. */
 void qv_mount_done(struct qv_mount *m);
+
+/* After a reply to [off, off+len) of file ino is sent: make the computed block a reader going
+ * front to back asks for next (qv_vfile_ahead), on this thread, while the reader copies. */
+void qv_mount_ahead(struct qv_mount *m, uint64_t ino, uint64_t off, size_t len);
 
 /* The calling thread's last reply was not taken (an interrupted request): drop its pipe. */
 void qv_mount_unsent(struct qv_mount *m);

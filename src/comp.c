@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define XCACHE_SLOTS 32
 #define XCACHE_KEEP 8 /* buffers made before made blocks are reused: 8 readers' blocks */
@@ -184,7 +185,7 @@ struct qv_xcache {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	size_t budget, bytes;
-	uint64_t clock, hits, made;
+	uint64_t clock, hits, made, ahead;
 	struct qv_xslot s[XCACHE_SLOTS];
 };
 
@@ -212,10 +213,20 @@ void qv_xcache_free(struct qv_xcache *xc)
 	free(xc);
 }
 
-/* A block buffer: line-aligned, so the transposing kernel writes whole lines (qv_xf). */
+#define HUGE_PAGE (2u << 20)
+
+/* A block buffer: line-aligned, so the transposing kernel writes whole lines (qv_xf); one of
+ * a huge page or more is in huge pages where the kernel has them (THP "madvise" is Debian's
+ * default): a fresh mount's first blocks otherwise take a page fault per 4 KiB, which cost a
+ * sixth of making them. */
 static char *block_alloc(size_t len)
 {
-	return aligned_alloc(64, (len + 63) / 64 * 64 + (len ? 0 : 64));
+	size_t a = len >= HUGE_PAGE ? HUGE_PAGE : 64;
+	char *p = aligned_alloc(a, (len + a - 1) / a * a + (len ? 0 : a));
+
+	if (p && a == HUGE_PAGE)
+		(void)madvise(p, (len + a - 1) / a * a, MADV_HUGEPAGE); /* a hint: EINVAL is fine */
+	return p;
 }
 
 static int own_slot(size_t len, struct qv_xslot **slot)
@@ -308,50 +319,75 @@ static int slot_room(struct qv_xcache *xc, struct qv_xslot *v, size_t len)
 	return 0;
 }
 
+/* The slot holding or making block b of c; NULL when neither. Called locked. */
+static struct qv_xslot *find(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b)
+{
+	for (size_t i = 0; i < XCACHE_SLOTS; i++)
+		if (xc->s[i].state != SLOT_EMPTY && xc->s[i].id == c->id && xc->s[i].b == b)
+			return &xc->s[i];
+	return NULL;
+}
+
+/* Claim a slot for block b of c (absent from the cache): 0 with *slot held and SLOT_MAKING;
+ * 1 when every slot is held; -ENOMEM. Called locked. */
+static int claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
+		 struct qv_xslot **slot)
+{
+	struct qv_xslot *v = victim(xc, c->blen);
+	int rc;
+
+	if (!v)
+		return 1;
+	rc = slot_room(xc, v, c->blen);
+	if (rc) {
+		v->state = SLOT_EMPTY;
+		return rc;
+	}
+	v->id = c->id;
+	v->b = b;
+	v->state = SLOT_MAKING;
+	v->holds = 1;
+	v->tick = ++xc->clock;
+	xc->made++;
+	*slot = v;
+	return 0;
+}
+
 int qv_xcache_get(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
 		  struct qv_xslot **slot)
 {
-	struct qv_xslot *v;
+	struct qv_xslot *s;
 	int rc;
 
 	if (!xc)
 		return own_slot(c->blen, slot);
 	pthread_mutex_lock(&xc->mu);
-	for (;;) {
-		struct qv_xslot *s = NULL;
-
-		for (size_t i = 0; i < XCACHE_SLOTS && !s; i++)
-			if (xc->s[i].state != SLOT_EMPTY && xc->s[i].id == c->id && xc->s[i].b == b)
-				s = &xc->s[i];
-		if (!s)
-			break;
-		if (s->state == SLOT_READY) {
-			s->holds++;
-			s->tick = ++xc->clock;
-			xc->hits++;
-			pthread_mutex_unlock(&xc->mu);
-			*slot = s;
-			return 1;
-		}
+	while ((s = find(xc, c, b)) && s->state != SLOT_READY)
 		pthread_cond_wait(&xc->cv, &xc->mu); /* another thread is making it */
-	}
-	v = victim(xc, c->blen);
-	if (!v) {
+	if (s) {
+		s->holds++;
+		s->tick = ++xc->clock;
+		xc->hits++;
 		pthread_mutex_unlock(&xc->mu);
-		return own_slot(c->blen, slot);
+		*slot = s;
+		return 1;
 	}
-	rc = slot_room(xc, v, c->blen);
-	if (!rc) {
-		v->id = c->id;
-		v->b = b;
-		v->state = SLOT_MAKING;
-		v->holds = 1;
-		v->tick = ++xc->clock;
-		xc->made++;
-		*slot = v;
-	} else {
-		v->state = SLOT_EMPTY;
-	}
+	rc = claim(xc, c, b, slot);
+	pthread_mutex_unlock(&xc->mu);
+	return rc == 1 ? own_slot(c->blen, slot) : rc;
+}
+
+int qv_xcache_claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
+		    struct qv_xslot **slot)
+{
+	int rc = 1;
+
+	if (!xc)
+		return 1;
+	pthread_mutex_lock(&xc->mu);
+	if (!find(xc, c, b))
+		rc = claim(xc, c, b, slot);
+	xc->ahead += rc == 0;
 	pthread_mutex_unlock(&xc->mu);
 	return rc;
 }
@@ -383,13 +419,14 @@ void qv_xcache_put(struct qv_xcache *xc, struct qv_xslot *s)
 	pthread_mutex_unlock(&xc->mu);
 }
 
-void qv_xcache_counts(struct qv_xcache *xc, uint64_t *hits, uint64_t *made)
+void qv_xcache_counts(struct qv_xcache *xc, uint64_t *hits, uint64_t *made, uint64_t *ahead)
 {
-	*hits = *made = 0;
+	*hits = *made = *ahead = 0;
 	if (!xc)
 		return;
 	pthread_mutex_lock(&xc->mu);
 	*hits = xc->hits;
 	*made = xc->made;
+	*ahead = xc->ahead;
 	pthread_mutex_unlock(&xc->mu);
 }

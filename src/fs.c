@@ -96,9 +96,9 @@ static void put(struct qv_fs *fs, struct qv_node *n)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct qv_fs *fs = fs_of(req);
-	struct qv_node *n;
+	struct qv_node *n, *d;
 	struct fuse_entry_param e = { .entry_timeout = CACHE_TIMEOUT };
-	int rc = qv_mount_lookup(fs->m, parent, name, &n);
+	int rc = qv_mount_lookup(fs->m, parent, name, &n, &d);
 
 	if (!rc && fs->slow_lookup_ms) { /* tests: said first, so a test knows it is held */
 		qv_log("test: lookup of %s held %d ms", name, fs->slow_lookup_ms);
@@ -114,6 +114,13 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if (reply_entry(fs, req, &e)) /* not taken: the lookup does not count */
 			qv_mount_drop(fs->m, n, 1);
 	}
+	/* A rescan that replaced the answering generation while this lookup ran may have dropped
+	 * the folder's entries before this one landed, which then holds the old generation for
+	 * the entry's timeout (a negative one too, through its folder): drop it as well. The
+	 * kernel takes the folder's lock for this, so it lands after the lookup's entry. */
+	if (d && !qv_mount_current(fs->m, d) && fs->se)
+		fuse_lowlevel_notify_inval_entry(fs->se, parent, name, strlen(name));
+	put(fs, d);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -279,6 +286,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			qv_mount_unsent(fs->m);
 	}
 	qv_mount_done(fs->m); /* a reply made from a computed block is sent: the block is free */
+	if (!rc)
+		qv_mount_ahead(fs->m, ino, (uint64_t)off, size);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -137,6 +137,7 @@ int main(int argc, char *argv[])
 	se = fuse_session_new(&cl.args, qv_fs_ops(), sizeof(*qv_fs_ops()), &fs);
 	if (!se)
 		goto out_mount;
+	fs.se = se;
 	if (fuse_set_signal_handlers(se))
 		goto out_session;
 	if (fuse_session_mount(se, cl.fuse.mountpoint))

@@ -341,12 +341,13 @@ int qv_mount_dir(struct qv_mount *m, uint64_t ino, struct qv_node **out)
 	return qv_mount_ready(m, d);
 }
 
-int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struct qv_node **out)
+int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struct qv_node **out,
+		    struct qv_node **dir)
 {
 	struct qv_node *d;
 	int rc = qv_mount_dir(m, parent, &d);
 
-	*out = NULL;
+	*out = *dir = NULL;
 	/* A folder of a generation a rescan has replaced gives the kernel no entry at all (any
 	 * entry, even one with no timeout, would stay cached and hold the old generation): a
 	 * path walk that met it starts again from the root, where the new generation answers.
@@ -356,7 +357,9 @@ int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struc
 		rc = -ESTALE;
 	if (!rc && (*out = qv_tree_lookup(&m->tree, d, name)))
 		qv_mount_hold(m, *out, 1);
-	if (d)
+	if (!rc)
+		*dir = d;
+	else if (d)
 		qv_mount_drop(m, d, 1);
 	return rc;
 }
@@ -578,6 +581,21 @@ void qv_mount_done(struct qv_mount *m)
 		qv_reader_done(r);
 }
 
+void qv_mount_ahead(struct qv_mount *m, uint64_t ino, uint64_t off, size_t len)
+{
+	struct qv_node *n = qv_tree_node(&m->tree, ino);
+	struct qv_reader *r = pthread_getspecific(m->reader_key);
+	uint64_t from = 0;
+
+	if (!r || !n || n->dir || n->dyn || !n->vf.ncomps)
+		return;
+	/* an error is not this reply's: the request that needs the block makes it and reports */
+	(void)qv_vfile_ahead(&n->vf, n->vf.base, off, len, r, &from);
+	atomic_fetch_add(&m->stats.bytes_src, from);
+	atomic_fetch_add(qv_io_backend_of(r->io) == QV_IO_URING ? &m->stats.bytes_uring :
+								  &m->stats.bytes_pread, from);
+}
+
 void qv_mount_unsent(struct qv_mount *m)
 {
 	struct qv_reader *r = pthread_getspecific(m->reader_key);
@@ -595,7 +613,7 @@ int qv_mount_dyn_content(struct qv_mount *m, const struct qv_node *n, struct qv_
 	return -ENOENT;
 }
 
-enum { STATS_N = 13 };
+enum { STATS_N = 14 };
 
 /* The counters v (in the order of the names below) and the uptime as one line of JSON. Every
  * value is an integer, so a line of UINT64_MAX values is the longest there can be. */
@@ -608,14 +626,15 @@ static int stats_format(const struct qv_mount *m, bool max, struct qv_buf *out,
 			     "\"bytes_spliced\":%llu,"
 			     "\"errors\":%llu,\"opens\":%llu,\"open_files\":%llu,\"nodes\":%llu,"
 			     "\"generations\":%llu,\"blocks_computed\":%llu,"
-			     "\"blocks_from_cache\":%llu,\"uptime_s\":%llu.%03llu",
+			     "\"blocks_from_cache\":%llu,\"blocks_ahead\":%llu,\"uptime_s\":%llu.%03llu",
 			     (unsigned long long)v[0], (unsigned long long)v[1],
 			     (unsigned long long)v[2], (unsigned long long)v[3],
 			     (unsigned long long)v[4], (unsigned long long)v[5],
 			     (unsigned long long)v[6], (unsigned long long)v[7],
 			     (unsigned long long)v[8], (unsigned long long)v[9],
 			     (unsigned long long)v[10], (unsigned long long)v[11],
-			     (unsigned long long)v[12], (unsigned long long)(uptime_ms / 1000),
+			     (unsigned long long)v[12], (unsigned long long)v[13],
+			     (unsigned long long)(uptime_ms / 1000),
 			     (unsigned long long)(uptime_ms % 1000));
 
 	/* rank folders: the bytes each served ("shared": the files all of them list) */
@@ -641,7 +660,7 @@ int qv_mount_stats_json(struct qv_mount *m, struct qv_buf *out)
 				opens,			      opens > releases ? opens - releases : 0,
 				qv_tree_count(&m->tree),      atomic_load(&m->ngens), 0, 0 };
 
-	qv_xcache_counts(m->xc, &v[12], &v[11]);
+	qv_xcache_counts(m->xc, &v[12], &v[11], &v[13]);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return stats_format(m, false, out, v,
 			    (uint64_t)(now.tv_sec - s->start.tv_sec) * 1000 +

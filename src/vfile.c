@@ -684,6 +684,55 @@ static int reply_block(const struct qv_vfile *vf, struct qv_source *srcs, uint64
 	return 0;
 }
 
+/* The block after the last one whose first byte [off, end) holds, in *c and *b; false when
+ * none does, or what follows is not computed. */
+static bool block_after(const struct qv_vfile *vf, uint64_t off, uint64_t end,
+			const struct qv_comp **c, uint64_t *b)
+{
+	size_t i = seg_find(vf, end - 1);
+	const struct qv_seg *s = &vf->seg[i];
+	uint64_t a, blk;
+
+	if (s->src != QV_SEG_COMPUTED || s->voff >= end)
+		return false;
+	a = off > s->voff ? off - s->voff : 0;
+	blk = (end - 1 - s->voff) / s->comp->blen;
+	if (blk * s->comp->blen < a)
+		return false; /* inside one block, past its start: asked for when it began */
+	if ((blk + 1) * s->comp->blen < s->len) {
+		*c = s->comp;
+		*b = blk + 1;
+		return true;
+	}
+	if (i + 1 == vf->nseg || vf->seg[i + 1].src != QV_SEG_COMPUTED)
+		return false;
+	*c = vf->seg[i + 1].comp;
+	*b = 0;
+	return true;
+}
+
+int qv_vfile_ahead(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
+		   struct qv_reader *r, uint64_t *src_bytes)
+{
+	const struct qv_comp *c;
+	struct qv_xslot *slot;
+	uint64_t b;
+	int rc;
+
+	*src_bytes = 0;
+	if (!len || off >= vf->size)
+		return 0;
+	if (!block_after(vf, off, len < vf->size - off ? off + len : vf->size, &c, &b))
+		return 0;
+	rc = qv_xcache_claim(r->sc.xc, c, b, &slot);
+	if (rc)
+		return rc > 0 ? 0 : rc;
+	rc = make_block(c, b, srcs, r->io, &r->sc, qv_xslot_data(slot), src_bytes);
+	qv_xcache_made(r->sc.xc, slot, rc);
+	qv_xcache_put(r->sc.xc, slot);
+	return rc;
+}
+
 void qv_reader_done(struct qv_reader *r)
 {
 	if (r->held)

@@ -107,59 +107,66 @@ AVX2_INLINE static __m256i deq_u32(__m256i b, __m256 s)
 	return _mm256_blendv_epi8(r, _mm256_set1_epi32(BF16_NAN), nan_in);
 }
 
-/* The constants of the 16-lane conversion, made once per tile rather than per vector. */
+/* The constants of the 16-lane conversion, made once per scale block rather than per vector.
+ * A normal E4M3 value is 2^(e-7) (1 + m/8), so its product with the block's scale s is
+ * 2^(e-7) times one of 8 products (1 + m/8) s; scaling by a power of two commutes with both
+ * roundings (to F32, then to BF16) while every result stays normal, so the BF16 result is the
+ * rounded product for m with e - 7 added to its exponent: a table lookup (pshufb, 16-bit
+ * entries) and an add. fast says every result of the block stays normal: s positive and finite,
+ * each product's exponent field in [8, 245] (e - 7 spans [-6, 8]; one more each way covers a
+ * rounding carry). */
 struct k16 {
-	__m256i m7f, m80, e120, hmask, one, r7fff, eight, nan;
+	__m256i m7f, m80, m78, m7, zero, nan, x0202, x0100, tab;
 	__m256 s;
-	bool fin;
+	bool fast;
 };
 
 AVX2_INLINE static void k16_init(struct k16 *k, float sc)
 {
+	uint16_t t[8];
+
 	k->m7f = _mm256_set1_epi16(0x7f);
 	k->m80 = _mm256_set1_epi16(0x80);
-	k->e120 = _mm256_set1_epi16(120 << 7);
-	k->hmask = _mm256_set1_epi32((int)0xffff0000u);
-	k->one = _mm256_set1_epi32(1);
-	k->r7fff = _mm256_set1_epi32(0x7fff);
-	k->eight = _mm256_set1_epi16(8);
+	k->m78 = _mm256_set1_epi16(0x78);
+	k->m7 = _mm256_set1_epi16(7);
+	k->zero = _mm256_setzero_si256();
 	k->nan = _mm256_set1_epi16(E4M3_NAN);
+	k->x0202 = _mm256_set1_epi16(0x0202);
+	k->x0100 = _mm256_set1_epi16(0x0100);
 	k->s = _mm256_set1_ps(sc);
-	k->fin = isfinite(sc);
+	k->fast = sc > 0 && isfinite(sc);
+	for (int m = 0; m < 8; m++) {
+		uint16_t v = qv_xf_bf16((1.0f + (float)m / 8.0f) * sc), e = (v >> 7) & 0xff;
+
+		k->fast = k->fast && e >= 8 && e <= 245;
+		t[m] = (uint16_t)(v - (7u << 7)); /* e - 7 is added as e << 7 */
+	}
+	/* entry m's bytes at 2m, 2m + 1: a lane holding m looks up (2m + 1) << 8 | 2m */
+	k->tab = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
 }
 
-/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by k->s, in order. The common case works
- * on 16-bit lanes: a normal E4M3 value's F32 has only its top 16 bits set (sign, exponent + 120,
- * 3 mantissa bits), so 16 of them are made at once; the even lanes shifted up and the odd ones
- * masked in place are two vectors of 8 F32 values, whose BF16 results go back to the same
- * lanes with a shift and a mask, no shuffle. A vector holding a subnormal or a NaN (rare in
- * weights), or a scale that is not finite (which could make a NaN), takes the 8-lane path,
- * which handles everything. */
+/* 16 FP8 bytes (the 16 of x) as 16 BF16 values scaled by k->s, in order, on 16-bit lanes: the
+ * product table (k16) gives the rest of the value for the mantissa, the exponent and the sign
+ * are added in place. A vector holding a zero, a subnormal or a NaN (rare in weights), or a
+ * block whose results could leave the normal range, takes the 8-lane path, which handles
+ * everything. */
 AVX2_INLINE static __m256i deq16(__m128i x, const struct k16 *k)
 {
 	__m256i b = _mm256_cvtepu8_epi16(x);
-	__m256i mag = _mm256_and_si256(b, k->m7f);
-	__m256i odd = _mm256_or_si256(_mm256_cmpgt_epi16(k->eight, mag),
-				      _mm256_cmpeq_epi16(mag, k->nan));
-	__m256i hi, a, o;
+	__m256i ex = _mm256_and_si256(b, k->m78);
+	__m256i odd = _mm256_or_si256(_mm256_cmpeq_epi16(ex, k->zero),
+				      _mm256_cmpeq_epi16(_mm256_and_si256(b, k->m7f), k->nan));
+	__m256i a, hi, idx;
 
-	if (!k->fin || !_mm256_testz_si256(odd, odd)) {
+	if (!k->fast || !_mm256_testz_si256(odd, odd)) {
 		a = deq_u32(_mm256_cvtepu8_epi32(x), k->s);
 		hi = deq_u32(_mm256_cvtepu8_epi32(_mm_srli_si128(x, 8)), k->s);
 		/* packus works per 128-bit lane: a0-3 b0-3 a4-7 b4-7, put back in order */
 		return _mm256_permute4x64_epi64(_mm256_packus_epi32(a, hi), 0xd8);
 	}
-	hi = _mm256_or_si256(_mm256_add_epi16(_mm256_slli_epi16(mag, 4), k->e120),
-			     _mm256_slli_epi16(_mm256_and_si256(b, k->m80), 8));
-	a = _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(hi, 16)), k->s));
-	o = _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(hi, k->hmask)),
-					      k->s));
-	/* to nearest even: add 0x7fff and the lowest kept bit, keep the top 16 bits */
-	a = _mm256_add_epi32(a, _mm256_add_epi32(k->r7fff,
-						 _mm256_and_si256(_mm256_srli_epi32(a, 16), k->one)));
-	o = _mm256_add_epi32(o, _mm256_add_epi32(k->r7fff,
-						 _mm256_and_si256(_mm256_srli_epi32(o, 16), k->one)));
-	return _mm256_or_si256(_mm256_srli_epi32(a, 16), _mm256_and_si256(o, k->hmask));
+	idx = _mm256_add_epi16(_mm256_mullo_epi16(_mm256_and_si256(b, k->m7), k->x0202), k->x0100);
+	a = _mm256_add_epi16(_mm256_shuffle_epi8(k->tab, idx), _mm256_slli_epi16(ex, 4));
+	return _mm256_or_si256(a, _mm256_slli_epi16(_mm256_and_si256(b, k->m80), 8));
 }
 
 /* 8 rows of 8 FP8 bytes (row i at p + i * stride) transposed: out[k] holds columns 2k and

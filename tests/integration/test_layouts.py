@@ -12,6 +12,7 @@ block cache (each expert made once for sequential reads), and .qvlmoefs/ naming 
 import json
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -186,6 +187,50 @@ def test_bad_layout_options_refused(sources, mount, opts, words):
     """Layout options that cannot hold: one line naming the option."""
     p = mount.fail(sources["linear"], None, "-o", opts)
     one_line_naming(p.stderr, *words)
+
+
+def test_the_next_block_is_made_ahead_once(ckpt, mount, tmp):
+    """A request that touches a computed block's first byte has the block after it made once
+    its reply is sent (the tensor's next expert here): a 4 KiB direct_io read at expert 0 of
+    a tensor of 4 makes expert 1 ahead, which a read at expert 1 then finds made (and has
+    expert 2 made ahead). Read on to the end, the file's blocks are made once each, and the
+    bytes are those of the same view of the Hub-layout source."""
+    hub = ckpt.make("layouts-big", "--hidden", "512", "--moe-inter", "1024", "--experts", "4",
+                    "--layers", "1", "--shards", "1", "--vocab", "64")
+    lin = tmp / "lin"
+    if not lin.exists():
+        relayout(hub, lin)
+    m = mount(lin, None, "-o", "direct_io")
+    f = next(m.glob("*.safetensors"))
+
+    def settled(before, ahead):
+        deadline = time.monotonic() + 10  # made after the reply: wait for it
+        while stats(m)["blocks_ahead"] - before["blocks_ahead"] < ahead and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        s = stats(m)
+        return {k: s[k] - before[k] for k in ("blocks_ahead", "blocks_computed",
+                                              "blocks_from_cache")}
+
+    with open(f, "rb", buffering=0) as fh:
+        header = 8 + int.from_bytes(fh.read(8), "little")
+        first = min(v["data_offsets"][0] for k, v in json.loads(fh.read(header - 8)).items()
+                    if k.endswith("gate_and_up_projs"))
+        expert = 512 * 2 * 1024 * 2  # one expert's [H, 2I] BF16: a block
+        before = stats(m)
+        fh.seek(header + first)
+        fh.read(4096)
+        assert settled(before, 1) == {"blocks_ahead": 1, "blocks_computed": 2,
+                                      "blocks_from_cache": 0}
+        fh.seek(header + first + expert)
+        fh.read(4096)
+        assert settled(before, 2) == {"blocks_ahead": 2, "blocks_computed": 3,
+                                      "blocks_from_cache": 1}
+        fh.seek(0)
+        whole = fh.read()
+    blocks = stats(m)["blocks_computed"] - before["blocks_computed"]
+    assert blocks == 2 * 4, blocks  # 2 tensors x 4 experts, each made once
+    assert whole == (mount(hub, None) / f.name).read_bytes()
 
 
 def test_cached_block_of_a_changed_source_is_eio(sources, mount, tmp):

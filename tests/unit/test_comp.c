@@ -144,7 +144,7 @@ TEST(xcache_hit_after_make_and_retry_after_failure)
 	struct qv_xcache *xc;
 	struct qv_comp *c = qv_comp_new(4, 64, 1);
 	struct qv_xslot *s;
-	uint64_t hits, made;
+	uint64_t hits, made, ahead;
 
 	CHECK_EQ_INT(qv_xcache_new(1 << 20, &xc), 0);
 	CHECK_EQ_INT(qv_xcache_get(xc, c, 2, &s), 0);
@@ -160,9 +160,44 @@ TEST(xcache_hit_after_make_and_retry_after_failure)
 	CHECK_EQ_INT(qv_xcache_get(xc, c, 3, &s), 0);
 	qv_xcache_made(xc, s, 0);
 	qv_xcache_put(xc, s);
-	qv_xcache_counts(xc, &hits, &made);
+	qv_xcache_counts(xc, &hits, &made, &ahead);
 	CHECK_EQ_U64(hits, 1);
 	CHECK_EQ_U64(made, 3);
+	CHECK_EQ_U64(ahead, 0);
+	qv_xcache_free(xc);
+	qv_comp_free(c);
+}
+
+/* A block claimed ahead is made once: a claim of a block there or being made gives nothing to
+ * do and never waits, and a get of a block being made ahead waits for it. */
+TEST(xcache_claim_ahead)
+{
+	struct qv_comp *c = qv_comp_new(4, 64, 1);
+	struct qv_xcache *xc;
+	struct qv_xslot *s, *t;
+	uint64_t hits, made, ahead;
+
+	CHECK_EQ_INT(qv_xcache_new(1 << 20, &xc), 0);
+	CHECK_EQ_INT(qv_xcache_claim(NULL, c, 0, &s), 1); /* no cache: nothing made ahead */
+	CHECK_EQ_INT(qv_xcache_claim(xc, c, 1, &s), 0);
+	CHECK_EQ_INT(qv_xcache_claim(xc, c, 1, &t), 1); /* being made */
+	memset(qv_xslot_data(s), 0x5a, 64);
+	qv_xcache_made(xc, s, 0);
+	qv_xcache_put(xc, s);
+	CHECK_EQ_INT(qv_xcache_claim(xc, c, 1, &t), 1); /* made */
+	CHECK_EQ_INT(qv_xcache_get(xc, c, 1, &t), 1);
+	CHECK_EQ_U64((uint8_t)qv_xslot_data(t)[63], 0x5a);
+	qv_xcache_put(xc, t);
+	CHECK_EQ_INT(qv_xcache_claim(xc, c, 2, &s), 0); /* failed: dropped, claimed again */
+	qv_xcache_made(xc, s, -EIO);
+	qv_xcache_put(xc, s);
+	CHECK_EQ_INT(qv_xcache_claim(xc, c, 2, &s), 0);
+	qv_xcache_made(xc, s, 0);
+	qv_xcache_put(xc, s);
+	qv_xcache_counts(xc, &hits, &made, &ahead);
+	CHECK_EQ_U64(hits, 1);
+	CHECK_EQ_U64(made, 3);
+	CHECK_EQ_U64(ahead, 3);
 	qv_xcache_free(xc);
 	qv_comp_free(c);
 }

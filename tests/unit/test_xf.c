@@ -94,8 +94,11 @@ TEST(xf_bf16_rounds_to_nearest_even)
 }
 
 /* A rows x cols FP8 matrix with a different scale per block, dequantized by both paths,
- * plain and transposed, into a wider destination; every element against the reference. */
-static void check_dequant(size_t rows, size_t cols, unsigned block, uint64_t seed, bool normal)
+ * plain and transposed, into a wider destination; every element against the reference. The
+ * scales: ns of them from scales, by block in turn, or with ns 0 distinct ones of binary
+ * exponent in [emin, emax]. */
+static void check_dequant_scaled(size_t rows, size_t cols, unsigned block, uint64_t seed,
+				 bool normal, const float *scales, size_t ns, int emin, int emax)
 {
 	size_t br = (rows + block - 1) / block, bc = (cols + block - 1) / block;
 	size_t ss = cols + 3, ds = (rows > cols ? rows : cols) + 5;
@@ -112,7 +115,9 @@ static void check_dequant(size_t rows, size_t cols, unsigned block, uint64_t see
 			src[i] = (uint8_t)rnd(&seed);
 	}
 	for (size_t i = 0; i < br * bc; i++) /* distinct per block: a wrong block shows */
-		sc[i] = ldexpf(1.0f + (float)i / 7.0f, (int)(rnd(&seed) % 9) - 4);
+		sc[i] = ns ? scales[i % ns] :
+			     ldexpf(1.0f + (float)(i % 7) / 7.0f + (float)(rnd(&seed) % 97) / 970.0f,
+				    emin + (int)(rnd(&seed) % (unsigned)(emax - emin + 1)));
 	for (int path = 0; path < 2; path++) {
 		bool old = qv_xf_force_scalar(path == 1);
 
@@ -142,6 +147,11 @@ out:
 	free(dst);
 }
 
+static void check_dequant(size_t rows, size_t cols, unsigned block, uint64_t seed, bool normal)
+{
+	check_dequant_scaled(rows, cols, block, seed, normal, NULL, 0, -4, 4);
+}
+
 TEST(xf_dequant_blocks_edges_and_paths)
 {
 	static const size_t dims[][2] = { { 1, 1 }, { 7, 9 }, { 8, 8 }, { 128, 128 }, { 130, 257 },
@@ -153,6 +163,21 @@ TEST(xf_dequant_blocks_edges_and_paths)
 	}
 	check_dequant(45, 70, 16, 99, true); /* small blocks: many scales in one tile row */
 	check_dequant(33, 29, 12, 5, false); /* a block that is no multiple of 8: scalar only */
+}
+
+/* Scales whose products leave the normal range, or could: the vector path's product table
+ * holds only where every result of a block stays normal, and hands the rest to the 8-lane
+ * path. Every binary exponent of the scale from subnormal to overflowing, then the scales no
+ * checkpoint should hold (zero, negative, subnormal, infinite, NaN). */
+TEST(xf_dequant_any_scale)
+{
+	static const float odd[] = { 0.0f, -0.0f, -1.5f, -0x1.8p-120f, 0x1p-149f, 0x1.4p-128f,
+				     INFINITY, -INFINITY, NAN, 0x1.fep127f };
+
+	for (int e = -150; e <= 128; e += 1)
+		check_dequant_scaled(32, 48, 16, (uint64_t)(e + 1000), e % 2 != 0, NULL, 0, e, e);
+	check_dequant_scaled(64, 80, 16, 11, false, odd, sizeof(odd) / sizeof(*odd), 0, 0);
+	check_dequant_scaled(64, 80, 16, 12, true, odd, sizeof(odd) / sizeof(*odd), 0, 0);
 }
 
 TEST(xf_transpose16_any_size)
