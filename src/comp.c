@@ -254,14 +254,15 @@ static void slot_drop(struct qv_xcache *xc, struct qv_xslot *s)
 	s->state = SLOT_EMPTY;
 }
 
-/* The unheld slot to reuse for a block of len bytes, avoiding new buffers (each costs a page
- * fault per page, more than making the block): an empty slot whose buffer is big enough; while
- * fewer than XCACHE_KEEP slots have buffers and the budget has room, a new one (a few readers
- * at once each keep their block); the least recently used made block whose buffer is big
- * enough; the least recently used of any. NULL when every slot is held. */
+/* The unheld slot to reuse for a block of len bytes: an empty slot whose buffer is big enough;
+ * while fewer than XCACHE_KEEP slots have buffers and the budget has room, a new one (a few
+ * readers at once each keep their block); else the least recently used block, its buffer
+ * replaced if too small. (Preferring a made block whose buffer is big enough evicted blocks
+ * still being read, when blocks of two sizes alternate: remaking one costs more than a new
+ * buffer.) NULL when every slot is held. */
 static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 {
-	struct qv_xslot *best[4] = { NULL, NULL, NULL, NULL };
+	struct qv_xslot *best[3] = { NULL, NULL, NULL };
 	size_t with = 0;
 	bool room;
 
@@ -279,13 +280,11 @@ static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 			best[0] = s;
 		if (empty && room && !best[1])
 			best[1] = s;
-		if (!empty && big && (!best[2] || s->tick < best[2]->tick))
+		if (!best[2] || (empty && best[2]->state != SLOT_EMPTY) ||
+		    (!empty && best[2]->state != SLOT_EMPTY && s->tick < best[2]->tick))
 			best[2] = s;
-		if (!best[3] || (empty && best[3]->state != SLOT_EMPTY) ||
-		    (!empty && best[3]->state != SLOT_EMPTY && s->tick < best[3]->tick))
-			best[3] = s;
 	}
-	for (int k = 0; k < 4; k++)
+	for (int k = 0; k < 3; k++)
 		if (best[k])
 			return best[k];
 	return NULL;
