@@ -183,10 +183,11 @@ int qv_vfile_reply(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t o
 /* After a reply to [off, off+len) of vf that touched the first byte of a computed block, make
  * the block after it (the tensor's next, or the next segment's first) into the cache, unless
  * it is there or being made: a reader going front to back then finds it made while it copied
- * the last one. *src_bytes is what it read; 0 also when there was nothing to make, else
- * -errno (a later request makes the block again, and reports). */
+ * the last one. count(arg, bytes read) is called once it is made, before it is shared. 0 also
+ * when there was nothing to make, else -errno (a later request makes the block again, and
+ * reports). */
 int qv_vfile_ahead(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
-		   struct qv_reader *r, uint64_t *src_bytes);
+		   struct qv_reader *r, void (*count)(void *arg, uint64_t src_bytes), void *arg);
 
 /* Read [off, off+len) of vf into buf: *got bytes (short only at EOF), *src_bytes read from
  * sources (for computed bytes, the inputs of the blocks made, none for a cached block); 0 or

@@ -92,30 +92,52 @@ static void detect(struct qv_gen *m)
 	}
 }
 
+/* The naming of the view: the user's, else (a sharded save shown consolidated in its own)
+ * the other one than the source's. The adapter's rules (renames, dropped *_scale_inv) are
+ * Qwen3-VL-MoE's: on another model they would drop its FP8 scales and rename nothing, so such
+ * a source is shown as it is named (logged once at load). */
+static enum qv_naming view_naming(const struct qv_gen *m, const struct qv_gen_opts *o)
+{
+	enum qv_naming v = o->view_set ? o->view : m->sharded ? m->src_naming : !m->src_naming;
+
+	if (v == QV_NAMING_NATIVE && m->src_naming == QV_NAMING_HF && !m->qwen_experts &&
+	    !m->quant.ng)
+		v = QV_NAMING_HF;
+	return v;
+}
+
+/* The source's fused expert layout as the user stated it (ASIS: not stated), and the option
+ * that stated it: source_layout=, or, in the native view, whose own layout is fixed (the
+ * Hub's, Automodel's), expert_layout=. */
+static enum qv_layout stated_layout(const struct qv_gen *m, const struct qv_gen_opts *o,
+				    const char **opt)
+{
+	bool native = view_naming(m, o) == QV_NAMING_NATIVE;
+
+	*opt = native && !o->source_layout ? "expert_layout" : "source_layout";
+	if (o->source_layout)
+		return o->source_layout;
+	return native ? o->expert_layout : QV_LAYOUT_ASIS;
+}
+
 /* Plan options for folder or view number i: ranks (and shards) not fixed by the user are
  * enumerated, one folder each. */
 static void plan_opts(const struct qv_gen *m, const struct qv_gen_opts *o, size_t i,
 		      struct qv_plan_opts *po)
 {
+	const char *opt;
+	enum qv_layout stated = stated_layout(m, o, &opt);
 	uint32_t nshards = o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1;
 
-	*po = (struct qv_plan_opts){ .src = m->src_naming,
-				     /* a sharded save is shown consolidated, in its own naming */
-				     .view = o->view_set ? o->view :
-					     m->sharded ? m->src_naming : !m->src_naming,
+	*po = (struct qv_plan_opts){ .src = m->src_naming, .view = view_naming(m, o),
 				     .model_prefix = m->model_prefix, .exclude = o->exclude,
 				     .ep_size = o->ep_size, .shard_size = o->shard_size,
 				     .generic_experts = m->generic ? m->n_experts : 0,
 				     .hidden = m->hidden, .inter = m->inter,
-				     .src_layout = o->source_layout ? o->source_layout : m->writer };
-	bool native;
-	/* explicit or by default: the adapter's rules (renames, dropped *_scale_inv) are
-	 * Qwen3-VL-MoE's; on another model they would drop its FP8 scales and rename nothing */
-	if (po->view == QV_NAMING_NATIVE && po->src == QV_NAMING_HF && !m->qwen_experts &&
-	    !m->quant.ng)
-		po->view = QV_NAMING_HF; /* nothing to rename (logged once at load) */
+				     .src_layout = stated ? stated : m->writer };
+	bool native = po->view == QV_NAMING_NATIVE;
+
 	/* Automodel's layout is the Hub's; an HF view keeps the source's unless told */
-	native = po->view == QV_NAMING_NATIVE;
 	po->view_layout = native ? QV_LAYOUT_HUB : o->expert_layout;
 	/* Automodel trains BF16 from fused experts: its view computes both (DESIGN §14) */
 	po->dequant = (native || o->dequant) && m->quant.fp8;
@@ -183,6 +205,7 @@ int qv_gen_each_tensor(const struct qv_gen *m,
 struct lay {
 	const struct qv_gen *m;
 	struct qv_plan_opts po; /* H, I; src_layout and view_layout as the plans will have them */
+	const char *opt;	/* the option that states the source's layout (stated_layout) */
 	bool hub, lin;
 	const struct qv_tensor *gate_up, *down; /* a 3-dimensional one of each, for H and I */
 	char *err;
@@ -223,11 +246,10 @@ static int lay_told(void *arg, const struct qv_tensor *t, uint32_t si)
 	if (told && l->po.src_layout && told != l->po.src_layout)
 		return qv_err(l->err, l->errlen, -EINVAL,
 			      "%s%s\"%s\" is in the %s layout by its shape [%llu, %llu, %llu] "
-			      "(H %llu, I %llu), not source_layout=%s", rel, sep, t->name,
-			      lay_name[told],
+			      "(H %llu, I %llu), not %s=%s", rel, sep, t->name, lay_name[told],
 			      (unsigned long long)t->shape[0], (unsigned long long)t->shape[1],
 			      (unsigned long long)t->shape[2], (unsigned long long)l->po.hidden,
-			      (unsigned long long)l->po.inter, lay_name[l->po.src_layout]);
+			      (unsigned long long)l->po.inter, l->opt, lay_name[l->po.src_layout]);
 	return 0;
 }
 
@@ -242,9 +264,10 @@ static int lay_check(void *arg, const struct qv_tensor *t, uint32_t si)
 		return qv_err(l->err, l->errlen, -EINVAL,
 			      "%s%s\"%s\" [%llu, %llu, %llu] fits both expert layouts (H %llu, I "
 			      "%llu) and no other expert tensor tells which it is: state it with "
-			      "-o source_layout=hub|linear", rel, sep, t->name, (unsigned long long)t->shape[0],
+			      "-o %s=hub|linear", rel, sep, t->name, (unsigned long long)t->shape[0],
 			      (unsigned long long)t->shape[1], (unsigned long long)t->shape[2],
-			      (unsigned long long)l->po.hidden, (unsigned long long)l->po.inter);
+			      (unsigned long long)l->po.hidden, (unsigned long long)l->po.inter,
+			      l->opt);
 	return 0;
 }
 
@@ -255,6 +278,7 @@ static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, siz
 {
 	struct lay l = { .m = m, .err = err, .errlen = errlen };
 	struct qv_plan_opts po;
+	enum qv_layout stated = stated_layout(m, o, &l.opt);
 	int rc;
 
 	m->hidden = m->cfg.hidden.v;
@@ -269,17 +293,19 @@ static int layouts(struct qv_gen *m, const struct qv_gen_opts *o, char *err, siz
 				m->hidden = hub ? g[1] : g[2], m->inter = hub ? d[1] : d[2];
 		}
 	}
+	if (o->source_layout && o->expert_layout && o->expert_layout != o->source_layout &&
+	    view_naming(m, o) == QV_NAMING_NATIVE)
+		return qv_err(err, errlen, -EINVAL, "expert_layout=%s and source_layout=%s: in the "
+			      "native view both state the source's layout, and they disagree",
+			      lay_name[o->expert_layout], lay_name[stated]);
 	l.po = (struct qv_plan_opts){ .hidden = m->hidden, .inter = m->inter,
-				      .src_layout = o->source_layout };
+				      .src_layout = stated };
 	rc = qv_gen_each_tensor(m, lay_told, &l);
 	if (rc)
 		return rc;
 	m->writer = l.hub && !l.lin ? QV_LAYOUT_HUB : l.lin && !l.hub ? QV_LAYOUT_LINEAR :
 									 QV_LAYOUT_ASIS;
 	plan_opts(m, o, 0, &po);
-	if (po.view == QV_NAMING_NATIVE && o->expert_layout == QV_LAYOUT_LINEAR)
-		return qv_err(err, errlen, -EINVAL, "expert_layout=linear: the native view holds "
-			      "experts as NeMo Automodel does, in the hub layout");
 	l.po = po;
 	return qv_gen_each_tensor(m, lay_check, &l);
 }
@@ -300,7 +326,7 @@ static int quant_check(const struct qv_gen *m, const struct qv_gen_opts *o,
 			      q->problem, native ? "native" : "dequant=bf16");
 	if (po->stack && q->stack_problem[0])
 		return qv_err(err, errlen, -EINVAL, "%s", q->stack_problem);
-	if (o->expert_layout == QV_LAYOUT_LINEAR && q->ng)
+	if (!native && o->expert_layout == QV_LAYOUT_LINEAR && q->ng)
 		return qv_err(err, errlen, -EINVAL, "expert_layout=linear: per-expert weights are "
 			      "stacked into the Hub's layout only (expert_layout=hub)");
 	if (po->stack && fp8_groups && !po->dequant)

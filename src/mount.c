@@ -581,19 +581,31 @@ void qv_mount_done(struct qv_mount *m)
 		qv_reader_done(r);
 }
 
+struct ahead_count {
+	struct qv_mount *m;
+	atomic_uint_least64_t *by; /* the reader's backend's counter */
+};
+
+static void count_ahead(void *arg, uint64_t from)
+{
+	struct ahead_count *a = arg;
+
+	atomic_fetch_add(&a->m->stats.bytes_src, from);
+	atomic_fetch_add(a->by, from);
+}
+
 void qv_mount_ahead(struct qv_mount *m, uint64_t ino, uint64_t off, size_t len)
 {
 	struct qv_node *n = qv_tree_node(&m->tree, ino);
 	struct qv_reader *r = pthread_getspecific(m->reader_key);
-	uint64_t from = 0;
+	struct ahead_count a = { .m = m };
 
 	if (!r || !n || n->dir || n->dyn || !n->vf.ncomps)
 		return;
+	a.by = qv_io_backend_of(r->io) == QV_IO_URING ? &m->stats.bytes_uring :
+							 &m->stats.bytes_pread;
 	/* an error is not this reply's: the request that needs the block makes it and reports */
-	(void)qv_vfile_ahead(&n->vf, n->vf.base, off, len, r, &from);
-	atomic_fetch_add(&m->stats.bytes_src, from);
-	atomic_fetch_add(qv_io_backend_of(r->io) == QV_IO_URING ? &m->stats.bytes_uring :
-								  &m->stats.bytes_pread, from);
+	(void)qv_vfile_ahead(&n->vf, n->vf.base, off, len, r, count_ahead, &a);
 }
 
 void qv_mount_unsent(struct qv_mount *m)

@@ -712,14 +712,13 @@ static bool block_after(const struct qv_vfile *vf, uint64_t off, uint64_t end,
 }
 
 int qv_vfile_ahead(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t off, size_t len,
-		   struct qv_reader *r, uint64_t *src_bytes)
+		   struct qv_reader *r, void (*count)(void *arg, uint64_t src_bytes), void *arg)
 {
 	const struct qv_comp *c;
 	struct qv_xslot *slot;
-	uint64_t b;
+	uint64_t b, from = 0;
 	int rc;
 
-	*src_bytes = 0;
 	if (!len || off >= vf->size)
 		return 0;
 	if (!block_after(vf, off, len < vf->size - off ? off + len : vf->size, &c, &b))
@@ -727,7 +726,10 @@ int qv_vfile_ahead(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t o
 	rc = qv_xcache_claim(r->sc.xc, c, b, &slot);
 	if (rc)
 		return rc > 0 ? 0 : rc;
-	rc = make_block(c, b, srcs, r->io, &r->sc, qv_xslot_data(slot), src_bytes);
+	rc = make_block(c, b, srcs, r->io, &r->sc, qv_xslot_data(slot), &from);
+	if (!rc)
+		count(arg, from); /* before the block is shared: a reader that waited for it, and
+				   * then looks at the counters, finds its bytes counted */
 	qv_xcache_made(r->sc.xc, slot, rc);
 	qv_xcache_put(r->sc.xc, slot);
 	return rc;

@@ -7,7 +7,7 @@ The oracle is the Hub-layout checkpoint itself: the linear source here is made f
 with any slicing, must hold exactly the tensors the same view of the Hub source holds (those
 views are checked against the contract by test_views/test_ep, and against Automodel itself by
 tests/real). Also: the layout told per tensor (H == 2I for gate_up is told by down), what is
-refused (contradicting or missing statements, expert_layout=linear in the native view), the
+refused (contradicting or missing statements), expert_layout= in the native view, the
 block cache (each expert made once for sequential reads), and .qvlmoefs/ naming the operation."""
 import json
 import os
@@ -164,22 +164,40 @@ def test_square_gate_up_told_by_down(ckpt, mount, tmp):
 
 
 def test_square_gate_up_alone_needs_a_statement(ckpt, mount, tmp):
-    """Without down tensors nothing tells: refused, naming source_layout; stated, it mounts."""
+    """Without down tensors nothing tells: refused, naming the option that states the source's
+    layout: expert_layout= in the native view (whose own layout is fixed), source_layout= in an
+    HF view (where expert_layout= is the view's); stated, it mounts."""
     hub, lin = square_gate_up(ckpt, tmp, keep_down=False)
     p = mount.fail(lin, None)
-    one_line_naming(p.stderr, "gate_up_proj", "source_layout=hub|linear")
-    assert_same_views(mount(lin, None, "-o", "source_layout=linear"),
-                      mount(hub, None, "-o", "source_layout=hub"))
+    one_line_naming(p.stderr, "gate_up_proj", "-o expert_layout=hub|linear")
+    assert "source_layout" not in p.stderr
+    p = mount.fail(lin, None, "-o", "view=hf,expert_layout=hub")
+    one_line_naming(p.stderr, "gate_up_proj", "-o source_layout=hub|linear")
+    want = mount(hub, None, "-o", "expert_layout=hub")
+    assert_same_views(mount(lin, None, "-o", "expert_layout=linear"), want)
+    assert_same_views(mount(lin, None, "-o", "source_layout=linear"), want)
+    assert_same_views(mount(lin, None, "-o", "view=hf,expert_layout=hub,source_layout=linear"),
+                      mount(hub, None, "-o", "view=hf,source_layout=hub"))
 
 
 def test_statement_contradicting_a_shape_refused(sources, mount):
-    """source_layout=hub on a source whose shapes say linear: refused, naming a tensor."""
+    """A stated layout the shapes contradict: refused, naming a tensor and the option."""
     p = mount.fail(sources["linear"], None, "-o", "source_layout=hub")
     one_line_naming(p.stderr, "linear layout", "source_layout=hub")
+    p = mount.fail(sources["linear"], None, "-o", "expert_layout=hub")  # native: the source's
+    one_line_naming(p.stderr, "linear layout", "expert_layout=hub")
+
+
+def test_native_view_takes_expert_layout_as_the_sources(sources, mount):
+    """In the native view expert_layout= states the source's layout (the view's is the Hub's):
+    a true statement mounts the same view; one source_layout= contradicts is refused."""
+    assert_same_views(mount(sources["linear"], None, "-o", "expert_layout=linear"),
+                      mount(sources["hub"], None))
+    p = mount.fail(sources["linear"], None, "-o", "expert_layout=hub,source_layout=linear")
+    one_line_naming(p.stderr, "expert_layout=hub", "source_layout=linear", "disagree")
 
 
 @pytest.mark.parametrize("opts,words", [
-    ("expert_layout=linear", ["expert_layout=linear", "native view"]),
     ("view=hf,expert_layout=sideways", ["expert_layout=sideways", "hub", "linear"]),
     ("source_layout=", ["source_layout=", "hub", "linear"]),
 ])
