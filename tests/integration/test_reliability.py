@@ -40,7 +40,10 @@ def copy_files(view, ref):
 
 
 def test_stress(daemon, ckpt, tmp):
-    """Many threads read two views with read, pread and mmap; every byte matches a verified copy.
+    """Many threads read three views with read, pread and mmap; every byte matches a copy: two
+    renamed views checked against the contract, and a computed one (an FP8 release's rank, its
+    blocks made, made ahead and evicted by threads at once) read by one thread first (its bytes
+    are checked against their oracle in test_fp8).
 
     STRESS_SECONDS (10) and STRESS_THREADS (16) size the run. The daemons hold as many source
     descriptors afterwards as before, so no open of the run leaked one.
@@ -50,14 +53,18 @@ def test_stress(daemon, ckpt, tmp):
     stress = ROOT / BUILD / "stress"
     assert os.access(stress, os.X_OK), f"{stress} is missing: build it first (make all)"
     e10, e10n = ckpt["e10"], ckpt["e10n"]
-    m1, m2 = tmp / "m1", tmp / "m2"
+    fp8 = ckpt.make("stress-fp8", "--hidden", "256", "--moe-inter", "384", "--experts", "32",
+                    "--layers", "2", "--shards", "2", "--vocab", "64", "--fp8", "per-expert")
+    m1, m2, m3 = tmp / "m1", tmp / "m2", tmp / "m3"
     d1 = daemon(e10, m1)
     d2 = daemon(e10n, m2, "-o", "ep_size=4")
+    d3 = daemon(fp8, m3, "-o", "ep_size=2")
     rank1 = m2 / "ep-rank-1"
     check_view(e10, m1)
     check_view(e10n, rank1, "--ep-size", "4", "--ep-rank", "1")
     copy_files(m1, tmp / "ref1")
     copy_files(rank1, tmp / "ref2")
+    copy_files(m3 / "ep-rank-0", tmp / "ref3")
     # descriptors of source files held by the daemons (rings come and go with worker threads),
     # counted once every file the copies opened is released: releases are asynchronous, and a
     # source stays open while a file of the view reading it is
@@ -67,7 +74,7 @@ def test_stress(daemon, ckpt, tmp):
     assert wait_for(lambda: idle(m1) and idle(m2), timeout=10), "the copies' files were never released"
     fd1, fd2 = source_fds(d1.pid, e10), source_fds(d2.pid, e10n)
     p = run(stress, secs, threads, f"{m1}:{tmp / 'ref1'}", f"{rank1}:{tmp / 'ref2'}",
-            timeout=3 * float(secs) + 120)
+            f"{m3 / 'ep-rank-0'}:{tmp / 'ref3'}", timeout=3 * float(secs) + 120)
     print(p.stdout, end="")
 
     def now():
@@ -78,9 +85,10 @@ def test_stress(daemon, ckpt, tmp):
     wait_for(lambda: now() == (fd1, fd2), timeout=5)
     print(f"daemon source fds: {fd1} -> {now()[0]}, {fd2} -> {now()[1]}")
     assert now() == (fd1, fd2), f"source descriptors before the run {(fd1, fd2)}, after {now()}"
-    unmount(m1)
-    unmount(m2)
-    assert d1.wait() == 0 and d2.wait() == 0
+    assert stats(m3)["blocks_computed"] > 0 and stats(m3)["errors"] == 0, stats(m3)
+    for m in (m1, m2, m3):
+        unmount(m)
+    assert d1.wait() == 0 and d2.wait() == 0 and d3.wait() == 0
 
 
 # ---------------------------------------------------------------------------- changing sources
