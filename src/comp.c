@@ -11,7 +11,12 @@
 #include <sys/mman.h>
 
 #define XCACHE_SLOTS 32
-#define XCACHE_KEEP 8 /* buffers made before made blocks are reused: 8 readers' blocks */
+/* Buffers made before made blocks are reused: 8, or as many as fit in 48 MiB. A reader going
+ * front to back has the kernel's readahead window (4 MiB, two when it reads ahead
+ * asynchronously) in flight, and a block made ahead: 8 of 30B-A3B's 6 MiB blocks cover a few
+ * readers, and small blocks need more than 8 for one. */
+#define XCACHE_KEEP 8
+#define XCACHE_KEEP_BYTES (48u << 20)
 
 static atomic_uint_least64_t next_id = 1;
 
@@ -178,7 +183,8 @@ struct qv_xslot {
 	char *buf;
 	size_t cap;
 	int state, holds;
-	bool own; /* the caller's own, outside the cache: freed at put */
+	bool own;    /* the caller's own, outside the cache: freed at put */
+	bool unread; /* made ahead, no request has used it yet */
 };
 
 struct qv_xcache {
@@ -255,20 +261,25 @@ static void slot_drop(struct qv_xcache *xc, struct qv_xslot *s)
 }
 
 /* The unheld slot to reuse for a block of len bytes: an empty slot whose buffer is big enough;
- * while fewer than XCACHE_KEEP slots have buffers and the budget has room, a new one (a few
- * readers at once each keep their block); else the least recently used block, its buffer
- * replaced if too small. (Preferring a made block whose buffer is big enough evicted blocks
- * still being read, when blocks of two sizes alternate: remaking one costs more than a new
- * buffer.) NULL when every slot is held. */
+ * while fewer than XCACHE_KEEP slots have buffers (or their bytes are under XCACHE_KEEP_BYTES)
+ * and the budget has room, a new one; else the least recently used made block that a
+ * request has used, its buffer replaced if too small; else the least recently made of those
+ * made ahead and not yet used (its reader is still on the blocks before it, whose late
+ * requests keep them recent); else (every made block held) an empty slot. New buffers are
+ * kept few: each costs its pages' faults and zeroing, and a cold buffer a memory read per line
+ * written. (Preferring a made block whose buffer is big enough evicted blocks still being
+ * read when blocks of two sizes alternate: remaking one costs more than a new buffer.) NULL
+ * when every slot is held. */
 static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 {
-	struct qv_xslot *best[3] = { NULL, NULL, NULL };
+	struct qv_xslot *best[5] = { NULL, NULL, NULL, NULL, NULL };
 	size_t with = 0;
 	bool room;
 
 	for (size_t i = 0; i < XCACHE_SLOTS; i++)
 		with += xc->s[i].cap > 0;
-	room = with < XCACHE_KEEP && xc->bytes + len <= xc->budget;
+	room = (with < XCACHE_KEEP || xc->bytes + len <= XCACHE_KEEP_BYTES) &&
+	       xc->bytes + len <= xc->budget;
 
 	for (size_t i = 0; i < XCACHE_SLOTS; i++) {
 		struct qv_xslot *s = &xc->s[i];
@@ -280,11 +291,14 @@ static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 			best[0] = s;
 		if (empty && room && !best[1])
 			best[1] = s;
-		if (!best[2] || (empty && best[2]->state != SLOT_EMPTY) ||
-		    (!empty && best[2]->state != SLOT_EMPTY && s->tick < best[2]->tick))
+		if (!empty && !s->unread && (!best[2] || s->tick < best[2]->tick))
 			best[2] = s;
+		if (!empty && s->unread && (!best[3] || s->tick < best[3]->tick))
+			best[3] = s;
+		if (empty && !best[4])
+			best[4] = s;
 	}
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < 5; k++)
 		if (best[k])
 			return best[k];
 	return NULL;
@@ -327,9 +341,9 @@ static struct qv_xslot *find(struct qv_xcache *xc, const struct qv_comp *c, uint
 	return NULL;
 }
 
-/* Claim a slot for block b of c (absent from the cache): 0 with *slot held and SLOT_MAKING;
- * 1 when every slot is held; -ENOMEM. Called locked. */
-static int claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
+/* Claim a slot for block b of c (absent from the cache), ahead of its requests or not: 0 with
+ * *slot held and SLOT_MAKING; 1 when every slot is held; -ENOMEM. Called locked. */
+static int claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b, bool ahead,
 		 struct qv_xslot **slot)
 {
 	struct qv_xslot *v = victim(xc, c->blen);
@@ -344,6 +358,7 @@ static int claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
 	}
 	v->id = c->id;
 	v->b = b;
+	v->unread = ahead;
 	v->state = SLOT_MAKING;
 	v->holds = 1;
 	v->tick = ++xc->clock;
@@ -366,12 +381,13 @@ int qv_xcache_get(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
 	if (s) {
 		s->holds++;
 		s->tick = ++xc->clock;
+		s->unread = false;
 		xc->hits++;
 		pthread_mutex_unlock(&xc->mu);
 		*slot = s;
 		return 1;
 	}
-	rc = claim(xc, c, b, slot);
+	rc = claim(xc, c, b, false, slot);
 	pthread_mutex_unlock(&xc->mu);
 	return rc == 1 ? own_slot(c->blen, slot) : rc;
 }
@@ -385,7 +401,7 @@ int qv_xcache_claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b,
 		return 1;
 	pthread_mutex_lock(&xc->mu);
 	if (!find(xc, c, b))
-		rc = claim(xc, c, b, slot);
+		rc = claim(xc, c, b, true, slot);
 	xc->ahead += rc == 0;
 	pthread_mutex_unlock(&xc->mu);
 	return rc;
