@@ -239,6 +239,43 @@ TEST(xcache_budget_and_every_slot_held)
 	qv_comp_free(c);
 }
 
+/* Which block a new one takes the place of, when no slot is free: the least recently used of
+ * those a request has used, before one made ahead and not yet read (its reader is still on
+ * the blocks before it); a used block's buffer too small for the new block is replaced. */
+TEST(xcache_reuse_order)
+{
+	struct qv_comp *small = qv_comp_new(64, 64, 1), *big = qv_comp_new(4, 256, 1);
+	struct qv_xcache *xc;
+	struct qv_xslot *s;
+
+	CHECK_EQ_INT(qv_xcache_new(1 << 20, &xc), 0);
+	CHECK_EQ_INT(qv_xcache_claim(xc, small, 0, &s), 0); /* made ahead: the oldest */
+	qv_xcache_made(xc, s, 0);
+	qv_xcache_put(xc, s);
+	for (uint64_t b = 1; b < 32; b++) { /* every other slot: used blocks */
+		CHECK_EQ_INT(qv_xcache_get(xc, small, b, &s), 0);
+		qv_xcache_made(xc, s, 0);
+		qv_xcache_put(xc, s);
+	}
+	CHECK_EQ_INT(qv_xcache_get(xc, big, 0, &s), 0); /* takes block 1's slot, a bigger buffer */
+	memset(qv_xslot_data(s), 0x77, 256);
+	qv_xcache_made(xc, s, 0);
+	qv_xcache_put(xc, s);
+	CHECK_EQ_INT(qv_xcache_get(xc, small, 0, &s), 1); /* the unread one stayed */
+	qv_xcache_put(xc, s);
+	CHECK_EQ_INT(qv_xcache_get(xc, big, 0, &s), 1);
+	CHECK_EQ_U64((uint8_t)qv_xslot_data(s)[255], 0x77);
+	qv_xcache_put(xc, s);
+	CHECK_EQ_INT(qv_xcache_get(xc, small, 2, &s), 1); /* the next oldest used one stayed too */
+	qv_xcache_put(xc, s);
+	CHECK_EQ_INT(qv_xcache_get(xc, small, 1, &s), 0); /* the oldest used one went */
+	qv_xcache_made(xc, s, 0);
+	qv_xcache_put(xc, s);
+	qv_xcache_free(xc);
+	qv_comp_free(small);
+	qv_comp_free(big);
+}
+
 /* Threads asking for one block at once: one makes it (slowly), the others wait and share it. */
 struct racer {
 	struct qv_xcache *xc;
