@@ -11,12 +11,12 @@
 #include <sys/mman.h>
 
 #define XCACHE_SLOTS 32
-/* Buffers made before made blocks are reused: 8, or as many as fit in 48 MiB. A reader going
- * front to back has the kernel's readahead window (4 MiB, two when it reads ahead
- * asynchronously) in flight, and a block made ahead: 8 of 30B-A3B's 6 MiB blocks cover a few
- * readers, and small blocks need more than 8 for one. */
+/* Buffers made before made blocks are reused: 8, or as many of the biggest block as fit in 24
+ * MiB. A reader going front to back has the kernel's readahead window (4 MiB, two when it
+ * reads ahead asynchronously) in flight, and a block made ahead: 8 of 30B-A3B's 3 and 6 MiB
+ * blocks cover a few readers, and small blocks need more than 8 for one. */
 #define XCACHE_KEEP 8
-#define XCACHE_KEEP_BYTES (48u << 20)
+#define XCACHE_KEEP_BYTES (24u << 20)
 
 static atomic_uint_least64_t next_id = 1;
 
@@ -190,7 +190,7 @@ struct qv_xslot {
 struct qv_xcache {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	size_t budget, bytes;
+	size_t budget, bytes, maxlen; /* maxlen: the biggest block asked for yet */
 	uint64_t clock, hits, made, ahead;
 	struct qv_xslot s[XCACHE_SLOTS];
 };
@@ -261,7 +261,7 @@ static void slot_drop(struct qv_xcache *xc, struct qv_xslot *s)
 }
 
 /* The unheld slot to reuse for a block of len bytes: an empty slot whose buffer is big enough;
- * while fewer than XCACHE_KEEP slots have buffers (or their bytes are under XCACHE_KEEP_BYTES)
+ * while fewer slots than XCACHE_KEEP (or XCACHE_KEEP_BYTES of the biggest block) have buffers
  * and the budget has room, a new one; else the least recently used made block that a
  * request has used, its buffer replaced if too small; else the least recently made of those
  * made ahead and not yet used (its reader is still on the blocks before it, whose late
@@ -278,7 +278,7 @@ static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 
 	for (size_t i = 0; i < XCACHE_SLOTS; i++)
 		with += xc->s[i].cap > 0;
-	room = (with < XCACHE_KEEP || xc->bytes + len <= XCACHE_KEEP_BYTES) &&
+	room = (with < XCACHE_KEEP || with < XCACHE_KEEP_BYTES / (xc->maxlen ? xc->maxlen : 1)) &&
 	       xc->bytes + len <= xc->budget;
 
 	for (size_t i = 0; i < XCACHE_SLOTS; i++) {
@@ -305,11 +305,14 @@ static struct qv_xslot *victim(struct qv_xcache *xc, size_t len)
 }
 
 /* Give slot v (unheld) a buffer of len bytes within the budget, dropping the least recently
- * used unheld blocks to make room; 0 or -ENOMEM. */
+ * used unheld blocks to make room; 0 or -ENOMEM. A new buffer is as big as the biggest block
+ * asked for yet, so that blocks of two sizes (gate_up's and down's) do not replace each
+ * other's buffers over and over, each time in fresh memory. */
 static int slot_room(struct qv_xcache *xc, struct qv_xslot *v, size_t len)
 {
 	if (v->cap >= len)
 		return 0;
+	len = xc->maxlen;
 	slot_drop(xc, v);
 	while (xc->bytes + len > xc->budget) {
 		struct qv_xslot *o = NULL;
@@ -346,9 +349,12 @@ static struct qv_xslot *find(struct qv_xcache *xc, const struct qv_comp *c, uint
 static int claim(struct qv_xcache *xc, const struct qv_comp *c, uint64_t b, bool ahead,
 		 struct qv_xslot **slot)
 {
-	struct qv_xslot *v = victim(xc, c->blen);
+	struct qv_xslot *v;
 	int rc;
 
+	if (c->blen > xc->maxlen)
+		xc->maxlen = c->blen;
+	v = victim(xc, c->blen);
 	if (!v)
 		return 1;
 	rc = slot_room(xc, v, c->blen);
