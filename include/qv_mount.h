@@ -24,6 +24,9 @@ struct qv_mount_opts {
 	struct qv_io_cfg io;	/* each reader's (inspect names its backend in view.json) */
 	bool inspect_visible;	/* -o inspect_dir=visible: folder listings show .qvlmoefs/ */
 	bool ep_shared; /* rank folders list the bytes all ranks share as one inode each */
+	/* benchmarks only (QVLMOEFS_TEST_FAULTS=skip_compute): computed blocks are read from
+	 * their sources and served, but not computed: the ceiling of the computed path */
+	bool skip_compute;
 	/* .qvlmoefs/gpu.json, when a GPU stage runs (-o gpu): writes its status */
 	int (*gpu_json)(void *arg, struct qv_buf *out);
 	void *gpu_arg;

@@ -84,6 +84,7 @@ struct qv_rdscratch {
 	size_t xcap;
 	struct qv_buf xin;
 	struct qv_xcache *xc;
+	bool skip_compute; /* benchmarks only: blocks are read but not computed (wrong bytes) */
 };
 
 /* What a worker thread keeps between reads: its io ring (and splice pipe), the scratch of

@@ -235,8 +235,10 @@ static struct qv_reader *reader_of(struct qv_mount *m, int *rc)
 	if (r)
 		return r;
 	*rc = qv_reader_new(&m->o.io, &r);
-	if (!*rc)
+	if (!*rc) {
 		r->sc.xc = m->xc;
+		r->sc.skip_compute = m->o.skip_compute;
+	}
 	if (!*rc && pthread_setspecific(m->reader_key, r)) {
 		qv_reader_free(r);
 		*rc = -ENOMEM;

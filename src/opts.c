@@ -381,6 +381,8 @@ void qv_opts_faults(const char *spec, struct qv_mount_opts *mo, struct qv_glue_o
 			g->fail_entry = atoi(tok + 6);
 		else if (!strncmp(tok, "slow_lookup=", 12))
 			g->slow_lookup_ms = atoi(tok + 12);
+		else if (!strcmp(tok, "skip_compute"))
+			mo->skip_compute = true;
 	}
 	free(copy);
 	qv_log("test fault injection on: %s", spec);

@@ -462,7 +462,8 @@ static int make_block(const struct qv_comp *c, uint64_t b, struct qv_source *src
 		rc = check_touched(srcs, sc->xops, x.n);
 	if (rc)
 		return rc;
-	qv_comp_run(c, b, sc->xin.p, out);
+	if (!sc->skip_compute)
+		qv_comp_run(c, b, sc->xin.p, out);
 	*src_bytes += x.bytes;
 	return 0;
 }

@@ -362,20 +362,23 @@ if want 10; then
 		touch "$W/30b-$f/.complete"
 	done
 	xfiles() { ls "$M"/ep-rank-0/*-experts.safetensors; }
-	# rounds of three fresh mounts, the order rotating: the FP8 view, the rename view (spliced),
-	# the rename view with -o nosplice (copied, as computed bytes always are: their ceiling)
+	# rounds of four fresh mounts, the order rotating: the FP8 view, the rename view (spliced),
+	# the rename view with -o nosplice (copied, as computed bytes always are), and the FP8 view
+	# whose blocks are read but not computed (QVLMOEFS_TEST_FAULTS=skip_compute, wrong bytes:
+	# the ceiling of the computed path with a kernel that costs nothing)
 	xrounds() {
-		local i a s f n c
+		local i a s f n c k
 		for i in $(seq $PAIRS); do
-			for a in $(echo fp8 bf16 bf16c fp8 bf16 | cut -d' ' -f$((i % 3 + 1))-$((i % 3 + 3))); do
-				$QB read 1048576 "$W/30b-${a%c}"/*.safetensors >/dev/null
-				"$QV" "$W/30b-${a%c}" "$M" -o "ep_size=8,ep_shared,log=$W/qvlmoefs.log$([ $a = bf16c ] && echo ,nosplice)"
+			for a in $(echo fp8 bf16 bf16c fp8x fp8 bf16 bf16c | cut -d' ' -f$((i % 4 + 1))-$((i % 4 + 4))); do
+				$QB read 1048576 "$W/30b-${a%[cx]}"/*.safetensors >/dev/null
+				env $([ $a = fp8x ] && echo QVLMOEFS_TEST_FAULTS=skip_compute) "$QV" "$W/30b-${a%[cx]}" "$M" \
+					-o "ep_size=8,ep_shared,log=$W/qvlmoefs.log$([ $a = bf16c ] && echo ,nosplice)"
 				s=$($QB read 1048576 $(xfiles) | secs)
 				[ $a = fp8 ] && stat_field "$M" bytes_from_sources >"$W/fp8-src-bytes"
 				fusermount3 -u "$M"
-				case $a in fp8) f=$s ;; bf16) n=$s ;; bf16c) c=$s ;; esac
+				case $a in fp8) f=$s ;; bf16) n=$s ;; bf16c) c=$s ;; fp8x) k=$s ;; esac
 			done
-			echo "$f $n $c"
+			echo "$f $n $c $k"
 		done
 	}
 	"$QV" "$W/30b-bf16" "$M" -o "ep_size=8,ep_shared"
@@ -385,7 +388,8 @@ if want 10; then
 	echo "$p" | awk '{printf "10\tround %d\t%s\t\trename view, nosplice\t%s\t%.4f\t%.4f vs spliced %s\n", NR, $1, $3, $3 / $1, $2 / $1, $2}' >>"$TSV"
 	set -- $(echo "$p" | awk '{print $1}' | median) $(echo "$p" | awk '{print $2}' | median) \
 		$(echo "$p" | awk '{printf "%.6f\n", $2 / $1}' | median) \
-		$(echo "$p" | awk '{print $3}' | median) $(echo "$p" | awk '{printf "%.6f\n", $3 / $1}' | median)
+		$(echo "$p" | awk '{print $3}' | median) $(echo "$p" | awk '{printf "%.6f\n", $3 / $1}' | median) \
+		$(echo "$p" | awk '{print $4}' | median) $(echo "$p" | awk '{printf "%.6f\n", $2 / $4}' | median)
 	minfp8=$(python3 - "$W/30b-fp8" <<'PY'
 import json, struct, sys, glob
 need = 0
@@ -405,9 +409,12 @@ PY
 		"$2" "$(echo "scale=3; $xbytes / $2 / 1000000000" | bc)" "$3"
 	printf '10   the same against the rename view with -o nosplice (copied like computed bytes) %.3f s (%.2f GB/s)  ratio %5.3f\n' \
 		"$4" "$(echo "scale=3; $xbytes / $4 / 1000000000" | bc)" "$5"
+	printf '10   the FP8 view with its kernel skipped (the computed path'"'"'s ceiling) %.3f s (%.2f GB/s)  ratio to rename %5.3f\n' \
+		"$6" "$(echo "scale=3; $xbytes / $6 / 1000000000" | bc)" "$7"
 	printf '10   FP8 source bytes read %s, FP8 minimum %s: %s x\n' "$got" "$minfp8" "$(echo "scale=4; $got / $minfp8" | bc)"
 	printf '10\tFP8 rank view (30B-A3B dims)\t%s\t\trename view\t%s\t%s\trounds=%s bytes=%s\n' "$1" "$2" "$3" "$PAIRS" "$xbytes" >>"$TSV"
 	printf '10\tFP8 rank view (30B-A3B dims)\t%s\t\trename view, nosplice\t%s\t%s\trounds=%s\n' "$1" "$4" "$5" "$PAIRS" >>"$TSV"
+	printf '10\tFP8 view, kernel skipped (skip_compute)\t%s\t\trename view\t%s\t%s\trounds=%s\n' "$6" "$2" "$7" "$PAIRS" >>"$TSV"
 	printf '10\tFP8 source bytes\t%s\t\tFP8 minimum\t%s\t%s\n' "$got" "$minfp8" "$(echo "scale=4; $got / $minfp8" | bc)" >>"$TSV"
 fi
 echo "results: $TSV"
