@@ -106,15 +106,16 @@ static enum qv_naming view_naming(const struct qv_gen *m, const struct qv_gen_op
 	return v;
 }
 
-/* The source's fused expert layout as the user stated it (ASIS: not stated), and the option
- * that stated it: source_layout=, or, in the native view, whose own layout is fixed (the
- * Hub's, Automodel's), expert_layout=. */
+/* The source's fused expert layout as the user stated it (ASIS: not stated), and in *opt
+ * (unless NULL) the option that states it: source_layout=, or, in the native view, whose own
+ * layout is fixed (the Hub's, Automodel's), expert_layout=. */
 static enum qv_layout stated_layout(const struct qv_gen *m, const struct qv_gen_opts *o,
 				    const char **opt)
 {
 	bool native = view_naming(m, o) == QV_NAMING_NATIVE;
 
-	*opt = native && !o->source_layout ? "expert_layout" : "source_layout";
+	if (opt)
+		*opt = native && !o->source_layout ? "expert_layout" : "source_layout";
 	if (o->source_layout)
 		return o->source_layout;
 	return native ? o->expert_layout : QV_LAYOUT_ASIS;
@@ -125,8 +126,7 @@ static enum qv_layout stated_layout(const struct qv_gen *m, const struct qv_gen_
 static void plan_opts(const struct qv_gen *m, const struct qv_gen_opts *o, size_t i,
 		      struct qv_plan_opts *po)
 {
-	const char *opt;
-	enum qv_layout stated = stated_layout(m, o, &opt);
+	enum qv_layout stated = stated_layout(m, o, NULL);
 	uint32_t nshards = o->shard_size > 1 && !o->shard_rank_set ? o->shard_size : 1;
 
 	*po = (struct qv_plan_opts){ .src = m->src_naming, .view = view_naming(m, o),

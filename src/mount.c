@@ -354,7 +354,9 @@ int qv_mount_lookup(struct qv_mount *m, uint64_t parent, const char *name, struc
 	 * entry, even one with no timeout, would stay cached and hold the old generation): a
 	 * path walk that met it starts again from the root, where the new generation answers.
 	 * A lookup in flight during a rescan holds its folder's inode lock, which the rescan's
-	 * invalidation of that folder's names waits for: what it caches is dropped at once. */
+	 * invalidation of that folder's names waits for: what it caches is dropped at once; and
+	 * fs drops, after its reply, the entry of a lookup whose folder a rescan replaced while
+	 * it ran (*dir says which folder answered). */
 	if (!rc && !qv_mount_current(m, d))
 		rc = -ESTALE;
 	if (!rc && (*out = qv_tree_lookup(&m->tree, d, name)))

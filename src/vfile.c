@@ -234,6 +234,12 @@ int qv_source_unchanged(struct qv_source *s)
 	return 0;
 }
 
+/* The end of a request for len bytes at off (< size): at most the file's end. */
+static uint64_t req_end(const struct qv_vfile *vf, uint64_t off, size_t len)
+{
+	return len < vf->size - off ? off + len : vf->size;
+}
+
 /* First segment whose end lies past off (segments are sorted and contiguous). */
 static size_t seg_find(const struct qv_vfile *vf, uint64_t off)
 {
@@ -258,7 +264,7 @@ int qv_vfile_run(const struct qv_vfile *vf, uint64_t off, size_t len, uint32_t *
 
 	if (off >= vf->size || len == 0)
 		return -EINVAL;
-	end = len < vf->size - off ? off + len : vf->size;
+	end = req_end(vf, off, len);
 	s = &vf->seg[seg_find(vf, off)]; /* off < size: some segment holds it */
 	/* computed bytes are made in the reader's memory: they never splice */
 	if (s->voff > off || s->src >= QV_SEG_COMPUTED || end > s->voff + s->len)
@@ -542,7 +548,7 @@ int qv_vfile_read(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t of
 	*src_bytes = 0;
 	if (off >= vf->size)
 		return 0;
-	end = len < vf->size - off ? off + len : vf->size;
+	end = req_end(vf, off, len);
 	for (size_t i = seg_find(vf, off); i < vf->nseg && pos < end; i++) {
 		const struct qv_seg *s = &vf->seg[i];
 		uint64_t a = pos - s->voff;
@@ -666,7 +672,7 @@ static int reply_block(const struct qv_vfile *vf, struct qv_source *srcs, uint64
 
 	if (off >= vf->size || !len)
 		return -EAGAIN;
-	end = len < vf->size - off ? off + len : vf->size;
+	end = req_end(vf, off, len);
 	s = &vf->seg[seg_find(vf, off)];
 	c = s->comp;
 	if (s->src != QV_SEG_COMPUTED || s->voff > off || end > s->voff + s->len)
@@ -722,7 +728,7 @@ int qv_vfile_ahead(const struct qv_vfile *vf, struct qv_source *srcs, uint64_t o
 
 	if (!len || off >= vf->size)
 		return 0;
-	if (!block_after(vf, off, len < vf->size - off ? off + len : vf->size, &c, &b))
+	if (!block_after(vf, off, req_end(vf, off, len), &c, &b))
 		return 0;
 	rc = qv_xcache_claim(r->sc.xc, c, b, &slot);
 	if (rc)

@@ -139,12 +139,24 @@ TEST(comp_ids_are_never_reused)
 	qv_comp_free(b);
 }
 
+/* The cache's counters are hits, made and ahead (the caller's line is in the message). */
+static void counts_are(struct qv_xcache *xc, uint64_t hits, uint64_t made, uint64_t ahead,
+		       int line)
+{
+	uint64_t h, m, a;
+
+	qv_xcache_counts(xc, &h, &m, &a);
+	CHECK_MSG(h == hits && m == made && a == ahead,
+		  "line %d: hits %llu made %llu ahead %llu, want %llu %llu %llu", line,
+		  (unsigned long long)h, (unsigned long long)m, (unsigned long long)a,
+		  (unsigned long long)hits, (unsigned long long)made, (unsigned long long)ahead);
+}
+
 TEST(xcache_hit_after_make_and_retry_after_failure)
 {
 	struct qv_xcache *xc;
 	struct qv_comp *c = qv_comp_new(4, 64, 1);
 	struct qv_xslot *s;
-	uint64_t hits, made, ahead;
 
 	CHECK_EQ_INT(qv_xcache_new(1 << 20, &xc), 0);
 	CHECK_EQ_INT(qv_xcache_get(xc, c, 2, &s), 0);
@@ -160,10 +172,7 @@ TEST(xcache_hit_after_make_and_retry_after_failure)
 	CHECK_EQ_INT(qv_xcache_get(xc, c, 3, &s), 0);
 	qv_xcache_made(xc, s, 0);
 	qv_xcache_put(xc, s);
-	qv_xcache_counts(xc, &hits, &made, &ahead);
-	CHECK_EQ_U64(hits, 1);
-	CHECK_EQ_U64(made, 3);
-	CHECK_EQ_U64(ahead, 0);
+	counts_are(xc, 1, 3, 0, __LINE__);
 	qv_xcache_free(xc);
 	qv_comp_free(c);
 }
@@ -175,7 +184,6 @@ TEST(xcache_claim_ahead)
 	struct qv_comp *c = qv_comp_new(4, 64, 1);
 	struct qv_xcache *xc;
 	struct qv_xslot *s, *t;
-	uint64_t hits, made, ahead;
 
 	CHECK_EQ_INT(qv_xcache_new(1 << 20, &xc), 0);
 	CHECK_EQ_INT(qv_xcache_claim(NULL, c, 0, &s), 1); /* no cache: nothing made ahead */
@@ -194,10 +202,7 @@ TEST(xcache_claim_ahead)
 	CHECK_EQ_INT(qv_xcache_claim(xc, c, 2, &s), 0);
 	qv_xcache_made(xc, s, 0);
 	qv_xcache_put(xc, s);
-	qv_xcache_counts(xc, &hits, &made, &ahead);
-	CHECK_EQ_U64(hits, 1);
-	CHECK_EQ_U64(made, 3);
-	CHECK_EQ_U64(ahead, 3);
+	counts_are(xc, 1, 3, 3, __LINE__);
 	qv_xcache_free(xc);
 	qv_comp_free(c);
 }
